@@ -1,0 +1,54 @@
+"""Shared fixtures: a config pointing at temp dirs, a tiny random model with the real SmolLM2 tokenizer."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from medadapt.config import REPO_ROOT, load_config  # noqa: E402
+
+DATA_DIR = Path(os.environ.get("MEDADAPT_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> str:
+    """The real offline model folder (converted from the packaged GGUF once per cache dir)."""
+    from medadapt.models import base_model_path
+
+    return base_model_path(load_config("offline"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2_dir) -> str:
+    """A 2-layer random Llama with SmolLM2's tokenizer and chat template, saved as a HF folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture
+def cfg(tmp_path, tiny_model_dir):
+    """Offline config on the tiny model with runs, cache, index and results under ``tmp_path``."""
+    return load_config("offline", {
+        "model": {"name_or_path": tiny_model_dir, "display_name": "tiny-random"},
+        "paths": {"data_dir": str(DATA_DIR), "runs_dir": str(tmp_path / "runs"), "index_dir": str(tmp_path / "index"),
+                  "results_dir": str(tmp_path / "results"),
+                  "cache_dir": os.environ.get("MEDADAPT_CACHE_DIR", "~/.cache/medadapt")},
+    })
