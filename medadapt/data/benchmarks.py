@@ -1,0 +1,211 @@
+"""Benchmark items (:class:`BenchItem`) and the seeded samples the evaluation uses (and the trainers exclude).
+
+Four benchmarks, each a list of multiple-choice items with letter options:
+
+- ``medmcqa``: MedMCQA dev (= Hub ``openlifescienceai/medmcqa`` validation), 4183 items. ``cop`` is 1-based in the
+  data-dir file and 0-based on the Hub; both become a letter here.
+- ``medqa``: MedQA-USMLE 4 options, test split (= Hub ``GBaker/MedQA-USMLE-4-options``), 1273 items.
+- ``mmlu_medical``: six MMLU test subjects (= Hub ``cais/mmlu``), 1089 items; ``subject`` is the MMLU subject.
+- ``pubmedqa``: PubMedQA PQA-L (= Hub ``qiaojin/PubMedQA`` pqa_labeled), 1000 items, options A=yes B=no C=maybe,
+  the abstract in ``context``. The evaluation samples from the official 500-id test split only.
+
+The offline profile reads the data dir (``cfg.paths.data_dir``); the reference profile reads the Hub.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from medadapt.config import AppConfig
+from medadapt.data import DataNotFoundError, data_file
+
+BENCHMARKS = ("medmcqa", "medqa", "mmlu_medical", "pubmedqa")
+MMLU_SUBJECTS = (
+    "anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics", "professional_medicine",
+)
+LETTERS = "ABCD"
+PUBMEDQA_OPTIONS = {"A": "yes", "B": "no", "C": "maybe"}
+# How each benchmark is stratified when sampled (None: simple random sample).
+STRATIFY = {"medmcqa": None, "medqa": None, "mmlu_medical": "subject", "pubmedqa": None}
+
+
+class UnknownBenchmarkError(ValueError):
+    """A benchmark name that is not one of :data:`BENCHMARKS`."""
+
+
+@dataclass(frozen=True)
+class BenchItem:
+    benchmark: str
+    id: str
+    question: str
+    options: dict[str, str] = field(hash=False)  # letter -> text ("A".."D"; PubMedQA: A=yes B=no C=maybe)
+    answer: str  # the correct letter
+    subject: str = ""
+    context: str = ""  # PubMedQA: the abstract
+
+    @property
+    def answer_text(self) -> str:
+        return self.options.get(self.answer, "")
+
+
+def _check(name: str) -> None:
+    if name not in BENCHMARKS:
+        raise UnknownBenchmarkError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+
+
+def _jsonl(path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ---------------------------------------------------------------- row -> item (shared by local and Hub paths)
+
+def medmcqa_item(row: dict, one_based: bool) -> BenchItem:
+    cop = int(row["cop"]) - (1 if one_based else 0)
+    if not 0 <= cop < 4:
+        raise ValueError(f"MedMCQA {row.get('id')}: cop {row['cop']} out of range")
+    options = {L: str(row[f"op{L.lower()}"]) for L in LETTERS}
+    return BenchItem("medmcqa", str(row["id"]), row["question"], options, LETTERS[cop], row.get("subject_name") or "")
+
+
+def medqa_item(row: dict, index: int) -> BenchItem:
+    options = {L: str(row["options"][L]) for L in LETTERS}
+    return BenchItem("medqa", f"medqa-{index}", row["question"], options, row["answer_idx"], row.get("meta_info") or "")
+
+
+def mmlu_item(subject: str, index: int, question: str, choices: list[str], answer: str) -> BenchItem:
+    options = dict(zip(LETTERS, (str(c) for c in choices)))
+    return BenchItem("mmlu_medical", f"{subject}-{index}", question, options, answer, subject)
+
+
+def pubmedqa_item(pmid: str, question: str, contexts: list[str], decision: str) -> BenchItem:
+    answer = {v: k for k, v in PUBMEDQA_OPTIONS.items()}[decision]
+    return BenchItem("pubmedqa", str(pmid), question, dict(PUBMEDQA_OPTIONS), answer, "", "\n".join(contexts))
+
+
+# ---------------------------------------------------------------- loaders
+
+def _load_local(cfg: AppConfig, name: str) -> list[BenchItem]:
+    if name == "medmcqa":
+        return [medmcqa_item(r, one_based=True) for r in _jsonl(data_file(cfg, "medmcqa", "dev.json"))]
+    if name == "medqa":
+        rows = _jsonl(data_file(cfg, "medqa", "US_4_options_phrases_no_exclude_test.jsonl"))
+        return [medqa_item(r, i) for i, r in enumerate(rows)]
+    if name == "mmlu_medical":
+        items = []
+        for subject in MMLU_SUBJECTS:
+            with open(data_file(cfg, "mmlu_medical", f"{subject}_test.csv"), encoding="utf-8", newline="") as f:
+                for i, row in enumerate(csv.reader(f)):
+                    items.append(mmlu_item(subject, i, row[0], row[1:5], row[5].strip()))
+        return items
+    data = json.loads(data_file(cfg, "pubmedqa", "ori_pqal.json").read_text(encoding="utf-8"))
+    return [pubmedqa_item(k, r["QUESTION"], r["CONTEXTS"], r["final_decision"]) for k, r in data.items()]
+
+
+def _load_hub(name: str) -> list[BenchItem]:
+    from datasets import load_dataset
+
+    if name == "medmcqa":
+        return [medmcqa_item(r, one_based=False) for r in load_dataset("openlifescienceai/medmcqa", split="validation")]
+    if name == "medqa":
+        return [medqa_item(r, i) for i, r in enumerate(load_dataset("GBaker/MedQA-USMLE-4-options", split="test"))]
+    if name == "mmlu_medical":
+        items = []
+        for subject in MMLU_SUBJECTS:
+            for i, r in enumerate(load_dataset("cais/mmlu", subject, split="test")):
+                items.append(mmlu_item(subject, i, r["question"], r["choices"], LETTERS[int(r["answer"])]))
+        return items
+    rows = load_dataset("qiaojin/PubMedQA", "pqa_labeled", split="train")
+    return [pubmedqa_item(r["pubid"], r["question"], r["context"]["contexts"], r["final_decision"]) for r in rows]
+
+
+def load_benchmark(cfg: AppConfig, name: str) -> list[BenchItem]:
+    """Every item of benchmark ``name`` (data dir offline, the Hub in the reference profile), in file order."""
+    _check(name)
+    if cfg.profile == "reference":
+        return _load_hub(name)
+    return _load_local(cfg, name)
+
+
+def pubmedqa_test_ids(cfg: AppConfig) -> list[str]:
+    """The official 500-PMID PQA-L test split (data dir file; on the Hub: bigbio/pubmed_qa fold0 test)."""
+    try:
+        return list(json.loads(data_file(cfg, "pubmedqa", "test_ground_truth.json").read_text(encoding="utf-8")))
+    except DataNotFoundError:
+        if cfg.profile != "reference":
+            raise
+    from datasets import load_dataset
+
+    rows = load_dataset("bigbio/pubmed_qa", "pubmed_qa_labeled_fold0_source", split="test")
+    return [str(r["QUESTION_ID"]) for r in rows]
+
+
+# ---------------------------------------------------------------- sampling
+
+def sample_items(items: list[BenchItem], n: int, seed: int, stratify_by: str | None = None) -> list[BenchItem]:
+    """A seeded sample of ``n`` items (all when ``n <= 0`` or ``n >= len``), in a stable order.
+
+    With ``stratify_by`` (an attribute such as ``subject``) the sample is spread evenly over its values: each group
+    gets ``n // groups`` items, the first ``n % groups`` groups (sorted by name) one more, and a group that is too
+    small gives its shortfall to the others.
+    """
+    if n <= 0 or n >= len(items):
+        return list(items)
+    rng = random.Random(seed)
+    if not stratify_by:
+        return rng.sample(list(items), n)
+    groups: dict[str, list[BenchItem]] = defaultdict(list)
+    for it in items:
+        groups[getattr(it, stratify_by)].append(it)
+    names = sorted(groups)
+    quota = {g: 0 for g in names}
+    left = n
+    while left > 0:  # round-robin over groups with room: even up to the small groups' sizes
+        open_groups = [g for g in names if quota[g] < len(groups[g])]
+        share, extra = divmod(left, len(open_groups))
+        for i, g in enumerate(open_groups):
+            add = min(share + (1 if i < extra else 0), len(groups[g]) - quota[g])
+            quota[g] += add
+            left -= add
+    out: list[BenchItem] = []
+    for g in names:
+        out.extend(rng.sample(groups[g], quota[g]))
+    return out
+
+
+def evaluated_items(cfg: AppConfig, benchmarks: list[str] | None = None, n: int | None = None,
+                    seed: int | None = None) -> dict[str, list[BenchItem]]:
+    """The seeded samples the evaluation uses: ``cfg.eval.n`` per benchmark with ``cfg.eval.seed`` (overridable).
+
+    PubMedQA is sampled from the official 500 test ids only. Trainers exclude these items from their data.
+    """
+    n = cfg.eval.n if n is None else n
+    seed = cfg.eval.seed if seed is None else seed
+    out = {}
+    for name in benchmarks or cfg.eval.benchmarks:
+        items = load_benchmark(cfg, name)
+        if name == "pubmedqa":
+            test = set(pubmedqa_test_ids(cfg))
+            items = [it for it in items if it.id in test]
+        out[name] = sample_items(items, n, seed, STRATIFY[name])
+    return out
+
+
+def item_ids(samples: dict[str, list[BenchItem]]) -> dict[str, list[str]]:
+    """``{benchmark: [id, ...]}``: what a results file stores so every variant and later run sees the same items."""
+    return {name: [it.id for it in items] for name, items in samples.items()}
+
+
+def select_ids(cfg: AppConfig, ids: dict[str, list[str]]) -> dict[str, list[BenchItem]]:
+    """The items named by a saved ``item_ids`` mapping, in that order (KeyError names a missing id)."""
+    out = {}
+    for name, wanted in ids.items():
+        by_id = {it.id: it for it in load_benchmark(cfg, name)}
+        missing = [i for i in wanted if i not in by_id]
+        if missing:
+            raise KeyError(f"{name}: {len(missing)} saved id(s) not in the data, e.g. {missing[0]!r}")
+        out[name] = [by_id[i] for i in wanted]
+    return out

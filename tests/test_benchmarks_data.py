@@ -1,0 +1,79 @@
+"""Benchmark loaders on the real data-dir files, and the seeded samples."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from medadapt.data.benchmarks import (
+    BENCHMARKS, MMLU_SUBJECTS, BenchItem, UnknownBenchmarkError, evaluated_items, item_ids, load_benchmark,
+    medmcqa_item, pubmedqa_test_ids, sample_items, select_ids,
+)
+
+
+@pytest.mark.parametrize("name,count", [("medmcqa", 4183), ("medqa", 1273), ("mmlu_medical", 1089), ("pubmedqa", 1000)])
+def test_counts_and_fields(cfg, name, count):
+    items = load_benchmark(cfg, name)
+    assert len(items) == count
+    assert len({it.id for it in items}) == count  # ids are unique
+    for it in items:
+        assert it.benchmark == name and it.question and it.answer in it.options
+        assert list(it.options) == (["A", "B", "C"] if name == "pubmedqa" else ["A", "B", "C", "D"])
+
+
+def test_medmcqa_answer_mapping_is_one_based_in_file(cfg):
+    items = load_benchmark(cfg, "medmcqa")
+    # SOURCES.md: cop 1: 1348, 2: 1085, 3: 925, 4: 825
+    assert Counter(it.answer for it in items) == {"A": 1348, "B": 1085, "C": 925, "D": 825}
+    first = items[0]
+    assert first.answer == "A" and first.options["A"].startswith("Impulse through myelinated")
+    row = {"id": "x", "question": "q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 0}
+    assert medmcqa_item(row, one_based=False).answer == "A"  # the Hub's 0-based form
+    with pytest.raises(ValueError):
+        medmcqa_item(row, one_based=True)
+
+
+def test_medqa_and_mmlu_answers(cfg):
+    assert Counter(it.answer for it in load_benchmark(cfg, "medqa")) == {"A": 353, "B": 309, "C": 346, "D": 265}
+    mmlu = load_benchmark(cfg, "mmlu_medical")
+    per = Counter(it.subject for it in mmlu)
+    assert set(per) == set(MMLU_SUBJECTS) and per["medical_genetics"] == 100 and per["professional_medicine"] == 272
+
+
+def test_pubmedqa_labels_context_and_test_split(cfg):
+    items = load_benchmark(cfg, "pubmedqa")
+    assert Counter(it.options[it.answer] for it in items) == {"yes": 552, "no": 338, "maybe": 110}
+    assert all(it.context for it in items)
+    test = pubmedqa_test_ids(cfg)
+    assert len(test) == 500 and set(test) <= {it.id for it in items}
+
+
+def test_sample_is_seeded_and_stratified(cfg):
+    items = load_benchmark(cfg, "mmlu_medical")
+    a = sample_items(items, 200, seed=7, stratify_by="subject")
+    assert [i.id for i in a] == [i.id for i in sample_items(items, 200, seed=7, stratify_by="subject")]
+    assert [i.id for i in a] != [i.id for i in sample_items(items, 200, seed=8, stratify_by="subject")]
+    counts = Counter(i.subject for i in a)
+    assert len(a) == 200 and set(counts) == set(MMLU_SUBJECTS) and max(counts.values()) - min(counts.values()) <= 1
+    assert len(sample_items(items, 0, seed=1)) == len(items)
+
+
+def test_stratified_sample_moves_shortfall_to_bigger_groups():
+    items = [BenchItem("b", f"s{i}", "q", {"A": "x"}, "A", "small") for i in range(2)]
+    items += [BenchItem("b", f"b{i}", "q", {"A": "x"}, "A", "big") for i in range(20)]
+    counts = Counter(i.subject for i in sample_items(items, 10, 0, "subject"))
+    assert counts == {"small": 2, "big": 8}
+
+
+def test_evaluated_items_pubmedqa_from_test_split_and_roundtrip(cfg):
+    cfg.eval.n = 30
+    samples = evaluated_items(cfg)
+    assert list(samples) == list(BENCHMARKS) and all(len(v) == 30 for v in samples.values())
+    assert {it.id for it in samples["pubmedqa"]} <= set(pubmedqa_test_ids(cfg))
+    again = select_ids(cfg, item_ids(samples))
+    assert item_ids(again) == item_ids(samples)
+
+
+def test_unknown_benchmark(cfg):
+    with pytest.raises(UnknownBenchmarkError):
+        load_benchmark(cfg, "nope")
