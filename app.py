@@ -1,0 +1,42 @@
+"""MedAdapt web app (also the Hugging Face Spaces ``app_file``).
+
+Run: ``python app.py`` (profile ``auto``: offline when the Hub is unreachable). Options: ``--profile``, ``--host``,
+``--port``, ``--share``. Env: ``MEDADAPT_PROFILE``, ``MEDADAPT_DATA_DIR``, ``MEDADAPT_PUBLIC``, ``MEDADAPT_ADMIN_PASSWORD``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="MedAdapt: base vs RAG vs SFT vs MSFT, side by side")
+    p.add_argument("--profile", default=None, help="offline | reference | auto | path to a profile YAML")
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    p.add_argument("--share", action="store_true")
+    p.add_argument("--no-preload", action="store_true", help="load the model on the first question instead of now")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from medadapt.config import load_config
+    from medadapt.state import AppState
+    from medadapt.ui.common import CSS, THEME
+    from medadapt.ui.interface import build_demo
+
+    cfg = load_config(args.profile)
+    logging.info(cfg.describe())
+    state = AppState.create(cfg)
+    if not args.no_preload:
+        state.pipeline.engine  # load the base model (and adapters) before the first user arrives
+    demo = build_demo(state)
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=THEME, css=CSS, ssr_mode=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""The one place that wires question → retriever → prompt → engine → parser into four ``Answer`` records.
+
+``Pipeline.compare`` validates the question, retrieves once (question only), builds each variant's messages, runs
+every available variant in ONE batched engine call and yields a ``CompareResult`` snapshot as tokens arrive.
+Variants that cannot run (adapter not trained, index not built) get a clear message; the others still answer.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medadapt.config import VARIANTS, AppConfig
+from medadapt.prompts import build_messages, truncate_question
+from medadapt.reasoning import cited_numbers, split_reasoning
+
+DISCLAIMER = "Research demo, not medical advice. Do not use for diagnosis or treatment."
+NOT_TRAINED = "Not trained yet — see the Training tab."
+MIN_QUESTION_TOKENS = 32
+
+
+class InputError(ValueError):
+    """The user's input cannot be answered; the message says why and what to do."""
+
+
+@dataclass
+class Answer:
+    variant: str
+    status: str = "pending"  # pending | streaming | done | unavailable | error
+    message: str = ""  # why a variant is unavailable, or a notice
+    adapter: str = ""  # adapter path (sft/msft)
+    raw: str = ""
+    reasoning: str = ""
+    answer: str = ""
+    truncated: bool = False  # stopped inside the chain of thought
+    hit_limit: bool = False  # stopped at max_new_tokens
+    n_tokens: int = 0
+    ttft_s: float | None = None
+    total_s: float = 0.0
+    retrieval_s: float = 0.0
+    snippets: list[Any] = field(default_factory=list)
+    cited: list[int] = field(default_factory=list)
+
+
+@dataclass
+class CompareResult:
+    question: str
+    answers: dict[str, Answer]
+    settings: dict[str, Any]
+    notices: list[str] = field(default_factory=list)
+    done: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def clean_question(text: Any) -> str:
+    """Normalise user text: str only, invalid code points and control characters removed, whitespace trimmed."""
+    if not isinstance(text, str):
+        raise InputError("The question must be text.")
+    text = text.encode("utf-8", "replace").decode("utf-8", "replace")  # lone surrogates → U+FFFD
+    text = unicodedata.normalize("NFC", text)
+    text = "".join(c for c in text if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cs", "Co", "Cn"))
+    text = text.replace("\ufffd", "").strip()
+    if not text:
+        raise InputError("Please type a medical question (the box is empty).")
+    return text
+
+
+def check_settings(cfg: AppConfig, max_new_tokens: Any, temperature: Any, top_p: Any) -> dict[str, Any]:
+    """Validated generation settings, or InputError naming the bad value and its allowed range."""
+    def num(name: str, value: Any, lo: float, hi: float, kind: type) -> Any:
+        try:
+            v = kind(float(value)) if kind is int else float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{name} must be a number between {lo} and {hi} (got {value!r}).") from None
+        if not lo <= v <= hi or v != v:
+            raise InputError(f"{name} must be between {lo} and {hi} (got {value}).")
+        return v
+
+    limit = max(16, cfg.model.max_context // 2)
+    return {
+        "max_new_tokens": num("Max new tokens", max_new_tokens, 1, limit, int),
+        "temperature": num("Temperature", temperature, 0.0, 2.0, float),
+        "top_p": num("Top-p", top_p, 0.05, 1.0, float),
+    }
+
+
+def adapter_name(kind: str, path: Path) -> str:
+    """A stable engine adapter name for an adapter folder (PEFT names may not contain dots)."""
+    return f"{kind}_{hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:10]}"
+
+
+class Pipeline:
+    """Runs the compare chain over a shared engine and (lazily opened) retriever."""
+
+    def __init__(self, cfg: AppConfig, engine_factory: Callable[[], Any], retriever_factory: Callable[[], Any]):
+        self.cfg = cfg
+        self._engine_factory, self._retriever_factory = engine_factory, retriever_factory
+        self._engine = None
+        self._retriever = None
+        self._lock = threading.Lock()  # one generation at a time on the shared model
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            self._engine = self._engine_factory()
+        return self._engine
+
+    def retriever(self):
+        """The retriever, opened on first use; raises IndexNotBuiltError while there is no index."""
+        if self._retriever is None:
+            self._retriever = self._retriever_factory()
+        return self._retriever
+
+    def index_status(self) -> dict[str, Any]:
+        from medadapt.rag import index_status
+
+        return index_status(self.cfg)
+
+    def build_index(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Build (or resume) the retrieval index, then reopen the retriever on it."""
+        from medadapt.rag import build_index
+
+        rows = build_index(self.cfg, progress=progress)
+        self._retriever = None
+        return rows
+
+    def retrieve(self, question: str, k: int | None = None, mode: str | None = None) -> tuple[list[Any], float, str]:
+        """Snippets within the context budget, seconds taken, and an error message ('' when fine)."""
+        from medadapt.rag import IndexNotBuiltError, fit_to_budget
+
+        t0 = time.perf_counter()
+        try:
+            hits = self.retriever().retrieve(question, k=k, mode=mode)
+        except IndexNotBuiltError as e:
+            return [], 0.0, str(e)
+        hits = fit_to_budget(hits, self.engine.count_tokens, self.cfg.rag.context_tokens)
+        return hits, time.perf_counter() - t0, ""
+
+    @staticmethod
+    def _plan(adapters: dict[str, Path | None]) -> dict[str, Answer]:
+        answers = {v: Answer(v) for v in VARIANTS}
+        for kind in ("sft", "msft"):
+            path = adapters.get(kind)
+            if path is None:
+                answers[kind].status, answers[kind].message = "unavailable", NOT_TRAINED
+            else:
+                answers[kind].adapter = str(path)
+        return answers
+
+    def compare(
+        self,
+        question: Any,
+        settings: dict[str, Any],
+        adapters: dict[str, Path | None],
+        rag_everywhere: bool = False,
+        top_k: int | None = None,
+    ) -> Iterator[CompareResult]:
+        """Yield snapshots of all four answers; raises InputError for an unusable question before any work."""
+        from medadapt.engine import BASE, AdapterLoadError, GenSettings
+
+        text = clean_question(question)
+        engine = self.engine
+        answers = self._plan(adapters)
+        result = CompareResult(text, answers, dict(settings, rag_everywhere=rag_everywhere, top_k=top_k))
+        snippets, r_s, r_err = self.retrieve(text, k=top_k)
+        needs_rag = ["rag"] + (["sft", "msft"] if rag_everywhere else [])
+        for v in needs_rag:
+            if answers[v].status == "unavailable":
+                continue
+            answers[v].snippets, answers[v].retrieval_s = snippets, r_s
+            if r_err and v == "rag":
+                answers[v].status, answers[v].message = "unavailable", r_err
+            elif r_err:
+                answers[v].message = "No retrieval (index not built)."
+
+        budget = engine.max_context - settings["max_new_tokens"]
+        requests, order = [], []
+        for v, ans in answers.items():
+            if ans.status == "unavailable":
+                continue
+            if v in ("sft", "msft"):
+                name = adapter_name(v, Path(ans.adapter))
+                try:
+                    if not engine.has_adapter(name):
+                        engine.load_adapter(name, ans.adapter)
+                except AdapterLoadError as e:
+                    ans.status, ans.message = "error", f"Adapter could not be loaded: {e}"
+                    continue
+            else:
+                name = BASE
+            overhead = engine.count_tokens(engine.render(build_messages("", snippets=ans.snippets)))
+            q, cut = truncate_question(text, engine.count_tokens, budget - overhead)
+            if cut:
+                notice = "The question was too long for the model's context window and was truncated."
+                if notice not in result.notices:
+                    result.notices.append(notice)
+            if len(q) < min(len(text), MIN_QUESTION_TOKENS):
+                ans.status, ans.message = "error", "Not enough room in the context window; lower max new tokens."
+                continue
+            requests.append((build_messages(q, snippets=ans.snippets), name))
+            order.append(v)
+            ans.status = "streaming"
+        yield result
+        if not requests:
+            result.done = True
+            yield result
+            return
+        gen = GenSettings(settings["max_new_tokens"], settings["temperature"], settings["top_p"], self.cfg.generation.seed)
+        opened = engine.prompt_opens_think()
+        with self._lock:
+            for rows in engine.stream(requests, gen):
+                for v, row in zip(order, rows):
+                    self._update(answers[v], row, opened, gen.max_new_tokens)
+                yield result
+        for v in order:
+            answers[v].status = "done"
+        result.done = True
+        yield result
+
+    @staticmethod
+    def _update(ans: Answer, row: Any, opened: bool, max_new: int) -> None:
+        parsed = split_reasoning(row.text, opened=opened)
+        ans.raw, ans.reasoning, ans.answer = row.text, parsed.reasoning, parsed.answer
+        ans.n_tokens, ans.ttft_s, ans.total_s = row.n_tokens, row.first_token_s, row.elapsed_s
+        ans.truncated = parsed.truncated and row.finished
+        ans.hit_limit = row.finished and row.finish_reason == "length"
+        if ans.snippets:
+            ans.cited = cited_numbers(parsed.answer or row.text, len(ans.snippets))
+        if row.finished:
+            ans.status = "done"

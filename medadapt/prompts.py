@@ -1,0 +1,77 @@
+"""Prompt texts (as data) and ``build_messages``: question, options, abstract and retrieved snippets → chat messages.
+
+Pure functions. The model's own chat template turns the messages into text (in the engine); nothing here knows
+about tokens except ``truncate_question``, which takes a token counter.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+SYSTEM = (
+    "You are a careful medical expert. Think through the question step by step, then give a concise final answer."
+)
+SYSTEM_MCQ = SYSTEM + " End with a line of the form 'Answer: X' where X is the letter of the single best option."
+SYSTEM_RAG = (
+    " Use the numbered reference snippets when they are relevant and cite the ones you use by number, like [1] or"
+    " [2]. If the snippets do not help, answer from your own knowledge and say so."
+)
+QUESTION_TEMPLATE = "{context}Question: {question}{options}"
+CONTEXT_TEMPLATE = "Abstract: {context}\n\n"
+SNIPPETS_HEADER = "Reference snippets:\n"
+SNIPPET_TEMPLATE = "[{n}] {title}: {content}\n"
+TRUNCATION_MARK = " […]"
+
+
+class SnippetLike(Protocol):
+    title: str
+    content: str
+
+
+def format_options(options: dict[str, str] | None) -> str:
+    if not options:
+        return ""
+    return "\nOptions:\n" + "\n".join(f"{k}. {v}" for k, v in options.items())
+
+
+def format_snippets(snippets: Sequence[SnippetLike]) -> str:
+    """Snippets numbered ``[1]…[k]`` with their titles, in rank order."""
+    return SNIPPETS_HEADER + "".join(
+        SNIPPET_TEMPLATE.format(n=i, title=s.title, content=" ".join(s.content.split())) for i, s in enumerate(snippets, 1)
+    )
+
+
+def build_messages(
+    question: str,
+    options: dict[str, str] | None = None,
+    snippets: Sequence[SnippetLike] | None = None,
+    context: str | None = None,
+    system: str | None = None,
+) -> list[dict[str, str]]:
+    """Chat messages for one question; ``snippets`` switches on the cited-RAG instructions."""
+    sys_text = system or (SYSTEM_MCQ if options else SYSTEM)
+    user = QUESTION_TEMPLATE.format(
+        context=CONTEXT_TEMPLATE.format(context=context) if context else "",
+        question=question.strip(),
+        options=format_options(options),
+    )
+    if snippets:
+        sys_text += SYSTEM_RAG
+        user = format_snippets(snippets) + "\n" + user
+    return [{"role": "system", "content": sys_text}, {"role": "user", "content": user}]
+
+
+def truncate_question(question: str, count_tokens: Callable[[str], int], max_tokens: int) -> tuple[str, bool]:
+    """Cut ``question`` to at most ``max_tokens`` tokens (keeping its start); returns (text, was_truncated)."""
+    if max_tokens <= 0:
+        return "", bool(question)
+    if count_tokens(question) <= max_tokens:
+        return question, False
+    lo, hi = 0, len(question)
+    while lo < hi:  # longest character prefix that fits
+        mid = (lo + hi + 1) // 2
+        if count_tokens(question[:mid] + TRUNCATION_MARK) <= max_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return question[:lo] + TRUNCATION_MARK, True

@@ -1,0 +1,53 @@
+"""The single ``AppState``: config, pipeline (engine + retriever, both lazy) and the job manager."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medadapt.adapters import list_adapters, resolve_adapter
+from medadapt.config import AppConfig
+
+
+def _engine_factory(cfg: AppConfig):
+    def make():
+        from medadapt.engine import Engine
+
+        return Engine.from_config(cfg)
+
+    return make
+
+
+def _retriever_factory(cfg: AppConfig):
+    def make():
+        from medadapt.rag import Retriever
+
+        return Retriever.open(cfg)
+
+    return make
+
+
+@dataclass
+class AppState:
+    cfg: AppConfig
+    pipeline: Any = None
+    jobs: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, cfg: AppConfig) -> "AppState":
+        from medadapt.jobs import JobManager
+        from medadapt.pipeline import Pipeline
+
+        return cls(cfg, Pipeline(cfg, _engine_factory(cfg), _retriever_factory(cfg)), JobManager(cfg))
+
+    def adapter_choices(self, kind: str) -> list[tuple[str, str]]:
+        """(label, path) of every finished adapter of ``kind``, newest first, plus an explicitly configured one."""
+        choices = [(a.label, str(a.path)) for a in list_adapters(self.cfg, kind)]
+        configured = resolve_adapter(self.cfg, kind)
+        if configured is not None and str(configured) not in {p for _, p in choices}:
+            choices.insert(0, (f"{kind}: {configured}", str(configured)))
+        return choices
+
+    def default_adapter(self, kind: str) -> Path | None:
+        return resolve_adapter(self.cfg, kind)

@@ -1,0 +1,39 @@
+"""Shared UI pieces: theme, CSS, the profile banner and user-facing message helpers."""
+from __future__ import annotations
+
+import gradio as gr
+
+from medadapt.config import AppConfig
+from medadapt.pipeline import DISCLAIMER
+
+CSS = """
+.gradio-container { max-width: 100% !important; }
+#ma-columns { flex-wrap: nowrap !important; gap: 10px; }
+#ma-columns > .column { min-width: 0 !important; flex: 1 1 0 !important; }
+.ma-col { border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 8px 10px; background: var(--background-fill-secondary); }
+.ma-col-title h3 { margin: 0 !important; }
+.ma-col-sub p { margin: 0 !important; font-size: 0.85em; opacity: 0.75; }
+.ma-stats p { font-size: 0.82em; opacity: 0.85; margin: 0 !important; }
+.ma-disclaimer { font-size: 0.75em; opacity: 0.7; font-style: italic; }
+.ma-banner { padding: 6px 12px; border-radius: 8px; background: var(--color-accent-soft); }
+.ma-snippets { font-size: 0.85em; margin-top: 6px; }
+.ma-snippets-head { font-weight: 600; margin-bottom: 4px; }
+.ma-snippet { border-left: 3px solid var(--border-color-primary); padding: 2px 6px; margin: 3px 0; }
+.ma-snippet.is-cited { border-left-color: var(--color-accent); }
+.ma-src { opacity: 0.7; font-size: 0.9em; }
+.ma-cited { background: var(--color-accent); color: white; border-radius: 4px; padding: 0 4px; font-size: 0.8em; }
+.ma-snippet-text { white-space: pre-wrap; max-height: 220px; overflow-y: auto; }
+.ma-empty { opacity: 0.75; font-style: italic; }
+"""
+
+THEME = gr.themes.Soft(primary_hue="teal", secondary_hue="slate")
+
+
+def banner(cfg: AppConfig) -> str:
+    mode = " · **public mode** (training and evaluation launches are locked)" if cfg.public else ""
+    return f"<div class='ma-banner'>🩺 <b>MedAdapt</b> — {cfg.describe()}{mode}<br><small>{DISCLAIMER}</small></div>"
+
+
+def warn(message: str) -> None:
+    """Show a user-facing warning toast (never raises)."""
+    gr.Warning(message)

@@ -1,0 +1,133 @@
+"""Compare tab: one question, four columns (base, RAG, SFT, MSFT) answering at once, streamed side by side."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from medadapt.config import VARIANTS
+from medadapt.pipeline import InputError, check_settings
+from medadapt.state import AppState
+from medadapt.ui import render
+from medadapt.ui.common import warn
+
+EXAMPLES = [
+    "A 45-year-old man has crushing substernal chest pain radiating to the left arm for 30 minutes. "
+    "What is the first-line initial management?",
+    "What is the mechanism of action of metformin in type 2 diabetes?",
+    "A patient has sudden weakness of the left arm and leg after a long flight and a swollen, tender right calf. "
+    "Which cardiac abnormality most likely explains this?",
+    "Which vitamin deficiency causes megaloblastic anemia with neurological symptoms?",
+    "What is the most common cause of community-acquired pneumonia in adults?",
+]
+NONE_CHOICE = ("(none)", "")
+UPDATE_EVERY_S = 0.12  # stream UI updates at most ~8 times a second
+
+
+def _adapter_dropdown(state: AppState, kind: str) -> dict[str, Any]:
+    choices = state.adapter_choices(kind)
+    return {"choices": choices + [NONE_CHOICE], "value": choices[0][1] if choices else ""}
+
+
+def _column_outputs(res, index_message: str = "") -> list[Any]:
+    out: list[Any] = []
+    for v in VARIANTS:
+        ans = res.answers[v]
+        out += [render.answer_markdown(ans), render.reasoning_markdown(ans), render.stats_markdown(ans),
+                render.snippets_html(ans, index_message if v == "rag" else "")]
+    return out
+
+
+def build_compare_tab(state: AppState) -> dict[str, Any]:
+    """Build the tab's components inside the current Blocks context and wire its events."""
+    c: dict[str, Any] = {}
+    gen = state.cfg.generation
+    with gr.Row(equal_height=True):
+        c["question"] = gr.Textbox(label="Medical question", lines=3, scale=5, autofocus=True,
+                                   placeholder="Type a medical question, e.g. a USMLE-style vignette…")
+        with gr.Column(scale=1, min_width=140):
+            c["ask"] = gr.Button("Ask all four", variant="primary", elem_id="ma-ask")
+            c["stop"] = gr.Button("Stop", variant="stop")
+    gr.Examples(EXAMPLES, inputs=[c["question"]], label="Examples")
+    with gr.Accordion("Generation and retrieval settings", open=False):
+        with gr.Row():
+            c["max_new_tokens"] = gr.Slider(16, max(32, state.cfg.model.max_context // 2), value=gen.max_new_tokens,
+                                            step=16, label="Max new tokens")
+            c["temperature"] = gr.Slider(0.0, 1.5, value=gen.temperature, step=0.05, label="Temperature (0 = greedy)")
+            c["top_p"] = gr.Slider(0.05, 1.0, value=gen.top_p, step=0.05, label="Top-p")
+        with gr.Row():
+            c["top_k"] = gr.Slider(1, 10, value=state.cfg.rag.top_k, step=1, label="Snippets retrieved (top-k)")
+            c["rag_everywhere"] = gr.Checkbox(False, label="Add retrieval to SFT and MSFT too (ablation)")
+        with gr.Row():
+            c["index_status"] = gr.Markdown(elem_id="ma-index-status")
+            c["build_index"] = gr.Button("Build index", size="sm")
+            c["refresh_adapters"] = gr.Button("Refresh adapters", size="sm")
+    c["notices"] = gr.Markdown(elem_id="ma-notices")
+    with gr.Row(elem_id="ma-columns", equal_height=False):
+        for v in VARIANTS:
+            with gr.Column(min_width=0, elem_classes=["ma-col"], elem_id=f"ma-col-{v}"):
+                gr.Markdown(f"### {render.TITLES[v]}", elem_classes=["ma-col-title"])
+                gr.Markdown(render.SUBTITLES[v], elem_classes=["ma-col-sub"])
+                if v in ("sft", "msft"):
+                    c[f"{v}_adapter"] = gr.Dropdown(label="Adapter", **_adapter_dropdown(state, v), allow_custom_value=False)
+                c[f"{v}_answer"] = gr.Markdown(elem_id=f"ma-answer-{v}", min_height=80)
+                with gr.Accordion("Chain of thought", open=False):
+                    c[f"{v}_reasoning"] = gr.Markdown(elem_id=f"ma-reasoning-{v}")
+                c[f"{v}_stats"] = gr.Markdown(elem_classes=["ma-stats"], elem_id=f"ma-stats-{v}")
+                c[f"{v}_snippets"] = gr.HTML(elem_id=f"ma-snippets-{v}")
+    c["result"] = gr.State(None)
+    _wire(state, c)
+    return c
+
+
+def _wire(state: AppState, c: dict[str, Any]) -> None:
+    outputs = [c[f"{v}_{p}"] for v in VARIANTS for p in ("answer", "reasoning", "stats", "snippets")]
+
+    def ask(question, max_new_tokens, temperature, top_p, top_k, rag_everywhere, sft_path, msft_path):
+        try:
+            settings = check_settings(state.cfg, max_new_tokens, temperature, top_p)
+            adapters = {k: Path(p) if p else None for k, p in (("sft", sft_path), ("msft", msft_path))}
+            stream = state.pipeline.compare(question, settings, adapters, bool(rag_everywhere), int(top_k))
+            last = 0.0
+            for res in stream:
+                now = time.monotonic()
+                if res.done or now - last >= UPDATE_EVERY_S:
+                    last = now
+                    notes = " ".join(f"⚠️ {n}" for n in res.notices)
+                    yield *_column_outputs(res), notes, res
+        except InputError as e:
+            warn(str(e))
+            yield *[gr.update()] * len(outputs), f"⚠️ {e}", gr.update()
+        except Exception as e:  # the app never crashes on a user's input: report and keep serving
+            yield *[gr.update()] * len(outputs), f"⚠️ Generation failed: {type(e).__name__}: {e}", gr.update()
+
+    inputs = [c["question"], c["max_new_tokens"], c["temperature"], c["top_p"], c["top_k"], c["rag_everywhere"],
+              c["sft_adapter"], c["msft_adapter"]]
+    run = dict(fn=ask, inputs=inputs, outputs=outputs + [c["notices"], c["result"]], concurrency_id="generate")
+    ev_click = c["ask"].click(api_name="compare", **run)
+    ev_submit = c["question"].submit(api_name=False, **run)
+    c["stop"].click(None, cancels=[ev_click, ev_submit])
+
+    def index_status():
+        s = state.pipeline.index_status()
+        if s.get("built"):
+            return f"📚 Index **{s['table']}**: {s['rows']:,} snippets, embedder `{s['embedder']}` ({s['dim']}-d)."
+        return "📚 Retrieval index not built yet — press **Build index** (or run `python -m medadapt.rag build`)."
+
+    def build(progress=gr.Progress()):
+        if state.cfg.public:
+            return "Building the index is disabled in public mode."
+        try:
+            state.pipeline.build_index(lambda done, total: progress((done, total), desc="Embedding snippets"))
+        except Exception as e:
+            return f"⚠️ Index build failed: {type(e).__name__}: {e}"
+        return index_status()
+
+    def refresh():
+        return [gr.update(**_adapter_dropdown(state, k)) for k in ("sft", "msft")]
+
+    c["build_index"].click(build, outputs=c["index_status"], api_name="build_index", concurrency_id="index")
+    c["refresh_adapters"].click(refresh, outputs=[c["sft_adapter"], c["msft_adapter"]], api_name="refresh_adapters")
+    c["index_status_fn"], c["refresh_fn"] = index_status, refresh

@@ -1,0 +1,25 @@
+"""Assemble the tabs into one ``gr.Blocks`` (no logic of its own beyond wiring page-load refreshes)."""
+from __future__ import annotations
+
+import gradio as gr
+
+from medadapt.state import AppState
+from medadapt.ui.bench import build_bench_tab
+from medadapt.ui.common import banner
+from medadapt.ui.compare import build_compare_tab
+from medadapt.ui.train import build_train_tab
+
+
+def build_demo(state: AppState) -> gr.Blocks:
+    with gr.Blocks(title="MedAdapt — base vs RAG vs SFT vs MSFT") as demo:
+        gr.HTML(banner(state.cfg))
+        with gr.Tabs():
+            with gr.Tab("Compare", id="compare"):
+                compare = build_compare_tab(state)
+            with gr.Tab("Training", id="training"):
+                build_train_tab(state)
+            with gr.Tab("Benchmarks", id="benchmarks"):
+                build_bench_tab(state)
+        demo.load(compare["index_status_fn"], outputs=compare["index_status"])
+        demo.load(compare["refresh_fn"], outputs=[compare["sft_adapter"], compare["msft_adapter"]])
+    return demo

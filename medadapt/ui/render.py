@@ -1,0 +1,102 @@
+"""Pure view functions: an ``Answer`` record → the Markdown/HTML its column shows. No gradio, no model."""
+from __future__ import annotations
+
+import html
+import json
+from typing import Any
+
+from medadapt.pipeline import DISCLAIMER, Answer, CompareResult
+
+TITLES = {"base": "Base", "rag": "RAG", "sft": "SFT", "msft": "MSFT"}
+SUBTITLES = {
+    "base": "the base model as is",
+    "rag": "base model + retrieved textbook snippets",
+    "sft": "LoRA fine-tuned on Q → CoT → A",
+    "msft": "continual pretraining, then the same SFT",
+}
+
+
+def answer_markdown(ans: Answer) -> str:
+    """The column's main text: final answer (or state), then the disclaimer."""
+    if ans.status == "unavailable":
+        body = f"*{ans.message}*"
+    elif ans.status == "error":
+        body = f"⚠️ {ans.message}"
+    elif ans.status == "pending":
+        body = "*waiting…*"
+    elif not ans.answer and ans.status == "streaming":
+        body = "*thinking…*" if ans.reasoning else "*generating…*"
+    elif not ans.answer:
+        body = "*(no final answer after the chain of thought)*" if ans.reasoning else "*(empty output)*"
+    else:
+        body = ans.answer
+    note = f"\n\n*{ans.message}*" if ans.message and ans.status not in ("unavailable", "error") else ""
+    return f"{body}{note}\n\n<span class='ma-disclaimer'>{DISCLAIMER}</span>"
+
+
+def reasoning_markdown(ans: Answer) -> str:
+    if ans.status in ("unavailable", "pending"):
+        return ""
+    if not ans.reasoning:
+        return "*No separate chain of thought in this output.*" if ans.status == "done" else ""
+    flag = "\n\n**⚠ truncated before `</think>`**" if ans.truncated else ""
+    return ans.reasoning + flag
+
+
+def stats_markdown(ans: Answer) -> str:
+    """Token count, time to first token, total time, retrieval time, truncation flags."""
+    if ans.status in ("unavailable", "pending"):
+        return ""
+    parts = [f"**{ans.n_tokens}** tokens"]
+    if ans.ttft_s is not None:
+        parts.append(f"TTFT {ans.ttft_s:.2f} s")
+    parts.append(f"total {ans.total_s:.1f} s")
+    if ans.retrieval_s:
+        parts.append(f"retrieval {ans.retrieval_s * 1000:.0f} ms")
+    if ans.truncated:
+        parts.append("⚠ truncated")
+    elif ans.hit_limit:
+        parts.append("⚠ hit max tokens")
+    return " · ".join(parts)
+
+
+def snippets_html(ans: Answer, index_message: str = "") -> str:
+    """Retrieved snippets (title, source, score, expandable text); cited ones are marked."""
+    if not ans.snippets:
+        msg = index_message or (ans.message if ans.status == "unavailable" else "")
+        return f"<div class='ma-snippets ma-empty'>{html.escape(msg)}</div>" if msg else ""
+    items = []
+    for i, s in enumerate(ans.snippets, 1):
+        cited = i in ans.cited
+        badge = "<span class='ma-cited'>cited</span>" if cited else ""
+        items.append(
+            f"<details class='ma-snippet{' is-cited' if cited else ''}'><summary><b>[{i}]</b> "
+            f"{html.escape(s.title)} <span class='ma-src'>{html.escape(s.source)} · score {s.score:.3f}</span> "
+            f"{badge}</summary><div class='ma-snippet-text'>{html.escape(s.content)}</div></details>"
+        )
+    return "<div class='ma-snippets'><div class='ma-snippets-head'>Retrieved snippets</div>" + "".join(items) + "</div>"
+
+
+def result_markdown(res: CompareResult) -> str:
+    """The whole side-by-side result as a Markdown document (for export)."""
+    lines = [f"# MedAdapt comparison\n\n> {DISCLAIMER}\n\n**Question:** {res.question}\n",
+             f"**Settings:** `{json.dumps(res.settings)}`\n"]
+    lines += [f"*Notice:* {n}\n" for n in res.notices]
+    for v, ans in res.answers.items():
+        lines.append(f"## {TITLES.get(v, v)}\n")
+        if ans.status in ("unavailable", "error"):
+            lines.append(f"*{ans.message}*\n")
+            continue
+        if ans.adapter:
+            lines.append(f"Adapter: `{ans.adapter}`\n")
+        if ans.reasoning:
+            lines.append("<details><summary>Chain of thought</summary>\n\n" + ans.reasoning + "\n\n</details>\n")
+        lines.append(ans.answer or "*(no final answer)*")
+        lines.append(f"\n_{stats_markdown(ans)}_\n")
+        for i, s in enumerate(ans.snippets, 1):
+            lines.append(f"- [{i}] **{s.title}** ({s.source}, score {s.score:.3f}){' — cited' if i in ans.cited else ''}")
+    return "\n".join(lines) + "\n"
+
+
+def result_json(res: CompareResult) -> dict[str, Any]:
+    return {"disclaimer": DISCLAIMER, **res.to_dict()}
