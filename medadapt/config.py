@@ -102,8 +102,10 @@ class TrainConfig:
     max_steps: int = -1
     max_samples: int = 0  # 0: all
     eval_fraction: float = 0.05
+    max_eval_samples: int = 200  # cap on held-out examples (0: no cap)
     eval_steps: int = 50
     save_steps: int = 50
+    save_total_limit: int = 2  # checkpoints kept
     logging_steps: int = 1
     seed: int = 3407
     output_dir: str = ""  # empty: <runs_dir>/<job>-<timestamp>
@@ -111,6 +113,7 @@ class TrainConfig:
     push_to_hub: str = ""  # repo id; needs HF_TOKEN
     cpt_adapter: str = ""  # MSFT: adapter from the CPT stage (filled in by trainers.msft)
     cpt: dict[str, Any] = field(default_factory=dict)  # MSFT: overrides for its CPT stage
+    system_prompt: str = ""  # SFT: system message for the chat template (empty: the template's default)
 
 
 @dataclass

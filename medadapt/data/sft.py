@@ -1,0 +1,157 @@
+"""Question → chain of thought → answer rows for SFT, and the check that they never overlap the evaluated samples.
+
+Reference profile: ``FreedomIntelligence/medical-o1-reasoning-SFT`` (``en``) from the Hub. Offline profile: the 10
+real rows in ``<data_dir>/medical_o1_sft/``, plus rows derived from data-dir sets that the eval does not use:
+MedMCQA dev rows with an explanation (``exp`` becomes the reasoning) that are not among the evaluated items, and
+PubMedQA's 500 non-test items (abstract + question → long answer as reasoning → yes/no/maybe).
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from medadapt.config import AppConfig
+from medadapt.data import data_file
+
+HUB_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
+LETTERS = "ABCD"
+
+
+class OverlapError(ValueError):
+    """A training row matches an evaluated benchmark item."""
+
+
+@dataclass(frozen=True)
+class SftRow:
+    id: str  # "<source>:<id in the source>"
+    source: str  # medical_o1 | medmcqa | pubmedqa
+    question: str
+    cot: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class Overlap:
+    row_id: str
+    item_id: str
+    benchmark: str
+    by: str  # "id" | "text"
+
+
+def normalize_question(text: str) -> str:
+    """Lower-case, alphanumerics only, single spaces: the key two questions are compared by."""
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
+
+
+def source_id(row_id: str) -> str:
+    return row_id.split(":", 1)[-1]
+
+
+def check_disjoint(rows: Iterable[SftRow], eval_items: dict[str, Sequence[Any]] | Sequence[Any]) -> list[Overlap]:
+    """Every training row that matches an evaluated item by source id or by normalized question text.
+
+    ``eval_items`` is ``benchmarks.evaluated_items(cfg)`` (benchmark → items with ``id``, ``question``) or a flat list.
+    A row's question text matches when the item's normalized question occurs inside it (derived rows prefix the
+    question with context or append options).
+    """
+    items = [i for group in eval_items.values() for i in group] if isinstance(eval_items, dict) else list(eval_items)
+    by_id = {str(i.id): i for i in items}
+    texts = {normalize_question(i.question): i for i in items if normalize_question(i.question)}
+    found = []
+    for row in rows:
+        item = by_id.get(source_id(row.id))
+        if item is not None:
+            found.append(Overlap(row.id, str(item.id), getattr(item, "benchmark", ""), "id"))
+            continue
+        q = normalize_question(row.question)
+        item = texts.get(q) or next((it for t, it in texts.items() if len(t) >= 40 and t in q), None)
+        if item is not None:
+            found.append(Overlap(row.id, str(item.id), getattr(item, "benchmark", ""), "text"))
+    return found
+
+
+def evaluated_items(cfg: AppConfig) -> dict[str, list[Any]]:
+    """The benchmark samples the eval uses (``medadapt.data.benchmarks``), which training must exclude."""
+    from medadapt.data.benchmarks import evaluated_items as items
+
+    return items(cfg)
+
+
+# ---------------------------------------------------------------- row builders (pure)
+
+def medmcqa_row(rec: dict[str, Any]) -> SftRow | None:
+    """A MedMCQA record with an explanation as a Q-CoT-A row (None without one)."""
+    exp = (rec.get("exp") or "").strip()
+    if not exp or rec.get("cop") not in (1, 2, 3, 4):
+        return None
+    opts = [rec["opa"], rec["opb"], rec["opc"], rec["opd"]]
+    question = rec["question"].strip() + "\n\n" + "\n".join(f"{L}. {o}" for L, o in zip(LETTERS, opts))
+    letter = LETTERS[rec["cop"] - 1]
+    return SftRow(f"medmcqa:{rec['id']}", "medmcqa", question, exp, f"The answer is {letter}. {opts[rec['cop'] - 1]}")
+
+
+def pubmedqa_row(pmid: str, rec: dict[str, Any]) -> SftRow:
+    context = "\n".join(rec["CONTEXTS"])
+    question = f"Context: {context}\n\nQuestion: {rec['QUESTION']}\nAnswer with yes, no or maybe."
+    return SftRow(f"pubmedqa:{pmid}", "pubmedqa", question, rec["LONG_ANSWER"].strip(),
+                  f"The answer is {rec['final_decision']}.")
+
+
+def o1_row(n: int, rec: dict[str, Any]) -> SftRow:
+    return SftRow(f"medical_o1:{n}", "medical_o1", rec["Question"], rec["Complex_CoT"], rec["Response"])
+
+
+# ---------------------------------------------------------------- loaders
+
+def load_local_rows(cfg: AppConfig, sources: Sequence[str] = ("medical_o1", "medmcqa", "pubmedqa")) -> list[SftRow]:
+    """Offline rows from the data dir, before excluding evaluated items."""
+    rows: list[SftRow] = []
+    if "medical_o1" in sources:
+        recs = json.loads(data_file(cfg, "medical_o1_sft", "medical_o1_sft_en_first10.json").read_text("utf-8"))
+        rows += [o1_row(n, r) for n, r in enumerate(recs)]
+    if "medmcqa" in sources:
+        with data_file(cfg, "medmcqa", "dev.json").open(encoding="utf-8") as f:
+            rows += [r for r in (medmcqa_row(json.loads(line)) for line in f if line.strip()) if r is not None]
+    if "pubmedqa" in sources:
+        pqal = json.loads(data_file(cfg, "pubmedqa", "ori_pqal.json").read_text("utf-8"))
+        test = json.loads(data_file(cfg, "pubmedqa", "test_ground_truth.json").read_text("utf-8"))
+        rows += [pubmedqa_row(pmid, rec) for pmid, rec in pqal.items() if pmid not in test]
+    return rows
+
+
+def load_hub_rows(name: str = HUB_DATASET, config: str = "en") -> list[SftRow]:
+    from datasets import load_dataset
+
+    ds = load_dataset(name, config, split="train")
+    return [o1_row(n, r) for n, r in enumerate(ds)]
+
+
+def exclude_overlaps(rows: list[SftRow], eval_items: dict[str, Sequence[Any]]) -> tuple[list[SftRow], list[Overlap]]:
+    """Rows with every evaluated item removed, and the overlaps that were removed."""
+    overlaps = check_disjoint(rows, eval_items)
+    bad = {o.row_id for o in overlaps}
+    return [r for r in rows if r.id not in bad], overlaps
+
+
+def load_sft_rows(cfg: AppConfig, datasets: Sequence[str] = ()) -> list[SftRow]:
+    """SFT rows for the profile, disjoint from the evaluated samples (raises :class:`OverlapError` if not).
+
+    ``datasets``: ``local:medical_o1``, ``local:medmcqa``, ``local:pubmedqa`` or Hub names; empty = the profile's
+    default (the Hub dataset for ``reference``, all three local sets otherwise).
+    """
+    names = list(datasets) or ([HUB_DATASET] if cfg.profile == "reference" else
+                               ["local:medical_o1", "local:medmcqa", "local:pubmedqa"])
+    local = [n.removeprefix("local:") for n in names if n.startswith("local:")]
+    rows = load_local_rows(cfg, local) if local else []
+    for name in names:
+        if not name.startswith("local:"):
+            rows += load_hub_rows(name)
+    items = evaluated_items(cfg)
+    rows, _removed = exclude_overlaps(rows, items)
+    left = check_disjoint(rows, items)
+    if left:
+        raise OverlapError(f"{len(left)} training rows overlap evaluated items, e.g. {left[0]}")
+    return rows
