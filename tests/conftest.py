@@ -52,3 +52,35 @@ def cfg(tmp_path, tiny_model_dir):
                   "results_dir": str(tmp_path / "results"),
                   "cache_dir": os.environ.get("MEDADAPT_CACHE_DIR", "~/.cache/medadapt")},
     })
+
+
+def make_random_adapter(base_dir: str, out_dir: Path, seed: int, r: int = 4) -> Path:
+    """Save a LoRA adapter with random non-zero B matrices (so it changes outputs) for ``base_dir``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    peft_model.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture
+def trained_runs(cfg, tiny_model_dir):
+    """An SFT and an MSFT run in the runs dir, published per the run-directory contract (random adapters)."""
+    import json
+
+    paths = {}
+    for seed, kind in enumerate(("sft", "msft"), 1):
+        run = cfg.paths.resolve("runs_dir") / cfg.profile / f"{kind}-20260101-00000{seed}"
+        adapter = make_random_adapter(tiny_model_dir, run / "adapter", seed)
+        (adapter / "medadapt.json").write_text(json.dumps({"job": kind, "base_model": tiny_model_dir}))
+        (run / "status.json").write_text(json.dumps({"status": "finished", "job": kind, "adapter": str(adapter)}))
+        paths[kind] = adapter
+    return paths

@@ -1,0 +1,98 @@
+"""The whole app on loopback: driven by gradio_client, and by a real headless Chromium (Playwright)."""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from medadapt.config import load_config
+from medadapt.pipeline import DISCLAIMER
+from tests.conftest import DATA_DIR  # noqa: F401  (documents where the real data lives)
+
+FIXTURE_DATA = Path(__file__).parent / "fixtures" / "app_data"
+VARIANTS = ("base", "rag", "sft", "msft")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, tiny_model_dir):
+    """The full app (all tabs) on the tiny model, with two random adapters and an index on a mini corpus."""
+    from medadapt.state import AppState
+    from medadapt.ui.common import CSS, THEME
+    from medadapt.ui.interface import build_demo
+    from tests.conftest import make_random_adapter
+    import json
+
+    tmp = tmp_path_factory.mktemp("app")
+    cfg = load_config("offline", {
+        "model": {"name_or_path": tiny_model_dir, "display_name": "tiny-random"},
+        "generation": {"max_new_tokens": 24},
+        "rag": {"corpus": ["local:medrag_textbooks"], "table": "mini", "top_k": 3},
+        "paths": {"data_dir": str(FIXTURE_DATA), "runs_dir": str(tmp / "runs"), "index_dir": str(tmp / "index"),
+                  "results_dir": str(tmp / "results")},
+    })
+    for seed, kind in enumerate(("sft", "msft"), 1):
+        adapter = make_random_adapter(tiny_model_dir, tmp / "runs" / "offline" / f"{kind}-2026010{seed}" / "adapter", seed)
+        (adapter / "medadapt.json").write_text(json.dumps({"job": kind}))
+    state = AppState.create(cfg)
+    state.pipeline.build_index()
+    demo = build_demo(state)
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, theme=THEME, css=CSS,
+                ssr_mode=False, quiet=True)
+    yield {"url": f"http://127.0.0.1:{port}/", "state": state, "cfg": cfg}
+    demo.close()
+
+
+def test_compare_via_gradio_client(app):
+    from gradio_client import Client
+
+    client = Client(app["url"], verbose=False)
+    sft, msft = (app["state"].adapter_choices(k)[0][1] for k in ("sft", "msft"))
+    out = client.predict("What causes megaloblastic anemia?", 16, 0.0, 1.0, 2, False, sft, msft, api_name="/compare")
+    cols = {v: out[i * 4:(i + 1) * 4] for i, v in enumerate(VARIANTS)}
+    for v, (answer, _reasoning, stats, _snips) in cols.items():
+        assert DISCLAIMER in answer, v
+        assert "tokens" in stats, v
+    assert "Retrieved snippets" in cols["rag"][3] and "Hematology" in cols["rag"][3]
+    assert cols["base"][3] == "" and "Not trained" not in cols["sft"][0]
+
+
+def test_empty_question_gets_message_and_app_keeps_serving(app):
+    from gradio_client import Client
+
+    client = Client(app["url"], verbose=False)
+    out = client.predict("   ", 16, 0.0, 1.0, 2, False, "", "", api_name="/compare")
+    assert "empty" in out[16]
+    out = client.predict("Dose of aspirin in MI?", 8, 0.0, 1.0, 2, False, "", "", api_name="/compare")
+    assert "Not trained yet" in out[8] and DISCLAIMER in out[0]
+
+
+def test_browser_four_answers_side_by_side(app, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(app["url"])
+        page.get_by_label("Medical question").fill("Which vitamin deficiency causes megaloblastic anemia?")
+        page.locator("#ma-ask").click()
+        for v in VARIANTS:
+            page.locator(f"#ma-stats-{v}").get_by_text("tokens").wait_for(timeout=60_000)
+        page.wait_for_timeout(500)
+        shot = tmp_path / "compare.png"
+        page.screenshot(path=str(shot), full_page=True)
+        boxes = [page.locator(f"#ma-col-{v}").bounding_box() for v in VARIANTS]
+        browser.close()
+    assert shot.stat().st_size > 10_000
+    assert len({round(b["y"]) for b in boxes}) == 1, f"columns wrapped: {boxes}"
+    assert all(b["width"] > 200 for b in boxes)

@@ -1,0 +1,139 @@
+"""The compare pipeline over a scripted engine and retriever: routing, messages, unavailable variants, limits."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medadapt.engine import BASE, AdapterLoadError, RowState
+from medadapt.pipeline import NOT_TRAINED, InputError, Pipeline, adapter_name, check_settings, clean_question
+from medadapt.rag import IndexNotBuiltError, Snippet
+
+SNIPPETS = [Snippet("FA_1", "First Aid", "First_Aid_Step1", "Aspirin inhibits COX.", 0.9),
+            Snippet("P_2", "Pathoma", "Pathoma_Husain", "MI causes coagulative necrosis.", 0.5)]
+
+
+class ScriptedEngine:
+    """Word-count tokens; each row emits '<think>why</think>' then an answer citing [1], one word per step."""
+
+    max_context = 400
+
+    def __init__(self):
+        self.loaded: dict[str, str] = {}
+        self.requests = None
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+    def render(self, messages):
+        return "\n".join(m["content"] for m in messages)
+
+    def prompt_opens_think(self):
+        return False
+
+    def has_adapter(self, name):
+        return name in self.loaded
+
+    def load_adapter(self, name, path):
+        if not Path(path, "adapter_config.json").exists():
+            raise AdapterLoadError(f"no adapter at {path}")
+        self.loaded[name] = path
+
+    def stream(self, requests, settings):
+        self.requests = requests
+        words = ["<think>why</think>", "Aspirin", "[1]."]
+        for step in range(1, len(words) + 1):
+            yield [RowState(a, " ".join(words[:step]), step, 0.01, 0.02 * step, step == len(words),
+                            "eos" if step == len(words) else None) for _, a in requests]
+
+
+class ScriptedRetriever:
+    def __init__(self, fail=False):
+        self.fail, self.queries = fail, []
+
+    def retrieve(self, question, k=None, mode=None):
+        if self.fail:
+            raise IndexNotBuiltError("index not built: run `python -m medadapt.rag build`")
+        self.queries.append(question)
+        return SNIPPETS[: k or 2]
+
+
+def make(cfg, fail_index=False):
+    engine, retriever = ScriptedEngine(), ScriptedRetriever(fail_index)
+    return Pipeline(cfg, lambda: engine, lambda: retriever), engine, retriever
+
+
+SETTINGS = {"max_new_tokens": 32, "temperature": 0.0, "top_p": 1.0}
+
+
+def test_four_variants_one_batch_with_adapters_and_citations(cfg, trained_runs):
+    pipe, engine, retriever = make(cfg)
+    results = list(pipe.compare("Best drug for MI?", SETTINGS, trained_runs))
+    final = results[-1]
+    assert final.done and len(results) >= 3  # initial snapshot, streamed steps, final
+    adapters = [a for _, a in engine.requests]
+    assert adapters == [BASE, BASE, adapter_name("sft", trained_runs["sft"]), adapter_name("msft", trained_runs["msft"])]
+    assert retriever.queries == ["Best drug for MI?"]  # question only, once
+    rag_user = engine.requests[1][0][1]["content"]
+    assert "[1] First Aid: Aspirin inhibits COX." in rag_user and "[1]" not in engine.requests[0][0][1]["content"]
+    rag = final.answers["rag"]
+    assert rag.status == "done" and rag.answer == "Aspirin [1]." and rag.reasoning == "why" and rag.cited == [1]
+    assert final.answers["base"].snippets == [] and final.answers["sft"].n_tokens == 3
+
+
+def test_missing_adapters_say_not_trained_and_others_answer(cfg):
+    pipe, engine, _ = make(cfg)
+    final = list(pipe.compare("Q about anemia?", SETTINGS, {"sft": None, "msft": None}))[-1]
+    for v in ("sft", "msft"):
+        assert final.answers[v].status == "unavailable" and final.answers[v].message == NOT_TRAINED
+    assert final.answers["base"].status == final.answers["rag"].status == "done"
+    assert len(engine.requests) == 2
+
+
+def test_corrupt_adapter_is_an_error_in_its_column_only(cfg, tmp_path):
+    pipe, _, _ = make(cfg)
+    bad = tmp_path / "broken"
+    bad.mkdir()
+    final = list(pipe.compare("Q?", SETTINGS, {"sft": bad, "msft": None}))[-1]
+    assert final.answers["sft"].status == "error" and "could not be loaded" in final.answers["sft"].message
+    assert final.answers["base"].status == "done"
+
+
+def test_index_not_built_marks_rag_unavailable(cfg):
+    pipe, engine, _ = make(cfg, fail_index=True)
+    final = list(pipe.compare("Q?", SETTINGS, {}))[-1]
+    assert final.answers["rag"].status == "unavailable" and "rag build" in final.answers["rag"].message
+    assert [a for _, a in engine.requests] == [BASE]
+
+
+def test_rag_everywhere_adds_snippets_to_finetuned(cfg, trained_runs):
+    pipe, engine, _ = make(cfg)
+    final = list(pipe.compare("Q?", SETTINGS, trained_runs, rag_everywhere=True))[-1]
+    assert all("[1] First Aid" in msgs[1]["content"] for msgs, _ in engine.requests[1:])
+    assert final.answers["msft"].cited == [1]
+
+
+def test_long_question_truncated_with_notice(cfg):
+    pipe, engine, _ = make(cfg)
+    final = list(pipe.compare("word " * 5000, SETTINGS, {}))[-1]
+    assert any("truncated" in n for n in final.notices)
+    for msgs, _ in engine.requests:
+        assert engine.count_tokens(engine.render(msgs)) <= engine.max_context - SETTINGS["max_new_tokens"]
+
+
+@pytest.mark.parametrize("bad", ["", "   \n\t ", "\x00\x01\x02", "\ud800\udfff", None, 42])
+def test_bad_questions_rejected_clearly(bad):
+    with pytest.raises(InputError):
+        clean_question(bad)
+
+
+def test_clean_question_strips_controls_keeps_text():
+    assert clean_question("  Dose\x07 of\u200b aspirin?\ud800 ") == "Dose of\u200b aspirin?"
+
+
+@pytest.mark.parametrize("args,word", [(("abc", 0.5, 0.9), "Max new tokens"), ((64, -1, 0.9), "Temperature"),
+                                       ((64, 0.5, 0), "Top-p"), ((10**9, 0.5, 0.9), "Max new tokens"),
+                                       ((64, float("nan"), 0.9), "Temperature")])
+def test_bad_settings_rejected_with_name(cfg, args, word):
+    with pytest.raises(InputError, match=word):
+        check_settings(cfg, *args)
