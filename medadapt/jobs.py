@@ -1,0 +1,423 @@
+"""Start, poll, stop and resume trainer and eval subprocesses; read their run dirs.
+
+The web server never imports trainer code (LlamaBoard-runner style): a job is ``python -m trainers.<job> --config
+<run>/launch.yaml --output_dir <run>`` (or ``python -m eval run ... --output_dir <run>``) in its own process group,
+its stdout/stderr appended to ``<run>/stdout.log``. Progress comes from the files of the run directory contract in
+docs/ARCHITECTURE.md (``log.jsonl``, ``status.json``, ``checkpoints/``, ``adapter/``, ``STOP``). One job runs at a
+time per :class:`JobManager`; the state lives here, not in a browser session, so any page re-attaches to it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medadapt.config import REPO_ROOT, AppConfig, TrainConfig, to_dict
+
+TRAIN_JOBS = ("sft", "cpt", "msft")
+FINAL = ("finished", "failed", "stopped")
+ACTIVE = ("starting", "running", "stopping")
+
+
+class JobError(RuntimeError):
+    """A job cannot be started, stopped or resumed; the message says why."""
+
+
+class JobBusyError(JobError):
+    """Another job is already running in this app."""
+
+
+@dataclass
+class RunSnapshot:
+    """What the UI shows about one run: status, progress, losses, error."""
+
+    run_dir: Path
+    job: str
+    status: str  # starting | running | stopping | finished | failed | stopped | unknown
+    config: str = ""
+    step: int = 0
+    total_steps: int | None = None
+    epoch: float | None = None
+    stage: str = ""
+    elapsed_s: float | None = None
+    eta_s: float | None = None
+    tokens_per_s: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    wall_s: float | None = None
+    error: str = ""
+    adapter: str = ""
+    started: float | None = None
+    records: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
+
+
+# ---------------------------------------------------------------- run-dir files (pure readers and writers)
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Complete JSON lines of ``path``; a half-written last line or a corrupt line is skipped."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return parse_jsonl(text)
+
+
+def parse_jsonl(text: str) -> list[dict[str, Any]]:
+    out = []
+    for line in text.splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break  # being written
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_status(run_dir: Path, data: dict[str, Any]) -> None:
+    """Rewrite ``status.json`` atomically (tmp file + rename)."""
+    tmp = run_dir / f"status.json.tmp-{os.getpid()}-{threading.get_ident()}"
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, run_dir / "status.json")
+
+
+def tail(path: Path, lines: int = 40, max_bytes: int = 64_000) -> str:
+    """The last ``lines`` lines of a text file ('' if missing)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
+            data = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+def pid_alive(pid: Any) -> bool:
+    """True if process ``pid`` exists and is not a zombie."""
+    try:
+        pid = int(pid)
+        os.kill(pid, 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def as_epoch(value: Any) -> float | None:
+    """A timestamp written as epoch seconds or ISO 8601 → epoch seconds."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and value:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def latest(records: list[dict[str, Any]], key: str) -> Any:
+    for rec in reversed(records):
+        if rec.get(key) is not None:
+            return rec[key]
+    return None
+
+
+def summarize(run_dir: Path, status: dict[str, Any], records: list[dict[str, Any]], state: str,
+              error: str = "", config: str = "") -> RunSnapshot:
+    """Build a :class:`RunSnapshot` from the parsed files of a run (no I/O)."""
+    job = status.get("job") or run_dir.name.split("-")[0]
+    stage = latest(records, "stage") or ""
+    staged = [r for r in records if (r.get("stage") or "") == stage] if stage else records
+    steps = [int(r["step"]) for r in staged if isinstance(r.get("step"), (int, float))]
+    started = as_epoch(status.get("started"))
+    elapsed = latest(records, "elapsed_s")
+    if state in ACTIVE and started:
+        elapsed = max(float(elapsed or 0.0), time.time() - started)
+    final_loss, final_eval = status.get("final_loss"), status.get("final_eval_loss")
+    return RunSnapshot(
+        run_dir=run_dir, job=job, status=state, config=config,
+        step=int(status["steps"]) if state == "finished" and status.get("steps") else max(steps, default=0),
+        total_steps=latest(staged, "total_steps"), epoch=latest(records, "epoch"), stage=stage,
+        elapsed_s=elapsed, eta_s=0.0 if state == "finished" else latest(staged, "eta_s"),
+        tokens_per_s=latest(records, "tokens_per_s"),
+        loss=final_loss if final_loss is not None else latest(records, "loss"),
+        eval_loss=final_eval if final_eval is not None else latest(records, "eval_loss"),
+        wall_s=status.get("wall_s"), error=error, adapter=status.get("adapter") or "", started=started,
+        records=records,
+    )
+
+
+def child_env(cfg: AppConfig) -> dict[str, str]:
+    """The environment of a job: this one plus the app's profile, model and dirs, so the job sees the same config."""
+    env = dict(os.environ)
+    env.update(PYTHONUNBUFFERED="1", MEDADAPT_PROFILE=cfg.profile, MEDADAPT_MODEL=cfg.model.name_or_path)
+    for name in ("data_dir", "cache_dir", "runs_dir", "index_dir", "results_dir"):
+        env[f"MEDADAPT_{name.upper()}"] = str(cfg.paths.resolve(name))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def default_commands() -> dict[str, list[str]]:
+    cmds = {job: [sys.executable, "-m", f"trainers.{job}"] for job in TRAIN_JOBS}
+    cmds["eval"] = [sys.executable, "-m", "eval", "run"]
+    return cmds
+
+
+# ---------------------------------------------------------------- the manager
+
+class JobManager:
+    """Runs at most one trainer/eval subprocess at a time and reports on every run in the runs dir.
+
+    ``commands`` maps a job name to the argv prefix that runs it (tests swap in a fake trainer).
+    """
+
+    def __init__(self, cfg: AppConfig, commands: dict[str, list[str]] | None = None):
+        self.cfg = cfg
+        self.commands = {**default_commands(), **(commands or {})}
+        self._lock = threading.RLock()
+        self._proc: subprocess.Popen | None = None
+        self._run_dir: Path | None = None
+        self._adopted: tuple[Path, int] | None = self._find_orphan()
+        self._logs: dict[Path, tuple[int, float, list[dict[str, Any]]]] = {}
+
+    # -- where things live
+    @property
+    def runs_root(self) -> Path:
+        return self.cfg.paths.resolve("runs_dir") / self.cfg.profile
+
+    def new_run_dir(self, job: str) -> Path:
+        base = self.runs_root / f"{job}-{datetime.now():%Y%m%d-%H%M%S}"
+        run_dir, n = base, 1
+        while run_dir.exists():
+            n += 1
+            run_dir = base.with_name(f"{base.name}-{n}")
+        return run_dir
+
+    def _find_orphan(self) -> tuple[Path, int] | None:
+        """A job still running from an earlier app process (so a restarted app re-attaches to it)."""
+        for run_dir in self._run_dirs():
+            st = read_status(run_dir)
+            if st.get("status") == "running" and pid_alive(st.get("pid")):
+                return run_dir, int(st["pid"])
+        return None
+
+    def _run_dirs(self) -> list[Path]:
+        if not self.runs_root.is_dir():
+            return []
+        dirs = [p for p in self.runs_root.iterdir() if p.is_dir() and (
+            (p / "status.json").exists() or (p / "launch.json").exists() or (p / "log.jsonl").exists())]
+        return sorted(dirs, key=lambda p: p.stat().st_mtime, reverse=True)
+
+    # -- launching
+    def running(self) -> Path | None:
+        """The run dir of the job running now, or None."""
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                return self._run_dir
+            if self._adopted and pid_alive(self._adopted[1]):
+                return self._adopted[0]
+            self._adopted = None
+            return None
+
+    def active_run(self) -> Path | None:
+        """The run to show live: the running one, else the last launched here, else the newest on disk."""
+        run = self.running() or self._run_dir
+        if run is None:
+            dirs = self._run_dirs()
+            run = dirs[0] if dirs else None
+        return run
+
+    def _refuse_if_busy(self) -> None:
+        busy = self.running()
+        if busy is not None:
+            raise JobBusyError(f"a job is already running ({busy.name}); stop it or wait until it finishes")
+
+    def start(self, tcfg: TrainConfig, source: str = "", output_dir: str | Path | None = None) -> Path:
+        """Launch trainer ``tcfg.job`` on ``tcfg`` in a new run dir (or ``output_dir``); returns the run dir."""
+        if tcfg.job not in TRAIN_JOBS:
+            raise JobError(f"unknown job {tcfg.job!r}; expected one of {', '.join(TRAIN_JOBS)}")
+        with self._lock:
+            self._refuse_if_busy()
+            run_dir = Path(output_dir) if output_dir else self.new_run_dir(tcfg.job)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            data = to_dict(tcfg)
+            data["output_dir"] = str(run_dir)
+            launch = run_dir / "launch.yaml"
+            launch.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+            argv = [*self.commands[tcfg.job], "--config", str(launch), "--output_dir", str(run_dir)]
+            self._spawn(run_dir, tcfg.job, argv, source)
+            return run_dir
+
+    def start_eval(self, args: list[str], output_dir: str | Path | None = None) -> Path:
+        """Launch ``python -m eval run <args> --output_dir D``; D follows the same log/status contract."""
+        with self._lock:
+            self._refuse_if_busy()
+            run_dir = Path(output_dir) if output_dir else self.new_run_dir("eval")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            argv = [*self.commands["eval"], *args, "--output_dir", str(run_dir)]
+            self._spawn(run_dir, "eval", argv, " ".join(args))
+            return run_dir
+
+    def resume(self, run_dir: str | Path | None = None) -> Path:
+        """Relaunch a stopped or failed run in the same dir with ``--resume`` (from its last checkpoint)."""
+        with self._lock:
+            self._refuse_if_busy()
+            run_dir = Path(run_dir) if run_dir else self._run_dir
+            if run_dir is None or not run_dir.is_dir():
+                raise JobError("no run selected to resume")
+            snap = self.poll(run_dir)
+            if snap.job not in TRAIN_JOBS:
+                raise JobError(f"{run_dir.name} is a {snap.job!r} run; only training runs can be resumed")
+            if snap.status == "finished":
+                raise JobError(f"{run_dir.name} already finished; start a new run instead")
+            if not any((run_dir / "checkpoints").glob("checkpoint-*")):
+                raise JobError(f"{run_dir.name} has no checkpoint to resume from; start a new run instead")
+            config = next((p for p in (run_dir / "launch.yaml", run_dir / "config.yaml") if p.exists()), None)
+            if config is None:
+                raise JobError(f"{run_dir.name} has no launch.yaml or config.yaml")
+            argv = [*self.commands[snap.job], "--config", str(config), "--output_dir", str(run_dir), "--resume"]
+            self._spawn(run_dir, snap.job, argv, snap.config)
+            return run_dir
+
+    def _spawn(self, run_dir: Path, job: str, argv: list[str], source: str) -> None:
+        (run_dir / "STOP").unlink(missing_ok=True)
+        launch_info = {"job": job, "config": source, "argv": argv, "launched": time.time()}
+        (run_dir / "launch.json").write_text(json.dumps(launch_info, indent=1), encoding="utf-8")
+        with open(run_dir / "stdout.log", "ab") as out:
+            out.write(f"=== {datetime.now():%Y-%m-%d %H:%M:%S} $ {' '.join(argv)}\n".encode())
+            out.flush()
+            try:
+                proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=child_env(self.cfg), stdout=out,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            except OSError as e:
+                raise JobError(f"could not launch {argv[0]}: {e}") from e
+        write_status(run_dir, {"status": "running", "job": job, "pid": proc.pid, "started": time.time()})
+        self._proc, self._run_dir, self._adopted = proc, run_dir, None
+
+    # -- stopping
+    def stop(self) -> Path:
+        """Ask the running job to save a checkpoint and exit (``STOP`` file); returns its run dir."""
+        run_dir = self.running()
+        if run_dir is None:
+            raise JobError("no job is running")
+        (run_dir / "STOP").touch()
+        return run_dir
+
+    def terminate(self, timeout: float = 10.0) -> None:
+        """SIGTERM the running job (trainers also save and stop on it); SIGKILL after ``timeout`` seconds."""
+        with self._lock:
+            proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    # -- reading runs
+    def _records(self, run_dir: Path) -> list[dict[str, Any]]:
+        path = run_dir / "log.jsonl"
+        try:
+            st = path.stat()
+        except OSError:
+            return []
+        cached = self._logs.get(run_dir)
+        if cached and cached[0] == st.st_size and cached[1] == st.st_mtime:
+            return cached[2]
+        records = read_jsonl(path)
+        self._logs[run_dir] = (st.st_size, st.st_mtime, records)
+        return records
+
+    def _liveness(self, run_dir: Path, status: dict[str, Any]) -> tuple[bool | None, int | None]:
+        """(alive, exit code) of the process behind a run; alive None when no process is known."""
+        with self._lock:
+            if self._proc is not None and self._run_dir == run_dir:
+                rc = self._proc.poll()
+                return rc is None, rc
+        if status.get("pid") is None:
+            return None, None
+        return pid_alive(status["pid"]), None
+
+    def poll(self, run_dir: str | Path | None = None) -> RunSnapshot | None:
+        """A snapshot of ``run_dir`` (default: the active run); a dead job left 'running' is marked failed."""
+        run_dir = Path(run_dir) if run_dir else self.active_run()
+        if run_dir is None:
+            return None
+        status = read_status(run_dir)
+        records = self._records(run_dir)
+        try:
+            config = json.loads((run_dir / "launch.json").read_text()).get("config", "")
+        except (OSError, json.JSONDecodeError):
+            config = ""
+        state, error = status.get("status") or "unknown", status.get("error") or ""
+        alive, rc = self._liveness(run_dir, status)
+        if alive:
+            if (run_dir / "STOP").exists():
+                state = "stopping"
+            elif state not in FINAL:
+                state = "running" if records else "starting"
+        elif state == "running" or (state == "unknown" and alive is False):
+            how = f"exited with code {rc}" if rc is not None else f"(pid {status.get('pid')}) is no longer alive"
+            error = error or f"the job process {how} without reporting a final status"
+            last = tail(run_dir / "stdout.log", 12)
+            if last:
+                error += f"\n--- last lines of stdout.log ---\n{last}"
+            state = "failed"
+            status = {**status, "status": "failed", "error": error, "ended": time.time()}
+            try:
+                write_status(run_dir, status)
+            except OSError:
+                pass
+        if state == "failed" and not error:
+            error = tail(run_dir / "stdout.log", 12) or "the job failed without an error message"
+        return summarize(run_dir, status, records, state, error, config)
+
+    def list_runs(self, jobs: tuple[str, ...] | None = TRAIN_JOBS) -> list[RunSnapshot]:
+        """Every run under the runs dir of the active profile (``jobs`` filters by job), newest first."""
+        snaps = [self.poll(d) for d in self._run_dirs()]
+        return [s for s in snaps if s is not None and (jobs is None or s.job in jobs)]
+
+    def wait(self, run_dir: Path, timeout: float = 60.0, until: tuple[str, ...] = FINAL) -> RunSnapshot:
+        """Poll ``run_dir`` until its status is in ``until``; raises TimeoutError (with the snapshot) otherwise."""
+        deadline = time.time() + timeout
+        while True:
+            snap = self.poll(run_dir)
+            if snap is not None and snap.status in until and (snap.active or self.running() != run_dir):
+                return snap  # a final status counts once the process has exited too
+            if time.time() > deadline:
+                raise TimeoutError(f"{run_dir.name} still {snap.status if snap else 'missing'} after {timeout}s")
+            time.sleep(0.1)
