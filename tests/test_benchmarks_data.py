@@ -77,3 +77,10 @@ def test_evaluated_items_pubmedqa_from_test_split_and_roundtrip(cfg):
 def test_unknown_benchmark(cfg):
     with pytest.raises(UnknownBenchmarkError):
         load_benchmark(cfg, "nope")
+
+
+def test_smaller_sample_is_prefix_of_larger(cfg):
+    for name, strat in [("medqa", None), ("mmlu_medical", "subject")]:
+        items = load_benchmark(cfg, name)
+        small, big = sample_items(items, 50, 3, strat), sample_items(items, 200, 3, strat)
+        assert [i.id for i in small] == [i.id for i in big[:50]]

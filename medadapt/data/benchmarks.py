@@ -148,32 +148,32 @@ def pubmedqa_test_ids(cfg: AppConfig) -> list[str]:
 def sample_items(items: list[BenchItem], n: int, seed: int, stratify_by: str | None = None) -> list[BenchItem]:
     """A seeded sample of ``n`` items (all when ``n <= 0`` or ``n >= len``), in a stable order.
 
-    With ``stratify_by`` (an attribute such as ``subject``) the sample is spread evenly over its values: each group
-    gets ``n // groups`` items, the first ``n % groups`` groups (sorted by name) one more, and a group that is too
-    small gives its shortfall to the others.
+    The sample is the first ``n`` of a seeded ordering, so a smaller ``n`` (same seed) is a prefix of a larger one and
+    runs at different sizes share items. With ``stratify_by`` (an attribute such as ``subject``) each group is
+    shuffled and the ordering takes one item from each group in turn (groups sorted by name), so the sample is spread
+    evenly (counts differ by at most one until a small group runs out).
     """
-    if n <= 0 or n >= len(items):
-        return list(items)
+    if n <= 0:
+        n = len(items)
     rng = random.Random(seed)
     if not stratify_by:
-        return rng.sample(list(items), n)
+        order = list(items)
+        rng.shuffle(order)
+        return order[:n]
     groups: dict[str, list[BenchItem]] = defaultdict(list)
     for it in items:
         groups[getattr(it, stratify_by)].append(it)
-    names = sorted(groups)
-    quota = {g: 0 for g in names}
-    left = n
-    while left > 0:  # round-robin over groups with room: even up to the small groups' sizes
-        open_groups = [g for g in names if quota[g] < len(groups[g])]
-        share, extra = divmod(left, len(open_groups))
-        for i, g in enumerate(open_groups):
-            add = min(share + (1 if i < extra else 0), len(groups[g]) - quota[g])
-            quota[g] += add
-            left -= add
+    queues = []
+    for name in sorted(groups):
+        g = list(groups[name])
+        rng.shuffle(g)
+        queues.append(g)
     out: list[BenchItem] = []
-    for g in names:
-        out.extend(rng.sample(groups[g], quota[g]))
-    return out
+    depth = 0
+    while len(out) < n and any(depth < len(q) for q in queues):
+        out.extend(q[depth] for q in queues if depth < len(q))
+        depth += 1
+    return out[:n]
 
 
 def evaluated_items(cfg: AppConfig, benchmarks: list[str] | None = None, n: int | None = None,
