@@ -1,6 +1,8 @@
 """Compare tab: one question, four columns (base, RAG, SFT, MSFT) answering at once, streamed side by side."""
 from __future__ import annotations
 
+import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from medadapt.pipeline import InputError, check_settings
 from medadapt.state import AppState
 from medadapt.ui import render
 from medadapt.ui.common import warn
+from medadapt.votes import CHOICES, VoteError, record_vote, read_votes, tally
 
 EXAMPLES = [
     "A 45-year-old man has crushing substernal chest pain radiating to the left arm for 30 minutes. "
@@ -77,9 +80,42 @@ def build_compare_tab(state: AppState) -> dict[str, Any]:
                     c[f"{v}_reasoning"] = gr.Markdown(elem_id=f"ma-reasoning-{v}")
                 c[f"{v}_stats"] = gr.Markdown(elem_classes=["ma-stats"], elem_id=f"ma-stats-{v}")
                 c[f"{v}_snippets"] = gr.HTML(elem_id=f"ma-snippets-{v}")
+    with gr.Row(equal_height=True):
+        c["vote_choice"] = gr.Radio([(render.TITLES.get(k, "All bad"), k) for k in CHOICES],
+                                    label="Which answer is best?", scale=3)
+        c["vote"] = gr.Button("Submit vote", scale=1)
+        c["export"] = gr.Button("Export result (Markdown + JSON)", scale=1)
+    c["vote_status"] = gr.Markdown()
+    c["export_files"] = gr.File(label="Exported result", file_count="multiple", visible=False)
     c["result"] = gr.State(None)
     _wire(state, c)
+    _wire_feedback(state, c)
     return c
+
+
+def _wire_feedback(state: AppState, c: dict[str, Any]) -> None:
+    def vote(choice, result):
+        try:
+            record_vote(state.cfg, choice or "", result.to_dict() if result else None)
+        except VoteError as e:
+            return f"⚠️ {e}"
+        except OSError as e:
+            return f"⚠️ The vote could not be saved: {e}"
+        counts = tally(read_votes(state.cfg))
+        return "Thanks — vote recorded. Tally so far: " + ", ".join(f"{k} {n}" for k, n in counts.items())
+
+    def export(result):
+        if result is None or not result.done:
+            warn("Ask a question and wait for the answers before exporting.")
+            return gr.update(visible=False)
+        out = Path(tempfile.mkdtemp(prefix="medadapt-export-"))
+        md, js = out / "medadapt-comparison.md", out / "medadapt-comparison.json"
+        md.write_text(render.result_markdown(result), encoding="utf-8")
+        js.write_text(json.dumps(render.result_json(result), indent=2, default=str, ensure_ascii=False), encoding="utf-8")
+        return gr.update(value=[str(md), str(js)], visible=True)
+
+    c["vote"].click(vote, inputs=[c["vote_choice"], c["result"]], outputs=c["vote_status"], api_name="vote")
+    c["export"].click(export, inputs=c["result"], outputs=c["export_files"], api_name="export")
 
 
 def _wire(state: AppState, c: dict[str, Any]) -> None:

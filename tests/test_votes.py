@@ -1,0 +1,39 @@
+"""Votes: appended with context, validated, tallied; a torn line does not break reading."""
+import json
+
+import pytest
+
+from medadapt.votes import VoteError, read_votes, record_vote, tally, votes_path
+
+
+def result(done=True, sft_status="unavailable"):
+    answers = {v: {"status": "done", "adapter": "", "answer": f"{v} says hi"} for v in ("base", "rag", "msft")}
+    answers["sft"] = {"status": sft_status, "adapter": "/x", "answer": ""}
+    return {"question": "Q?", "settings": {"temperature": 0.0}, "answers": answers, "done": done}
+
+
+def test_vote_appended_with_question_variants_settings(cfg):
+    rec = record_vote(cfg, "rag", result())
+    record_vote(cfg, "all_bad", result())
+    lines = votes_path(cfg).read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[0]) == json.loads(json.dumps(rec))
+    assert rec["question"] == "Q?" and rec["variants"]["rag"]["answer"] == "rag says hi"
+    assert rec["settings"] == {"temperature": 0.0}
+    assert tally(read_votes(cfg)) == {"base": 0, "rag": 1, "sft": 0, "msft": 0, "all_bad": 1}
+
+
+@pytest.mark.parametrize("choice,res,msg", [
+    ("rag", None, "Ask a question"), ("rag", result(done=False), "Ask a question"),
+    ("sft", result(), "did not answer"), ("best", result(), "Unknown choice"), ("", result(), "Unknown choice"),
+])
+def test_bad_votes_refused(cfg, choice, res, msg):
+    with pytest.raises(VoteError, match=msg):
+        record_vote(cfg, choice, res)
+    assert not votes_path(cfg).exists()
+
+
+def test_torn_line_skipped(cfg):
+    record_vote(cfg, "base", result())
+    with open(votes_path(cfg), "a") as f:
+        f.write('{"choice": "rag", "quest')
+    assert [v["choice"] for v in read_votes(cfg)] == ["base"]
