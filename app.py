@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> None:
         state.pipeline.engine  # load the base model (and adapters) before the first user arrives
     demo = build_demo(state)
     demo.queue(default_concurrency_limit=1, max_size=64)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=THEME, css=CSS, ssr_mode=False)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=THEME, css=CSS, ssr_mode=False,
+                max_file_size="5mb" if cfg.public else "200mb", show_error=True)
 
 
 if __name__ == "__main__":

@@ -254,7 +254,10 @@ def load_config(profile: str | None = None, overrides: dict[str, Any] | None = N
     data = merge(data, overrides or {})
     data["hub_available"] = hub
     data["public"] = bool(os.environ.get("MEDADAPT_PUBLIC") or os.environ.get("SPACE_ID")) or data.get("public", False)
-    return from_dict(AppConfig, data)
+    cfg = from_dict(AppConfig, data)
+    if cfg.public:  # public defaults: never run code shipped with a model
+        cfg.model.trust_remote_code = False
+    return cfg
 
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:

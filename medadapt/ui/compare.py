@@ -11,7 +11,7 @@ import gradio as gr
 
 from medadapt.config import VARIANTS
 from medadapt.pipeline import InputError, check_settings
-from medadapt.state import AppState
+from medadapt.state import AppState, zerogpu
 from medadapt.ui import render
 from medadapt.ui.common import warn
 from medadapt.votes import CHOICES, VoteError, record_vote, read_votes, tally
@@ -141,7 +141,7 @@ def _wire(state: AppState, c: dict[str, Any]) -> None:
 
     inputs = [c["question"], c["max_new_tokens"], c["temperature"], c["top_p"], c["top_k"], c["rag_everywhere"],
               c["sft_adapter"], c["msft_adapter"]]
-    run = dict(fn=ask, inputs=inputs, outputs=outputs + [c["notices"], c["result"]], concurrency_id="generate")
+    run = dict(fn=zerogpu(ask), inputs=inputs, outputs=outputs + [c["notices"], c["result"]], concurrency_id="generate")
     ev_click = c["ask"].click(api_name="compare", **run)
     ev_submit = c["question"].submit(api_name=False, **run)
     c["stop"].click(None, cancels=[ev_click, ev_submit])
