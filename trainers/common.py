@@ -1,0 +1,211 @@
+"""Model, quantization and LoRA setup from a :class:`TrainConfig`, plus the HF Trainer loop every job shares.
+
+CUDA: 4-bit QLoRA through bitsandbytes when ``load_in_4bit``, Unsloth when ``use_unsloth`` is ``auto``/``true`` and
+importable (imported lazily, before transformers' trainer). CPU: fp32, no quantization, no bf16, no gradient
+checkpointing, ``use_cpu``.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medadapt.config import AppConfig, ConfigError, TrainConfig, load_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Where and how a job trains."""
+
+    cuda: bool
+    quantized: bool
+    unsloth: bool
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.cuda else "cpu"
+
+
+@dataclass
+class StageResult:
+    stopped: bool
+    steps: int
+    final_loss: float | None
+    final_eval_loss: float | None
+
+
+def app_config(tcfg: TrainConfig) -> AppConfig:
+    return load_config(tcfg.profile)
+
+
+def base_model(tcfg: TrainConfig, app: AppConfig) -> str:
+    """``tcfg.base_model`` or the profile's model (the offline SmolLM2 is converted to a HF folder once)."""
+    from medadapt.models import base_model_path, resolve_model_path
+
+    if tcfg.base_model:
+        return resolve_model_path(tcfg.base_model, app.paths.resolve("cache_dir"), app.model.dtype)
+    return base_model_path(app)
+
+
+def runtime(tcfg: TrainConfig) -> Runtime:
+    """Decide CUDA / 4-bit / Unsloth; imports Unsloth first (it must patch transformers before use)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if tcfg.use_unsloth not in ("auto", "true", "false", True, False):
+        raise ConfigError(f"use_unsloth must be auto, true or false, not {tcfg.use_unsloth!r}")
+    want = str(tcfg.use_unsloth).lower()
+    has = cuda and importlib.util.find_spec("unsloth") is not None
+    if want == "true" and not has:
+        raise ConfigError("use_unsloth=true needs CUDA and the unsloth package (pip install -r requirements-gpu.txt)")
+    unsloth = has and want in ("auto", "true")
+    if unsloth:
+        import unsloth  # noqa: F401  (patches transformers/peft/trl)
+    return Runtime(cuda=cuda, quantized=cuda and bool(tcfg.load_in_4bit), unsloth=unsloth)
+
+
+def lora_kwargs(tcfg: TrainConfig) -> dict[str, Any]:
+    lc = tcfg.lora
+    return {"r": lc.r, "lora_alpha": lc.alpha, "lora_dropout": lc.dropout, "target_modules": list(lc.target_modules),
+            "use_rslora": lc.use_rslora, "modules_to_save": list(lc.modules_to_save) or None}
+
+
+def load_trainable(tcfg: TrainConfig, model_path: str, rt: Runtime, adapter: str | None = None) -> tuple[Any, Any]:
+    """(PEFT model ready to train, tokenizer). ``adapter``: continue training that LoRA adapter instead of a new one."""
+    from medadapt.models import load_tokenizer
+
+    if rt.unsloth:
+        return _load_unsloth(tcfg, model_path, adapter)
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if rt.cuda:
+        kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if rt.quantized:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=kwargs["dtype"])
+        kwargs["device_map"] = {"": 0}
+    tok = load_tokenizer(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    if rt.quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    if adapter:
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    else:
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(tcfg)))
+    return model, tok
+
+
+def _load_unsloth(tcfg: TrainConfig, model_path: str, adapter: str | None) -> tuple[Any, Any]:
+    from unsloth import FastLanguageModel
+
+    model, tok = FastLanguageModel.from_pretrained(
+        model_name=adapter or model_path, max_seq_length=tcfg.max_length, load_in_4bit=bool(tcfg.load_in_4bit),
+        dtype=None)
+    if adapter:  # Unsloth loads base + adapter from the adapter folder; make the LoRA weights trainable again
+        for name, p in model.named_parameters():
+            p.requires_grad = "lora_" in name or "modules_to_save" in name
+        FastLanguageModel.for_training(model)
+    else:
+        kw = lora_kwargs(tcfg)
+        model = FastLanguageModel.get_peft_model(
+            model, r=kw["r"], lora_alpha=kw["lora_alpha"], lora_dropout=kw["lora_dropout"],
+            target_modules=kw["target_modules"], use_rslora=kw["use_rslora"], modules_to_save=kw["modules_to_save"],
+            use_gradient_checkpointing="unsloth", random_state=tcfg.seed)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
+def report_to(tcfg: TrainConfig, run_dir: Path) -> str:
+    """``auto``: wandb (offline unless ``WANDB_API_KEY``) when installed, else none."""
+    choice = tcfg.report_to
+    if choice == "auto":
+        choice = "wandb" if importlib.util.find_spec("wandb") is not None else "none"
+    if choice == "wandb":
+        os.environ.setdefault("WANDB_MODE", "online" if os.environ.get("WANDB_API_KEY") else "offline")
+        os.environ.setdefault("WANDB_DIR", str(run_dir))
+        os.environ.setdefault("WANDB_PROJECT", "medadapt")
+    return choice
+
+
+def planned_steps(tcfg: TrainConfig, n_train: int) -> int:
+    if tcfg.max_steps and tcfg.max_steps > 0:
+        return tcfg.max_steps
+    per_step = tcfg.per_device_batch_size * tcfg.gradient_accumulation_steps
+    return max(1, math.ceil(math.ceil(n_train / tcfg.per_device_batch_size) / tcfg.gradient_accumulation_steps
+                            * tcfg.num_epochs)) if per_step else 1
+
+
+def split_eval(rows: list, tcfg: TrainConfig) -> tuple[list, list]:
+    """Seeded shuffle, ``max_samples`` cap, then ``eval_fraction`` (at most ``max_eval_samples``) held out."""
+    rows = list(rows)
+    random.Random(tcfg.seed).shuffle(rows)
+    if tcfg.max_samples and tcfg.max_samples > 0:
+        rows = rows[: tcfg.max_samples]
+    n_eval = int(len(rows) * tcfg.eval_fraction) if tcfg.eval_fraction > 0 else 0
+    if tcfg.eval_fraction > 0 and len(rows) > 1:
+        n_eval = max(1, n_eval)
+    n_eval = min(n_eval, tcfg.max_eval_samples) if tcfg.max_eval_samples > 0 else n_eval
+    return rows[n_eval:], rows[:n_eval]
+
+
+def training_args(tcfg: TrainConfig, ckpt_dir: Path, rt: Runtime, has_eval: bool, report: str, run_name: str):
+    import torch
+    from transformers import TrainingArguments
+
+    bf16 = rt.cuda and torch.cuda.is_bf16_supported()
+    return TrainingArguments(
+        output_dir=str(ckpt_dir), run_name=run_name, seed=tcfg.seed, data_seed=tcfg.seed,
+        per_device_train_batch_size=tcfg.per_device_batch_size, per_device_eval_batch_size=tcfg.per_device_batch_size,
+        gradient_accumulation_steps=tcfg.gradient_accumulation_steps, learning_rate=tcfg.learning_rate,
+        lr_scheduler_type=tcfg.lr_scheduler, warmup_steps=tcfg.warmup_ratio, num_train_epochs=tcfg.num_epochs,
+        max_steps=tcfg.max_steps if tcfg.max_steps and tcfg.max_steps > 0 else -1,
+        logging_steps=tcfg.logging_steps, save_strategy="steps", save_steps=tcfg.save_steps,
+        save_total_limit=tcfg.save_total_limit, eval_strategy="steps" if has_eval else "no",
+        eval_steps=tcfg.eval_steps if has_eval else None, report_to=report, use_cpu=not rt.cuda,
+        bf16=bf16, fp16=rt.cuda and not bf16, gradient_checkpointing=rt.cuda and not rt.unsloth,
+        optim="paged_adamw_8bit" if rt.quantized else "adamw_torch", remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, disable_tqdm=True,
+        save_only_model=False,
+    )
+
+
+def train_stage(tcfg: TrainConfig, model: Any, tok: Any, train: list, evals: list, ckpt_dir: Path, rt: Runtime,
+                run: Any, stop: Any, *, stage: str = "", step_offset: int = 0, extra_total: int = 0,
+                resume: bool = False, run_name: str = "") -> StageResult:
+    """Train ``model`` on token examples, logging to ``run`` and checkpointing to ``ckpt_dir``."""
+    from transformers import Trainer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from trainers.callbacks import JsonlLogCallback, StopCallback
+    from trainers.formatting import PadCollator
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    last = get_last_checkpoint(str(ckpt_dir)) if resume else None
+    logcb, stopcb = JsonlLogCallback(run, stage, step_offset, extra_total), StopCallback(stop)
+    args = training_args(tcfg, ckpt_dir, rt, bool(evals), report_to(tcfg, run.path), run_name or run.path.name)
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evals or None,
+                      data_collator=PadCollator(tok.pad_token_id), processing_class=tok,
+                      callbacks=[logcb, stopcb])
+    if last:
+        log.info("resuming from %s", last)
+    trainer.train(resume_from_checkpoint=last)
+    stopped = stopcb.stopped_at is not None
+    step = trainer.state.global_step
+    if evals and not stopped and not any(h.get("step") == step and "eval_loss" in h for h in trainer.state.log_history):
+        trainer.evaluate()
+    return StageResult(stopped, trainer.state.global_step, logcb.last.get("loss"), logcb.last.get("eval_loss"))
+

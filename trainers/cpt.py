@@ -1,0 +1,79 @@
+"""Continual pretraining (CPT) of a LoRA adapter on MedRAG corpus snippets, packed to the sequence length.
+
+Run: ``python -m trainers.cpt --config configs/offline/cpt.yaml [--output_dir D] [--resume] [key=value ...]``.
+Snippets (``contents`` = title + text) are split into train/eval by snippet, tokenized, EOS-joined and cut into
+``max_length`` blocks, so no batch carries padding. ``packing: false`` trains one padded example per snippet (the
+seed's setup, kept for comparison). ``lora.modules_to_save: [embed_tokens, lm_head]`` also trains those, as the seed.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from medadapt.config import AppConfig, TrainConfig
+from trainers.job import Context, Outcome, cli_main
+
+log = logging.getLogger(__name__)
+DESCRIPTION = __doc__.split("\n")[0]
+
+
+def corpus_texts(tcfg: TrainConfig, app: AppConfig) -> list[str]:
+    """Snippet texts of ``tcfg.dataset`` (corpus names) or the profile's RAG corpus."""
+    from medadapt.data.corpus import iter_corpus
+
+    return [doc.contents for doc in iter_corpus(app, list(tcfg.dataset) or None)]
+
+
+def build_cpt_data(tcfg: TrainConfig, app: AppConfig, tok: Any) -> tuple[list, list, dict[str, Any]]:
+    """(train blocks, eval blocks, data info); the split is by snippet, before packing."""
+    from trainers.common import split_eval
+    from trainers.formatting import cpt_examples
+
+    texts = corpus_texts(tcfg, app)
+    train_texts, eval_texts = split_eval(texts, tcfg)
+    train = cpt_examples(tok, train_texts, tcfg.max_length, tcfg.packing)
+    evals = cpt_examples(tok, eval_texts, tcfg.max_length, tcfg.packing) if eval_texts else []
+    if tcfg.max_eval_samples > 0:
+        evals = evals[: tcfg.max_eval_samples]
+    tokens = sum(len(e["input_ids"]) for e in train)
+    info = {"sources": list(tcfg.dataset) or list(app.rag.corpus), "snippets": len(train_texts),
+            "eval_snippets": len(eval_texts), "train_examples": len(train), "eval_examples": len(evals),
+            "train_tokens": tokens, "packing": tcfg.packing}
+    if not train:
+        raise ValueError(f"no CPT training block: {len(train_texts)} snippets are shorter than max_length="
+                         f"{tcfg.max_length} tokens together")
+    log.info("CPT data: %s", info)
+    return train, evals, info
+
+
+def train_cpt(ctx: Context, *, stage: str = "", ckpt_stage: str = "", extra_total: int = 0) -> Outcome:
+    from trainers.common import load_trainable, train_stage
+
+    model, tok = load_trainable(ctx.tcfg, ctx.model_path, ctx.rt)
+    train, evals, info = build_cpt_data(ctx.tcfg, ctx.app, tok)
+    res = train_stage(ctx.tcfg, model, tok, train, evals, ctx.run.checkpoints(ckpt_stage), ctx.rt, ctx.run, ctx.stop,
+                      stage=stage, extra_total=extra_total, resume=ctx.resume)
+    return Outcome(res.stopped, res.steps, res.final_loss, res.final_eval_loss, model, tok, info,
+                   [f"base: {ctx.model_path}", f"cpt: {', '.join(info['sources'])} ({res.steps} steps)"])
+
+
+def run(tcfg: TrainConfig, app: AppConfig | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train a CPT adapter; returns the run's final status."""
+    from trainers.job import execute
+
+    return execute(tcfg, train_cpt, app, resume)
+
+
+def make_parser():
+    from trainers.cli import make_parser as parser
+
+    return parser("cpt", DESCRIPTION)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_main("cpt", DESCRIPTION, train_cpt, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Token-level data preparation: chat-formatted SFT examples with assistant-only labels, CPT packing, collators.
+
+Labels are built here rather than with TRL's ``assistant_only_loss`` (which needs ``{% generation %}`` in the chat
+template, and most templates, SmolLM2's and DeepSeek-R1's included, lack it): the prompt is rendered with the model's
+own template and ``add_generation_prompt=True``; the completion is ``<think>\\n{cot}\\n</think>\\n\\n{answer}`` plus the
+template's end-of-turn text; prompt tokens get label -100.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+IGNORE = -100
+_MARK = "\u2063MEDADAPT_ASSISTANT\u2063"
+
+
+class TemplateError(ValueError):
+    """The tokenizer's chat template cannot be used for assistant-only labels."""
+
+
+def end_of_turn(tokenizer: Any) -> str:
+    """Text the chat template puts after an assistant message (``<|im_end|>\\n`` for SmolLM2)."""
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": _MARK}]
+    text = tokenizer.apply_chat_template(msgs, tokenize=False)
+    if _MARK not in text:
+        raise TemplateError("the chat template drops the assistant message")
+    tail = text.split(_MARK, 1)[1]
+    return tail if tail.strip() else (tokenizer.eos_token or "")
+
+
+def completion_text(cot: str, answer: str, prompt: str = "") -> str:
+    """Reasoning in ``<think>`` tags, then the answer; the opening tag is skipped when the prompt already opens it."""
+    opened = prompt.rstrip().endswith("<think>")
+    return ("" if opened else "<think>\n") + f"{cot.strip()}\n</think>\n\n{answer.strip()}"
+
+
+def sft_example(tokenizer: Any, question: str, cot: str, answer: str, system: str | None = None,
+                eot: str | None = None) -> dict[str, list[int]]:
+    """``input_ids``/``attention_mask``/``labels`` for one Q-CoT-A row; labels mask the prompt with -100."""
+    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    prompt = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    completion = completion_text(cot, answer, prompt) + (end_of_turn(tokenizer) if eot is None else eot)
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    ids = p_ids + c_ids
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [IGNORE] * len(p_ids) + c_ids}
+
+
+def pack_blocks(token_lists: Iterable[Sequence[int]], eos_id: int, block: int) -> list[list[int]]:
+    """Concatenate documents with EOS after each and cut into full ``block``-token blocks (the tail is dropped)."""
+    buf: list[int] = []
+    out: list[list[int]] = []
+    for ids in token_lists:
+        buf.extend(ids)
+        buf.append(eos_id)
+        while len(buf) >= block:
+            out.append(buf[:block])
+            buf = buf[block:]
+    return out
+
+
+def cpt_examples(tokenizer: Any, texts: Sequence[str], max_length: int, packing: bool) -> list[dict[str, list[int]]]:
+    """CPT examples: packed ``max_length`` blocks, or one (truncated) example per text with EOS when unpacked."""
+    enc = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    if packing:
+        blocks = pack_blocks(enc, eos, max_length)
+    else:
+        blocks = [(ids + [eos])[:max_length] for ids in enc]
+    return [{"input_ids": b, "attention_mask": [1] * len(b), "labels": list(b)} for b in blocks]
+
+
+class PadCollator:
+    """Right-pads a batch to its longest row (labels with -100); packed rows of equal length get no padding."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(r["input_ids"]) for r in rows)
+        def pad(key: str, value: int) -> Any:
+            return torch.tensor([list(r[key]) + [value] * (width - len(r[key])) for r in rows], dtype=torch.long)
+        return {"input_ids": pad("input_ids", self.pad_id), "attention_mask": pad("attention_mask", 0),
+                "labels": pad("labels", IGNORE)}

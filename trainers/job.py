@@ -1,0 +1,127 @@
+"""One training job end to end: run dir, status.json lifecycle, stop handling, adapter publish, optional Hub push.
+
+Each job module (``sft``, ``cpt``, ``msft``) supplies a ``body(ctx) -> Outcome``; :func:`execute` does the rest.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medadapt.config import AppConfig, ConfigError, TrainConfig, to_dict
+from trainers.rundir import RunDir, latest_unfinished, new_run_dir, publish_adapter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    tcfg: TrainConfig
+    app: AppConfig
+    run: RunDir
+    stop: Any  # trainers.callbacks.StopRequest
+    rt: Any  # trainers.common.Runtime
+    model_path: str
+    resume: bool
+
+
+@dataclass
+class Outcome:
+    stopped: bool
+    steps: int
+    final_loss: float | None
+    final_eval_loss: float | None
+    model: Any = None
+    tokenizer: Any = None
+    data: dict[str, Any] = field(default_factory=dict)
+    lineage: list[str] = field(default_factory=list)
+
+
+def run_dir_for(tcfg: TrainConfig, app: AppConfig, resume: bool) -> Path:
+    if resume and not tcfg.output_dir:
+        found = latest_unfinished(app, tcfg.job)
+        if found is None:
+            raise ConfigError(f"--resume: no unfinished {tcfg.job} run under {app.paths.resolve('runs_dir') / app.profile}")
+        return found
+    path = new_run_dir(app, tcfg)
+    if resume and not path.exists():
+        raise ConfigError(f"--resume: {path} does not exist")
+    return path
+
+
+def execute(tcfg: TrainConfig, body: Callable[[Context], Outcome], app: AppConfig | None = None,
+            resume: bool = False) -> dict[str, Any]:
+    """Run ``body`` inside a run dir; returns the final status dict (``finished``/``stopped``; raises on failure)."""
+    from trainers.callbacks import StopRequest
+    from trainers.common import app_config, base_model, runtime
+
+    app = app or app_config(tcfg)
+    path = run_dir_for(tcfg, app, resume)
+    tcfg.output_dir = str(path)
+    run = RunDir(path)
+    prev_wall = float(run.status().get("wall_s") or 0.0) if resume else 0.0
+    run.stop_file.unlink(missing_ok=True)
+    run.write_config(tcfg)
+    started = time.time()
+    run.update_status(status="running", job=tcfg.job, pid=os.getpid(), started=started, ended=None, error=None,
+                      adapter=None, run_dir=str(path))
+    stop = StopRequest(run)
+    stop.install()
+    try:
+        rt = runtime(tcfg)
+        model_path = base_model(tcfg, app)
+        out = body(Context(tcfg, app, run, stop, rt, model_path, resume))
+        wall = prev_wall + time.time() - started
+        fields: dict[str, Any] = {"final_loss": out.final_loss, "final_eval_loss": out.final_eval_loss,
+                                  "steps": out.steps, "wall_s": round(wall, 1)}
+        if out.stopped:
+            return run.update_status(status="stopped", ended=time.time(), **fields)
+        meta = {"job": tcfg.job, "base_model": model_path, "lineage": out.lineage or [f"base: {model_path}"],
+                "steps": out.steps, "final_loss": out.final_loss, "final_eval_loss": out.final_eval_loss,
+                "losses": {"train": out.final_loss, "eval": out.final_eval_loss}, "wall_s": round(wall, 1),
+                "data": out.data, "device": rt.device, "quantized": rt.quantized, "unsloth": rt.unsloth,
+                "run_dir": str(path), "created": time.time(), "config": to_dict(tcfg)}
+        adapter = publish_adapter(out.model, out.tokenizer, run.adapter, meta)
+        if tcfg.push_to_hub:
+            push_to_hub(adapter, tcfg.push_to_hub)
+        return run.update_status(status="finished", ended=time.time(), adapter=str(adapter), **fields)
+    except BaseException as e:
+        run.update_status(status="failed", ended=time.time(), wall_s=round(prev_wall + time.time() - started, 1),
+                          error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
+        raise
+
+
+def push_to_hub(adapter: Path, repo_id: str) -> None:
+    """Upload the adapter folder when ``HF_TOKEN`` is set (skipped with a log line otherwise)."""
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if not token:
+        log.warning("push_to_hub=%s but no HF_TOKEN set: not pushing", repo_id)
+        return
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, exist_ok=True, private=True)
+    api.upload_folder(folder_path=str(adapter), repo_id=repo_id, commit_message="MedAdapt adapter")
+
+
+def cli_main(job: str, description: str, body: Callable[[Context], Outcome], argv: list[str] | None = None) -> int:
+    """Shared ``main()``: parse, run, print one summary line; errors become a message and exit code 1."""
+    from trainers.cli import config_from_args, make_parser
+
+    args = make_parser(job, description).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        tcfg = config_from_args(args, job)
+        status = execute(tcfg, body, resume=args.resume)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}")
+        return 1
+    print(f"{job}: {status['status']} after {status.get('steps')} steps in {status.get('wall_s')} s; "
+          f"loss {status.get('final_loss')} eval_loss {status.get('final_eval_loss')}; "
+          f"adapter {status.get('adapter') or '-'} (run dir {status.get('run_dir')})")
+    return 0

@@ -1,0 +1,105 @@
+"""MSFT: continual pretraining on the corpus, then SFT on top of the CPT-adapted model, as one job.
+
+Run: ``python -m trainers.msft --config configs/offline/msft.yaml [--output_dir D] [--resume] [key=value ...]``.
+The YAML's top-level keys configure the SFT stage; its ``cpt:`` mapping configures the CPT stage (on top of the
+TrainConfig defaults; ``profile``, ``base_model``, ``seed``, ``load_in_4bit``, ``use_unsloth``, ``report_to`` and
+``logging_steps`` are inherited). The SFT stage continues training the CPT adapter, so the published MSFT adapter is
+one PEFT adapter on the unchanged base model (the engine can serve it next to the SFT adapter); its LoRA shape is
+therefore the CPT stage's. The intermediate adapter is published to ``<run>/cpt_adapter/``; ``--resume`` skips a
+finished CPT stage. Set ``cpt_adapter: <folder>`` to skip CPT and start from an existing CPT adapter.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from medadapt.config import AppConfig, TrainConfig, from_dict, to_dict
+from trainers.job import Context, Outcome, cli_main
+
+log = logging.getLogger(__name__)
+DESCRIPTION = __doc__.split("\n")[0]
+INHERITED = ("profile", "base_model", "seed", "load_in_4bit", "use_unsloth", "report_to", "logging_steps")
+
+
+def cpt_stage_config(tcfg: TrainConfig) -> TrainConfig:
+    """The CPT stage's config: TrainConfig defaults, the inherited keys, then the ``cpt:`` mapping."""
+    base = {k: getattr(tcfg, k) for k in INHERITED}
+    return from_dict(TrainConfig, {**base, **dict(tcfg.cpt), "job": "cpt"}, "msft.cpt")
+
+
+def train_msft(ctx: Context) -> Outcome:
+    from medadapt.adapters import is_adapter_dir
+    from medadapt.models import load_tokenizer
+    from trainers.common import planned_steps
+    from trainers.cpt import train_cpt
+    from trainers.rundir import publish_adapter, read_json
+    from trainers.sft import build_sft_data, train_sft
+
+    tcfg = ctx.tcfg
+    ccfg = cpt_stage_config(tcfg)
+    cpt_dir = ctx.run.path / "cpt_adapter"
+    sft_data = build_sft_data(tcfg, ctx.app, load_tokenizer(ctx.model_path))
+    sft_steps = planned_steps(tcfg, len(sft_data[0]))
+    cpt_adapter = Path(tcfg.cpt_adapter).expanduser() if tcfg.cpt_adapter else None
+    if cpt_adapter is None and is_adapter_dir(cpt_dir):
+        cpt_adapter = cpt_dir  # resumed after a finished CPT stage
+    cpt_info: dict[str, Any]
+    if cpt_adapter is None:
+        t0 = time.time()
+        out = train_cpt(dataclasses.replace(ctx, tcfg=ccfg), stage="cpt", ckpt_stage="cpt", extra_total=sft_steps)
+        if out.stopped:
+            return out
+        cpt_info = {"job": "cpt", "base_model": ctx.model_path, "lineage": out.lineage, "steps": out.steps,
+                    "final_loss": out.final_loss, "final_eval_loss": out.final_eval_loss, "data": out.data,
+                    "wall_s": round(time.time() - t0, 1), "config": to_dict(ccfg), "device": ctx.rt.device,
+                    "quantized": ctx.rt.quantized, "unsloth": ctx.rt.unsloth}
+        cpt_adapter = publish_adapter(out.model, out.tokenizer, cpt_dir, cpt_info)
+        del out
+        gc.collect()
+    elif not is_adapter_dir(cpt_adapter):
+        raise FileNotFoundError(f"cpt_adapter {cpt_adapter} is not a PEFT adapter folder")
+    cpt_info = read_json(cpt_adapter / "medadapt.json")
+    cpt_steps = int(cpt_info.get("steps") or 0)
+    tcfg.cpt_adapter = str(cpt_adapter)
+    ctx.run.write_config(tcfg)
+    log.info("SFT stage on top of %s (LoRA shape from the CPT adapter; lora.* of the SFT config is not used)",
+             cpt_adapter)
+    out = train_sft(ctx, adapter=str(cpt_adapter), stage="sft", ckpt_stage="sft", step_offset=cpt_steps,
+                    data=sft_data)
+    sft_info = out.data
+    out.data = {"sources": list(cpt_info.get("data", {}).get("sources", [])) + list(sft_info.get("sources", [])),
+                "train_examples": f"cpt {cpt_info.get('data', {}).get('train_examples')} blocks + "
+                                  f"sft {sft_info.get('train_examples')} rows",
+                "eval_examples": sft_info.get("eval_examples"), "cpt": cpt_info.get("data", {}), "sft": sft_info}
+    out.lineage = [f"base: {ctx.model_path}",
+                   f"cpt: {cpt_adapter} ({cpt_steps} steps on {', '.join(cpt_info.get('data', {}).get('sources', []))},"
+                   f" final loss {cpt_info.get('final_loss')})",
+                   f"sft: {out.steps} steps on {', '.join(sft_info.get('sources', []))}, continuing the CPT adapter"]
+    out.steps += cpt_steps
+    return out
+
+
+def run(tcfg: TrainConfig, app: AppConfig | None = None, resume: bool = False) -> dict[str, Any]:
+    """CPT then SFT; returns the run's final status (adapter = the MSFT adapter)."""
+    from trainers.job import execute
+
+    return execute(tcfg, train_msft, app, resume)
+
+
+def make_parser():
+    from trainers.cli import make_parser as parser
+
+    return parser("msft", DESCRIPTION)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_main("msft", DESCRIPTION, train_msft, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

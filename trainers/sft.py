@@ -1,0 +1,81 @@
+"""Supervised fine-tuning on Question → CoT → Answer rows (LoRA; QLoRA/Unsloth on CUDA).
+
+Run: ``python -m trainers.sft --config configs/offline/sft.yaml [--output_dir D] [--resume] [--max_steps N]
+[key=value ...]``. Rows come from :mod:`medadapt.data.sft` (disjoint from the evaluated benchmark samples), are
+formatted with the model's own chat template, reasoning in ``<think>`` before the answer, loss on the answer only.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from medadapt.config import AppConfig, ConfigError, TrainConfig
+from trainers.job import Context, Outcome, cli_main
+
+log = logging.getLogger(__name__)
+DESCRIPTION = __doc__.split("\n")[0]
+
+
+def build_sft_data(tcfg: TrainConfig, app: AppConfig, tok: Any) -> tuple[list, list, dict[str, Any]]:
+    """(train examples, eval examples, data info): tokenized rows with assistant-only labels, over-long rows dropped."""
+    from collections import Counter
+
+    from medadapt.data.sft import load_sft_rows
+    from trainers.common import split_eval
+    from trainers.formatting import end_of_turn, sft_example
+
+    if tcfg.packing:
+        raise ConfigError("packing is only supported for continual pretraining (cpt); set packing: false for SFT")
+    rows = load_sft_rows(app, tcfg.dataset)
+    train_rows, eval_rows = split_eval(rows, tcfg)
+    eot = end_of_turn(tok)
+
+    def encode(rs: list) -> tuple[list, int]:
+        out = [sft_example(tok, r.question, r.cot, r.answer, tcfg.system_prompt or None, eot) for r in rs]
+        kept = [e for e in out if len(e["input_ids"]) <= tcfg.max_length]
+        return kept, len(out) - len(kept)
+
+    train, dropped_train = encode(train_rows)
+    evals, dropped_eval = encode(eval_rows)
+    if not train:
+        raise ConfigError(f"no SFT example fits max_length={tcfg.max_length}")
+    info = {"sources": sorted({r.source for r in rows}), "rows_by_source": dict(Counter(r.source for r in train_rows)),
+            "train_examples": len(train), "eval_examples": len(evals),
+            "dropped_too_long": dropped_train + dropped_eval, "excluded_eval_items": "medadapt.data.benchmarks"}
+    log.info("SFT data: %s", info)
+    return train, evals, info
+
+
+def train_sft(ctx: Context, *, adapter: str | None = None, stage: str = "", ckpt_stage: str = "",
+              step_offset: int = 0, data: tuple | None = None) -> Outcome:
+    """Load the model (optionally continuing ``adapter``), build the data and train; the caller publishes."""
+    from trainers.common import load_trainable, train_stage
+
+    model, tok = load_trainable(ctx.tcfg, ctx.model_path, ctx.rt, adapter)
+    train, evals, info = data or build_sft_data(ctx.tcfg, ctx.app, tok)
+    res = train_stage(ctx.tcfg, model, tok, train, evals, ctx.run.checkpoints(ckpt_stage), ctx.rt, ctx.run, ctx.stop,
+                      stage=stage, step_offset=step_offset, resume=ctx.resume)
+    return Outcome(res.stopped, res.steps, res.final_loss, res.final_eval_loss, model, tok, info,
+                   [f"base: {ctx.model_path}", f"sft: {', '.join(info['sources'])} ({res.steps} steps)"])
+
+
+def run(tcfg: TrainConfig, app: AppConfig | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train an SFT adapter; returns the run's final status (see the run directory contract)."""
+    from trainers.job import execute
+
+    return execute(tcfg, train_sft, app, resume)
+
+
+def make_parser():
+    from trainers.cli import make_parser as parser
+
+    return parser("sft", DESCRIPTION)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_main("sft", DESCRIPTION, train_sft, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
