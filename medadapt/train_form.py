@@ -1,0 +1,235 @@
+"""Training form values ↔ ``TrainConfig``: validation (one clear message per bad value), YAML, the equivalent CLI.
+
+Pure apart from reading and saving config files. The form edits a few keys (``FIELDS``) on top of a base config
+file: ``configs/<profile>/*.yaml`` shipped with the repo, or one the user saved under ``<runs_dir>/configs/``.
+"""
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medadapt.config import REPO_ROOT, ConfigError, TrainConfig, from_dict, merge, read_yaml, to_dict
+
+JOBS = ("sft", "cpt", "msft")
+JOB_LABELS = {"sft": "SFT (Q → CoT → answer)", "cpt": "Continual pretraining", "msft": "MSFT (CPT, then SFT)"}
+SAVE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class FormError(ValueError):
+    """One or more form values are invalid; ``messages`` holds one line per bad value."""
+
+    def __init__(self, messages: list[str]):
+        self.messages = messages
+        super().__init__("\n".join(messages))
+
+
+@dataclass(frozen=True)
+class Field:
+    key: str  # dotted TrainConfig key
+    label: str
+    kind: str  # int | float | bool | list
+    lo: float | None = None
+    hi: float | None = None
+    info: str = ""
+
+
+FIELDS = (
+    Field("lora.r", "LoRA rank r", "int", 1, 512),
+    Field("lora.alpha", "LoRA alpha", "int", 1, 2048),
+    Field("lora.dropout", "LoRA dropout", "float", 0.0, 0.9),
+    Field("learning_rate", "Learning rate", "float", 1e-7, 1e-2),
+    Field("num_epochs", "Epochs", "float", 0.01, 100, "used when max steps is -1"),
+    Field("max_steps", "Max steps", "int", -1, 1_000_000, "-1: train for the epochs"),
+    Field("per_device_batch_size", "Batch size", "int", 1, 512),
+    Field("gradient_accumulation_steps", "Gradient accumulation", "int", 1, 1024),
+    Field("max_length", "Max sequence length", "int", 32, 32768, "tokens"),
+    Field("max_samples", "Max training samples", "int", 0, 10_000_000, "0: all"),
+    Field("eval_steps", "Eval every (steps)", "int", 1, 1_000_000),
+    Field("save_steps", "Checkpoint every (steps)", "int", 1, 1_000_000),
+    Field("packing", "Packing", "bool"),
+    Field("dataset", "Datasets", "list", info="comma-separated: local:<name> (data dir) or a Hub id org/name; "
+                                               "empty: the profile's default"),
+)
+FORM_KEYS = tuple(f.key for f in FIELDS)
+
+
+def get_key(data: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        data = data.get(part, {}) if isinstance(data, dict) else {}
+    return data
+
+
+def set_key(data: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[leaf] = value
+
+
+# ---------------------------------------------------------------- validation
+
+def is_inside(path: Path, roots: list[Path]) -> bool:
+    path = path.expanduser().resolve()
+    return any(path == r.resolve() or r.resolve() in path.parents for r in roots)
+
+
+def check_dataset(entry: str, data_dir: Path, runs_dir: Path) -> str | None:
+    """Why a dataset entry is refused, or None if it is fine."""
+    if entry.startswith("local:"):
+        name = entry.removeprefix("local:")
+        if not name or not is_inside(data_dir / name, [data_dir]):
+            return f"Datasets: {entry!r} must name something inside the data dir ({data_dir})"
+        return None
+    if entry.startswith(("/", "~", ".")):
+        if not is_inside(Path(entry), [data_dir, runs_dir]):
+            return f"Datasets: {entry!r} is outside the data dir and the runs dir; only paths inside them are allowed"
+        return None if Path(entry).expanduser().exists() else f"Datasets: {entry!r} does not exist"
+    if HUB_ID.match(entry) and ".." not in entry:
+        return None
+    return f"Datasets: {entry!r} is neither local:<name> (data dir) nor a Hub dataset id like org/name"
+
+
+def parse_value(f: Field, raw: Any, data_dir: Path, runs_dir: Path) -> tuple[Any, str | None]:
+    """(value, None) or (None, message) for one form field."""
+    if f.kind == "bool":
+        if isinstance(raw, str):
+            raw = raw.strip().lower() in ("1", "true", "yes", "on")
+        return bool(raw), None
+    if f.kind == "list":
+        items = raw if isinstance(raw, list) else re.split(r"[,\n]", str(raw or ""))
+        items = [str(i).strip() for i in items if str(i).strip()]
+        errors = [m for m in (check_dataset(i, data_dir, runs_dir) for i in items) if m]
+        return (None, "\n".join(errors)) if errors else (items, None)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None, f"{f.label}: a value is required"
+    try:
+        num = float(raw)
+    except (TypeError, ValueError):
+        return None, f"{f.label}: {raw!r} is not a number"
+    if not math.isfinite(num):
+        return None, f"{f.label}: must be a finite number"
+    if f.kind == "int":
+        if num != int(num):
+            return None, f"{f.label}: must be a whole number (got {raw})"
+        num = int(num)
+    if (f.lo is not None and num < f.lo) or (f.hi is not None and num > f.hi):
+        return None, f"{f.label}: must be between {f.lo:g} and {f.hi:g} (got {num:g})"
+    if f.key == "max_steps" and num == 0:
+        return None, f"{f.label}: use -1 (train for the epochs) or a positive number of steps"
+    return num, None
+
+
+def form_to_config(job: str, values: dict[str, Any], base: dict[str, Any], data_dir: Path,
+                   runs_dir: Path) -> TrainConfig:
+    """Apply form ``values`` (keyed by ``FORM_KEYS``) to the ``base`` config dict; raises :class:`FormError`."""
+    if job not in JOBS:
+        raise FormError([f"Job: {job!r} is not one of {', '.join(JOBS)}"])
+    data, errors = merge(base, {"job": job}), []
+    for f in FIELDS:
+        if f.key not in values:
+            continue
+        value, err = parse_value(f, values[f.key], data_dir, runs_dir)
+        if err:
+            errors.append(err)
+        else:
+            set_key(data, f.key, value)
+    if errors:
+        raise FormError(errors)
+    try:
+        return from_dict(TrainConfig, data)
+    except ConfigError as e:
+        raise FormError([f"Config: {e}"]) from e
+
+
+def config_to_form(tcfg: TrainConfig) -> dict[str, Any]:
+    """Form values (keyed by ``FORM_KEYS``) of a config; the dataset list becomes a comma-separated string."""
+    data = to_dict(tcfg)
+    return {f.key: ", ".join(get_key(data, f.key)) if f.kind == "list" else get_key(data, f.key) for f in FIELDS}
+
+
+# ---------------------------------------------------------------- YAML and CLI
+
+def config_yaml(tcfg: TrainConfig) -> str:
+    data = to_dict(tcfg)
+    data.pop("output_dir", None)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def yaml_scalar(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text[:-3].strip() if text.endswith("...") else text
+
+
+def display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def cli_command(tcfg: TrainConfig, base_path: Path | None, base: dict[str, Any]) -> str:
+    """``python -m trainers.<job> --config <base> --set k=v ...`` for the form keys that differ from ``base``."""
+    data = to_dict(tcfg)
+    base_cfg = to_dict(from_dict(TrainConfig, merge(base, {"job": tcfg.job})))
+    sets = [f"{f.key}={yaml_scalar(get_key(data, f.key))}" for f in FIELDS
+            if get_key(data, f.key) != get_key(base_cfg, f.key)]
+    parts = ["python", "-m", f"trainers.{tcfg.job}", "--config",
+             display_path(base_path) if base_path else f"configs/{tcfg.profile}/{tcfg.job}.yaml"]
+    for s in sets:
+        parts += ["--set", s]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+# ---------------------------------------------------------------- config files
+
+def config_roots(profile: str, runs_dir: Path) -> tuple[Path, Path]:
+    """(shipped configs dir, saved user configs dir)."""
+    return REPO_ROOT / "configs" / profile, runs_dir / "configs"
+
+
+def config_job(path: Path) -> str:
+    try:
+        return str(read_yaml(path).get("job") or path.stem)
+    except ConfigError:
+        return ""
+
+
+def list_configs(profile: str, runs_dir: Path, job: str) -> list[tuple[str, str]]:
+    """(label, path) of the shipped and saved configs of ``job``: shipped first, the ``<job>.yaml`` at the top."""
+    shipped, saved = config_roots(profile, runs_dir)
+    out = []
+    for root, tag in ((shipped, profile), (saved, "saved")):
+        files = sorted(root.glob("*.yaml"), key=lambda p: (p.stem != job, p.name)) if root.is_dir() else []
+        out += [(f"{tag}/{p.name}", str(p)) for p in files if config_job(p) == job]
+    return out
+
+
+def load_base(path: str | Path | None, profile: str, runs_dir: Path) -> dict[str, Any]:
+    """The dict of a config file from the shipped or saved dirs ({} for none); other paths are refused."""
+    if not path:
+        return {}
+    path = Path(path)
+    if path.suffix not in (".yaml", ".yml") or not is_inside(path, list(config_roots(profile, runs_dir))):
+        raise FormError([f"Config: {path} is not a config in configs/{profile}/ or {runs_dir / 'configs'}"])
+    try:
+        return read_yaml(path)
+    except ConfigError as e:
+        raise FormError([f"Config: {e}"]) from e
+
+
+def save_config(tcfg: TrainConfig, name: str, runs_dir: Path) -> Path:
+    """Write ``tcfg`` to ``<runs_dir>/configs/<name>.yaml``; the name is letters, digits, ``_.-`` only."""
+    name = name.strip().removesuffix(".yaml")
+    if not SAVE_NAME.match(name):
+        raise FormError([f"Config name: {name!r} must be 1-64 letters, digits, '_', '.' or '-'"])
+    path = runs_dir / "configs" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config_yaml(tcfg), encoding="utf-8")
+    return path
