@@ -5,6 +5,7 @@ file: ``configs/<profile>/*.yaml`` shipped with the repo, or one the user saved 
 """
 from __future__ import annotations
 
+import copy
 import math
 import re
 import shlex
@@ -131,7 +132,7 @@ def form_to_config(job: str, values: dict[str, Any], base: dict[str, Any], data_
     """Apply form ``values`` (keyed by ``FORM_KEYS``) to the ``base`` config dict; raises :class:`FormError`."""
     if job not in JOBS:
         raise FormError([f"Job: {job!r} is not one of {', '.join(JOBS)}"])
-    data, errors = merge(base, {"job": job}), []
+    data, errors = merge(copy.deepcopy(base), {"job": job}), []
     for f in FIELDS:
         if f.key not in values:
             continue

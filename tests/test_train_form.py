@@ -97,7 +97,7 @@ def test_unknown_job_and_unknown_base_keys_are_refused(dirs):
 
 def test_cli_command_sets_exactly_the_changed_keys(dirs, tmp_path):
     base_path = tmp_path / "base.yaml"
-    base = {"job": "sft", "max_steps": 20, "dataset": ["local:medical_o1"]}
+    base = {"job": "sft", "max_steps": 20, "dataset": ["local:medical_o1"], "lora": {"r": 16}}
     values = {**good_values(), "lora.r": 8, "learning_rate": 3e-4, "dataset": "local:medqa, local:pubmedqa"}
     tcfg = form_to_config("sft", values, base, *dirs)
     cmd = cli_command(tcfg, base_path, base)

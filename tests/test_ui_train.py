@@ -1,0 +1,181 @@
+"""Training tab on loopback: gradio_client drives start/progress/stop/resume/finish on the fake trainer, a headless
+Chromium clicks Start, and one run uses the real SFT trainer on the tiny model."""
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from medadapt.adapters import list_adapters
+from medadapt.config import REPO_ROOT, load_config
+from medadapt.jobs import JobManager
+from medadapt.train_form import FIELDS
+
+FAKE = Path(__file__).parent / "fixtures" / "fake_trainer.py"
+SFT_YAML = str(REPO_ROOT / "configs" / "offline" / "sft.yaml")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_tab(cfg, jobs: JobManager):
+    import gradio as gr
+
+    from medadapt.ui.train import build_train_tab
+
+    state = types.SimpleNamespace(cfg=cfg, jobs=jobs)
+    with gr.Blocks() as demo:
+        comps = build_train_tab(state)
+    demo.queue()
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False)
+    return demo, f"http://127.0.0.1:{port}/", comps
+
+
+@pytest.fixture(scope="module")
+def fake_app(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train-ui")
+    (tmp / "data").mkdir()
+    (tmp / "data" / "broken.json").write_text("{oops")
+    cfg = load_config("offline", {"paths": {"data_dir": str(tmp / "data"), "runs_dir": str(tmp / "runs"),
+                                            "results_dir": str(tmp / "results")}})
+    jobs = JobManager(cfg, {j: [sys.executable, str(FAKE)] for j in ("sft", "cpt", "msft")})
+    demo, url, comps = launch_tab(cfg, jobs)
+    yield types.SimpleNamespace(cfg=cfg, jobs=jobs, url=url, comps=comps)
+    jobs.terminate()
+    demo.close()
+
+
+def form(values: dict, **changes) -> list:
+    merged = {**values, **changes}
+    return [merged[f.key] for f in FIELDS]
+
+
+def poll_until(client, pred, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = client.predict(api_name="/poll")
+        if pred(out[3]):
+            return out
+        time.sleep(0.2)
+    raise AssertionError(f"live state never matched; last: {out[3]}")
+
+
+def test_form_via_client_preview_and_refusals(fake_app):
+    from gradio_client import Client
+
+    client = Client(fake_app.url, verbose=False)
+    update = client.predict("sft", api_name="/configs")
+    assert update["value"] == SFT_YAML and ["offline/sft.yaml", SFT_YAML] in update["choices"]
+    loaded = client.predict("sft", SFT_YAML, api_name="/load_config")
+    values = dict(zip((f.key for f in FIELDS), loaded[:len(FIELDS)]))
+    assert values["lora.r"] == 8 and "job: sft" in loaded[len(FIELDS)]
+    assert loaded[len(FIELDS) + 1].startswith("python -m trainers.sft --config configs/offline/sft.yaml")
+
+    yaml_text, cli, msg = client.predict("sft", SFT_YAML, *form(values, **{"lora.r": 32}), api_name="/preview")
+    assert "r: 32" in yaml_text and cli.endswith("--set lora.r=32") and msg == ""
+    _, _, msg = client.predict("sft", SFT_YAML, *form(values, **{"lora.r": 0, "dataset": "/etc/passwd"}),
+                               api_name="/preview")
+    assert "LoRA rank r: must be between 1 and 512" in msg and "outside the data dir" in msg
+    msg = client.predict("", "sft", SFT_YAML, *form(values, learning_rate=5.0), api_name="/start")
+    assert "Learning rate: must be between" in msg
+    assert fake_app.jobs.running() is None and fake_app.jobs.list_runs() == []
+
+
+def test_launch_progress_stop_resume_finish_via_client(fake_app, monkeypatch):
+    from gradio_client import Client
+
+    monkeypatch.setenv("FAKE_TRAINER_STEP_S", "0.1")
+    client = Client(fake_app.url, verbose=False)
+    values = dict(zip((f.key for f in FIELDS), client.predict("sft", SFT_YAML, api_name="/load_config")))
+    args = form(values, max_steps=40, eval_steps=4)
+    assert "Started" in client.predict("", "sft", SFT_YAML, *args, api_name="/start")
+    out = poll_until(client, lambda live: live.get("step", 0) >= 4 and live.get("loss"))
+    html, plot = out[0], out[1]
+    assert "step" in html and "/ 40" in html and "tokens/s" in html and "1,234" in html
+    assert "train (smoothed)" in plot["plot"] and "eval" in plot["plot"]
+
+    again = client.predict("", "sft", SFT_YAML, *args, api_name="/start")
+    assert "already running" in again
+
+    assert "Stop requested" in client.predict("", api_name="/stop")
+    stopped = poll_until(client, lambda live: live["status"] == "stopped")[3]
+    run = fake_app.jobs.runs_root / stopped["run"]
+    assert any((run / "checkpoints").iterdir()) and stopped["step"] < 40
+    fake_app.jobs.wait(run, 10)  # the process has exited
+
+    monkeypatch.setenv("FAKE_TRAINER_STEP_S", "0.01")
+    assert "Resumed" in client.predict("", "", api_name="/resume")
+    done = poll_until(client, lambda live: live["status"] == "finished")
+    assert done[3]["step"] == 40 and done[4]["data"][0][0] == run.name and done[4]["data"][0][3] == "finished"
+    assert [a.run_dir for a in list_adapters(fake_app.cfg, "sft")] == [run]  # what the Compare tab lists
+    _, card = client.predict(run.name, api_name="/show_run")
+    assert "Fake sft adapter" in card and "finished" in card
+
+
+def test_failed_job_shows_its_error(fake_app):
+    from gradio_client import Client
+
+    client = Client(fake_app.url, verbose=False)
+    fake_app.jobs.wait(fake_app.jobs.active_run(), 10) if fake_app.jobs.running() else None
+    values = dict(zip((f.key for f in FIELDS), client.predict("cpt", "", api_name="/load_config")))
+    msg = client.predict("", "cpt", "", *form(values, max_steps=5, dataset="local:broken"), api_name="/start")
+    assert "Started" in msg, msg
+    out = poll_until(client, lambda live: live["status"] == "failed")
+    assert "bad data file" in out[3]["error"] and "bad data file" in out[0] and "FAILED" in out[0].upper()
+
+
+def test_public_mode_locks_launching(fake_app, monkeypatch):
+    from gradio_client import Client
+
+    from medadapt.ui.train import unlocked
+
+    client = Client(fake_app.url, verbose=False)
+    monkeypatch.setenv("MEDADAPT_PUBLIC", "1")
+    monkeypatch.delenv("MEDADAPT_ADMIN_PASSWORD", raising=False)
+    assert not unlocked(fake_app.cfg, "")
+    assert "locked" in client.predict("anything", "sft", SFT_YAML, *form({f.key: 1 for f in FIELDS}), api_name="/start")
+    monkeypatch.setenv("MEDADAPT_ADMIN_PASSWORD", "s3cret")
+    assert not unlocked(fake_app.cfg, "wrong") and unlocked(fake_app.cfg, "s3cret")
+    assert "locked" in client.predict("wrong", api_name="/stop")
+    assert "no job is running" in client.predict("s3cret", api_name="/stop")
+
+
+def test_browser_start_shows_loss_chart(fake_app, tmp_path, monkeypatch):
+    from playwright.sync_api import sync_playwright
+
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("no /usr/bin/chromium")
+    monkeypatch.setenv("FAKE_TRAINER_STEP_S", "0.15")
+    if fake_app.jobs.running():
+        fake_app.jobs.wait(fake_app.jobs.running(), 10)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+        page.goto(fake_app.url)
+        page.get_by_label("Max steps").fill("60")
+        page.locator("#ma-train-start").click()
+        page.locator("#ma-train-message").get_by_text("Started").wait_for(timeout=20_000)
+        page.locator("#ma-train-chart .scatterlayer .trace").first.wait_for(timeout=20_000)
+        page.locator("#ma-train-progress[data-status='running']").wait_for(timeout=20_000)
+        page.wait_for_timeout(2500)
+        shot = tmp_path / "training-tab.png"
+        page.screenshot(path=str(shot), full_page=True)
+        traces = page.locator("#ma-train-chart .scatterlayer .trace").count()
+        page.locator("#ma-train-stop").click()
+        page.locator("#ma-train-progress[data-status='stopped']").wait_for(timeout=20_000)
+        browser.close()
+    print(f"screenshot: {shot}")
+    assert shot.stat().st_size > 20_000 and traces >= 2
+    run = fake_app.jobs.active_run()
+    assert json.loads((run / "status.json").read_text())["status"] == "stopped"
