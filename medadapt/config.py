@@ -66,6 +66,15 @@ class RagConfig:
     top_k: int = 4
     context_tokens: int = 768  # token budget for retrieved snippets inside the prompt
     embed_batch_size: int = 64
+    embed_chunk_rows: int = 512  # snippets embedded (length-sorted) and appended per commit; a killed build loses <= 1
+    embed_int8: bool = False  # dynamic int8 Linear layers on CPU (faster; stored in the table, queries match)
+    embed_threads: int = 0  # torch threads for embedding; 0 = torch's default
+    candidates: int = 20  # per-retriever candidates fused by hybrid mode (reciprocal-rank fusion)
+    rrf_k: int = 60  # RRF constant: score = sum 1 / (rrf_k + rank)
+    vector_index_min_rows: int = 100_000  # below this, exact vector search (fast enough and exact)
+    rows_per_partition: int = 16_384  # IVF partitions = rows // this
+    nprobes: int = 8  # IVF partitions searched per query
+    ef: int = 128  # HNSW search breadth inside each partition
 
 
 @dataclass
@@ -124,6 +133,8 @@ class EvalConfig:
     mode: str = "loglik"  # loglik | cot
     batch_size: int = 8
     max_new_tokens: int = 512
+    prompt_style: str = "chat"  # loglik prompt: chat (chat template, assistant turn "Answer:") | plain (harness text)
+    loglik_target: str = "letter"  # loglik continuation: letter (" A", acc) | text (" <option>", acc and acc_norm)
 
 
 @dataclass

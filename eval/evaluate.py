@@ -1,0 +1,199 @@
+"""Run the evaluation: retrieve once for RAG variants, score every variant on the same items, build the results dict.
+
+The results dict (written as JSON by :mod:`eval.run`) is the contract with the Benchmarks tab, see
+:func:`new_results`. Heavy imports (torch, peft, the engine, the retriever) happen inside functions.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from medadapt.config import AppConfig, to_dict
+from medadapt.data.benchmarks import BenchItem, item_ids
+from medadapt.reasoning import split_reasoning
+from eval.benchmarks import TASKS
+from eval.prompting import continuations, fit_snippets, item_messages, loglik_prompt
+from eval.scoring import choose, extract_answer, option_probs
+from eval.variants import Variant, activate, load_for_variants, model_folder
+
+SCHEMA = 1
+Progress = Callable[..., None]  # progress(done=, total=, variant=, benchmark=)
+
+
+class StopRequested(RuntimeError):
+    """The run was asked to stop (``STOP`` file or SIGTERM); results so far are kept."""
+
+
+def new_results(cfg: AppConfig, mode: str, samples: dict[str, list[BenchItem]], variants: list[Variant]) -> dict:
+    """The skeleton of a results file: run metadata, the items (without PubMedQA abstracts) and empty variants."""
+    return {
+        "schema": SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "profile": cfg.profile,
+        "mode": mode,
+        "model": {"name_or_path": cfg.model.name_or_path, "display_name": cfg.model.display_name,
+                  "dtype": cfg.model.dtype},
+        "config": {"eval": to_dict(cfg.eval), "rag": to_dict(cfg.rag)},
+        "tasks": {name: TASKS[name].source for name in samples},
+        "item_ids": item_ids(samples),
+        "items": {name: [{"id": it.id, "question": it.question, "options": it.options, "answer": it.answer,
+                          "subject": it.subject} for it in items] for name, items in samples.items()},
+        "variants": {v.name: {"adapter": v.adapter, "rag": v.rag, "adapter_meta": v.meta,
+                              **({"status": "skipped", "reason": v.skipped} if v.skipped else {"status": "pending"}),
+                              "predictions": {}, "timing": {}} for v in variants},
+        "retrieval": {},
+    }
+
+
+def retrieve_all(cfg: AppConfig, samples: dict[str, list[BenchItem]], k: int) -> dict[str, dict[str, list]]:
+    """``{benchmark: {item id: [Snippet, ...]}}`` for every item (raises the retriever's IndexNotBuiltError)."""
+    from medadapt.rag import Retriever
+
+    retriever = Retriever.open(cfg)
+    return {name: {it.id: list(retriever.retrieve(it.question, k)) for it in items} for name, items in samples.items()}
+
+
+def _loglik_variant(cfg, model, tok, variant, samples, snippets, progress, should_stop) -> tuple[dict, dict]:
+    from eval.loglik import encode, score_requests
+
+    ec = cfg.eval
+    count = lambda text: len(tok(text, add_special_tokens=False).input_ids)  # noqa: E731
+    render = lambda msgs: tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)  # noqa: E731
+    preds, timing = {}, {}
+    total = sum(len(v) for v in samples.values())
+    done = 0
+    for name, items in samples.items():
+        t0 = time.perf_counter()
+        reqs = []
+        for it in items:
+            snips = fit_snippets(snippets[name][it.id], count, cfg.rag.context_tokens) if variant.rag else None
+            prompt = loglik_prompt(it, ec.prompt_style, render, snips)
+            reqs.append(encode(tok, prompt, continuations(it, ec.loglik_target), ec.prompt_style == "plain",
+                               cfg.model.max_context))
+
+        def on_batch(rows_done: int, rows_total: int, _base=done, _n=len(items), _name=name) -> None:
+            if should_stop():
+                raise StopRequested(f"stopped during {variant.name}/{_name}")
+            progress(done=_base + round(_n * rows_done / rows_total), total=total, variant=variant.name,
+                     benchmark=_name)
+
+        with activate(model, variant):
+            scores = score_requests(model, reqs, ec.batch_size, tok.pad_token_id, on_batch)
+        rows = []
+        for it, req, lps in zip(items, reqs, scores):
+            letters = list(it.options)
+            pred = letters[choose(lps)]
+            lengths = [len(c.encode("utf-8")) for c in continuations(it, ec.loglik_target)]
+            pred_norm = letters[choose(lps, lengths)]
+            probs = option_probs(lps)
+            rows.append({"id": it.id, "pred": pred, "correct": pred == it.answer, "invalid": False,
+                         "pred_norm": pred_norm, "correct_norm": pred_norm == it.answer,
+                         "logprobs": [round(x, 4) for x in lps], "prompt_tokens": len(req.context),
+                         "raw": "  ".join(f"{k}: {p:.2f}" for k, p in zip(letters, probs))})
+        preds[name] = rows
+        done += len(items)
+        timing[name] = round(time.perf_counter() - t0, 2)
+    return preds, timing
+
+
+def _generator(cfg: AppConfig, variants: list[Variant]):
+    """``(generate(messages_list, variant) -> texts, opens_think)`` on the app's engine (HF generate if absent)."""
+    ec = cfg.eval
+    try:
+        from medadapt.engine import BASE, Engine, GenSettings
+    except ImportError:
+        Engine = None
+    if Engine is not None:
+        m = cfg.model
+        engine = Engine(model_folder(cfg), m.dtype, m.reasoning_template, trust_remote_code=m.trust_remote_code,
+                        max_context=m.max_context)
+        for v in variants:
+            if v.adapter and not v.skipped and not engine.has_adapter(v.peft_name):
+                engine.load_adapter(v.peft_name, v.adapter)
+        settings = GenSettings(max_new_tokens=ec.max_new_tokens, temperature=0.0)
+
+        def gen(msgs: list, v: Variant) -> list[str]:
+            return engine.generate_batch(msgs, [v.peft_name if v.adapter else BASE] * len(msgs), settings)
+
+        return gen, engine.prompt_opens_think()
+    from eval.cot import generate_batch, render
+
+    model, tok = load_for_variants(cfg, variants)
+
+    def gen(msgs: list, v: Variant) -> list[str]:
+        with activate(model, v):
+            return generate_batch(model, tok, [render(tok, m) for m in msgs], ec.max_new_tokens, len(msgs),
+                                  cfg.model.max_context)
+
+    return gen, cfg.model.reasoning_template
+
+
+def _cot_variant(cfg, gen, opens_think, variant, samples, snippets, progress, should_stop) -> tuple[dict, dict]:
+    preds, timing = {}, {}
+    total = sum(len(v) for v in samples.values())
+    done = 0
+    bs = max(1, cfg.eval.batch_size)
+    for name, items in samples.items():
+        t0 = time.perf_counter()
+        rows = []
+        for b in range(0, len(items), bs):
+            if should_stop():
+                raise StopRequested(f"stopped during {variant.name}/{name}")
+            chunk = items[b:b + bs]
+            msgs = [item_messages(it, snippets[name][it.id] if variant.rag else None) for it in chunk]
+            for it, text in zip(chunk, gen(msgs, variant)):
+                parts = split_reasoning(text, opened=opens_think)
+                letter, how = (None, "truncated") if parts.truncated else extract_answer(parts.answer, it.options)
+                rows.append({"id": it.id, "pred": letter, "correct": letter == it.answer, "invalid": letter is None,
+                             "filter": how, "raw": text})
+            progress(done=done + len(rows), total=total, variant=variant.name, benchmark=name)
+        preds[name] = rows
+        done += len(items)
+        timing[name] = round(time.perf_counter() - t0, 2)
+    return preds, timing
+
+
+def evaluate(cfg: AppConfig, variants: list[Variant], samples: dict[str, list[BenchItem]], mode: str,
+             progress: Progress = lambda **_: None, should_stop: Callable[[], bool] = lambda: False,
+             on_variant: Callable[[dict], None] = lambda _: None) -> dict:
+    """Score every non-skipped variant on ``samples``; ``on_variant(results)`` after each (for partial saves)."""
+    if mode not in ("loglik", "cot"):
+        raise ValueError(f"unknown mode {mode!r}; use loglik or cot")
+    results = new_results(cfg, mode, samples, variants)
+    snippets: dict = {name: {} for name in samples}
+    if any(v.rag and not v.skipped for v in variants):
+        try:
+            t0 = time.perf_counter()
+            snippets = retrieve_all(cfg, samples, cfg.rag.top_k)
+            results["retrieval"] = {"k": cfg.rag.top_k, "wall_s": round(time.perf_counter() - t0, 2), "snippets": {
+                name: {i: [{"id": s.id, "title": s.title, "score": round(float(s.score), 4)} for s in ss]
+                       for i, ss in per.items()} for name, per in snippets.items()}}
+        except Exception as e:  # noqa: BLE001 — IndexNotBuiltError, missing rag module, ...: skip RAG variants only
+            for v in variants:
+                if v.rag and not v.skipped:
+                    v.skipped = f"retrieval unavailable: {type(e).__name__}: {e}"
+                    results["variants"][v.name].update(status="skipped", reason=v.skipped)
+    todo = [v for v in variants if not v.skipped]
+    if not todo:
+        return results
+    t_load = time.perf_counter()
+    if mode == "loglik":
+        model, tok = load_for_variants(cfg, todo)
+    else:
+        gen, opens_think = _generator(cfg, todo)
+    results["load_s"] = round(time.perf_counter() - t_load, 2)
+    for v in todo:
+        entry = results["variants"][v.name]
+        entry["status"] = "running"
+        t0 = time.perf_counter()
+        if mode == "loglik":
+            preds, timing = _loglik_variant(cfg, model, tok, v, samples, snippets, progress, should_stop)
+        else:
+            preds, timing = _cot_variant(cfg, gen, opens_think, v, samples, snippets, progress, should_stop)
+        wall = time.perf_counter() - t0
+        n = sum(len(p) for p in preds.values())
+        entry.update(status="ok", predictions=preds, timing={"wall_s": round(wall, 2), "per_benchmark_s": timing,
+                                                              "items": n, "items_per_s": round(n / wall, 3)})
+        on_variant(results)
+    return results

@@ -1,0 +1,77 @@
+"""Pure prompt shaping for the evaluation: chat messages or a plain continuation prompt, and option continuations.
+
+Two prompt styles (``EvalConfig.prompt_style``):
+
+- ``chat`` (default): :func:`medadapt.prompts.build_messages` (system text, abstract, snippets, question, options)
+  through the model's chat template, then the assistant turn starts with ``Answer:``: the same strict format the
+  generative mode asks for, so log-likelihood scoring asks the question the chat model was tuned to answer.
+- ``plain``: lm-evaluation-harness style text ``[Abstract: …]\nQuestion: …\nA. …\nAnswer:`` without a template.
+
+Two continuation targets (``EvalConfig.loglik_target``): ``letter`` scores `` A``/`` B``/… (one token each, so one
+forward pass per item reads every option; metric ``acc``), ``text`` scores `` <option text>`` (one row per option;
+``acc`` = highest total log-probability, ``acc_norm`` = highest per byte, as the harness defines it).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from medadapt.data.benchmarks import BenchItem
+from medadapt.prompts import build_messages
+
+ANSWER_PREFIX = "Answer:"
+
+
+def item_messages(item: BenchItem, snippets: Sequence | None = None) -> list[dict[str, str]]:
+    return build_messages(item.question, item.options, snippets=snippets or None, context=item.context or None)
+
+
+def plain_prompt(item: BenchItem, snippets: Sequence | None = None) -> str:
+    parts = []
+    if snippets:
+        parts.append("Context:\n" + "\n".join(f"[{i}] {s.title}: {' '.join(s.content.split())}"
+                                             for i, s in enumerate(snippets, 1)))
+    if item.context:
+        parts.append(f"Abstract: {item.context}")
+    parts.append(f"Question: {item.question.strip()}")
+    parts.append("\n".join(f"{k}. {v}" for k, v in item.options.items()))
+    return "\n".join(parts) + f"\n{ANSWER_PREFIX}"
+
+
+def loglik_prompt(item: BenchItem, style: str, apply_template: Callable[[list[dict[str, str]]], str],
+                  snippets: Sequence | None = None) -> str:
+    """The text before the continuation; ``apply_template`` renders messages with the generation prompt."""
+    if style == "plain":
+        return plain_prompt(item, snippets)
+    if style != "chat":
+        raise ValueError(f"unknown prompt style {style!r}; use chat or plain")
+    return apply_template(item_messages(item, snippets)) + ANSWER_PREFIX
+
+
+def continuations(item: BenchItem, target: str) -> list[str]:
+    """One continuation per option, in option order."""
+    if target == "letter":
+        return [f" {k}" for k in item.options]
+    if target == "text":
+        return [f" {v}" for v in item.options.values()]
+    raise ValueError(f"unknown loglik target {target!r}; use letter or text")
+
+
+def fit_snippets(snippets: Sequence, count_tokens: Callable[[str], int], budget: int) -> list:
+    """Snippets in rank order, the last ones cut so their contents fit ``budget`` tokens (empty ones dropped)."""
+    from dataclasses import replace
+
+    out, left = [], budget
+    for s in snippets:
+        if left <= 0:
+            break
+        words = s.content.split()
+        n = count_tokens(s.content)
+        if n > left:
+            keep = max(0, int(len(words) * left / n) - 1)
+            if keep == 0:
+                break
+            s = replace(s, content=" ".join(words[:keep]) + " …")
+            n = left
+        out.append(s)
+        left -= n
+    return out

@@ -1,0 +1,230 @@
+"""Evaluation CLI: score variants on the four medical benchmarks and write a results JSON.
+
+Run::
+
+    python -m eval run --variants base,rag,sft,msft --n 200 --mode loglik [--benchmarks medqa,pubmedqa]
+                       [--profile offline] [--out PATH] [--output_dir RUN_DIR] [--ids OLD_RESULTS.json]
+    python -m eval summary results/offline/loglik-*.json
+    python -m eval merge A.json B.json --out C.json
+
+Results go to ``<results_dir>/<profile>/<mode>-<YYYYmmdd-HHMMSS>.json`` (rewritten after each variant, so a long run
+keeps what it has). Progress lines ``{"done", "total", "variant", "benchmark", "elapsed_s", "eta_s"}`` go to stdout
+as JSONL and, with ``--output_dir D``, to ``D/log.jsonl`` next to ``D/status.json`` (the run-dir contract of
+docs/ARCHITECTURE.md); a ``D/STOP`` file or SIGTERM stops after the current batch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+VARIANTS_DEFAULT = "base,rag,sft,msft"
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="evaluate variants and write a results JSON")
+    r.add_argument("--variants", default=VARIANTS_DEFAULT,
+                   help="comma list: base, rag, sft, msft, NAME=ADAPTER_DIR, any with +rag (default %(default)s)")
+    r.add_argument("--mode", choices=["loglik", "cot"], help="scoring mode (default: the profile's eval.mode)")
+    r.add_argument("--n", type=int, help="items per benchmark; 0 = all (default: eval.n)")
+    r.add_argument("--seed", type=int, help="sampling seed (default: eval.seed)")
+    r.add_argument("--benchmarks", help="comma list of medmcqa, medqa, mmlu_medical, pubmedqa (default: all)")
+    r.add_argument("--ids", help="reuse the exact items of an earlier results JSON")
+    r.add_argument("--batch_size", type=int, help="rows per forward / generations per batch (default: eval.batch_size)")
+    r.add_argument("--max_new_tokens", type=int, help="cot: generation budget (default: eval.max_new_tokens)")
+    r.add_argument("--prompt_style", choices=["chat", "plain"], help="loglik prompt (default: eval.prompt_style)")
+    r.add_argument("--target", choices=["letter", "text"], help="loglik continuation (default: eval.loglik_target)")
+    r.add_argument("--profile", help="offline | reference | auto | a YAML path (default: MEDADAPT_PROFILE or auto)")
+    r.add_argument("--model", help="base model override (Hub id or folder)")
+    r.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="inference dtype (default: model.dtype)")
+    r.add_argument("--out", help="results JSON path (default: <results_dir>/<profile>/<mode>-<timestamp>.json)")
+    r.add_argument("--output_dir", help="run dir for log.jsonl and status.json (UI jobs)")
+    s = sub.add_parser("summary", help="print the accuracy table and paired tests of a results JSON")
+    s.add_argument("files", nargs="+")
+    m = sub.add_parser("merge", help="combine variants of results files (same mode) into one")
+    m.add_argument("files", nargs="+")
+    m.add_argument("--out", required=True)
+    return p
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """Progress lines on stdout and, with a run dir, ``log.jsonl`` + ``status.json`` (same contract as trainers)."""
+
+    def __init__(self, output_dir: str | None, variants: list[str], per_variant: int):
+        self.dir = Path(output_dir) if output_dir else None
+        self.start = time.time()
+        self.variants, self.per_variant = variants, per_variant
+        self.status: dict = {"status": "running", "job": "eval", "pid": os.getpid(), "started": self.start}
+        self.stop = False
+        if self.dir:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.write_status()
+
+    def write_status(self, **update) -> None:
+        self.status.update(update)
+        if self.dir:
+            write_json_atomic(self.dir / "status.json", self.status)
+
+    def should_stop(self) -> bool:
+        return self.stop or bool(self.dir and (self.dir / "STOP").exists())
+
+    def progress(self, done: int, total: int, variant: str, benchmark: str) -> None:
+        k = self.variants.index(variant) if variant in self.variants else 0
+        g_done, g_total = k * self.per_variant + done, len(self.variants) * self.per_variant
+        elapsed = time.time() - self.start
+        eta = elapsed / g_done * (g_total - g_done) if g_done else None
+        rec = {"done": done, "total": total, "variant": variant, "benchmark": benchmark, "step": g_done,
+               "total_steps": g_total, "elapsed_s": round(elapsed, 1),
+               "eta_s": round(eta, 1) if eta is not None else None, "time": round(time.time(), 3)}
+        line = json.dumps(rec)
+        print(line, flush=True)
+        if self.dir:
+            with open(self.dir / "log.jsonl", "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+
+
+def default_out(cfg, mode: str) -> Path:
+    return cfg.paths.resolve("results_dir") / cfg.profile / f"{mode}-{datetime.now():%Y%m%d-%H%M%S}.json"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from medadapt.config import load_config
+    from medadapt.data.benchmarks import evaluated_items, select_ids
+    from eval.evaluate import StopRequested, evaluate
+    from eval.report import summarize
+    from eval.variants import resolve_variants
+
+    overrides: dict = {"eval": {k: v for k, v in {
+        "n": args.n, "seed": args.seed, "mode": args.mode, "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens, "prompt_style": args.prompt_style, "loglik_target": args.target,
+        "benchmarks": args.benchmarks.split(",") if args.benchmarks else None}.items() if v is not None}}
+    if args.model:
+        overrides["model"] = {"name_or_path": args.model, "display_name": Path(args.model).name}
+    if args.dtype:
+        overrides.setdefault("model", {})["dtype"] = args.dtype
+    cfg = load_config(args.profile, overrides)
+    mode = cfg.eval.mode
+    variants = resolve_variants(cfg, [s for s in args.variants.split(",") if s.strip()])
+    if args.ids:
+        saved = json.loads(Path(args.ids).read_text(encoding="utf-8"))["item_ids"]
+        samples = select_ids(cfg, {b: ids for b, ids in saved.items() if b in cfg.eval.benchmarks})
+    else:
+        samples = evaluated_items(cfg)
+    out = Path(args.out) if args.out else default_out(cfg, mode)
+    todo = [v.name for v in variants if not v.skipped]
+    run = RunDir(args.output_dir, todo, sum(len(v) for v in samples.values()))
+    for v in variants:
+        if v.skipped:
+            print(f"skipping variant {v.name}: {v.skipped}", file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(run, "stop", True))
+    partial: dict = {}
+
+    def save(results: dict) -> None:
+        partial["results"] = results
+        results["wall_s"] = round(time.time() - run.start, 2)
+        results["summary"] = summarize(results)
+        write_json_atomic(out, results)
+
+    try:
+        results = evaluate(cfg, variants, samples, mode, run.progress, run.should_stop, save)
+        save(results)
+    except StopRequested as e:
+        if partial:
+            save(partial["results"])
+        run.write_status(status="stopped", ended=time.time(), error=str(e), results=str(out) if partial else None,
+                         wall_s=round(time.time() - run.start, 2))
+        print(f"stopped: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if partial:
+            save(partial["results"])
+        run.write_status(status="failed", ended=time.time(), error=f"{type(e).__name__}: {e}",
+                         wall_s=round(time.time() - run.start, 2))
+        raise
+    run.write_status(status="finished", ended=time.time(), results=str(out), wall_s=round(time.time() - run.start, 2),
+                     steps=run.per_variant * len(todo))
+    print_summary(results)
+    print(f"results written to {out}", flush=True)
+    return 0
+
+
+def print_summary(results: dict) -> None:
+    from eval.report import paired_tests, summary_table
+
+    header, rows = summary_table(results)
+    print(f"\n{results['mode']} · {results['model']['display_name']} · {results['created']}")
+    print(" | ".join(header))
+    for r in rows:
+        print(" | ".join(str(c) for c in r))
+    for t in paired_tests(results):
+        if t["benchmark"] == "average":
+            print(f"McNemar {t['a']} vs {t['b']} (pooled, n={t['n']}): only-{t['a']}={t['only_a']} "
+                  f"only-{t['b']}={t['only_b']} p={t['p']:.3g}")
+
+
+def merge_results(files: list[dict]) -> dict:
+    """One results dict with every finished variant of ``files`` (same mode; items must match per benchmark)."""
+    base = json.loads(json.dumps(files[0]))
+    for other in files[1:]:
+        if other["mode"] != base["mode"]:
+            raise ValueError(f"cannot merge {other['mode']} results into {base['mode']} results")
+        for b, ids in other["item_ids"].items():
+            if b in base["item_ids"] and base["item_ids"][b] != ids:
+                raise ValueError(f"{b}: the files evaluated different items (use --ids to reuse a sample)")
+            if b not in base["item_ids"]:
+                base["item_ids"][b], base["items"][b] = ids, other["items"][b]
+        for name, entry in other["variants"].items():
+            if entry.get("status") == "ok" or name not in base["variants"]:
+                base["variants"][name] = entry
+        for b, per in other.get("retrieval", {}).get("snippets", {}).items():
+            base.setdefault("retrieval", {}).setdefault("snippets", {}).setdefault(b, {}).update(per)
+    from eval.report import summarize
+
+    base["merged_from"] = [f.get("created") for f in files]
+    base["summary"] = summarize(base)
+    return base
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    if args.command == "run":
+        from medadapt.config import ConfigError
+        from medadapt.data import DataNotFoundError
+        from eval.variants import VariantSpecError
+
+        try:
+            return cmd_run(args)
+        except (ConfigError, DataNotFoundError, VariantSpecError, KeyError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    loaded = [json.loads(Path(f).read_text(encoding="utf-8")) for f in args.files]
+    if args.command == "summary":
+        for res in loaded:
+            print_summary(res)
+        return 0
+    try:
+        merged = merge_results(loaded)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    write_json_atomic(Path(args.out), merged)
+    print_summary(merged)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
