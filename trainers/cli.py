@@ -6,6 +6,7 @@ YAML (``true``, ``3e-4``, ``[q_proj, v_proj]``). Nothing heavy is imported here,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 import yaml
@@ -37,12 +38,37 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {pair!r}: {e}") from e
+        value = _number(value)
         node = out
         *parents, leaf = key.strip().split(".")
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
     return out
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads ``3e-4`` as a string; numbers are what such a value means here."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def coerce_numbers(obj: Any) -> Any:
+    """Turn string values of numeric dataclass fields (``learning_rate: 2e-4`` in a YAML) into numbers, in place."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            coerce_numbers(value)
+        elif isinstance(value, str) and isinstance(f.default, (int, float)) and not isinstance(f.default, bool):
+            try:
+                setattr(obj, f.name, type(f.default)(float(value)) if isinstance(f.default, int) else float(value))
+            except ValueError as e:
+                raise ConfigError(f"{f.name}: {value!r} is not a number") from e
+    return obj
 
 
 def config_from_args(args: argparse.Namespace, job: str) -> TrainConfig:
@@ -53,7 +79,7 @@ def config_from_args(args: argparse.Namespace, job: str) -> TrainConfig:
         over["output_dir"] = args.output_dir
     if "job" not in read_yaml(args.config):
         over = merge({"job": job}, over)
-    tcfg = load_train_config(args.config, over)
+    tcfg = coerce_numbers(load_train_config(args.config, over))
     if tcfg.job != job:
         raise ConfigError(f"{args.config} is a {tcfg.job!r} config; run it with python -m trainers.{tcfg.job}")
     return tcfg

@@ -58,14 +58,17 @@ def execute(tcfg: TrainConfig, body: Callable[[Context], Outcome], app: AppConfi
             resume: bool = False) -> dict[str, Any]:
     """Run ``body`` inside a run dir; returns the final status dict (``finished``/``stopped``; raises on failure)."""
     from trainers.callbacks import StopRequest
+    from trainers.cli import coerce_numbers
     from trainers.common import app_config, base_model, runtime
 
+    coerce_numbers(tcfg)
     app = app or app_config(tcfg)
     path = run_dir_for(tcfg, app, resume)
     tcfg.output_dir = str(path)
     run = RunDir(path)
     prev_wall = float(run.status().get("wall_s") or 0.0) if resume else 0.0
-    run.stop_file.unlink(missing_ok=True)
+    if resume:  # a STOP left by the stopped session; a fresh run honours a STOP created before it started
+        run.stop_file.unlink(missing_ok=True)
     run.write_config(tcfg)
     started = time.time()
     run.update_status(status="running", job=tcfg.job, pid=os.getpid(), started=started, ended=None, error=None,

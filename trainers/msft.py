@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medadapt.config import AppConfig, TrainConfig, from_dict, to_dict
+from medadapt.config import AppConfig, LoraConfig, TrainConfig, from_dict, to_dict
 from trainers.job import Context, Outcome, cli_main
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,24 @@ INHERITED = ("profile", "base_model", "seed", "load_in_4bit", "use_unsloth", "re
 def cpt_stage_config(tcfg: TrainConfig) -> TrainConfig:
     """The CPT stage's config: TrainConfig defaults, the inherited keys, then the ``cpt:`` mapping."""
     base = {k: getattr(tcfg, k) for k in INHERITED}
-    return from_dict(TrainConfig, {**base, **dict(tcfg.cpt), "job": "cpt"}, "msft.cpt")
+    from trainers.cli import coerce_numbers
+
+    return coerce_numbers(from_dict(TrainConfig, {**base, **dict(tcfg.cpt), "job": "cpt"}, "msft.cpt"))
+
+
+def adapter_lora(adapter: Path, fallback: LoraConfig) -> LoraConfig:
+    """The LoRA shape of a saved PEFT adapter (what the SFT stage really trains), for the config and model card."""
+    from trainers.rundir import read_json
+
+    ac = read_json(adapter / "adapter_config.json")
+    if not ac:
+        return fallback
+    targets = ac.get("target_modules") or fallback.target_modules
+    return LoraConfig(r=ac.get("r", fallback.r), alpha=ac.get("lora_alpha", fallback.alpha),
+                      dropout=ac.get("lora_dropout", fallback.dropout),
+                      target_modules=sorted(targets) if isinstance(targets, (list, set)) else [targets],
+                      use_rslora=ac.get("use_rslora", fallback.use_rslora),
+                      modules_to_save=list(ac.get("modules_to_save") or []))
 
 
 def train_msft(ctx: Context) -> Outcome:
@@ -66,6 +83,7 @@ def train_msft(ctx: Context) -> Outcome:
     cpt_info = read_json(cpt_adapter / "medadapt.json")
     cpt_steps = int(cpt_info.get("steps") or 0)
     tcfg.cpt_adapter = str(cpt_adapter)
+    tcfg.lora = adapter_lora(cpt_adapter, tcfg.lora)
     ctx.run.write_config(tcfg)
     log.info("SFT stage on top of %s (LoRA shape from the CPT adapter; lora.* of the SFT config is not used)",
              cpt_adapter)

@@ -1,0 +1,49 @@
+"""SFT rows: builders on literal records and the offline loader on the data dir."""
+from __future__ import annotations
+
+from medadapt.data.sft import load_local_rows, medmcqa_row, normalize_question, o1_row, pubmedqa_row
+
+MCQ = {"id": "u1", "question": "Drug of choice for X?", "opa": "a1", "opb": "b1", "opc": "c1", "opd": "d1",
+       "cop": 3, "exp": "Because c1 works."}
+
+
+def test_medmcqa_row_uses_explanation_as_cot_and_1_based_cop():
+    row = medmcqa_row(MCQ)
+    assert row.id == "medmcqa:u1" and row.source == "medmcqa"
+    assert "C. c1" in row.question and row.question.startswith("Drug of choice")
+    assert row.cot == "Because c1 works."
+    assert row.answer.startswith("The answer is C.") and "c1" in row.answer
+
+
+def test_medmcqa_row_without_explanation_is_skipped():
+    assert medmcqa_row({**MCQ, "exp": None}) is None
+    assert medmcqa_row({**MCQ, "exp": "  "}) is None
+
+
+def test_pubmedqa_row_has_context_question_long_answer_and_decision():
+    rec = {"QUESTION": "Does A cause B?", "CONTEXTS": ["ctx one", "ctx two"], "LONG_ANSWER": "A causes B.",
+           "final_decision": "maybe"}
+    row = pubmedqa_row("123", rec)
+    assert row.id == "pubmedqa:123"
+    assert "ctx one" in row.question and "Does A cause B?" in row.question
+    assert row.cot == "A causes B." and row.answer == "The answer is maybe."
+
+
+def test_o1_row_keeps_fields():
+    row = o1_row(4, {"Question": "Q", "Complex_CoT": "C", "Response": "R"})
+    assert (row.id, row.question, row.cot, row.answer) == ("medical_o1:4", "Q", "C", "R")
+
+
+def test_normalize_question():
+    assert normalize_question("  What's the  DRUG of choice?\n") == "what s the drug of choice"
+
+
+def test_local_rows_from_data_dir(cfg):
+    rows = load_local_rows(cfg)
+    by = {}
+    for r in rows:
+        by.setdefault(r.source, []).append(r)
+    assert len(by["medical_o1"]) == 10
+    assert len(by["pubmedqa"]) == 500  # the non-test half of PQA-L
+    assert len(by["medmcqa"]) > 1000 and all(r.cot for r in by["medmcqa"])
+    assert len({r.id for r in rows}) == len(rows)

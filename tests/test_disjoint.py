@@ -1,0 +1,44 @@
+"""No evaluated benchmark item may appear in a training set: the check itself, and the real offline SFT rows."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from medadapt.data.sft import SftRow, check_disjoint, evaluated_items, load_sft_rows
+
+
+def item(id_, question, bench="medmcqa"):
+    return SimpleNamespace(id=id_, question=question, benchmark=bench)
+
+
+ROWS = [
+    SftRow("medmcqa:aaa", "medmcqa", "Which nerve supplies the deltoid muscle of the shoulder?\n\nA. x\nB. y", "c", "a"),
+    SftRow("pubmedqa:42", "pubmedqa", "Context: ...\n\nQuestion: Is aspirin useful?", "c", "a"),
+    SftRow("medical_o1:0", "medical_o1", "A 40-year-old man presents with chest pain radiating to the back.", "c", "a"),
+]
+
+
+def test_planted_overlap_by_id_is_caught():
+    found = check_disjoint(ROWS, {"pubmedqa": [item("42", "something else entirely", "pubmedqa")]})
+    assert [(o.row_id, o.by, o.benchmark) for o in found] == [("pubmedqa:42", "id", "pubmedqa")]
+
+
+def test_planted_overlap_by_text_is_caught():
+    eval_items = {"medqa": [item("medqa-7", "Which nerve supplies the DELTOID muscle of the shoulder?", "medqa")],
+                  "mmlu_medical": [item("anatomy-1", "A 40-year-old man presents with chest pain radiating "
+                                                     "to the back.", "mmlu_medical")]}
+    found = check_disjoint(ROWS, eval_items)
+    assert {(o.row_id, o.item_id, o.by) for o in found} == {("medmcqa:aaa", "medqa-7", "text"),
+                                                            ("medical_o1:0", "anatomy-1", "text")}
+
+
+def test_disjoint_rows_pass():
+    assert check_disjoint(ROWS, [item("zzz", "An unrelated question about renal physiology and GFR?")]) == []
+
+
+def test_offline_sft_rows_are_disjoint_from_evaluated_items(cfg):
+    items = evaluated_items(cfg)
+    assert sum(len(v) for v in items.values()) > 0
+    rows = load_sft_rows(cfg)
+    assert rows and check_disjoint(rows, items) == []
+    ids = {str(i.id) for group in items.values() for i in group}
+    assert not any(r.id.split(":", 1)[1] in ids for r in rows)

@@ -1,0 +1,201 @@
+"""Trainers on the tiny random model: formatting/packing units, each job end to end, loss goes down, stop + resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from medadapt.adapters import list_adapters
+from medadapt.config import REPO_ROOT, ConfigError, load_train_config
+from medadapt.data.sft import SftRow
+from trainers.cli import parse_overrides
+from trainers.formatting import IGNORE, PadCollator, completion_text, cpt_examples, end_of_turn, pack_blocks, sft_example
+
+ROWS = [SftRow(f"medical_o1:{i}", "medical_o1", q, c, a) for i, (q, c, a) in enumerate([
+    ("What is the first-line drug for anaphylaxis?", "Anaphylaxis needs rapid alpha and beta agonism.",
+     "Intramuscular epinephrine."),
+    ("Which vitamin deficiency causes scurvy?", "Collagen synthesis needs hydroxylation, which needs vitamin C.",
+     "Vitamin C."),
+    ("Which electrolyte change peaks the T waves?", "Peaked T waves are an early ECG sign of hyperkalemia.",
+     "Hyperkalemia."),
+    ("What causes most community-acquired pneumonia?", "The commonest bacterial cause is pneumococcus.",
+     "Streptococcus pneumoniae."),
+] * 3)]
+
+
+@pytest.fixture
+def tok(tiny_model_dir):
+    from medadapt.models import load_tokenizer
+
+    return load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture
+def fixed_rows(monkeypatch):
+    """SFT rows are a fixed tiny set (the real loader is covered in test_data_sft / test_disjoint)."""
+    import medadapt.data.sft as sft_data
+
+    monkeypatch.setattr(sft_data, "load_sft_rows", lambda cfg, datasets=(): list(ROWS))
+
+
+def tcfg(job: str, out: Path, **over):
+    base = {"max_length": 128, "per_device_batch_size": 2, "gradient_accumulation_steps": 1, "max_steps": 4,
+            "eval_fraction": 0.2, "max_eval_samples": 2, "eval_steps": 100, "save_steps": 2, "report_to": "none",
+            "output_dir": str(out), "warmup_ratio": 0.0, "lora": {"r": 4, "alpha": 8}}
+    return load_train_config(REPO_ROOT / "configs" / "offline" / f"{job}.yaml", {**base, **over})
+
+
+def losses(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------- units
+
+def test_assistant_only_labels_mask_the_prompt(tok):
+    ex = sft_example(tok, "Which vitamin prevents scurvy?", "Think about collagen.", "Vitamin C.")
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Which vitamin prevents scurvy?"}],
+                                     tokenize=False, add_generation_prompt=True)
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert ex["labels"][:n_prompt] == [IGNORE] * n_prompt
+    assert ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:]
+    target = tok.decode(ex["input_ids"][n_prompt:])
+    assert target.startswith("<think>\nThink about collagen.\n</think>") and "Vitamin C." in target
+    assert target.endswith(end_of_turn(tok)) and end_of_turn(tok).startswith("<|im_end|>")
+    assert "Which vitamin" in tok.decode(ex["input_ids"][:n_prompt])
+
+
+def test_completion_skips_think_tag_the_template_opened():
+    assert completion_text("cot", "ans", "<|Assistant|><think>\n").startswith("cot\n</think>")
+    assert completion_text("cot", "ans", "<|im_start|>assistant\n").startswith("<think>\ncot")
+
+
+def test_packing_fills_blocks_with_eos_between_documents():
+    blocks = pack_blocks([[1, 2, 3], [4, 5], [6, 7, 8, 9]], eos_id=0, block=4)
+    assert blocks == [[1, 2, 3, 0], [4, 5, 0, 6], [7, 8, 9, 0]]
+
+
+def test_packed_batches_contain_no_padding(tok):
+    texts = [f"Snippet {i}. " + "The liver makes bile and albumin. " * (i % 5 + 1) for i in range(40)]
+    packed = cpt_examples(tok, texts, 32, packing=True)
+    batch = PadCollator(tok.pad_token_id)(packed[:4])
+    assert batch["input_ids"].shape == (4, 32)
+    assert batch["attention_mask"].all() and (batch["labels"] != IGNORE).all()
+    unpacked = PadCollator(tok.pad_token_id)(cpt_examples(tok, texts[:4], 512, packing=False))
+    assert not unpacked["attention_mask"].all()  # the seed's unpacked batches waste tokens on padding
+
+
+def test_overrides_parse_dotted_yaml_values():
+    assert parse_overrides(["lora.r=8", "packing=true", "learning_rate=3e-4", "dataset=[a, b]"]) == {
+        "lora": {"r": 8}, "packing": True, "learning_rate": 3e-4, "dataset": ["a", "b"]}
+    with pytest.raises(ConfigError):
+        parse_overrides(["no_equals_sign"])
+
+
+def test_cli_help_is_fast_and_imports_no_torch():
+    code = "import sys, trainers.sft, trainers.cpt, trainers.msft; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
+    out = subprocess.run([sys.executable, "-m", "trainers.msft", "--help"], cwd=REPO_ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert "--resume" in out and "--config" in out
+
+
+# ---------------------------------------------------------------- jobs
+
+def test_sft_job_writes_adapter_log_card_and_status(cfg, fixed_rows, tmp_path):
+    from trainers import sft
+
+    run_dir = Path(cfg.paths.runs_dir) / cfg.profile / "sft-test"
+    status = sft.run(tcfg("sft", run_dir), cfg)
+    assert status["status"] == "finished" and status["steps"] == 4
+    adapter = run_dir / "adapter"
+    assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
+    meta = json.loads((adapter / "medadapt.json").read_text())
+    assert meta["job"] == "sft" and meta["steps"] == 4 and meta["final_loss"] is not None
+    card = (adapter / "README.md").read_text()
+    assert "base_model:" in card and "MedAdapt SFT adapter" in card and "medical_o1" in card
+    lines = losses(run_dir)
+    train_lines = [x for x in lines if "loss" in x]
+    assert [x["step"] for x in train_lines] == [1, 2, 3, 4]
+    assert {"total_steps", "lr", "tokens_per_s", "elapsed_s", "eta_s"} <= set(train_lines[-1])
+    assert any("eval_loss" in x for x in lines)
+    assert json.loads((run_dir / "status.json").read_text())["adapter"] == str(adapter)
+    assert not list(run_dir.glob("adapter.tmp-*"))
+    assert [a.path for a in list_adapters(cfg, "sft")] == [adapter]
+
+
+def test_sft_loss_goes_down_when_overfitting_a_tiny_set(cfg, fixed_rows, tmp_path):
+    from trainers import sft
+
+    t = tcfg("sft", tmp_path / "overfit", max_steps=10, learning_rate=2e-2, eval_fraction=0.0, save_steps=100,
+             per_device_batch_size=4, lora={"r": 8, "alpha": 16})
+    sft.run(t, cfg)
+    loss = [x["loss"] for x in losses(tmp_path / "overfit") if "loss" in x]
+    assert len(loss) == 10
+    assert sum(loss[-3:]) / 3 < loss[0] - 0.3, loss  # a random 10.8-nat start; overfitting drops it clearly
+
+
+def test_stop_file_then_resume_continues_from_checkpoint(cfg, fixed_rows, tmp_path):
+    from trainers import sft
+
+    run_dir = tmp_path / "stopped"
+    run_dir.mkdir()
+    (run_dir / "STOP").touch()  # the UI's stop button, pressed before the first step ends
+    status = sft.run(tcfg("sft", run_dir, max_steps=4), cfg)
+    assert status["status"] == "stopped" and status["steps"] == 1
+    assert (run_dir / "checkpoints" / "checkpoint-1").is_dir() and not (run_dir / "adapter").exists()
+    status = sft.run(tcfg("sft", run_dir, max_steps=4), cfg, resume=True)
+    assert status["status"] == "finished" and status["steps"] == 4
+    steps = [x["step"] for x in losses(run_dir) if "loss" in x]
+    assert steps == [1, 2, 3, 4]  # the resumed session starts at step 2, not 1
+
+
+def test_msft_runs_cpt_then_sft_and_records_lineage(cfg, fixed_rows, tmp_path):
+    from trainers import msft
+
+    run_dir = tmp_path / "msft"
+    t = tcfg("msft", run_dir, max_steps=2, cpt={"max_steps": 2, "max_length": 64, "max_samples": 60,
+                                                  "per_device_batch_size": 2, "gradient_accumulation_steps": 1,
+                                                  "eval_fraction": 0.1, "max_eval_samples": 2, "save_steps": 50,
+                                                  "lora": {"r": 4, "alpha": 8}})
+    status = msft.run(t, cfg)
+    assert status["status"] == "finished" and status["steps"] == 4
+    assert (run_dir / "cpt_adapter" / "adapter_config.json").exists()
+    meta = json.loads((run_dir / "adapter" / "medadapt.json").read_text())
+    assert meta["job"] == "msft" and len(meta["lineage"]) == 3 and "cpt_adapter" in meta["lineage"][1]
+    assert meta["config"]["lora"]["r"] == 4  # the SFT stage continued the CPT adapter
+    lines = [x for x in losses(run_dir) if "loss" in x]
+    assert [(x["stage"], x["step"]) for x in lines] == [("cpt", 1), ("cpt", 2), ("sft", 3), ("sft", 4)]
+    assert all(x["total_steps"] == 4 for x in lines)
+
+
+def test_cpt_cli_killed_with_sigterm_then_resumed(cfg, tmp_path):
+    run_dir = tmp_path / "cpt-kill"
+    env = {**os.environ, "MEDADAPT_DATA_DIR": cfg.paths.data_dir, "MEDADAPT_RUNS_DIR": str(tmp_path / "runs")}
+    cmd = [sys.executable, "-m", "trainers.cpt", "--config", "configs/offline/cpt.yaml", "--output_dir", str(run_dir),
+           f"base_model={cfg.model.name_or_path}", "max_steps=40", "max_length=64", "max_samples=200",
+           "save_steps=2", "eval_fraction=0", "report_to=none", "per_device_batch_size=2",
+           "gradient_accumulation_steps=1", "lora.r=4"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = run_dir / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(ckpts.glob("checkpoint-*/trainer_state.json")) and proc.poll() is None:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "stopped", status
+    stopped_at = status["steps"]
+    assert 2 <= stopped_at < 40 and (ckpts / f"checkpoint-{stopped_at}").is_dir()
+    done = subprocess.run(cmd + ["--resume"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "finished" and status["steps"] == 40
+    steps = [x["step"] for x in losses(run_dir) if "loss" in x]
+    assert steps == list(range(1, 41))  # 1..k before the kill, k+1..40 after the resume
+    assert (run_dir / "adapter" / "README.md").exists()
