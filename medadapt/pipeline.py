@@ -63,12 +63,14 @@ def clean_question(text: Any) -> str:
     """Normalise user text: str only, invalid code points and control characters removed, whitespace trimmed."""
     if not isinstance(text, str):
         raise InputError("The question must be text.")
-    text = text.encode("utf-8", "replace").decode("utf-8", "replace")  # lone surrogates → U+FFFD
+    if not text.strip():
+        raise InputError("Please type a medical question (the box is empty).")
+    text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")  # surrogates → U+FFFD
     text = unicodedata.normalize("NFC", text)
     text = "".join(c for c in text if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cs", "Co", "Cn"))
     text = text.replace("\ufffd", "").strip()
     if not text:
-        raise InputError("Please type a medical question (the box is empty).")
+        raise InputError("The question holds only control or invalid characters; please type it as plain text.")
     return text
 
 
