@@ -16,7 +16,8 @@ def ema(values: list[float], weight: float = 0.9) -> list[float]:
 
 
 def loss_series(records: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """x/y lists of train and eval loss; MSFT stages are laid end to end (the SFT steps follow the CPT ones).
+    """x/y lists of train and eval loss; MSFT stages are laid end to end (a stage whose steps restart at 1 is
+    shifted after the previous one; global steps are kept as they are).
 
     Returns ``train_x, train_y, eval_x, eval_y`` and ``stage_starts`` (x where each later stage begins).
     """
@@ -30,8 +31,8 @@ def loss_series(records: list[dict[str, Any]]) -> dict[str, list[float]]:
         rec_stage = rec.get("stage")
         if rec_stage is not None and rec_stage != stage:
             if stage is not None:
-                offset += stage_max
-                out["stage_starts"].append(offset)
+                offset += stage_max if step <= stage_max else 0
+                out["stage_starts"].append(offset if step <= stage_max else offset + stage_max)
             stage, stage_max = rec_stage, 0
             stage_names.append(rec_stage)
         stage_max = max(stage_max, step)

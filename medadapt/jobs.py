@@ -302,7 +302,7 @@ class JobManager:
                 raise JobError(f"{run_dir.name} is a {snap.job!r} run; only training runs can be resumed")
             if snap.status == "finished":
                 raise JobError(f"{run_dir.name} already finished; start a new run instead")
-            if not any((run_dir / "checkpoints").glob("checkpoint-*")):
+            if not any((run_dir / "checkpoints").rglob("checkpoint-*")):  # MSFT: checkpoints/<stage>/checkpoint-N
                 raise JobError(f"{run_dir.name} has no checkpoint to resume from; start a new run instead")
             config = next((p for p in (run_dir / "launch.yaml", run_dir / "config.yaml") if p.exists()), None)
             if config is None:

@@ -29,3 +29,10 @@ def test_loss_figure_traces_and_empty_state():
     assert list(fig.data[2].y) == [1.0]
     empty = loss_figure([])
     assert not empty.data and "waiting" in empty.layout.annotations[0].text
+
+
+def test_global_step_stages_are_not_shifted():
+    recs = [{"stage": "cpt", "step": 1, "loss": 3.0}, {"stage": "cpt", "step": 2, "loss": 2.9},
+            {"stage": "sft", "step": 3, "loss": 2.0}, {"stage": "sft", "step": 4, "loss": 1.9}]
+    s = loss_series(recs)
+    assert s["train_x"] == [1, 2, 3, 4] and s["stage_starts"] == [2] and s["stages"] == ["cpt", "sft"]
