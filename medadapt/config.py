@@ -168,7 +168,7 @@ class AppConfig:
         """One line for the UI banner: profile, model and data."""
         data = "Hugging Face Hub datasets" if self.profile == "reference" else f"local files in {self.paths.resolve('data_dir')}"
         why = "" if self.hub_available or self.profile == "reference" else " (the Hugging Face Hub is unreachable)"
-        return f"Profile **{self.profile}**{why}: model **{self.model.display_name}**, data from {data}."
+        return f"Profile {self.profile}{why}: model {self.model.display_name}, data from {data}."
 
 
 # ---------------------------------------------------------------- building dataclasses from dicts

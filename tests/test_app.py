@@ -71,7 +71,7 @@ def test_empty_question_gets_message_and_app_keeps_serving(app):
     client = Client(app["url"], verbose=False)
     out = client.predict("   ", 16, 0.0, 1.0, 2, False, "", "", api_name="/compare")
     assert "empty" in out[16]
-    out = client.predict("Dose of aspirin in MI?", 8, 0.0, 1.0, 2, False, "", "", api_name="/compare")
+    out = client.predict("Dose of aspirin in MI?", 16, 0.0, 1.0, 2, False, "", "", api_name="/compare")
     assert "Not trained yet" in out[8] and DISCLAIMER in out[0]
 
 

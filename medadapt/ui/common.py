@@ -1,6 +1,8 @@
 """Shared UI pieces: theme, CSS, the profile banner and user-facing message helpers."""
 from __future__ import annotations
 
+import html
+
 import gradio as gr
 
 from medadapt.config import AppConfig
@@ -30,8 +32,9 @@ THEME = gr.themes.Soft(primary_hue="teal", secondary_hue="slate")
 
 
 def banner(cfg: AppConfig) -> str:
-    mode = " · **public mode** (training and evaluation launches are locked)" if cfg.public else ""
-    return f"<div class='ma-banner'>🩺 <b>MedAdapt</b> — {cfg.describe()}{mode}<br><small>{DISCLAIMER}</small></div>"
+    mode = " · <b>public mode</b> (training and evaluation launches are locked)" if cfg.public else ""
+    return (f"<div class='ma-banner' id='ma-banner'><b>MedAdapt</b> — {html.escape(cfg.describe())}{mode}"
+            f"<br><small>{DISCLAIMER}</small></div>")
 
 
 def warn(message: str) -> None:
