@@ -178,24 +178,24 @@ def test_cpt_cli_killed_with_sigterm_then_resumed(cfg, tmp_path):
     run_dir = tmp_path / "cpt-kill"
     env = {**os.environ, "MEDADAPT_DATA_DIR": cfg.paths.data_dir, "MEDADAPT_RUNS_DIR": str(tmp_path / "runs")}
     cmd = [sys.executable, "-m", "trainers.cpt", "--config", "configs/offline/cpt.yaml", "--output_dir", str(run_dir),
-           f"base_model={cfg.model.name_or_path}", "max_steps=40", "max_length=64", "max_samples=200",
+           f"base_model={cfg.model.name_or_path}", "max_steps=12", "max_length=64", "max_samples=200",
            "save_steps=2", "eval_fraction=0", "report_to=none", "per_device_batch_size=2",
            "gradient_accumulation_steps=1", "lora.r=4"]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = run_dir / "checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline and not list(ckpts.glob("checkpoint-*/trainer_state.json")) and proc.poll() is None:
-        time.sleep(0.5)
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "stopped", status
     stopped_at = status["steps"]
-    assert 2 <= stopped_at < 40 and (ckpts / f"checkpoint-{stopped_at}").is_dir()
+    assert 2 <= stopped_at < 12 and (ckpts / f"checkpoint-{stopped_at}").is_dir()
     done = subprocess.run(cmd + ["--resume"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     status = json.loads((run_dir / "status.json").read_text())
-    assert status["status"] == "finished" and status["steps"] == 40
+    assert status["status"] == "finished" and status["steps"] == 12
     steps = [x["step"] for x in losses(run_dir) if "loss" in x]
-    assert steps == list(range(1, 41))  # 1..k before the kill, k+1..40 after the resume
+    assert steps == list(range(1, 13))  # 1..k before the kill, k+1..12 after the resume
     assert (run_dir / "adapter" / "README.md").exists()
