@@ -90,7 +90,7 @@ def user(url: str, n_questions: int, max_new: int, timeout: float, uid: int) -> 
         try:
             job = client.submit(q, max_new, 0.0, 1.0, 3, False, "", "", api_name="/compare")
             res = job.result(timeout=timeout)
-            ok = all(DISCLAIMER in res[k * 4] for k in range(4)) and "tokens" in res[0]
+            ok = all(DISCLAIMER in res[k * 4] for k in range(4)) and "tokens" in res[2]
         except Exception as e:  # a lost or failed request counts as not answered
             print(f"user {uid} q{i}: {type(e).__name__}: {e}", file=sys.stderr)
             ok = False

@@ -96,3 +96,20 @@ def test_browser_four_answers_side_by_side(app, tmp_path):
     assert shot.stat().st_size > 10_000
     assert len({round(b["y"]) for b in boxes}) == 1, f"columns wrapped: {boxes}"
     assert all(b["width"] > 200 for b in boxes)
+
+
+def test_concurrent_users_all_answered(app):
+    """Several users at once: the bounded queue serves every request (none lost, none failed)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client
+
+    def one_user(i):
+        client = Client(app["url"], verbose=False)
+        return [client.predict(f"Question {i}.{j} about anemia?", 16, 0.0, 1.0, 2, False, "", "", api_name="/compare")
+                for j in range(2)]
+
+    with ThreadPoolExecutor(4) as pool:
+        outs = [o for user in pool.map(one_user, range(4)) for o in user]
+    assert len(outs) == 8
+    assert all(DISCLAIMER in o[0] and "tokens" in o[2] for o in outs)
