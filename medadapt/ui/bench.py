@@ -1,0 +1,289 @@
+"""Benchmarks tab: accuracy with 95% CIs per benchmark, baselines, the paper's numbers, paired tests, drill-down.
+
+Reads the results JSONs under ``<results_dir>`` (``python -m eval run`` writes them) and launches new evaluations
+as background jobs through ``state.jobs.start_eval``. Data shaping is in :mod:`eval.report` (pure, no torch);
+this module only draws figures and wires widgets.
+"""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import plotly.graph_objects as go
+
+from eval.benchmarks import task_label, variant_label
+from eval.report import (ALL, baselines, benchmarks_of, done_variants, drilldown, paper_reference, significance_matrix,
+                         subject_breakdown, summarize, summary_table)
+
+COLORS = {"base": "#64748b", "rag": "#0d9488", "sft": "#2563eb", "msft": "#9333ea"}
+EXTRA_COLORS = ["#ea580c", "#16a34a", "#db2777", "#ca8a04"]
+POLL_S = 3.0
+VARIANT_CHOICES = ["base", "rag", "sft", "msft"]
+
+
+# ---------------------------------------------------------------- files
+
+def list_results(results_dir: Path) -> list[tuple[str, str]]:
+    """(label, path) of every results JSON under ``results_dir``, newest first."""
+    files = sorted(Path(results_dir).rglob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    out = []
+    for p in files:
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(data, dict) or "variants" not in data:
+            continue
+        n = max((len(v) for v in data.get("item_ids", {}).values()), default=0)
+        label = f"{p.relative_to(results_dir)} · {data.get('mode', '?')} · n={n} · {', '.join(done_variants(data))}"
+        out.append((label, str(p)))
+    return out
+
+
+def load_results(path: str | None) -> dict | None:
+    if not path:
+        return None
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _color(name: str, i: int) -> str:
+    return COLORS.get(name.removesuffix("+rag"), EXTRA_COLORS[i % len(EXTRA_COLORS)])
+
+
+# ---------------------------------------------------------------- pure figure builders
+
+def accuracy_figure(results: dict | None, show_paper: bool = True) -> go.Figure:
+    """Grouped bars (variant per benchmark + average) with Wilson 95% error bars, baselines and the paper's bars."""
+    fig = go.Figure()
+    if not results:
+        fig.update_layout(title="No results yet: run an evaluation", height=420)
+        return fig
+    benches = benchmarks_of(results)
+    cats = benches + [ALL]
+    xlabels = [task_label(b) for b in benches] + ["Average"]
+    summ = summarize(results)
+    for i, (v, per) in enumerate(summ.items()):
+        ys = [100 * per[c]["acc"] if c in per else None for c in cats]
+        up = [100 * (per[c]["ci_high"] - per[c]["acc"]) if c in per else 0 for c in cats]
+        down = [100 * (per[c]["acc"] - per[c]["ci_low"]) if c in per else 0 for c in cats]
+        n = [per[c]["n"] if c in per else 0 for c in cats]
+        fig.add_bar(name=f"{variant_label(v)} (this run)", x=xlabels, y=ys, marker_color=_color(v, i),
+                    error_y={"type": "data", "symmetric": False, "array": up, "arrayminus": down, "thickness": 1.2},
+                    customdata=n, hovertemplate="%{x}: %{y:.1f}% (n=%{customdata})<extra>" + v + "</extra>")
+    if show_paper:
+        for i, (v, vals) in enumerate(paper_reference(benches).items()):
+            fig.add_bar(name=f"{variant_label(v)} — paper (seed, reported)", x=xlabels,
+                        y=[100 * vals[c] if c in vals else None for c in cats], marker_color="rgba(0,0,0,0)",
+                        marker_line={"color": _color(v, i), "width": 1.5}, marker_pattern_shape="/",
+                        marker_pattern_fgcolor=_color(v, i), opacity=0.6, legendgroup="paper",
+                        hovertemplate="%{x}: %{y:.1f}% (paper)<extra>" + v + "</extra>")
+    base = baselines(results)
+    for key, dash, label in (("chance", "dot", "chance"), ("majority", "dash", "majority class")):
+        xs, ys = [], []
+        for c, lab in zip(cats, xlabels):
+            if c in base:
+                xs += [lab, lab, None]
+                ys += [100 * base[c][key]] * 2 + [None]
+        fig.add_scatter(x=xs, y=ys, mode="markers+lines", name=label, line={"dash": dash, "color": "#111827"},
+                        marker={"symbol": "line-ew-open", "size": 40, "color": "#111827"}, connectgaps=False)
+    n_max = max((len(v) for v in results.get("item_ids", {}).values()), default=0)
+    fig.update_layout(barmode="group", height=460, yaxis={"title": "accuracy (%)", "range": [0, 100]},
+                      title=f"{results.get('mode', '')} scoring · {results.get('model', {}).get('display_name', '')}"
+                            f" · n≤{n_max} per benchmark · error bars: Wilson 95% CI",
+                      legend={"orientation": "h", "y": -0.18}, margin={"t": 60, "b": 40})
+    return fig
+
+
+def significance_figure(results: dict | None, benchmark: str = ALL) -> go.Figure:
+    """Heatmap of paired exact McNemar p-values between variants (same items)."""
+    fig = go.Figure()
+    if not results:
+        return fig
+    names, mat = significance_matrix(results, benchmark)
+    text = [["—" if p is None else f"{p:.3f}" + (" *" if p < 0.05 else "") for p in row] for row in mat]
+    z = [[1.0 if p is None else p for p in row] for row in mat]
+    labels = [variant_label(n) for n in names]
+    fig.add_heatmap(z=z, x=labels, y=labels, text=text, texttemplate="%{text}", zmin=0, zmax=1,
+                    colorscale=[[0, "#16a34a"], [0.05, "#bbf7d0"], [0.0501, "#f1f5f9"], [1, "#ffffff"]],
+                    colorbar={"title": "p"})
+    fig.update_layout(title=f"McNemar exact p-values · {task_label(benchmark) if benchmark != ALL else 'all items'}"
+                            " (* p < 0.05, uncorrected)", height=360, yaxis={"autorange": "reversed"})
+    return fig
+
+
+def subject_figure(results: dict | None, benchmark: str) -> go.Figure:
+    """Per-subject accuracy per variant (horizontal bars with CIs), for MMLU-medical or MedMCQA."""
+    fig = go.Figure()
+    if not results or benchmark not in benchmarks_of(results):
+        return fig
+    br = subject_breakdown(results, benchmark)
+    subjects = list(br)
+    for i, v in enumerate(done_variants(results)):
+        xs = [100 * br[s][v]["acc"] if v in br[s] else None for s in subjects]
+        up = [100 * (br[s][v]["ci_high"] - br[s][v]["acc"]) if v in br[s] else 0 for s in subjects]
+        down = [100 * (br[s][v]["acc"] - br[s][v]["ci_low"]) if v in br[s] else 0 for s in subjects]
+        ns = [br[s][v]["n"] if v in br[s] else 0 for s in subjects]
+        fig.add_bar(name=variant_label(v), y=[f"{s} (n={max(ns[j], 0)})" for j, s in enumerate(subjects)], x=xs,
+                    orientation="h", marker_color=_color(v, i),
+                    error_x={"type": "data", "symmetric": False, "array": up, "arrayminus": down})
+    fig.update_layout(barmode="group", title=f"{task_label(benchmark)} by subject", xaxis={"range": [0, 100],
+                      "title": "accuracy (%)"}, height=max(320, 28 * len(subjects) * max(1, len(fig.data))))
+    return fig
+
+
+def drilldown_html(results: dict | None, benchmark: str, item_id: str) -> str:
+    if not results or not item_id:
+        return "<p class='ma-empty'>Pick an item.</p>"
+    try:
+        d = drilldown(results, benchmark, item_id)
+    except KeyError as e:
+        return f"<p class='ma-empty'>{html.escape(str(e))}</p>"
+    it = d["item"]
+    opts = "".join(f"<li><b>{k}.</b> {html.escape(v)}{' ✅' if k == it['answer'] else ''}</li>"
+                   for k, v in it["options"].items())
+    rows = "".join(
+        f"<tr><td>{html.escape(variant_label(r['variant']))}</td><td>{html.escape(str(r['pred'] or '—'))}</td>"
+        f"<td>{'✅' if r['correct'] else ('⚠️ invalid' if r['invalid'] else '❌')}</td>"
+        f"<td>{html.escape(r['filter'] or '')}</td>"
+        f"<td><div style='white-space:pre-wrap;max-height:240px;overflow:auto'>{html.escape(r['raw'] or '')}</div></td></tr>"
+        for r in d["rows"])
+    snips = "".join(f"<li>{html.escape(s.get('title', ''))} <code>{html.escape(s.get('id', ''))}</code></li>"
+                    for s in d["snippets"])
+    return (f"<div><p><b>{html.escape(task_label(benchmark))} · {html.escape(it['id'])}</b>"
+            f"{' · ' + html.escape(it['subject']) if it.get('subject') else ''}</p>"
+            f"<p>{html.escape(it['question'])}</p><ul>{opts}</ul><p>Correct answer: <b>{it['answer']}</b></p>"
+            f"<table><tr><th>variant</th><th>answer</th><th></th><th>parsed by</th><th>raw output</th></tr>{rows}</table>"
+            + (f"<p>RAG snippets retrieved:</p><ul>{snips}</ul>" if snips else "") + "</div>")
+
+
+def item_choices(results: dict | None, benchmark: str) -> list[tuple[str, str]]:
+    items = (results or {}).get("items", {}).get(benchmark, [])
+    return [(f"{it['id']} · {it['question'][:70]}", it["id"]) for it in items]
+
+
+def eval_args(variants: list[str], mode: str, n: int | float, benchmarks: list[str]) -> list[str]:
+    """Arguments of ``python -m eval run`` for the Run button."""
+    if not variants:
+        raise ValueError("pick at least one variant")
+    if not benchmarks:
+        raise ValueError("pick at least one benchmark")
+    return ["--variants", ",".join(variants), "--mode", mode, "--n", str(int(n)), "--benchmarks", ",".join(benchmarks)]
+
+
+def progress_text(snap: Any) -> str:
+    if snap is None:
+        return "No evaluation job started from this page."
+    pct = f"{100 * snap.step / snap.total_steps:.0f}%" if snap.total_steps else ""
+    eta = f", ETA {snap.eta_s:.0f} s" if snap.eta_s else ""
+    err = f"\n\n```\n{snap.error[-1500:]}\n```" if snap.error else ""
+    return f"**{snap.status}** · {snap.run_dir.name} · {snap.step}/{snap.total_steps or '?'} {pct}{eta}{err}"
+
+
+# ---------------------------------------------------------------- the tab
+
+def build_bench_tab(state: Any) -> dict[str, Any]:
+    """Build the Benchmarks tab inside the current Blocks context; returns its components by name."""
+    cfg = state.cfg
+    results_dir = cfg.paths.resolve("results_dir")
+    c: dict[str, Any] = {}
+    choices = list_results(results_dir)
+    first = load_results(choices[0][1]) if choices else None
+    benches = benchmarks_of(first) if first else list(cfg.eval.benchmarks)
+
+    def on_file(path: str, show_paper: bool):
+        res = load_results(path)
+        header, rows = summary_table(res) if res else (["variant"], [])
+        b = benchmarks_of(res) if res else []
+        sub = [x for x in b if x in ("mmlu_medical", "medmcqa")]
+        return (accuracy_figure(res, show_paper), gr.update(value=rows, headers=header),
+                significance_figure(res, ALL), gr.update(choices=[(task_label(x), x) for x in sub],
+                                                         value=sub[0] if sub else None),
+                subject_figure(res, sub[0]) if sub else go.Figure(),
+                gr.update(choices=[("all items", ALL)] + [(task_label(x), x) for x in b], value=ALL),
+                gr.update(choices=[(task_label(x), x) for x in b], value=b[0] if b else None),
+                gr.update(choices=item_choices(res, b[0]) if b else [], value=None), drilldown_html(None, "", ""))
+
+    def on_refresh():
+        ch = list_results(results_dir)
+        return gr.update(choices=ch, value=ch[0][1] if ch else None)
+
+    def on_run(variants, mode, n, bench_sel):
+        if cfg.public:
+            return "🔒 Evaluation launches are locked in public mode."
+        jobs = getattr(state, "jobs", None)
+        if jobs is None or not hasattr(jobs, "start_eval"):
+            return "This app has no job runner; run `python -m eval run ...` from a shell."
+        try:
+            run_dir = jobs.start_eval(eval_args(variants, mode, n, bench_sel))
+        except Exception as e:  # noqa: BLE001 — JobBusyError, ValueError: shown to the user
+            return f"⚠️ {e}"
+        state.extras["eval_run"] = str(run_dir)
+        return f"Started evaluation in `{run_dir}`."
+
+    def on_poll():
+        run = state.extras.get("eval_run")
+        jobs = getattr(state, "jobs", None)
+        return progress_text(jobs.poll(Path(run)) if run and jobs else None)
+
+    gr.Markdown("Accuracy of each variant on seeded samples of four medical benchmarks. Error bars are 95% Wilson "
+                "intervals; at n = 200 they are about ±6–7 points, so most differences are not significant. "
+                "Hatched bars are the **seed paper's reported numbers** (generative, with a parser that read the "
+                "chain of thought), shown for reference only.")
+    with gr.Row():
+        c["file"] = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Results file", scale=4)
+        c["refresh"] = gr.Button("↻ Refresh", scale=0)
+        c["show_paper"] = gr.Checkbox(True, label="Show the paper's numbers", scale=1)
+    c["chart"] = gr.Plot(accuracy_figure(first), show_label=False)
+    header, rows = summary_table(first) if first else (["variant"], [])
+    c["table"] = gr.Dataframe(rows, headers=header, interactive=False, wrap=True,
+                              label="Accuracy % [95% CI] · invalid rate · cost (eval wall time)")
+    with gr.Row():
+        with gr.Column():
+            c["sig_bench"] = gr.Dropdown([("all items", ALL)] + [(task_label(b), b) for b in benches], value=ALL,
+                                         label="Paired test on")
+            c["sig"] = gr.Plot(significance_figure(first), show_label=False)
+        with gr.Column():
+            subs = [b for b in benches if b in ("mmlu_medical", "medmcqa")]
+            c["sub_bench"] = gr.Dropdown([(task_label(b), b) for b in subs], value=subs[0] if subs else None,
+                                         label="Per-subject breakdown")
+            c["subjects"] = gr.Plot(subject_figure(first, subs[0]) if subs else go.Figure(), show_label=False)
+    with gr.Accordion("Per-question drill-down", open=False):
+        with gr.Row():
+            c["dd_bench"] = gr.Dropdown([(task_label(b), b) for b in benches], value=benches[0] if benches else None,
+                                        label="Benchmark", scale=1)
+            c["dd_item"] = gr.Dropdown(item_choices(first, benches[0]) if benches else [], label="Item", scale=3)
+        c["dd_view"] = gr.HTML(drilldown_html(None, "", ""))
+    with gr.Accordion("Run an evaluation (background job)", open=False):
+        with gr.Row():
+            c["run_variants"] = gr.CheckboxGroup(VARIANT_CHOICES, value=VARIANT_CHOICES, label="Variants")
+            c["run_mode"] = gr.Radio(["loglik", "cot"], value=cfg.eval.mode, label="Scoring")
+            c["run_n"] = gr.Number(cfg.eval.n, precision=0, label="Items per benchmark (0 = all)")
+            c["run_bench"] = gr.CheckboxGroup([(task_label(b), b) for b in cfg.eval.benchmarks],
+                                              value=list(cfg.eval.benchmarks), label="Benchmarks")
+        c["run"] = gr.Button("Run evaluation", variant="primary", interactive=not cfg.public)
+        c["run_status"] = gr.Markdown(progress_text(None))
+    c["timer"] = gr.Timer(POLL_S)
+
+    file_out = [c["chart"], c["table"], c["sig"], c["sub_bench"], c["subjects"], c["sig_bench"], c["dd_bench"],
+                c["dd_item"], c["dd_view"]]
+    c["file"].change(on_file, [c["file"], c["show_paper"]], file_out)
+    c["show_paper"].change(lambda p, s: accuracy_figure(load_results(p), s), [c["file"], c["show_paper"]], c["chart"])
+    c["refresh"].click(on_refresh, None, c["file"])
+    c["sig_bench"].change(lambda p, b: significance_figure(load_results(p), b or ALL), [c["file"], c["sig_bench"]],
+                          c["sig"])
+    c["sub_bench"].change(lambda p, b: subject_figure(load_results(p), b), [c["file"], c["sub_bench"]],
+                          c["subjects"])
+    c["dd_bench"].change(lambda p, b: gr.update(choices=item_choices(load_results(p), b), value=None),
+                         [c["file"], c["dd_bench"]], c["dd_item"])
+    c["dd_item"].change(lambda p, b, i: drilldown_html(load_results(p), b, i), [c["file"], c["dd_bench"], c["dd_item"]],
+                        c["dd_view"])
+    c["run"].click(on_run, [c["run_variants"], c["run_mode"], c["run_n"], c["run_bench"]], c["run_status"])
+    c["timer"].tick(on_poll, None, c["run_status"], show_progress="hidden")
+    c["on_file"], c["on_run"], c["on_poll"] = on_file, on_run, on_poll
+    return c
