@@ -1,0 +1,117 @@
+"""Benchmarks tab: pure figure builders on a fixture results dict, the file picker, and the tab wiring."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from eval.report import ALL, paired_tests, summarize
+
+
+def _pred(item, pred, raw=""):
+    return {"id": item["id"], "pred": pred, "correct": pred == item["answer"], "invalid": pred is None,
+            "filter": "strict" if pred else "invalid", "raw": raw or f"Answer: {pred}"}
+
+
+@pytest.fixture
+def results() -> dict:
+    subjects = ["anatomy", "medical_genetics"]
+    mmlu = [{"id": f"m{i}", "question": f"Q{i}?", "options": dict(zip("ABCD", "wxyz")), "answer": "ABCD"[i % 4],
+             "subject": subjects[i % 2]} for i in range(8)]
+    pqa = [{"id": f"p{i}", "question": f"P{i}?", "options": {"A": "yes", "B": "no", "C": "maybe"},
+            "answer": "A" if i < 4 else "B", "subject": ""} for i in range(6)]
+    items = {"mmlu_medical": mmlu, "pubmedqa": pqa}
+    base = {"mmlu_medical": [_pred(it, it["answer"] if i < 4 else "A") for i, it in enumerate(mmlu)],
+            "pubmedqa": [_pred(it, "A") for it in pqa]}
+    sft = {"mmlu_medical": [_pred(it, it["answer"] if i % 2 else None) for i, it in enumerate(mmlu)],
+           "pubmedqa": [_pred(it, it["answer"], raw="<think>hmm</think>Answer: " + it["answer"]) for it in pqa]}
+    return {"schema": 1, "created": "2026-11-25T16:00:00+00:00", "mode": "cot", "profile": "offline",
+            "model": {"display_name": "tiny"}, "items": items,
+            "item_ids": {b: [it["id"] for it in v] for b, v in items.items()},
+            "variants": {"base": {"status": "ok", "predictions": base, "timing": {"wall_s": 3.5, "items_per_s": 4.0}},
+                         "sft": {"status": "ok", "predictions": sft, "timing": {"wall_s": 5.0, "items_per_s": 2.8}},
+                         "msft": {"status": "skipped", "reason": "no adapter", "predictions": {}, "timing": {}}}}
+
+
+def test_summary_and_tests_from_fixture(results):
+    s = summarize(results)
+    assert s["base"]["mmlu_medical"]["acc"] == pytest.approx(5 / 8)  # 4 right + item 4 (answer A) answered A
+    assert s["sft"]["mmlu_medical"]["invalid"] == 4 and s["sft"]["pubmedqa"]["acc"] == 1.0
+    assert s["base"][ALL]["n"] == 14 and "msft" not in s
+    pooled = [t for t in paired_tests(results) if t["benchmark"] == ALL][0]
+    assert (pooled["a"], pooled["b"], pooled["n"]) == ("base", "sft", 14)
+
+
+def test_accuracy_figure(results):
+    from medadapt.ui.bench import accuracy_figure
+
+    fig = accuracy_figure(results, show_paper=True)
+    names = [t.name for t in fig.data]
+    assert "Base (this run)" in names and "SFT (this run)" in names
+    assert sum("paper" in n for n in names) == 4 and "chance" in names and "majority class" in names
+    base = next(t for t in fig.data if t.name == "Base (this run)")
+    assert list(base.x) == ["MMLU-med", "PubMedQA", "Average"]
+    assert base.y[0] == pytest.approx(62.5) and base.error_y.array[0] > 0
+    chance = next(t for t in fig.data if t.name == "chance")
+    assert [y for y in chance.y if y is not None][:4] == pytest.approx([25, 25, 100 / 3, 100 / 3])
+    assert sum("paper" in t.name for t in accuracy_figure(results, show_paper=False).data) == 0
+    assert len(accuracy_figure(None).data) == 0
+
+
+def test_significance_subject_and_drilldown(results):
+    from medadapt.ui.bench import drilldown_html, item_choices, significance_figure, subject_figure
+
+    heat = significance_figure(results, ALL).data[0]
+    assert heat.z[0][1] == heat.z[1][0] <= 1.0 and heat.text[0][0] == "—"
+    sub = subject_figure(results, "mmlu_medical")
+    assert len(sub.data) == 2 and any("anatomy" in y for y in sub.data[0].y)
+    html = drilldown_html(results, "pubmedqa", "p0")
+    assert "P0?" in html and "&lt;think&gt;hmm&lt;/think&gt;Answer: A" in html and "Correct answer: <b>A</b>" in html
+    assert "no item" in drilldown_html(results, "pubmedqa", "zzz")
+    assert [v for _, v in item_choices(results, "pubmedqa")][:2] == ["p0", "p1"]
+
+
+def test_list_results_and_eval_args(tmp_path, results):
+    from medadapt.ui.bench import eval_args, list_results
+
+    (tmp_path / "offline").mkdir()
+    (tmp_path / "offline" / "cot-1.json").write_text(json.dumps(results))
+    (tmp_path / "offline" / "notes.json").write_text("[1, 2]")
+    found = list_results(tmp_path)
+    assert len(found) == 1 and "cot" in found[0][0] and "base, sft" in found[0][0]
+    assert eval_args(["base", "sft"], "loglik", 50, ["medqa"]) == [
+        "--variants", "base,sft", "--mode", "loglik", "--n", "50", "--benchmarks", "medqa"]
+    with pytest.raises(ValueError):
+        eval_args([], "loglik", 50, ["medqa"])
+
+
+def test_tab_builds_and_runs_a_job(tmp_path, results):
+    import gradio as gr
+
+    from medadapt.config import load_config
+    from medadapt.ui.bench import build_bench_tab
+
+    cfg = load_config("offline", {"paths": {"results_dir": str(tmp_path)}})
+    (tmp_path / "offline").mkdir()
+    (tmp_path / "offline" / "cot-1.json").write_text(json.dumps(results))
+    started = []
+
+    class Jobs:
+        def start_eval(self, args):
+            started.append(args)
+            return tmp_path / "eval-1"
+
+        def poll(self, run_dir):
+            return SimpleNamespace(status="running", run_dir=Path(run_dir), step=3, total_steps=6, eta_s=10.0, error="")
+
+    state = SimpleNamespace(cfg=cfg, jobs=Jobs(), extras={})
+    with gr.Blocks():
+        c = build_bench_tab(state)
+    assert {"chart", "table", "sig", "subjects", "dd_item", "run", "file"} <= set(c)
+    outs = c["on_file"](str(tmp_path / "offline" / "cot-1.json"), True)
+    assert len(outs) == 9 and len(outs[0].data) > 0
+    msg = c["on_run"](["base", "rag"], "cot", 20, ["pubmedqa"])
+    assert "Started" in msg and started[0][:2] == ["--variants", "base,rag"]
+    assert "3/6" in c["on_poll"]()
