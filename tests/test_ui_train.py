@@ -119,6 +119,9 @@ def test_launch_progress_stop_resume_finish_via_client(fake_app, monkeypatch):
     assert [a.run_dir for a in list_adapters(fake_app.cfg, "sft")] == [run]  # what the Compare tab lists
     _, card = client.predict(run.name, api_name="/show_run")
     assert "Fake sft adapter" in card and "finished" in card
+    for bad in ("..", "../runs", "/etc"):
+        assert "no run named" in client.predict(bad, api_name="/show_run")[1]
+        assert "no run named" in client.predict("", bad, api_name="/resume")
 
 
 def test_failed_job_shows_its_error(fake_app):
@@ -163,7 +166,7 @@ def test_browser_start_shows_loss_chart(fake_app, tmp_path, monkeypatch):
             "--disable-sync", "--no-first-run"])
         page = browser.new_page(viewport={"width": 1400, "height": 1300})
         page.goto(fake_app.url)
-        page.get_by_label("Max steps").fill("60")
+        page.get_by_label("Max steps").fill("200")
         page.locator("#ma-train-start").click()
         page.locator("#ma-train-message").get_by_text("Started").wait_for(timeout=20_000)
         page.locator("#ma-train-chart .scatterlayer .trace").first.wait_for(timeout=20_000)
@@ -172,12 +175,18 @@ def test_browser_start_shows_loss_chart(fake_app, tmp_path, monkeypatch):
         shot = tmp_path / "training-tab.png"
         page.screenshot(path=str(shot), full_page=True)
         traces = page.locator("#ma-train-chart .scatterlayer .trace").count()
+        second = browser.new_page(viewport={"width": 1200, "height": 900})  # another tab re-attaches to the job
+        second.goto(fake_app.url)
+        second.locator("#ma-train-progress[data-status='running']").wait_for(timeout=20_000)
         page.locator("#ma-train-stop").click()
         page.locator("#ma-train-progress[data-status='stopped']").wait_for(timeout=20_000)
+        second.locator("#ma-train-progress[data-status='stopped']").wait_for(timeout=20_000)
+        run = fake_app.jobs.active_run()
+        page.locator(f"#ma-train-runs >> text={run.name} >> visible=true").first.click()
+        page.locator("#ma-train-card").get_by_text("stopped").first.wait_for(timeout=20_000)
         browser.close()
     print(f"screenshot: {shot}")
     assert shot.stat().st_size > 20_000 and traces >= 2
-    run = fake_app.jobs.active_run()
     assert json.loads((run / "status.json").read_text())["status"] == "stopped"
 
 

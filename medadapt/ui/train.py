@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from medadapt.train_form import (FIELDS, JOB_LABELS, JOBS, FormError, cli_comman
 from medadapt.ui import train_view as view
 
 POLL_S = 2.0
+RUN_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")  # a run dir name, never a path
 PUBLIC_NOTE = (
     "🔒 **Training is locked in this public demo** — it would tie up the shared hardware. To train your own "
     "adapters, **duplicate this Space** (⋮ menu → *Duplicate this Space*) onto your own hardware, or clone the "
@@ -119,13 +121,18 @@ def build_train_tab(state: Any) -> dict[str, Any]:
     def on_resume(secret: str, selected: str) -> str:
         if not unlocked(cfg, secret):
             return "🔒 Resuming jobs is locked in public mode."
-        run_dir = jobs.runs_root / selected if selected else None
         try:
-            run = jobs.resume(run_dir)
+            run = jobs.resume(run_by_name(selected) if selected else None)
         except JobError as e:
             gr.Warning(str(e))
             return f"⛔ {e}"
         return f"▶️ Resumed **{run.name}** from its last checkpoint."
+
+    def run_by_name(name: str) -> Path:
+        run_dir = jobs.runs_root / name
+        if not RUN_NAME.match(name) or not run_dir.is_dir():
+            raise JobError(f"no run named {name!r} in {jobs.runs_root}")
+        return run_dir
 
     def runs_table() -> list[list[str]]:
         return [view.run_row(s) for s in jobs.list_runs()]
@@ -153,9 +160,10 @@ def build_train_tab(state: Any) -> dict[str, Any]:
     def show_run(name: str):
         if not name:
             return gr.skip(), "_Click a run in the table (or pick it here) to see its loss chart and model card._"
-        run_dir = jobs.runs_root / name
-        if run_dir.parent != jobs.runs_root or not run_dir.is_dir():
-            return gr.skip(), f"⚠️ No run named `{name}`."
+        try:
+            run_dir = run_by_name(name)
+        except JobError as e:
+            return gr.skip(), f"⚠️ {e}"
         snap = jobs.poll(run_dir)
         return loss_figure(snap.records, title=f"Loss — {name}"), view.model_card(snap)
 
@@ -214,10 +222,12 @@ def build_train_tab(state: Any) -> dict[str, Any]:
                 c["stop"] = gr.Button("Stop", variant="stop", elem_id="ma-train-stop")
                 c["resume"] = gr.Button("Resume", elem_id="ma-train-resume")
             c["message"] = gr.Markdown(elem_id="ma-train-message")
-            c["progress"] = gr.HTML(view.progress_html(jobs.poll()), elem_id="ma-train-live")
-            c["chart"] = gr.Plot(loss_figure([]), label="Loss", elem_id="ma-train-chart", show_label=False)
-            c["log"] = gr.Textbox(label="Log tail (stdout.log)", lines=8, max_lines=8, autoscroll=True,
-                                  interactive=False, elem_id="ma-train-log")
+            snap = jobs.poll()
+            c["progress"] = gr.HTML(view.progress_html(snap), elem_id="ma-train-live")
+            c["chart"] = gr.Plot(loss_figure(snap.records if snap else [], title=f"Loss — {snap.run_dir.name}"
+                                             if snap else "Loss"), elem_id="ma-train-chart", show_label=False)
+            c["log"] = gr.Textbox(view.tail_text(snap) if snap else "", label="Log tail (stdout.log)", lines=8,
+                                  max_lines=8, autoscroll=True, interactive=False, elem_id="ma-train-log")
             c["live"] = gr.JSON(visible=False)
     gr.Markdown("### ③ Runs")
     c["runs"] = gr.Dataframe(runs_table(), headers=view.RUN_COLUMNS, interactive=False, wrap=True,
