@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -327,12 +328,22 @@ class JobManager:
         self._proc, self._run_dir, self._adopted = proc, run_dir, None
 
     # -- stopping
-    def stop(self) -> Path:
-        """Ask the running job to save a checkpoint and exit (``STOP`` file); returns its run dir."""
+    def stop(self, force: bool = False) -> Path:
+        """Ask the running job to save a checkpoint and exit (``STOP`` file; ``force``: also SIGTERM, which the
+        trainers treat the same way, for a job stuck before its next step); returns its run dir."""
         run_dir = self.running()
         if run_dir is None:
             raise JobError("no job is running")
         (run_dir / "STOP").touch()
+        if force:
+            with self._lock:
+                pid = self._proc.pid if self._proc is not None and self._run_dir == run_dir else (
+                    self._adopted[1] if self._adopted else None)
+            if pid is not None:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
         return run_dir
 
     def terminate(self, timeout: float = 10.0) -> None:

@@ -142,3 +142,15 @@ def test_summarize_msft_reports_current_stage():
     recs += [{"stage": "sft", "step": 1, "total_steps": 10, "loss": 2.0, "eta_s": 9.0}]
     snap = summarize(Path("/x/msft-1"), {"job": "msft"}, recs, "running")
     assert (snap.stage, snap.step, snap.total_steps, snap.eta_s, snap.job) == ("sft", 1, 10, 9.0, "msft")
+
+
+def test_forced_stop_signals_the_job(jcfg, monkeypatch):
+    monkeypatch.setenv("FAKE_TRAINER_STEP_S", "0.05")
+    jobs = fake_manager(jcfg)
+    run = jobs.start(TrainConfig(job="sft", max_steps=500))
+    wait_for(lambda: jobs.poll(run).step >= 1)
+    (run / "STOP").touch()
+    jobs.stop(force=True)
+    snap = jobs.wait(run, 20)
+    assert snap.status == "stopped" and snap.step < 500
+    assert "got SIGTERM" in (run / "stdout.log").read_text()

@@ -112,11 +112,16 @@ def build_train_tab(state: Any) -> dict[str, Any]:
     def on_stop(secret: str) -> str:
         if not unlocked(cfg, secret):
             return "🔒 Stopping jobs is locked in public mode."
+        running = jobs.running()
+        again = running is not None and (running / "STOP").exists()
         try:
-            run = jobs.stop()
+            run = jobs.stop(force=again)
         except JobError as e:
             return f"ℹ️ {e}"
-        return f"⏹ Stop requested for **{run.name}**: it saves a checkpoint at the next step, then stops."
+        if again:
+            return f"⏹ Stop sent again to **{run.name}** as a signal (SIGTERM): it checkpoints and exits."
+        return (f"⏹ Stop requested for **{run.name}**: it saves a checkpoint at the next step, then stops "
+                "(press Stop again to signal it if it seems stuck).")
 
     def on_resume(secret: str, selected: str) -> str:
         if not unlocked(cfg, secret):
