@@ -1,0 +1,140 @@
+"""The token loop behind the engine: per-row prefill into one preallocated KV cache, then batched decode steps.
+
+Rows are left-padded inside the cache: row ``b`` with an ``n_b``-token prompt occupies cache slots
+``[P - n_b, P)`` (``P`` = longest prompt), and decode step ``t`` writes slot ``P + t`` for every row. Prompts are
+prefilled in groups of equal length (no padding compute: a long RAG prompt does not make the short ones pay for its
+padding), each group writing its rows' slots directly. The cache returns views of the filled part, so there is no
+concatenation per step and attention only covers slots written so far; the 4D boolean mask hides the padding.
+The model is any HF causal LM whose attention calls ``cache.update(k, v, layer_idx)`` (Llama, Qwen2, Mistral, ...).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SamplingSettings:
+    """What :func:`decode` needs from the engine's ``GenSettings``."""
+
+    temperature: float = 0.0  # <= 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+
+class SlotCache:
+    """Preallocated keys/values ``[B, H, L, D]`` per layer, written in place (see module docstring)."""
+
+    def __init__(self, batch: int, max_len: int) -> None:
+        self.batch, self.max_len = batch, max_len
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.rows: torch.Tensor | None = None  # prefill: the rows being written; None: all rows (decode)
+        self.start = 0  # first slot written by the next update
+
+    def _layer(self, idx: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        while len(self.keys) <= idx:
+            shape = (self.batch, like.shape[1], self.max_len, like.shape[3])
+            self.keys.append(torch.zeros(shape, dtype=like.dtype, device=like.device))
+            self.values.append(torch.zeros(shape, dtype=like.dtype, device=like.device))
+        return self.keys[idx], self.values[idx]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        keys, values = self._layer(layer_idx, key_states)
+        end = self.start + key_states.shape[2]
+        if self.rows is None:
+            keys[:, :, self.start:end] = key_states
+            values[:, :, self.start:end] = value_states
+            return keys[:, :, :end], values[:, :, :end]
+        keys[self.rows, :, self.start:end] = key_states
+        values[self.rows, :, self.start:end] = value_states
+        return key_states, value_states  # a prefill group attends only to its own prompt
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.start
+
+
+def pick_tokens(logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None) -> torch.Tensor:
+    """Next token per row from ``[B, V]`` logits: argmax when greedy, else temperature + top-p sampling."""
+    if settings.temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / settings.temperature, dim=-1)
+    if settings.top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > settings.top_p  # keep the smallest prefix reaching top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def decode(
+    model,
+    prompts: list[list[int]],
+    max_new: list[int],
+    settings: SamplingSettings,
+    eos_ids: set[int],
+    pad_id: int,
+    route: Callable[[list[int]], dict],
+) -> Iterator[list[tuple[int, int, str | None]]]:
+    """Generate for all rows; yield ``[(row, token, finish_reason or None), ...]`` after each forward.
+
+    ``route(rows)`` is called before every forward with the batch rows it covers and returns extra forward kwargs
+    (the gathered backend sets its LoRA router and returns ``{}``; the PEFT backend returns ``adapter_names``).
+    A row stops at an EOS id ("eos", the EOS token is yielded) or after ``max_new[row]`` tokens ("length").
+    """
+    device = next(model.parameters()).device
+    batch = len(prompts)
+    lengths = [len(p) for p in prompts]
+    P = max(lengths)
+    budget = max(max_new) if max_new else 0
+    if batch == 0 or budget <= 0:
+        return
+    cache = SlotCache(batch, P + budget)
+    generator = torch.Generator(device=device).manual_seed(settings.seed) if settings.temperature > 0 else None
+    valid = torch.zeros(batch, 1, 1, P + budget, dtype=torch.bool, device=device)
+    for b, n in enumerate(lengths):
+        valid[b, ..., P - n:] = True
+    counts = [0] * batch
+    done = [m <= 0 for m in max_new]
+    last = torch.full((batch,), pad_id, dtype=torch.long, device=device)
+
+    def emit(rows: list[int], tokens: torch.Tensor) -> list[tuple[int, int, str | None]]:
+        out = []
+        for b, tok in zip(rows, tokens.tolist()):
+            last[b] = tok
+            counts[b] += 1
+            reason = "eos" if tok in eos_ids else "length" if counts[b] >= max_new[b] else None
+            done[b] = reason is not None
+            out.append((b, tok, reason))
+        return out
+
+    groups: dict[int, list[int]] = {}
+    for b, n in enumerate(lengths):
+        if not done[b]:
+            groups.setdefault(n, []).append(b)
+    for n, rows in sorted(groups.items(), key=lambda kv: kv[0]):
+        cache.rows, cache.start = torch.tensor(rows, device=device), P - n
+        ids = torch.tensor([prompts[b] for b in rows], dtype=torch.long, device=device)
+        causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()[None, None]
+        with torch.inference_mode():
+            out = model(input_ids=ids, attention_mask=causal, position_ids=torch.arange(n, device=device)[None],
+                        cache=cache, use_cache=True, logits_to_keep=1, **route(rows))
+            tokens = pick_tokens(out.logits[:, -1], settings, generator)
+        yield emit(rows, tokens)
+    cache.rows, cache.start = None, P
+    position = torch.tensor(lengths, device=device)
+    all_rows = list(range(batch))
+    kwargs = route(all_rows)
+    for _ in range(budget - 1):
+        if all(done):
+            return
+        live = [b for b in all_rows if not done[b]]
+        with torch.inference_mode():
+            out = model(input_ids=last[:, None], attention_mask=valid[..., :cache.start + 1],
+                        position_ids=position[:, None], cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
+            tokens = pick_tokens(out.logits[:, -1], settings, generator)
+        cache.start += 1
+        position += 1
+        yield emit(live, tokens[live] if len(live) < batch else tokens)

@@ -1,0 +1,186 @@
+"""Engine on the tiny random model with two tiny random LoRA adapters: mixed batches equal single-variant runs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medadapt.engine import BASE, AdapterLoadError, Engine, GenSettings, PromptTooLongError, UnknownAdapterError
+
+Q = [{"role": "user", "content": "Which vitamin deficiency causes scurvy?"}]
+RAG = [{"role": "system", "content": "Context: [1] Scurvy results from a lack of ascorbic acid in the diet."},
+       {"role": "user", "content": "Which vitamin deficiency causes scurvy?"}]
+GREEDY = GenSettings(max_new_tokens=12)
+MIXED = [(Q, BASE), (Q, "a1"), (Q, "a2"), (RAG, BASE)]
+
+
+def make_adapter(model_dir: str, out, r: int, seed: int, modules_to_save: list[str] | None = None) -> str:
+    """A random LoRA adapter with non-zero B (so it changes outputs), saved as a PEFT folder."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                                 "up_proj", "down_proj"],
+                        modules_to_save=modules_to_save)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+            elif "modules_to_save" in name:
+                p.add_(torch.randn_like(p) * 0.05)
+    peft_model.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_model_dir) -> str:
+    """The conftest tiny model with larger random weights, so greedy outputs vary instead of repeating one token."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    out = tmp_path_factory.mktemp("noisy-model")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory, model_dir) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("adapters")
+    return {"a1": make_adapter(model_dir, root / "a1", r=4, seed=1),
+            "a2": make_adapter(model_dir, root / "a2", r=8, seed=2)}
+
+
+def make_engine(model_dir: str, adapters: dict[str, str], backend: str) -> Engine:
+    engine = Engine(model_dir, backend=backend)
+    for name, path in adapters.items():
+        engine.load_adapter(name, path)
+    return engine
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir, adapters) -> Engine:
+    return make_engine(model_dir, adapters, "gathered")
+
+
+def hf_reference(model_dir: str, adapters: dict[str, str], messages: list[dict], adapter: str, n: int) -> str:
+    """Plain HF ``generate`` on that one variant (PEFT model for an adapter), greedy."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    if adapter != BASE:
+        model = PeftModel.from_pretrained(model, adapters[adapter]).eval()
+    enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=n, do_sample=False)
+    return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_mixed_batch_equals_each_variant_alone(engine, model_dir, adapters):
+    mixed = engine.generate_batch([m for m, _ in MIXED], [a for _, a in MIXED], GREEDY)
+    alone = [engine.generate_batch([m], [a], GREEDY)[0] for m, a in MIXED]
+    reference = [hf_reference(model_dir, adapters, m, a, GREEDY.max_new_tokens) for m, a in MIXED]
+    assert all(len(set(text)) > 3 for text in mixed), f"degenerate outputs: {mixed}"
+    assert mixed == alone
+    assert mixed == reference
+    assert len(set(mixed[:3])) == 3, "the adapters should change the output"
+    assert mixed[0] != mixed[3], "the RAG prompt should change the output"
+
+
+def test_peft_backend_gives_the_same_tokens(engine, model_dir, adapters):
+    peft_engine = make_engine(model_dir, adapters, "peft")
+    args = ([m for m, _ in MIXED], [a for _, a in MIXED], GREEDY)
+    assert peft_engine.generate_batch(*args) == engine.generate_batch(*args)
+
+
+def test_modules_to_save_adapter_matches_reference(tmp_path, model_dir):
+    path = make_adapter(model_dir, tmp_path / "mts", r=4, seed=3, modules_to_save=["lm_head"])
+    engine = make_engine(model_dir, {"m": path}, "gathered")
+    got = engine.generate_batch([Q, Q], [BASE, "m"], GREEDY)
+    assert got == [hf_reference(model_dir, {"m": path}, Q, a, GREEDY.max_new_tokens) for a in (BASE, "m")]
+
+
+def test_stream_yields_growing_rows_until_each_finishes(engine):
+    snapshots = list(engine.stream(MIXED, GREEDY))
+    assert len(snapshots) > GREEDY.max_new_tokens // 2
+    for row in range(len(MIXED)):
+        counts = [snap[row].n_tokens for snap in snapshots]
+        assert counts == sorted(counts) and counts[-1] > 0
+        assert snapshots[-1][row].finished and snapshots[-1][row].finish_reason in ("eos", "length")
+        assert snapshots[-1][row].first_token_s is not None
+        assert snapshots[-1][row].elapsed_s >= snapshots[-1][row].first_token_s
+        assert snapshots[-1][row].adapter == MIXED[row][1]
+    assert [s.text for s in snapshots[-1]] == engine.generate_batch([m for m, _ in MIXED],
+                                                                    [a for _, a in MIXED], GREEDY)
+    assert any(s.text for s in snapshots[len(snapshots) // 2]), "text should arrive before the end"
+
+
+def test_sampling_is_reproducible_with_a_seed(engine):
+    hot = GenSettings(max_new_tokens=10, temperature=0.9, top_p=0.95, seed=7)
+    first = engine.generate_batch([Q, Q], [BASE, "a1"], hot)
+    assert engine.generate_batch([Q, Q], [BASE, "a1"], hot) == first
+    other = GenSettings(max_new_tokens=10, temperature=0.9, top_p=0.95, seed=8)
+    assert engine.generate_batch([Q, Q], [BASE, "a1"], other) != first
+
+
+def test_missing_and_corrupt_adapters_raise(engine, tmp_path, adapters):
+    with pytest.raises(AdapterLoadError, match="not a folder"):
+        engine.load_adapter("x", tmp_path / "nope")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
+    (bad / "adapter_model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(AdapterLoadError, match="corrupt"):
+        engine.load_adapter("x", bad)
+    (bad / "adapter_config.json").write_text("{not json")
+    with pytest.raises(AdapterLoadError, match="adapter_config"):
+        engine.load_adapter("x", bad)
+    assert not engine.has_adapter("x")
+    with pytest.raises(UnknownAdapterError):
+        engine.generate_batch([Q], ["x"], GREEDY)
+
+
+def test_reloading_a_name_replaces_the_adapter(model_dir, adapters):
+    engine = make_engine(model_dir, {"a": adapters["a1"]}, "gathered")
+    before = engine.generate_batch([Q], ["a"], GREEDY)
+    engine.load_adapter("a", adapters["a2"])
+    assert engine.generate_batch([Q], ["a"], GREEDY) == engine.generate_batch([Q], ["a"], GREEDY) != before
+    fresh = make_engine(model_dir, {"a": adapters["a2"]}, "gathered")
+    assert engine.generate_batch([Q], ["a"], GREEDY) == fresh.generate_batch([Q], ["a"], GREEDY)
+
+
+def test_from_config_loads_the_adapters_that_exist(cfg, adapters):
+    import shutil
+
+    run = cfg.paths.resolve("runs_dir") / cfg.profile / "sft-20260101-000000"
+    shutil.copytree(adapters["a1"], run / "adapter")
+    (run / "adapter" / "medadapt.json").write_text(json.dumps({"job": "sft"}))
+    engine = Engine.from_config(cfg)
+    assert engine.has_adapter("sft") and not engine.has_adapter("msft") and engine.has_adapter(BASE)
+    assert engine.max_context == cfg.model.max_context
+
+
+def test_prompt_rendering_and_limits(engine, model_dir):
+    text = engine.render(Q)
+    assert Q[0]["content"] in text and not engine.prompt_opens_think()
+    assert engine.count_tokens(text) > 5
+    r1 = Engine(model_dir, reasoning_template=True, max_context=60)
+    assert r1.render(Q).endswith("<think>\n") and r1.prompt_opens_think()
+    with pytest.raises(PromptTooLongError):
+        r1.generate_batch([[{"role": "user", "content": "word " * 100}]], [BASE], GREEDY)
+    (state,) = list(r1.stream([(Q, BASE)], GenSettings(max_new_tokens=500)))[-1]
+    assert state.n_tokens <= 60 - r1.count_tokens(r1.render(Q))
+    assert state.finish_reason == "length" or state.finish_reason == "eos"
