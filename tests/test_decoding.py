@@ -1,0 +1,84 @@
+"""The token loop on a tiny random Llama: left-padded batch == each prompt alone == HF generate; stops; sampling."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medadapt.decoding import SamplingSettings, decode, pick_tokens
+
+GREEDY = SamplingSettings()
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    """The conftest tiny model with larger random weights, so greedy outputs vary instead of repeating one token."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    return m
+
+
+PROMPTS = [[1, 504, 2201, 318, 17, 905], [1, 88, 99], [1, 4000, 12, 13, 14, 15, 16, 17, 18, 19, 20]]
+
+
+def run(model, prompts, max_new, settings=GREEDY, eos_ids=frozenset()):
+    """All yielded events, merged into per-row token lists and finish reasons."""
+    tokens, reasons, events = [[] for _ in prompts], [None] * len(prompts), 0
+    for event in decode(model, prompts, max_new, settings, set(eos_ids), 0, lambda rows: {}):
+        events += 1
+        for row, tok, reason in event:
+            assert reasons[row] is None, "no token after a row finished"
+            tokens[row].append(tok)
+            reasons[row] = reason
+    return tokens, reasons, events
+
+
+def test_batch_of_different_lengths_equals_each_alone_and_hf_generate(model):
+    batch, reasons, _ = run(model, PROMPTS, [10, 10, 10])
+    alone = [run(model, [p], [10])[0][0] for p in PROMPTS]
+    with torch.inference_mode():
+        hf = [model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                             max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(p):].tolist()
+              for p in PROMPTS]
+    assert batch == alone == hf
+    assert reasons == ["length"] * 3
+    assert len({tuple(t) for t in batch}) == 3 and all(len(set(t)) > 2 for t in batch)
+
+
+def test_eos_stops_one_row_while_the_others_continue(model):
+    free, _, _ = run(model, PROMPTS, [8, 8, 8])
+    others = set(free[0]) | set(free[2])
+    stop_at = next(i for i, tok in enumerate(free[1]) if tok not in others)
+    eos = free[1][stop_at]
+    tokens, reasons, _ = run(model, PROMPTS, [8, 8, 8], eos_ids={eos})
+    assert tokens[1] == free[1][:stop_at + 1] and reasons[1] == "eos"
+    assert tokens[0] == free[0] and tokens[2] == free[2] and reasons[0] == reasons[2] == "length"
+
+
+def test_per_row_budgets_and_early_exit(model):
+    tokens, reasons, events = run(model, PROMPTS, [2, 5, 0])
+    assert [len(t) for t in tokens] == [2, 5, 0] and reasons == ["length", "length", None]
+    assert events <= 2 + 4, "the loop stops once every row is done"
+
+
+def test_sampling_is_seeded_and_top_p_keeps_the_head():
+    logits = torch.tensor([[0.0, 3.0, 1.0, -1.0]] * 64)
+    assert pick_tokens(logits, GREEDY, None).tolist() == [1] * 64
+    hot = SamplingSettings(temperature=1.0, top_p=1.0)
+    draws = [pick_tokens(logits, hot, torch.Generator().manual_seed(s)).tolist() for s in (1, 1, 2)]
+    assert draws[0] == draws[1] != draws[2] and len(set(draws[0])) > 1
+    narrow = SamplingSettings(temperature=1.0, top_p=0.5)
+    assert pick_tokens(logits, narrow, torch.Generator().manual_seed(3)).tolist() == [1] * 64
+
+
+def test_sampled_generation_is_reproducible(model):
+    hot = SamplingSettings(temperature=1.0, top_p=0.9, seed=5)
+    a, _, _ = run(model, PROMPTS, [6, 6, 6], hot)
+    b, _, _ = run(model, PROMPTS, [6, 6, 6], hot)
+    c, _, _ = run(model, PROMPTS, [6, 6, 6], SamplingSettings(temperature=1.0, top_p=0.9, seed=6))
+    assert a == b != c
