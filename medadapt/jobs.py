@@ -120,6 +120,15 @@ def tail(path: Path, lines: int = 40, max_bytes: int = 64_000) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
+def file_sig(path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns) of a file, or None if missing: a cheap "has it changed" key."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
 def pid_alive(pid: Any) -> bool:
     """True if process ``pid`` exists and is not a zombie."""
     try:
@@ -211,7 +220,8 @@ class JobManager:
         self._proc: subprocess.Popen | None = None
         self._run_dir: Path | None = None
         self._adopted: tuple[Path, int] | None = self._find_orphan()
-        self._logs: dict[Path, tuple[int, float, list[dict[str, Any]]]] = {}
+        self._logs: dict[Path, tuple[int, tuple | None, list[dict[str, Any]]]] = {}
+        self._snaps: dict[Path, tuple[tuple, RunSnapshot]] = {}
 
     # -- where things live
     @property
@@ -361,16 +371,25 @@ class JobManager:
 
     # -- reading runs
     def _records(self, run_dir: Path) -> list[dict[str, Any]]:
+        """Parsed ``log.jsonl``; only the bytes appended since the last call are read and parsed."""
         path = run_dir / "log.jsonl"
-        try:
-            st = path.stat()
-        except OSError:
+        sig = file_sig(path)
+        if sig is None:
             return []
-        cached = self._logs.get(run_dir)
-        if cached and cached[0] == st.st_size and cached[1] == st.st_mtime:
-            return cached[2]
-        records = read_jsonl(path)
-        self._logs[run_dir] = (st.st_size, st.st_mtime, records)
+        offset, old_sig, records = self._logs.get(run_dir, (0, None, []))
+        if sig == old_sig:
+            return records
+        if sig[0] < offset:  # rewritten or truncated: start over
+            offset, records = 0, []
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except OSError:
+            return records
+        complete = chunk[:chunk.rfind(b"\n") + 1]  # a half-written last line waits for the next call
+        records = records + parse_jsonl(complete.decode("utf-8", errors="replace"))
+        self._logs[run_dir] = (offset + len(complete), sig, records)
         return records
 
     def _liveness(self, run_dir: Path, status: dict[str, Any]) -> tuple[bool | None, int | None]:
@@ -388,6 +407,10 @@ class JobManager:
         run_dir = Path(run_dir) if run_dir else self.active_run()
         if run_dir is None:
             return None
+        sig = (file_sig(run_dir / "status.json"), file_sig(run_dir / "log.jsonl"))
+        cached = self._snaps.get(run_dir)
+        if cached is not None and cached[0] == sig:
+            return cached[1]  # a finished/failed/stopped run whose files have not changed
         status = read_status(run_dir)
         records = self._records(run_dir)
         try:
@@ -415,7 +438,10 @@ class JobManager:
                 pass
         if state == "failed" and not error:
             error = tail(run_dir / "stdout.log", 12) or "the job failed without an error message"
-        return summarize(run_dir, status, records, state, error, config)
+        snap = summarize(run_dir, status, records, state, error, config)
+        if state in FINAL:
+            self._snaps[run_dir] = ((file_sig(run_dir / "status.json"), sig[1]), snap)
+        return snap
 
     def list_runs(self, jobs: tuple[str, ...] | None = TRAIN_JOBS) -> list[RunSnapshot]:
         """Every run under the runs dir of the active profile (``jobs`` filters by job), newest first."""

@@ -154,3 +154,19 @@ def test_forced_stop_signals_the_job(jcfg, monkeypatch):
     snap = jobs.wait(run, 20)
     assert snap.status == "stopped" and snap.step < 500
     assert "got SIGTERM" in (run / "stdout.log").read_text()
+
+
+def test_log_is_read_incrementally_and_waits_for_complete_lines(jcfg):
+    run = jcfg.paths.resolve("runs_dir") / "offline" / "cpt-20240101-000000"
+    run.mkdir(parents=True)
+    (run / "status.json").write_text(json.dumps({"status": "finished", "job": "cpt", "steps": 3}))
+    log = run / "log.jsonl"
+    log.write_text('{"step": 1, "loss": 3.0}\n{"step": 2, "lo')
+    jobs = fake_manager(jcfg)
+    assert [r["step"] for r in jobs.poll(run).records] == [1]
+    with open(log, "a") as f:
+        f.write('ss": 2.0}\n{"step": 3, "loss": 1.0}\n')
+    snap = jobs.poll(run)
+    assert [r["loss"] for r in snap.records] == [3.0, 2.0, 1.0] and snap.loss == 1.0
+    log.write_text('{"step": 1, "loss": 9.0}\n')  # rewritten from scratch
+    assert [r["loss"] for r in jobs.poll(run).records] == [9.0]
