@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from medadapt.adapters import list_adapters
-from medadapt.config import REPO_ROOT, load_config
+from medadapt.config import REPO_ROOT, load_config, load_train_config
 from medadapt.jobs import JobManager
 from medadapt.train_form import FIELDS
 
@@ -77,8 +77,15 @@ def test_form_via_client_preview_and_refusals(fake_app):
     assert update["value"] == SFT_YAML and ["offline/sft.yaml", SFT_YAML] in update["choices"]
     loaded = client.predict("sft", SFT_YAML, api_name="/load_config")
     values = dict(zip((f.key for f in FIELDS), loaded[:len(FIELDS)]))
-    assert values["lora.r"] == 8 and "job: sft" in loaded[len(FIELDS)]
+    shipped = load_train_config(SFT_YAML)
+    assert values["lora.r"] == shipped.lora.r and values["learning_rate"] == shipped.learning_rate
+    assert "job: sft" in loaded[len(FIELDS)]
     assert loaded[len(FIELDS) + 1].startswith("python -m trainers.sft --config configs/offline/sft.yaml")
+
+    for job in ("cpt", "msft"):  # every shipped config loads into the form without a message
+        path = client.predict(job, api_name="/configs")["value"]
+        out = client.predict(job, path, api_name="/load_config")
+        assert path.endswith(f"{job}.yaml") and f"job: {job}" in out[-3] and out[-1] == ""
 
     yaml_text, cli, msg = client.predict("sft", SFT_YAML, *form(values, **{"lora.r": 32}), api_name="/preview")
     assert "r: 32" in yaml_text and cli.endswith("--set lora.r=32") and msg == ""
@@ -194,8 +201,6 @@ def test_browser_start_shows_loss_chart(fake_app, tmp_path, monkeypatch):
 def test_real_sft_trainer_stop_resume_finish_via_client(cfg):
     """The real ``python -m trainers.sft`` on the tiny model, launched, stopped and resumed from the tab."""
     from gradio_client import Client
-
-    from medadapt.config import load_train_config
 
     jobs = JobManager(cfg)
     demo, url, _ = launch_tab(cfg, jobs)

@@ -185,6 +185,9 @@ def build_train_tab(state: Any) -> dict[str, Any]:
         gr.Markdown(PUBLIC_NOTE)
     c["secret"] = gr.Textbox(label="Admin secret", type="password", visible=public, max_lines=1,
                              placeholder="MEDADAPT_ADMIN_PASSWORD")
+    gr.Markdown(f"Train LoRA adapters from the browser. Each job runs as its own process (`python -m trainers.<job>`) "
+                f"with its output in `{jobs.runs_root}/`; a finished adapter shows up in the **Compare** tab's "
+                "choices. Closing or reloading this page does not stop a job.", elem_classes="ma-train-intro")
     first_configs = config_choices("sft")
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=380):
@@ -213,7 +216,8 @@ def build_train_tab(state: Any) -> dict[str, Any]:
                                                   scale=3, max_lines=1))
             c["form_message"] = gr.Markdown()
             with gr.Accordion("YAML and equivalent command", open=True):
-                c["cli"] = gr.Code(init_cli, label="Equivalent CLI command", language="shell", lines=2, interactive=False,
+                c["cli"] = gr.Code(init_cli, label="Equivalent CLI command", language="shell", lines=2, max_lines=4,
+                                   interactive=False,
                                    buttons=["copy"], wrap_lines=True)
                 c["yaml"] = gr.Code(init_yaml, label="Exact config YAML", language="yaml", lines=10, max_lines=18,
                                     interactive=False, buttons=["copy", "download"])
