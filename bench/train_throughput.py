@@ -43,22 +43,25 @@ def tiny_model(path: str, out: Path) -> str:
     return str(out)
 
 
-def measure(model, batches: list[dict], opt) -> tuple[float, int, int]:
-    """(seconds, non-pad tokens, all tokens) for one optimizer step per batch; the first batch is a warm-up."""
+def lora_model(path: str):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     model.train()
-    t0, useful, total = 0.0, 0, 0
-    for i, batch in enumerate(batches):
-        start = time.perf_counter()
-        loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        if i == 0:
-            continue
-        t0 += time.perf_counter() - start
-        useful += int(batch["attention_mask"].sum())
-        total += batch["attention_mask"].numel()
-    return t0, useful, total
+    return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+
+def step(model, opt, batch: dict) -> float:
+    """Seconds for one forward + backward + optimizer step."""
+    start = time.perf_counter()
+    model(**batch).loss.backward()
+    opt.step()
+    opt.zero_grad()
+    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,8 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
 
     from medadapt.config import load_config
     from medadapt.data.corpus import iter_corpus
@@ -92,18 +93,23 @@ def main(argv: list[str] | None = None) -> int:
     packed_batches = [collate(packed_rows[i:i + args.batch]) for i in range(0, n_rows, args.batch)]
     print(f"model {path}; {len(used)} snippets; {args.steps} steps x {args.batch} rows; max_length {args.max_length}")
 
+    # the two modes alternate step by step, so load from other processes hits both alike; step 0 is a warm-up
+    modes = {"unpacked": (unpacked_batches, *lora_model(path)), "packed": (packed_batches, *lora_model(path))}
+    secs = {m: 0.0 for m in modes}
+    useful = {m: 0 for m in modes}
+    total = {m: 0 for m in modes}
+    for i in range(args.steps + 1):
+        for m, (batches, model, opt) in modes.items():
+            t = step(model, opt, batches[i])
+            if i:
+                secs[m] += t
+                useful[m] += int(batches[i]["attention_mask"].sum())
+                total[m] += batches[i]["attention_mask"].numel()
     results = {}
-    for name, batches in (("unpacked", unpacked_batches), ("packed", packed_batches)):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16,
-                                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                 "gate_proj", "up_proj", "down_proj"]))
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        secs, useful, total = measure(model, batches, opt)
-        results[name] = (useful / secs, useful / total)
-        print(f"{name:9s} {useful:7d} useful tokens / {total:7d} in {secs:6.2f} s: {useful / secs:8.1f} tok/s, "
-              f"non-pad {useful / total:.3f}")
-        del model, opt
+    for m in modes:
+        results[m] = (useful[m] / secs[m], useful[m] / total[m])
+        print(f"{m:9s} {useful[m]:7d} useful tokens / {total[m]:7d} in {secs[m]:7.2f} s: "
+              f"{results[m][0]:8.1f} tok/s, non-pad {results[m][1]:.3f}")
     speedup = results["packed"][0] / results["unpacked"][0]
     print(f"packed vs unpacked useful tokens/s: {speedup:.2f}x (unpacked non-pad {results['unpacked'][1]:.3f})")
     print(f"RESULT tokens_speedup={speedup:.2f} nonpad={results['packed'][1]:.3f}")
