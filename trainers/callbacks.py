@@ -20,7 +20,10 @@ class StopRequest:
     def install(self) -> None:
         def handler(signum: int, _frame: Any) -> None:
             self.signalled = True
-        signal.signal(signal.SIGTERM, handler)
+        try:
+            signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread (in-process use): only the STOP file works then
+            pass
 
     @property
     def requested(self) -> bool:

@@ -142,11 +142,11 @@ def report_to(tcfg: TrainConfig, run_dir: Path) -> str:
 
 
 def planned_steps(tcfg: TrainConfig, n_train: int) -> int:
+    """Optimizer steps the Trainer will run: ``max_steps``, else epochs x ceil(batches / accumulation)."""
     if tcfg.max_steps and tcfg.max_steps > 0:
         return tcfg.max_steps
-    per_step = tcfg.per_device_batch_size * tcfg.gradient_accumulation_steps
-    return max(1, math.ceil(math.ceil(n_train / tcfg.per_device_batch_size) / tcfg.gradient_accumulation_steps
-                            * tcfg.num_epochs)) if per_step else 1
+    batches = math.ceil(n_train / max(1, tcfg.per_device_batch_size))
+    return max(1, math.ceil(math.ceil(batches / max(1, tcfg.gradient_accumulation_steps)) * tcfg.num_epochs))
 
 
 def split_eval(rows: list, tcfg: TrainConfig) -> tuple[list, list]:
