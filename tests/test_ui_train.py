@@ -123,6 +123,7 @@ def test_launch_progress_stop_resume_finish_via_client(fake_app, monkeypatch):
     assert "Resumed" in client.predict("", "", api_name="/resume")
     done = poll_until(client, lambda live: live["status"] == "finished")
     assert done[3]["step"] == 40 and done[4]["data"][0][0] == run.name and done[4]["data"][0][3] == "finished"
+    assert done[6] == run.name  # the finished_run signal other tabs refresh their adapter choices on
     assert [a.run_dir for a in list_adapters(fake_app.cfg, "sft")] == [run]  # what the Compare tab lists
     _, card = client.predict(run.name, api_name="/show_run")
     assert "Fake sft adapter" in card and "finished" in card
@@ -231,3 +232,19 @@ def test_real_sft_trainer_stop_resume_finish_via_client(cfg):
     finally:
         jobs.terminate()
         demo.close()
+
+
+@pytest.mark.slow
+def test_real_trainer_bad_data_file_fails_with_its_error(tmp_path, tiny_model_dir):
+    from medadapt.ui.train_view import progress_html
+
+    bad = tmp_path / "data" / "medical_o1_sft"
+    bad.mkdir(parents=True)
+    (bad / "medical_o1_sft_en_first10.json").write_text("[{broken")
+    cfg = load_config("offline", {"model": {"name_or_path": tiny_model_dir},
+                                  "paths": {"data_dir": str(tmp_path / "data"), "runs_dir": str(tmp_path / "runs")}})
+    jobs = JobManager(cfg)
+    run = jobs.start(load_train_config(SFT_YAML, {"max_steps": 2, "dataset": ["local:medical_o1"]}))
+    snap = jobs.wait(run, 150)
+    assert snap.status == "failed" and "JSONDecodeError" in snap.error
+    assert "JSONDecodeError" in progress_html(snap) and "data-status='failed'" in progress_html(snap)

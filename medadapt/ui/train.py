@@ -160,7 +160,8 @@ def build_train_tab(state: Any) -> dict[str, Any]:
                 "loss": snap.loss, "eval_loss": snap.eval_loss, "error": snap.error} if snap else {}
         table = runs_table() if changed else gr.skip()
         names = run_names() if status_changed else gr.skip()
-        return view.progress_html(snap), fig, log, live, table, names, seen
+        done = snap.run_dir.name if snap and status_changed and snap.status == "finished" else gr.skip()
+        return view.progress_html(snap), fig, log, live, table, names, done, seen
 
     def show_run(name: str):
         if not name:
@@ -247,6 +248,8 @@ def build_train_tab(state: Any) -> dict[str, Any]:
                                         allow_custom_value=True)
             c["run_card"] = gr.Markdown(show_run("")[1], elem_id="ma-train-card")
         c["run_chart"] = gr.Plot(loss_figure([], title="Loss — pick a run", height=300), show_label=False, scale=2)
+    # the name of the last run seen finishing: other tabs hook ``.change`` to refresh their adapter choices
+    c["finished_run"] = gr.Textbox(visible=False)
     c["seen"] = gr.State({})
     c["timer"] = gr.Timer(POLL_S)
 
@@ -261,7 +264,7 @@ def build_train_tab(state: Any) -> dict[str, Any]:
     c["preview_btn"].click(preview, form, [c["yaml"], c["cli"], c["form_message"]], api_name="preview")
     c["save"].click(on_save, [c["secret"], c["save_name"], *form], [c["config"], c["form_message"]],
                     api_name="save_config")
-    live_out = [c["progress"], c["chart"], c["log"], c["live"], c["runs"], c["run_pick"], c["seen"]]
+    live_out = [c["progress"], c["chart"], c["log"], c["live"], c["runs"], c["run_pick"], c["finished_run"], c["seen"]]
     for btn, fn, inputs, name in ((c["start"], on_start, [c["secret"], *form], "start"),
                                   (c["stop"], on_stop, [c["secret"]], "stop"),
                                   (c["resume"], on_resume, [c["secret"], c["run_pick"]], "resume")):
