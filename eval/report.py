@@ -123,11 +123,11 @@ def summary_table(results: dict) -> tuple[list[str], list[list]]:
     """Header and rows: variant, per-benchmark accuracy ± CI, average, invalid %, eval wall time (cost)."""
     summ = summarize(results)
     benches = benchmarks_of(results)
-    header = ["variant"] + [task_label(b) for b in benches] + ["average", "invalid %", "wall s", "items/s"]
+    header = ["variant", "n"] + [task_label(b) for b in benches] + ["average", "invalid %", "wall s", "items/s"]
     rows = []
     for v, per in summ.items():
         timing = results["variants"][v].get("timing", {})
-        cells = [variant_label(v)]
+        cells = [variant_label(v), per[ALL]["n"] if ALL in per else 0]
         for b in benches + [ALL]:
             s = per.get(b)
             cells.append(f"{100 * s['acc']:.1f} [{100 * s['ci_low']:.1f}, {100 * s['ci_high']:.1f}]" if s else "—")

@@ -177,16 +177,21 @@ def print_summary(results: dict) -> None:
 
 
 def merge_results(files: list[dict]) -> dict:
-    """One results dict with every finished variant of ``files`` (same mode; items must match per benchmark)."""
+    """One results dict with every finished variant of ``files`` (same mode).
+
+    Items are the union (a smaller seeded sample is a prefix of a larger one, so runs at different ``--n`` overlap);
+    each variant keeps its own predictions and the paired tests use the items both variants answered.
+    """
     base = json.loads(json.dumps(files[0]))
     for other in files[1:]:
         if other["mode"] != base["mode"]:
             raise ValueError(f"cannot merge {other['mode']} results into {base['mode']} results")
-        for b, ids in other["item_ids"].items():
-            if b in base["item_ids"] and base["item_ids"][b] != ids:
-                raise ValueError(f"{b}: the files evaluated different items (use --ids to reuse a sample)")
-            if b not in base["item_ids"]:
-                base["item_ids"][b], base["items"][b] = ids, other["items"][b]
+        for b, ids in other["item_ids"].items():  # union of items; paired tests use the common ones
+            known = set(base["item_ids"].get(b, []))
+            by_id = {it["id"]: it for it in other["items"][b]}
+            extra = [i for i in ids if i not in known]
+            base["item_ids"].setdefault(b, []).extend(extra)
+            base["items"].setdefault(b, []).extend(by_id[i] for i in extra)
         for name, entry in other["variants"].items():
             if entry.get("status") == "ok" or name not in base["variants"]:
                 base["variants"][name] = entry

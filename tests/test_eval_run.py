@@ -165,3 +165,24 @@ def test_cli_cot_rag_skipped_without_index_and_merge(cli_env, capsys):
     assert main(["merge", str(out), str(cli_env / "other.json"), "--out", str(cli_env / "merged.json")]) == 0
     merged = json.loads((cli_env / "merged.json").read_text())
     assert {"base", "sft", "extra"} <= set(merged["summary"])
+
+
+def test_merge_unions_items_and_pairs_on_common_ones():
+    from eval.report import paired_tests, summarize
+    from eval.run import merge_results
+
+    def res(variant, ids, correct):
+        items = [{"id": i, "question": "q", "options": {"A": "a", "B": "b"}, "answer": "A", "subject": ""} for i in ids]
+        preds = [{"id": i, "pred": "A" if c else "B", "correct": c, "invalid": False} for i, c in zip(ids, correct)]
+        return {"mode": "loglik", "created": variant, "item_ids": {"medqa": ids}, "items": {"medqa": items},
+                "variants": {variant: {"status": "ok", "predictions": {"medqa": preds}, "timing": {}}}}
+
+    big = res("base", ["q1", "q2", "q3", "q4"], [True, False, True, False])
+    small = res("sft", ["q1", "q2"], [False, True])
+    merged = merge_results([big, small])
+    assert merged["item_ids"]["medqa"] == ["q1", "q2", "q3", "q4"]
+    assert summarize(merged)["sft"]["medqa"]["n"] == 2 and summarize(merged)["base"]["medqa"]["n"] == 4
+    t = [t for t in paired_tests(merged) if t["benchmark"] == "medqa"][0]
+    assert (t["n"], t["only_a"], t["only_b"]) == (2, 1, 1)
+    with pytest.raises(ValueError):
+        merge_results([big, {**small, "mode": "cot"}])
