@@ -56,6 +56,41 @@ class SlotCache:
         return self.start
 
 
+ATTENTION = "medadapt_decode"
+
+
+def decode_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
+                     **kwargs):
+    """Attention for one new token per row: grouped-query matmuls on the KV heads, fewer ops than SDPA's wrapper.
+
+    Other shapes (prefill) go to HF's SDPA function. ``attention_mask`` is additive ``[B, 1, 1, L]``."""
+    if query.shape[2] != 1 or attention_mask is None or attention_mask.dtype == torch.bool:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    b, heads, _, d = query.shape
+    kv_heads = key.shape[1]
+    scores = torch.matmul(query.view(b, kv_heads, heads // kv_heads, d), key.transpose(-1, -2))
+    scores = scores.mul_(d ** -0.5 if scaling is None else scaling).add_(attention_mask)
+    out = torch.matmul(torch.softmax(scores, dim=-1), value)  # [B, kv_heads, group, D]
+    return out.view(b, 1, heads, d), None
+
+
+def install_decode_attention(model) -> None:
+    """Register :func:`decode_attention` and switch ``model`` to it (Llama-style models)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION, decode_attention)
+    model.set_attn_implementation(ATTENTION)
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean "may attend" mask to the additive form (0 or the dtype's most negative value)."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed,
+                                                                                      torch.finfo(dtype).min)
+
+
 def pick_tokens(logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None) -> torch.Tensor:
     """Next token per row from ``[B, V]`` logits: argmax when greedy, else temperature + top-p sampling."""
     if settings.temperature <= 0:
@@ -84,7 +119,8 @@ def decode(
     (the gathered backend sets its LoRA router and returns ``{}``; the PEFT backend returns ``adapter_names``).
     A row stops at an EOS id ("eos", the EOS token is yielded) or after ``max_new[row]`` tokens ("length").
     """
-    device = next(model.parameters()).device
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
     batch = len(prompts)
     lengths = [len(p) for p in prompts]
     P = max(lengths)
@@ -93,9 +129,10 @@ def decode(
         return
     cache = SlotCache(batch, P + budget)
     generator = torch.Generator(device=device).manual_seed(settings.seed) if settings.temperature > 0 else None
-    valid = torch.zeros(batch, 1, 1, P + budget, dtype=torch.bool, device=device)
+    allowed = torch.zeros(batch, 1, 1, P + budget, dtype=torch.bool, device=device)
     for b, n in enumerate(lengths):
-        valid[b, ..., P - n:] = True
+        allowed[b, ..., P - n:] = True
+    valid = additive_mask(allowed, dtype)
     counts = [0] * batch
     done = [m <= 0 for m in max_new]
     last = torch.full((batch,), pad_id, dtype=torch.long, device=device)
@@ -117,7 +154,7 @@ def decode(
     for n, rows in sorted(groups.items(), key=lambda kv: kv[0]):
         cache.rows, cache.start = torch.tensor(rows, device=device), P - n
         ids = torch.tensor([prompts[b] for b in rows], dtype=torch.long, device=device)
-        causal = torch.ones(n, n, dtype=torch.bool, device=device).tril()[None, None]
+        causal = additive_mask(torch.ones(n, n, dtype=torch.bool, device=device).tril()[None, None], dtype)
         with torch.inference_mode():
             out = model(input_ids=ids, attention_mask=causal, position_ids=torch.arange(n, device=device)[None],
                         cache=cache, use_cache=True, logits_to_keep=1, **route(rows))

@@ -65,7 +65,7 @@ class Engine:
 
     def __init__(self, model_path: str, dtype: str = "float32", reasoning_template: bool = False,
                  device: str | None = None, trust_remote_code: bool = False, max_context: int = 2048,
-                 backend: str = "gathered", num_threads: int | None = None) -> None:
+                 backend: str = "gathered", num_threads: int | None = None, fast_attention: bool = True) -> None:
         import torch
 
         from medadapt.models import load_model, load_tokenizer
@@ -77,6 +77,10 @@ class Engine:
         self.model_path, self.backend, self.reasoning_template = model_path, backend, reasoning_template
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         self.model = load_model(model_path, dtype, trust_remote_code, device)
+        if fast_attention:
+            from medadapt.decoding import install_decode_attention
+
+            install_decode_attention(self.model)
         self.max_context = max_context
         self.adapters: dict[str, Path] = {}
         self.adapter_errors: dict[str, str] = {}  # from_config: adapters that exist but failed to load

@@ -120,8 +120,16 @@ class LoraRouter:
             self._masks.clear()
             self._index.clear()
 
-    def mask(self, layout: tuple, like: torch.Tensor) -> torch.Tensor | None:
-        """``[B, R]`` mask for a layer whose columns are ``layout`` = ((name, rank, scaling), ...); None if all 0."""
+    def mask(self, layout: tuple, like: torch.Tensor, transposed: bool = False) -> torch.Tensor | None:
+        """``[B, R]`` (or ``[R, B]``) mask for a layer with columns ``layout`` = ((name, rank, scaling), ...).
+
+        None when no row of the batch uses any adapter of that layer."""
+        if transposed:
+            key = (layout, True)
+            if key not in self._masks:
+                m = self.mask(layout, like)
+                self._masks[key] = None if m is None else m.t().contiguous()
+            return self._masks[key]
         if layout not in self._masks:
             m = torch.zeros(len(self.rows), sum(r for _, r, _ in layout), dtype=like.dtype, device=like.device)
             col = 0
@@ -143,15 +151,9 @@ class LoraRouter:
 SKINNY_ROWS = 6  # up to this many rows, W @ x^T beats x @ W^T with MKL on CPU (bench: 1.5-3x, lm_head more)
 
 
-def skinny_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """``layer(x)``; for a few rows (decode steps) on CPU computed as ``(W @ x^T)^T``, MKL's faster path there."""
+def use_skinny(x: torch.Tensor) -> bool:
     rows = x.numel() // x.shape[-1]
-    if rows > SKINNY_ROWS or rows < 2 or x.device.type != "cpu":
-        return layer(x)
-    y = torch.mm(layer.weight, x.reshape(rows, -1).t()).t()
-    if layer.bias is not None:
-        y = y + layer.bias
-    return y.reshape(*x.shape[:-1], -1)
+    return 2 <= rows <= SKINNY_ROWS and x.device.type == "cpu"
 
 
 class MultiLoraLinear(nn.Module):
@@ -162,17 +164,17 @@ class MultiLoraLinear(nn.Module):
         self.base_layer = base_layer
         self.router = router
         self.layout: tuple = ()
-        self.A_cat: torch.Tensor | None = None  # [in, R]
-        self.B_cat: torch.Tensor | None = None  # [R, out]
+        self.A_cat: torch.Tensor | None = None  # [R, in]: the adapters' lora_A stacked
+        self.B_cat: torch.Tensor | None = None  # [out, R]: their lora_B side by side
 
     def set_adapter(self, name: str, a: torch.Tensor | None, b: torch.Tensor | None, scaling: float = 1.0) -> None:
-        """Add, replace (same name) or, with ``a=None``, remove one adapter's columns."""
+        """Add, replace (same name) or, with ``a=None``, remove one adapter's rank block."""
         w = self.base_layer.weight
         keep_a, keep_b, layout, col = [], [], [], 0
         for n, r, s in self.layout:
             if n != name:
-                keep_a.append(self.A_cat[:, col:col + r])
-                keep_b.append(self.B_cat[col:col + r])
+                keep_a.append(self.A_cat[col:col + r])
+                keep_b.append(self.B_cat[:, col:col + r])
                 layout.append((n, r, s))
             col += r
         if a is not None:
@@ -181,23 +183,35 @@ class MultiLoraLinear(nn.Module):
                     f"adapter {name!r}: LoRA shapes A{tuple(a.shape)} B{tuple(b.shape)} do not fit a linear layer "
                     f"{tuple(w.shape)} (adapter trained on another base model?)"
                 )
-            keep_a.append(a.to(w.dtype).t())
-            keep_b.append(b.to(w.dtype).t())
+            keep_a.append(a.to(w.dtype))
+            keep_b.append(b.to(w.dtype))
             layout.append((name, a.shape[0], scaling))
         self.layout = tuple(layout)
-        self.A_cat = torch.cat(keep_a, 1).contiguous().to(w.device) if keep_a else None
-        self.B_cat = torch.cat(keep_b, 0).contiguous().to(w.device) if keep_b else None
+        self.A_cat = torch.cat(keep_a, 0).contiguous().to(w.device) if keep_a else None
+        self.B_cat = torch.cat(keep_b, 1).contiguous().to(w.device) if keep_b else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = skinny_linear(x, self.base_layer)
-        if self.A_cat is None:
-            return y
-        mask = self.router.mask(self.layout, x)
+        if use_skinny(x):
+            return self._forward_skinny(x)
+        y = self.base_layer(x)
+        mask = self.router.mask(self.layout, x) if self.A_cat is not None else None
         if mask is None:
             return y
-        h = torch.matmul(x, self.A_cat)  # [B, T, R]
-        h = h * mask.unsqueeze(1) if h.dim() == 3 else h * mask
-        return torch.matmul(h, self.B_cat).add_(y)
+        h = torch.nn.functional.linear(x, self.A_cat)  # [B, T, R]
+        h = h * (mask.unsqueeze(1) if h.dim() == 3 else mask)
+        return torch.nn.functional.linear(h, self.B_cat).add_(y)
+
+    def _forward_skinny(self, x: torch.Tensor) -> torch.Tensor:
+        """Few rows (decode): everything transposed, ``y^T = W x^T + B_cat (mask^T * (A_cat x^T))``."""
+        layer = self.base_layer
+        xt = x.reshape(-1, x.shape[-1]).t()
+        yt = torch.mm(layer.weight, xt)
+        if layer.bias is not None:
+            yt += layer.bias[:, None]
+        mask = self.router.mask(self.layout, x, transposed=True) if self.A_cat is not None else None
+        if mask is not None:
+            yt.addmm_(self.B_cat, torch.mm(self.A_cat, xt).mul_(mask))
+        return yt.t().reshape(*x.shape[:-1], -1)
 
 
 class RowSwitch(nn.Module):
