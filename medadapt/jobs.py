@@ -263,7 +263,7 @@ class JobManager:
         try:
             config = json.loads((run_dir / "launch.json").read_text()).get("config", "")
         except (OSError, json.JSONDecodeError):
-            config = ""
+            config = "(command line)" if (run_dir / "config.yaml").exists() else ""
         state, error = status.get("status") or "unknown", status.get("error") or ""
         alive, rc = self._liveness(run_dir, status)
         if alive:
