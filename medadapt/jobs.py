@@ -149,10 +149,10 @@ class JobManager:
             return run_dir
 
     def resume(self, run_dir: str | Path | None = None) -> Path:
-        """Relaunch a stopped or failed run in the same dir with ``--resume`` (from its last checkpoint)."""
+        """Relaunch a stopped or failed run (default: the active one) in its dir with ``--resume``."""
         with self._lock:
             self._refuse_if_busy()
-            run_dir = Path(run_dir) if run_dir else self._run_dir
+            run_dir = Path(run_dir) if run_dir else self.active_run()
             if run_dir is None or not run_dir.is_dir():
                 raise JobError("no run selected to resume")
             snap = self.poll(run_dir)
