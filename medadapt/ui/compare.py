@@ -34,12 +34,12 @@ def _adapter_dropdown(state: AppState, kind: str) -> dict[str, Any]:
     return {"choices": choices + [NONE_CHOICE], "value": choices[0][1] if choices else ""}
 
 
-def _column_outputs(res, index_message: str = "") -> list[Any]:
+def _column_outputs(res) -> list[Any]:
     out: list[Any] = []
     for v in VARIANTS:
         ans = res.answers[v]
         out += [render.answer_markdown(ans), render.reasoning_markdown(ans), render.stats_markdown(ans),
-                render.snippets_html(ans, index_message if v == "rag" else "")]
+                render.snippets_html(ans)]
     return out
 
 
@@ -141,7 +141,8 @@ def _wire(state: AppState, c: dict[str, Any]) -> None:
 
     inputs = [c["question"], c["max_new_tokens"], c["temperature"], c["top_p"], c["top_k"], c["rag_everywhere"],
               c["sft_adapter"], c["msft_adapter"]]
-    run = dict(fn=zerogpu(ask), inputs=inputs, outputs=outputs + [c["notices"], c["result"]], concurrency_id="generate")
+    run = dict(fn=zerogpu(ask), inputs=inputs, outputs=outputs + [c["notices"], c["result"]], concurrency_id="generate",
+               show_progress="minimal")
     ev_click = c["ask"].click(api_name="compare", **run)
     ev_submit = c["question"].submit(api_name=False, **run)
     c["stop"].click(None, cancels=[ev_click, ev_submit])

@@ -60,11 +60,10 @@ def stats_markdown(ans: Answer) -> str:
     return " · ".join(parts)
 
 
-def snippets_html(ans: Answer, index_message: str = "") -> str:
+def snippets_html(ans: Answer) -> str:
     """Retrieved snippets (title, source, score, expandable text); cited ones are marked."""
     if not ans.snippets:
-        msg = index_message or (ans.message if ans.status == "unavailable" else "")
-        return f"<div class='ma-snippets ma-empty'>{html.escape(msg)}</div>" if msg else ""
+        return ""
     items = []
     for i, s in enumerate(ans.snippets, 1):
         cited = i in ans.cited
