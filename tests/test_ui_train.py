@@ -208,7 +208,7 @@ def test_real_sft_trainer_stop_resume_finish_via_client(cfg):
     try:
         client = Client(url, verbose=False)
         values = dict(zip((f.key for f in FIELDS), client.predict("sft", SFT_YAML, api_name="/load_config")))
-        args = form(values, max_steps=8, eval_steps=2, save_steps=100, max_samples=40, max_length=256)
+        args = form(values, max_steps=6, eval_steps=2, save_steps=100, max_samples=24, max_length=256)
         assert "Started" in client.predict("", "sft", SFT_YAML, *args, api_name="/start")
         live = poll_until(client, lambda s: s.get("step", 0) >= 1 and s.get("loss") or s.get("status") == "failed",
                           timeout=150)[3]
@@ -218,17 +218,17 @@ def test_real_sft_trainer_stop_resume_finish_via_client(cfg):
         assert stopped["status"] == "stopped", stopped.get("error")
         run = jobs.runs_root / stopped["run"]
         jobs.wait(run, 60)
-        assert any((run / "checkpoints").rglob("checkpoint-*")) and stopped["step"] < 8
+        assert any((run / "checkpoints").rglob("checkpoint-*")) and stopped["step"] < 6
 
         assert "Resumed" in client.predict("", "", api_name="/resume")
         done = poll_until(client, lambda s: s["status"] in ("finished", "failed"), timeout=150)
         assert done[3]["status"] == "finished", done[3].get("error")
-        assert done[3]["step"] == 8 and "train (smoothed)" in done[1]["plot"]
-        assert load_train_config(run / "config.yaml").max_steps == 8
+        assert done[3]["step"] == 6 and "train (smoothed)" in done[1]["plot"]
+        assert load_train_config(run / "config.yaml").max_steps == 6
         adapters = list_adapters(cfg, "sft")  # what the Compare tab's dropdown lists, newest first
         assert adapters and adapters[0].run_dir == run
         _, card = client.predict(run.name, api_name="/show_run")
-        assert "finished" in card and "8 steps" in card
+        assert "finished" in card and "6 steps" in card
     finally:
         jobs.terminate()
         demo.close()
