@@ -17,9 +17,11 @@ def build_demo(state: AppState) -> gr.Blocks:
             with gr.Tab("Compare", id="compare"):
                 compare = build_compare_tab(state)
             with gr.Tab("Training", id="training"):
-                build_train_tab(state)
+                train = build_train_tab(state)
             with gr.Tab("Benchmarks", id="benchmarks"):
                 build_bench_tab(state)
         demo.load(compare["index_status_fn"], outputs=compare["index_status"])
-        demo.load(compare["refresh_fn"], outputs=[compare["sft_adapter"], compare["msft_adapter"]])
+        adapter_dropdowns = [compare["sft_adapter"], compare["msft_adapter"]]
+        demo.load(compare["refresh_fn"], outputs=adapter_dropdowns)
+        train["finished_run"].change(compare["refresh_fn"], outputs=adapter_dropdowns)  # new adapters, no restart
     return demo
