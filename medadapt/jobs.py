@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,16 @@ class JobError(RuntimeError):
 
 class JobBusyError(JobError):
     """Another job is already running in this app."""
+
+
+@contextmanager
+def writable(run_dir: Path):
+    """Turn a disk-full or permission error on the run dir into a JobError that says what to fix."""
+    try:
+        yield
+    except OSError as e:
+        raise JobError(f"cannot write the run directory {run_dir}: {e.strerror or e}. Free disk space or fix its "
+                       "permissions (or set MEDADAPT_RUNS_DIR to a writable folder).") from e
 
 
 def child_env(cfg: AppConfig) -> dict[str, str]:
@@ -129,13 +140,14 @@ class JobManager:
         with self._lock:
             self._refuse_if_busy()
             run_dir = Path(output_dir) if output_dir else self.new_run_dir(tcfg.job)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            data = to_dict(tcfg)
-            data["output_dir"] = str(run_dir)
-            launch = run_dir / "launch.yaml"
-            launch.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-            argv = [*self.commands[tcfg.job], "--config", str(launch), "--output_dir", str(run_dir)]
-            self._spawn(run_dir, tcfg.job, argv, source)
+            with writable(run_dir):
+                run_dir.mkdir(parents=True, exist_ok=True)
+                data = to_dict(tcfg)
+                data["output_dir"] = str(run_dir)
+                launch = run_dir / "launch.yaml"
+                launch.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+                argv = [*self.commands[tcfg.job], "--config", str(launch), "--output_dir", str(run_dir)]
+                self._spawn(run_dir, tcfg.job, argv, source)
             return run_dir
 
     def start_eval(self, args: list[str], output_dir: str | Path | None = None) -> Path:
@@ -143,9 +155,10 @@ class JobManager:
         with self._lock:
             self._refuse_if_busy()
             run_dir = Path(output_dir) if output_dir else self.new_run_dir("eval")
-            run_dir.mkdir(parents=True, exist_ok=True)
-            argv = [*self.commands["eval"], *args, "--output_dir", str(run_dir)]
-            self._spawn(run_dir, "eval", argv, " ".join(args))
+            with writable(run_dir):
+                run_dir.mkdir(parents=True, exist_ok=True)
+                argv = [*self.commands["eval"], *args, "--output_dir", str(run_dir)]
+                self._spawn(run_dir, "eval", argv, " ".join(args))
             return run_dir
 
     def resume(self, run_dir: str | Path | None = None) -> Path:

@@ -24,3 +24,36 @@ def data_file(cfg: AppConfig, *parts: str) -> Path:
             f"(now {root}{'' if root.exists() else ', which does not exist'})"
         )
     return path
+
+
+class DataFormatError(ValueError):
+    """A data file is not in the expected format; the message names the file and line."""
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Records of a JSON Lines file; a bad line raises DataFormatError naming the file and line number."""
+    import json
+
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(f"{path}:{n}: not valid JSON ({e.msg}); fix or remove that line") from e
+            if not isinstance(rec, dict):
+                raise DataFormatError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+            out.append(rec)
+    return out
+
+
+def read_json(path: Path):
+    """A whole JSON file; invalid JSON raises DataFormatError naming the file and position."""
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataFormatError(f"{path}: not valid JSON at line {e.lineno} column {e.colno} ({e.msg})") from e
