@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from medadapt.config import load_config
     from medadapt.state import AppState
-    from medadapt.ui.common import CSS, THEME
+    from medadapt.ui.common import launch_options
     from medadapt.ui.interface import build_demo
 
     cfg = load_config(args.profile)
@@ -35,8 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         state.pipeline.engine  # load the base model (and adapters) before the first user arrives
     demo = build_demo(state)
     demo.queue(default_concurrency_limit=1, max_size=64)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=THEME, css=CSS, ssr_mode=False,
-                max_file_size="5mb" if cfg.public else "200mb", show_error=True)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options(cfg))
 
 
 if __name__ == "__main__":

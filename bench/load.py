@@ -59,7 +59,7 @@ def tiny_model(out: Path) -> str:
 def start_app(model: str, tmp: Path) -> tuple[str, object]:
     from medadapt.config import load_config
     from medadapt.state import AppState
-    from medadapt.ui.common import CSS, THEME
+    from medadapt.ui.common import launch_options
     from medadapt.ui.interface import build_demo
 
     over = {"paths": {"runs_dir": str(tmp / "runs"), "results_dir": str(tmp / "results")}}
@@ -72,8 +72,8 @@ def start_app(model: str, tmp: Path) -> tuple[str, object]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, theme=THEME, css=CSS,
-                ssr_mode=False, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **launch_options(state.cfg))
     return f"http://127.0.0.1:{port}/", demo
 
 

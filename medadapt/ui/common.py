@@ -31,6 +31,12 @@ CSS = """
 THEME = gr.themes.Soft(primary_hue="teal", secondary_hue="slate")
 
 
+def launch_options(cfg: AppConfig) -> dict:
+    """Keyword arguments for ``demo.launch`` shared by the app, the tests and the benches."""
+    return {"theme": THEME, "css": CSS, "ssr_mode": False, "show_error": True,
+            "max_file_size": "5mb" if cfg.public else "200mb"}
+
+
 def banner(cfg: AppConfig) -> str:
     mode = " · <b>public mode</b> (training and evaluation launches are locked)" if cfg.public else ""
     return (f"<div class='ma-banner' id='ma-banner'><b>MedAdapt</b> — {html.escape(cfg.describe())}{mode}"
