@@ -72,9 +72,9 @@ class RagConfig:
     candidates: int = 20  # per-retriever candidates fused by hybrid mode (reciprocal-rank fusion)
     rrf_k: int = 60  # RRF constant: score = sum 1 / (rrf_k + rank)
     vector_index_min_rows: int = 100_000  # below this, exact vector search (fast enough and exact)
-    rows_per_partition: int = 16_384  # IVF partitions = rows // this
-    nprobes: int = 8  # IVF partitions searched per query
-    ef: int = 128  # HNSW search breadth inside each partition
+    ivf_partitions: int = 0  # IVF_PQ partitions; 0 = sqrt(rows)
+    nprobes: int = 32  # IVF partitions searched per query
+    refine_factor: int = 10  # re-rank refine_factor * k PQ candidates with the full vectors
 
 
 @dataclass

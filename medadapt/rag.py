@@ -170,7 +170,7 @@ class Retriever:
         vec = self.embedder.encode([question])[0]
         q = self.table.search(vec, vector_column_name="vector").distance_type("cosine").limit(n)
         if self.indexed:
-            q = q.nprobes(self.cfg.rag.nprobes).ef(self.cfg.rag.ef)
+            q = q.nprobes(self.cfg.rag.nprobes).refine_factor(self.cfg.rag.refine_factor)
         rows = q.select(["id", "title", "source", TEXT_COLUMN, "_distance"]).to_list()
         return [dict(r, score=1.0 - float(r["_distance"])) for r in rows]
 

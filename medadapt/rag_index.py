@@ -6,7 +6,7 @@ metadata, so a reopened table embeds queries exactly as its rows were embedded. 
 chunks of ``cfg.rag.embed_chunk_rows`` (length-sorted inside each chunk, so batches carry little padding) and
 appends each chunk as one LanceDB commit: a killed build loses at most the chunk in flight, and a rerun skips
 every id already in the table, so rows are never duplicated. The full-text index and, from
-``cfg.rag.vector_index_min_rows`` rows on, an IVF-HNSW vector index are (re)built once every row is in.
+``cfg.rag.vector_index_min_rows`` rows on, an IVF_PQ vector index (queried with refinement) are (re)built once every row is in.
 """
 from __future__ import annotations
 
@@ -162,14 +162,19 @@ def check_embedder(cfg: AppConfig, tbl: Any) -> None:
 
 def build_indexes(cfg: AppConfig, tbl: Any) -> None:
     """Full-text index on the text; vector index when the table is large enough to need one (exact search below)."""
-    from lancedb.index import FTS, IvfHnswSq
+    from lancedb.index import FTS, IvfPq
 
     tbl.create_index(TEXT_COLUMN, config=FTS(with_position=False), replace=True)
     rows = tbl.count_rows()
     if rows >= cfg.rag.vector_index_min_rows:
-        parts = max(1, rows // cfg.rag.rows_per_partition)
-        log.info("building IVF_HNSW_SQ vector index (%d partitions) over %d rows", parts, rows)
-        tbl.create_index("vector", config=IvfHnswSq(distance_type="cosine", num_partitions=parts), replace=True)
+        parts = cfg.rag.ivf_partitions or int(rows ** 0.5)
+        log.info("building the IVF_PQ vector index (%d partitions) over %d rows", parts, rows)
+        config = IvfPq(distance_type="cosine", num_partitions=parts, num_sub_vectors=tbl_dim(tbl) // 8)
+        tbl.create_index("vector", config=config, replace=True)
+
+
+def tbl_dim(tbl: Any) -> int:
+    return int(table_meta(tbl).get("dim") or tbl.schema.field("vector").type.list_size)
 
 
 def build_index(cfg: AppConfig, progress: Callable[[int, int], None] | None = None, limit: int | None = None,

@@ -209,3 +209,23 @@ def test_budget_with_real_tokenizer_and_overhead(smollm2_dir):
         kept = fit_to_budget(snippets, count, budget, overhead_tokens=6)
         assert sum(count(f"{s.title}\n{s.content}") + 6 for s in kept) <= budget
         assert kept  # even 50 tokens leaves room for a cut first snippet
+
+
+def test_large_table_gets_a_vector_index_that_the_retriever_uses(tmp_path, embedder):
+    import numpy as np
+
+    from medadapt.rag_index import build_indexes, connect, make_schema
+
+    cfg = fixture_cfg(tmp_path, table="big", vector_index_min_rows=300, ivf_partitions=2, nprobes=2, refine_factor=5)
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((300, 384)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    vecs[7] = embedder.encode(["row 7 text"])[0]
+    tbl = connect(cfg).create_table("big", schema=make_schema(384, {"embedder": embedder.name, "dim": "384"}))
+    tbl.add([{"id": f"r{i}", "title": "T", "source": "S", "content": f"row {i} text", "vector": v}
+             for i, v in enumerate(vecs)])
+    build_indexes(cfg, tbl)
+    retriever = Retriever.open(cfg, embedder)
+    assert retriever.indexed  # searched with nprobes + refine_factor
+    hits = retriever.retrieve("row 7 text", k=3, mode="dense")
+    assert hits[0].id == "r7" and hits[0].score == pytest.approx(1.0, abs=1e-3)
