@@ -177,6 +177,7 @@ def training_args(tcfg: TrainConfig, ckpt_dir: Path, rt: Runtime, has_eval: bool
         save_total_limit=tcfg.save_total_limit, eval_strategy="steps" if has_eval else "no",
         eval_steps=tcfg.eval_steps if has_eval else None, report_to=report, use_cpu=not rt.cuda,
         bf16=bf16, fp16=rt.cuda and not bf16, gradient_checkpointing=rt.cuda and not rt.unsloth,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if rt.cuda and not rt.unsloth else None,
         optim="paged_adamw_8bit" if rt.quantized else "adamw_torch", remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, disable_tqdm=True,
         save_only_model=False,
