@@ -229,3 +229,10 @@ def test_large_table_gets_a_vector_index_that_the_retriever_uses(tmp_path, embed
     assert retriever.indexed  # searched with nprobes + refine_factor
     hits = retriever.retrieve("row 7 text", k=3, mode="dense")
     assert hits[0].id == "r7" and hits[0].score == pytest.approx(1.0, abs=1e-3)
+
+
+def test_hub_rows_keep_their_book_or_article_as_source():
+    from medadapt.data.corpus import hub_source
+
+    assert hub_source("MedRAG/textbooks", "Anatomy_Gray_12", "Anatomy_Gray") == "Anatomy_Gray"
+    assert hub_source("MedRAG/statpearls", "article-17_3", "Hypertension") == "statpearls: Hypertension"

@@ -43,11 +43,20 @@ def iter_local(cfg: AppConfig, folder: str) -> Iterator[CorpusDoc]:
                     raise ValueError(f"{path}:{n}: not a MedRAG snippet ({e})") from e
 
 
+def hub_source(name: str, doc_id: str, title: str) -> str:
+    """The source column for a Hub row: the book for MedRAG/textbooks (ids are ``{Book}_{n}``, as the local file
+    stems), else ``<dataset>: <title>`` (the StatPearls article)."""
+    if name.rstrip("/").endswith("textbooks"):
+        return doc_id.rsplit("_", 1)[0]
+    return f"{name.rsplit('/', 1)[-1]}: {title}" if title else name
+
+
 def iter_hub(name: str) -> Iterator[CorpusDoc]:
     from datasets import load_dataset
 
     for row in load_dataset(name, split="train", streaming=True):
-        yield CorpusDoc(str(row["id"]), row.get("title", ""), row["content"], name)
+        doc_id, title = str(row["id"]), row.get("title", "")
+        yield CorpusDoc(doc_id, title, row["content"], hub_source(name, doc_id, title))
 
 
 def iter_corpus(cfg: AppConfig, names: list[str] | None = None) -> Iterator[CorpusDoc]:
