@@ -9,6 +9,10 @@ CPU). The mask row of a sample holds its adapter's LoRA scaling on that adapter'
 rows get exactly nothing added. Scaling sits in the mask, not in B, so a power-of-two ``alpha/r`` gives the same
 rounding as PEFT. ``modules_to_save`` (full copies of e.g. ``lm_head``) are switched per row by :class:`RowSwitch`.
 
+Decode steps have only a few rows; there every wrapped layer (the engine wraps all linears, ``lm_head`` included)
+computes ``W @ x^T`` instead of ``x @ W^T``: MKL takes a faster path for that shape when the weights stream from RAM
+(see docs/PERFORMANCE.md, "Compare latency").
+
 Adapters are read straight from a PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``);
 the base model's weights are never copied.
 """
@@ -120,16 +124,12 @@ class LoraRouter:
             self._masks.clear()
             self._index.clear()
 
-    def mask(self, layout: tuple, like: torch.Tensor, transposed: bool = False) -> torch.Tensor | None:
-        """``[B, R]`` (or ``[R, B]``) mask for a layer with columns ``layout`` = ((name, rank, scaling), ...).
+    def mask(self, layout: tuple, like: torch.Tensor) -> torch.Tensor | None:
+        """``[B, R]`` mask for a layer with columns ``layout`` = ((name, rank, scaling), ...).
 
         None when no row of the batch uses any adapter of that layer."""
-        if transposed:
-            key = (layout, True)
-            if key not in self._masks:
-                m = self.mask(layout, like)
-                self._masks[key] = None if m is None else m.t().contiguous()
-            return self._masks[key]
+        if not layout:
+            return None
         if layout not in self._masks:
             m = torch.zeros(len(self.rows), sum(r for _, r, _ in layout), dtype=like.dtype, device=like.device)
             col = 0
@@ -148,7 +148,7 @@ class LoraRouter:
         return self._index[name]
 
 
-SKINNY_ROWS = 6  # up to this many rows, W @ x^T beats x @ W^T with MKL on CPU (bench: 1.5-3x, lm_head more)
+SKINNY_ROWS = 6  # up to this many rows, W @ x^T beats x @ W^T with MKL on CPU when weights stream from RAM
 
 
 def use_skinny(x: torch.Tensor) -> bool:
@@ -164,8 +164,8 @@ class MultiLoraLinear(nn.Module):
         self.base_layer = base_layer
         self.router = router
         self.layout: tuple = ()
-        self.A_cat: torch.Tensor | None = None  # [R, in]: the adapters' lora_A stacked
-        self.B_cat: torch.Tensor | None = None  # [out, R]: their lora_B side by side
+        self.A_cat: torch.Tensor | None = None  # [in, R]: the adapters' lora_A^T side by side
+        self.B_cat: torch.Tensor | None = None  # [R, out]: their lora_B^T stacked
 
     def set_adapter(self, name: str, a: torch.Tensor | None, b: torch.Tensor | None, scaling: float = 1.0) -> None:
         """Add, replace (same name) or, with ``a=None``, remove one adapter's rank block."""
@@ -173,8 +173,8 @@ class MultiLoraLinear(nn.Module):
         keep_a, keep_b, layout, col = [], [], [], 0
         for n, r, s in self.layout:
             if n != name:
-                keep_a.append(self.A_cat[col:col + r])
-                keep_b.append(self.B_cat[:, col:col + r])
+                keep_a.append(self.A_cat[:, col:col + r])
+                keep_b.append(self.B_cat[col:col + r])
                 layout.append((n, r, s))
             col += r
         if a is not None:
@@ -183,35 +183,30 @@ class MultiLoraLinear(nn.Module):
                     f"adapter {name!r}: LoRA shapes A{tuple(a.shape)} B{tuple(b.shape)} do not fit a linear layer "
                     f"{tuple(w.shape)} (adapter trained on another base model?)"
                 )
-            keep_a.append(a.to(w.dtype))
-            keep_b.append(b.to(w.dtype))
+            keep_a.append(a.to(w.dtype).t())
+            keep_b.append(b.to(w.dtype).t())
             layout.append((name, a.shape[0], scaling))
         self.layout = tuple(layout)
-        self.A_cat = torch.cat(keep_a, 0).contiguous().to(w.device) if keep_a else None
-        self.B_cat = torch.cat(keep_b, 1).contiguous().to(w.device) if keep_b else None
+        self.A_cat = torch.cat(keep_a, 1).contiguous().to(w.device) if keep_a else None
+        self.B_cat = torch.cat(keep_b, 0).contiguous().to(w.device) if keep_b else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_skinny(x):
-            return self._forward_skinny(x)
-        y = self.base_layer(x)
         mask = self.router.mask(self.layout, x) if self.A_cat is not None else None
+        if use_skinny(x):
+            x2 = x.reshape(-1, x.shape[-1])
+            y = torch.mm(self.base_layer.weight, x2.t()).t()  # W x^T: MKL's fast path for a few rows
+            if self.base_layer.bias is not None:
+                y = y + self.base_layer.bias
+            if mask is None:
+                return y.reshape(*x.shape[:-1], -1)
+            y = y.contiguous().addmm_(torch.mm(x2, self.A_cat).mul_(mask), self.B_cat)
+            return y.view(*x.shape[:-1], -1)
+        y = self.base_layer(x)
         if mask is None:
             return y
-        h = torch.nn.functional.linear(x, self.A_cat)  # [B, T, R]
+        h = torch.matmul(x, self.A_cat)  # [B, T, R]
         h = h * (mask.unsqueeze(1) if h.dim() == 3 else mask)
-        return torch.nn.functional.linear(h, self.B_cat).add_(y)
-
-    def _forward_skinny(self, x: torch.Tensor) -> torch.Tensor:
-        """Few rows (decode): everything transposed, ``y^T = W x^T + B_cat (mask^T * (A_cat x^T))``."""
-        layer = self.base_layer
-        xt = x.reshape(-1, x.shape[-1]).t()
-        yt = torch.mm(layer.weight, xt)
-        if layer.bias is not None:
-            yt += layer.bias[:, None]
-        mask = self.router.mask(self.layout, x, transposed=True) if self.A_cat is not None else None
-        if mask is not None:
-            yt.addmm_(self.B_cat, torch.mm(self.A_cat, xt).mul_(mask))
-        return yt.t().reshape(*x.shape[:-1], -1)
+        return torch.matmul(h, self.B_cat).add_(y)
 
 
 class RowSwitch(nn.Module):
