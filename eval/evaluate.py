@@ -113,15 +113,19 @@ def _generator(cfg: AppConfig, variants: list[Variant]):
                 engine.load_adapter(v.peft_name, v.adapter)
         settings = GenSettings(max_new_tokens=ec.max_new_tokens, temperature=0.0)
 
-        def gen(msgs: list, v: Variant) -> list[str]:
-            return engine.generate_batch(msgs, [v.peft_name if v.adapter else BASE] * len(msgs), settings)
+        def gen(msgs: list, v: Variant, should_stop: Callable[[], bool] = lambda: False) -> list[str]:
+            final: list = []
+            for final in engine.stream([(m, v.peft_name if v.adapter else BASE) for m in msgs], settings):
+                if should_stop():  # checked every decode step, so a stop does not wait for the whole batch
+                    raise StopRequested(f"stopped during {v.name}")
+            return [st.text for st in final]
 
         return gen, engine.prompt_opens_think()
     from eval.cot import generate_batch, render
 
     model, tok = load_for_variants(cfg, variants)
 
-    def gen(msgs: list, v: Variant) -> list[str]:
+    def gen(msgs: list, v: Variant, should_stop: Callable[[], bool] = lambda: False) -> list[str]:
         with activate(model, v):
             return generate_batch(model, tok, [render(tok, m) for m in msgs], ec.max_new_tokens, len(msgs),
                                   cfg.model.max_context)
@@ -142,7 +146,7 @@ def _cot_variant(cfg, gen, opens_think, variant, samples, snippets, progress, sh
                 raise StopRequested(f"stopped during {variant.name}/{name}")
             chunk = items[b:b + bs]
             msgs = [item_messages(it, snippets[name][it.id] if variant.rag else None) for it in chunk]
-            for it, text in zip(chunk, gen(msgs, variant)):
+            for it, text in zip(chunk, gen(msgs, variant, should_stop)):
                 parts = split_reasoning(text, opened=opens_think)
                 letter, how = (None, "truncated") if parts.truncated else extract_answer(parts.answer, it.options)
                 rows.append({"id": it.id, "pred": letter, "correct": letter == it.answer, "invalid": letter is None,

@@ -186,3 +186,16 @@ def test_merge_unions_items_and_pairs_on_common_ones():
     assert (t["n"], t["only_a"], t["only_b"]) == (2, 1, 1)
     with pytest.raises(ValueError):
         merge_results([big, {**small, "mode": "cot"}])
+
+
+@pytest.mark.parametrize("mode", ["loglik", "cot"])
+def test_stop_file_stops_the_run(cli_env, mode):
+    from eval.run import main
+
+    run_dir = cli_env / "job"
+    run_dir.mkdir()
+    (run_dir / "STOP").touch()
+    rc = main(["run", "--variants", "base", "--mode", mode, "--n", "1", "--benchmarks", "medqa", "--max_new_tokens", "4",
+               "--profile", "offline", "--out", str(cli_env / "r.json"), "--output_dir", str(run_dir)])
+    status = json.loads((run_dir / "status.json").read_text())
+    assert rc == 1 and status["status"] == "stopped" and "stopped during base" in status["error"]
