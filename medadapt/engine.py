@@ -159,6 +159,17 @@ class Engine:
         except (OSError, ValueError, RuntimeError, KeyError) as e:
             raise AdapterLoadError(f"adapter {name!r}: PEFT could not load {path}: {e}") from e
 
+    def unload_adapter(self, name: str) -> None:
+        """Forget adapter ``name`` (no-op when not loaded); every loaded adapter costs a little per decode step."""
+        with self._lock:
+            if name not in self.adapters:
+                return
+            if self._multilora is not None:
+                self._multilora.remove(name)
+            else:
+                self.model.delete_adapter(name)
+            del self.adapters[name]
+
     def has_adapter(self, name: str) -> bool:
         return name == BASE or name in self.adapters
 

@@ -160,6 +160,10 @@ def test_reloading_a_name_replaces_the_adapter(model_dir, adapters):
     assert engine.generate_batch([Q], ["a"], GREEDY) == engine.generate_batch([Q], ["a"], GREEDY) != before
     fresh = make_engine(model_dir, {"a": adapters["a2"]}, "gathered")
     assert engine.generate_batch([Q], ["a"], GREEDY) == fresh.generate_batch([Q], ["a"], GREEDY)
+    engine.unload_adapter("a")
+    assert not engine.has_adapter("a")
+    with pytest.raises(UnknownAdapterError):
+        engine.generate_batch([Q], ["a"], GREEDY)
 
 
 def test_from_config_loads_the_adapters_that_exist(cfg, adapters):
