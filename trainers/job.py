@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medadapt.config import AppConfig, ConfigError, TrainConfig, to_dict
+from medadapt.config import OFFLINE_MODEL, AppConfig, ConfigError, TrainConfig, to_dict
 from trainers.rundir import RunDir, latest_unfinished, new_run_dir, publish_adapter
 
 log = logging.getLogger(__name__)
+OFFLINE_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 @dataclass
@@ -84,7 +85,7 @@ def execute(tcfg: TrainConfig, body: Callable[[Context], Outcome], app: AppConfi
                                   "steps": out.steps, "wall_s": round(wall, 1)}
         if out.stopped:
             return run.update_status(status="stopped", ended=time.time(), **fields)
-        meta = {"job": tcfg.job, "base_model": model_path, "lineage": out.lineage or [f"base: {model_path}"],
+        meta = {"job": tcfg.job, "base_model": model_path, "base_model_id": base_model_id(tcfg, app), "lineage": out.lineage or [f"base: {model_path}"],
                 "steps": out.steps, "final_loss": out.final_loss, "final_eval_loss": out.final_eval_loss,
                 "losses": {"train": out.final_loss, "eval": out.final_eval_loss}, "wall_s": round(wall, 1),
                 "data": out.data, "device": rt.device, "quantized": rt.quantized, "unsloth": rt.unsloth,
@@ -97,6 +98,12 @@ def execute(tcfg: TrainConfig, body: Callable[[Context], Outcome], app: AppConfi
         run.update_status(status="failed", ended=time.time(), wall_s=round(prev_wall + time.time() - started, 1),
                           error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
         raise
+
+
+def base_model_id(tcfg: TrainConfig, app: AppConfig) -> str:
+    """The base model's Hub id for the model card (the offline GGUF is SmolLM2-135M-Instruct)."""
+    name = tcfg.base_model or app.model.name_or_path
+    return OFFLINE_MODEL_ID if name == OFFLINE_MODEL else name
 
 
 def push_to_hub(adapter: Path, repo_id: str) -> None:
