@@ -1,6 +1,6 @@
 """Retrieval speed: (a) embed+ingest rate, tuned build vs naive; (b) LanceDB query latency and recall@10.
 
-Run: ``python bench/retrieval.py [--snippets 1000] [--rows 460000] [--queries 50] [--data random,clustered]``
+Run: ``python bench/retrieval.py [--snippets 1000] [--rounds 4] [--rows 460000] [--queries 50] [--no-real]``
 
 (a) The same first ``--snippets`` textbook snippets of the offline corpus are embedded and written to LanceDB twice:
 naive (the seed's way: fp32 ``model.encode`` on batches of 64 in corpus order, one table append per batch) and
@@ -13,8 +13,9 @@ timings. Prints the ratios and the cosine between the two paths' vectors.
 worst case for any ANN index, neighbours have no structure) and ``clustered`` (points around 2,000 random centres,
 closer to real embeddings). Ground truth is exact numpy top-10. Exact LanceDB search (no index) and an IVF_PQ index
 with refinement are timed over a sweep of ``nprobes`` x ``refine_factor``; the fastest setting with recall@10 >= 0.95
-is reported (else the best recall). Last line: ``RESULT ingest_speedup=<x> p50_ms=<indexed p50> recall10=<r>`` for
-the first dataset, plus the same for the others under prefixed keys.
+is reported (else the best recall). (c) When the offline index is built, dense/fts/hybrid latency on it.
+Last line: ``RESULT ingest_speedup=<x> p50_ms=<indexed p50> recall10=<r>`` for the first dataset, plus the same
+for the others and (c) under prefixed keys.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 DIM = 384
-SWEEP = [(4, 5), (8, 10), (16, 10), (32, 20), (64, 20), (128, 20), (256, 40)]  # (nprobes, refine_factor)
+SWEEP = [(4, 10), (8, 20), (16, 20), (32, 20), (64, 20), (128, 40), (256, 40)]  # (nprobes, refine_factor)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -38,6 +39,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=460_000, help="synthetic table rows (0 = skip the query part)")
     p.add_argument("--queries", type=int, default=50)
     p.add_argument("--data", default="random,clustered", help="comma list of random | clustered")
+    p.add_argument("--real", action=argparse.BooleanOptionalAction, default=True,
+                   help="(c) time dense/fts/hybrid queries on the built offline index")
     p.add_argument("--partitions", type=int, default=256, help="IVF partitions (0 = sqrt(rows))")
     p.add_argument("--sample_rate", type=int, default=64, help="k-means training rows per partition")
     p.add_argument("--max_iterations", type=int, default=20, help="k-means iterations")
@@ -199,6 +202,44 @@ def bench_queries(kind: str, args: argparse.Namespace, workdir: Path) -> tuple[f
     return p50, r
 
 
+QUESTIONS = [
+    "What enzyme is deficient in phenylketonuria?",
+    "Which vitamin deficiency causes scurvy?",
+    "What is the most common cause of hypothyroidism in iodine-sufficient areas?",
+    "Which cells are destroyed in type 1 diabetes mellitus?",
+    "What is the mechanism of action of metformin?",
+    "What are the findings in nephrotic syndrome?",
+    "Which bacterium causes most cases of infective endocarditis in intravenous drug users?",
+    "What is the first-line treatment for anaphylaxis?",
+    "What are the features of Cushing syndrome?",
+    "How does glycogen storage disease type I present?",
+]
+
+
+def bench_real_index() -> dict[str, float]:
+    """Per-mode query latency on the offline profile's built index (skipped when it is not built)."""
+    from medadapt.config import load_config
+    from medadapt.rag import Retriever, index_status
+
+    cfg = load_config("offline")
+    if not index_status(cfg)["built"]:
+        print("(c) offline index not built: skipped (python -m medadapt.rag build --profile offline)")
+        return {}
+    retriever = Retriever.open(cfg)
+    retriever.retrieve(QUESTIONS[0])  # warm-up
+    out = {}
+    for mode in ("dense", "fts", "hybrid"):
+        lat = []
+        for q in QUESTIONS:
+            t0 = time.perf_counter()
+            retriever.retrieve(q, k=cfg.rag.top_k, mode=mode)
+            lat.append(time.perf_counter() - t0)
+        out[mode] = pct(lat, 50)
+        print(f"(c) real index ({retriever.table.count_rows()} rows), {mode}: p50 {pct(lat, 50):.1f} ms, "
+              f"p95 {pct(lat, 95):.1f} ms (query embedding included)")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="medadapt-bench-retrieval-"))
@@ -211,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                 p50, r = bench_queries(kind, args, workdir)
                 prefix = "" if i == 0 else f"{kind}_"
                 result[f"{prefix}p50_ms"], result[f"{prefix}recall10"] = f"{p50:.2f}", f"{r:.3f}"
+        if args.real:
+            result.update({f"real_{m}_p50_ms": f"{v:.1f}" for m, v in bench_real_index().items()})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print("RESULT " + " ".join(f"{k}={v}" for k, v in result.items()))

@@ -74,7 +74,7 @@ class RagConfig:
     vector_index_min_rows: int = 100_000  # below this, exact vector search (fast enough and exact)
     ivf_partitions: int = 0  # IVF_PQ partitions; 0 = sqrt(rows)
     nprobes: int = 32  # IVF partitions searched per query
-    refine_factor: int = 10  # re-rank refine_factor * k PQ candidates with the full vectors
+    refine_factor: int = 20  # re-rank refine_factor * k PQ candidates with the full vectors
 
 
 @dataclass

@@ -6,7 +6,8 @@ metadata, so a reopened table embeds queries exactly as its rows were embedded. 
 chunks of ``cfg.rag.embed_chunk_rows`` (length-sorted inside each chunk, so batches carry little padding) and
 appends each chunk as one LanceDB commit: a killed build loses at most the chunk in flight, and a rerun skips
 every id already in the table, so rows are never duplicated. The full-text index and, from
-``cfg.rag.vector_index_min_rows`` rows on, an IVF_PQ vector index (queried with refinement) are (re)built once every row is in.
+``cfg.rag.vector_index_min_rows`` rows on, an IVF_PQ vector index (queried with refinement) are (re)built once
+every row is in.
 """
 from __future__ import annotations
 
