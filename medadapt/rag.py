@@ -195,12 +195,12 @@ def make_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="embed the corpus into the LanceDB table (resumable)")
     b.add_argument("--limit", type=int, default=None, help="only the first N snippets (quick builds)")
     b.add_argument("--rebuild", action="store_true", help="drop the table and start over")
-    sub.add_parser("status", help="print the index status")
+    st = sub.add_parser("status", help="print the index status")
     q = sub.add_parser("query", help="retrieve snippets for a question")
     q.add_argument("question")
     q.add_argument("--k", type=int, default=None)
     q.add_argument("--mode", choices=MODES, default=None)
-    for s in (b, q):
+    for s in (b, st, q):
         s.add_argument("--profile", default=argparse.SUPPRESS, help="as above")
     return p
 

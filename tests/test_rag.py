@@ -162,6 +162,9 @@ def test_hybrid_beats_dense_and_fts(retriever):
 def test_retrieve_modes_and_k(retriever):
     assert len(retriever.retrieve("chest pain", k=2, mode="hybrid")) == 2
     assert retriever.retrieve("   ", k=3) == []
+    odd = 'A 45-year-old\'s "ST elevation" (V1-V4): NOT AND OR -x +y* ~2 [ok] {x} ^3 \\ 50%?'
+    for mode in ("fts", "hybrid"):
+        assert len(retriever.retrieve(odd, k=2, mode=mode)) <= 2  # query syntax characters never raise
     with pytest.raises(ValueError, match="mode"):
         retriever.retrieve("chest pain", mode="bm25")
 
