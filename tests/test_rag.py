@@ -239,3 +239,27 @@ def test_hub_rows_keep_their_book_or_article_as_source():
 
     assert hub_source("MedRAG/textbooks", "Anatomy_Gray_12", "Anatomy_Gray") == "Anatomy_Gray"
     assert hub_source("MedRAG/statpearls", "article-17_3", "Hypertension") == "statpearls: Hypertension"
+
+
+def test_cli_build_status_query(tmp_path, capsys):
+    import yaml
+
+    from medadapt.rag import main
+
+    profile = tmp_path / "fixture.yaml"
+    profile.write_text(yaml.safe_dump({
+        "paths": {"data_dir": str(REPO_ROOT / "tests" / "fixtures"), "index_dir": str(tmp_path / "index")},
+        "rag": {"corpus": ["local:corpus"], "table": "cli", "top_k": 2},
+    }))
+    assert main(["--profile", str(profile), "query", "chest pain"]) == 2
+    assert "python -m medadapt.rag build" in capsys.readouterr().err
+    assert main(["build", "--profile", str(profile), "--limit", "6"]) == 0
+    assert "6 rows in cli" in capsys.readouterr().out
+    assert main(["status", "--profile", str(profile)]) == 0
+    out = capsys.readouterr().out
+    assert "built: True" in out and "rows: 6" in out and f"source_rows: {N_FIXTURE}" in out
+    assert main(["query", "--profile", str(profile), "What is QX2719?", "--mode", "fts"]) == 0
+    assert capsys.readouterr().out.startswith("0 snippets")  # QX2719 is not among the first 6 snippets
+    assert main(["query", "--profile", str(profile), "chest pain", "--mode", "hybrid"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("2 snippets") and "[2]" in out and "[3]" not in out  # top_k from the profile
