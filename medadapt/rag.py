@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -127,9 +129,13 @@ def index_status(cfg: AppConfig) -> dict[str, Any]:
 class Retriever:
     """Question -> ranked snippets from one LanceDB table, queries embedded as the table's rows were."""
 
+    CACHE_SIZE = 256  # recent (question, k, mode) results: RAG on several variants asks the same question
+
     def __init__(self, cfg: AppConfig, table: Any, embedder: Embedder):
         self.cfg, self.table, self.embedder = cfg, table, embedder
         self.indexed = any(t != "FTS" for t in index_names(table))
+        self._cache: OrderedDict[tuple[str, int, str], list[Snippet]] = OrderedDict()
+        self._lock = threading.Lock()
 
     @classmethod
     def open(cls, cfg: AppConfig, embedder: Embedder | None = None) -> Retriever:
@@ -156,6 +162,19 @@ class Retriever:
         question = " ".join(question.split())
         if not question:
             return []
+        key = (question, k, mode)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return list(self._cache[key])
+        hits = self._search(question, k, mode)
+        with self._lock:
+            self._cache[key] = hits
+            while len(self._cache) > self.CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return list(hits)
+
+    def _search(self, question: str, k: int, mode: str) -> list[Snippet]:
         if mode == "dense":
             return self._to_snippets(self.dense(question, k))
         if mode == "fts":

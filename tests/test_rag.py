@@ -159,6 +159,24 @@ def test_hybrid_beats_dense_and_fts(retriever):
         assert h is not None and h <= best
 
 
+def test_repeated_question_is_served_from_the_cache(built, embedder):
+    calls = []
+
+    class Counting:
+        name, dim, dtype = embedder.name, embedder.dim, embedder.dtype
+
+        def encode(self, texts, batch_size=64):
+            calls.append(texts)
+            return embedder.encode(texts, batch_size)
+
+    retriever = Retriever.open(built, Counting())
+    first = retriever.retrieve("What is Kussmaul sign?", k=3)
+    again = retriever.retrieve("  What is  Kussmaul sign? ", k=3)
+    assert first == again and len(calls) == 1
+    retriever.retrieve("What is Kussmaul sign?", k=2)
+    assert len(calls) == 2
+
+
 def test_retrieve_modes_and_k(retriever):
     assert len(retriever.retrieve("chest pain", k=2, mode="hybrid")) == 2
     assert retriever.retrieve("   ", k=3) == []
