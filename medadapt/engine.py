@@ -100,6 +100,7 @@ class Engine:
         from medadapt.models import base_model_path
 
         m = cfg.model
+        kwargs.setdefault("num_threads", getattr(m, "num_threads", 0) or None)
         engine = cls(base_model_path(cfg), m.dtype, m.reasoning_template, trust_remote_code=m.trust_remote_code,
                      max_context=m.max_context, **kwargs)
         for kind in ("sft", "msft"):
