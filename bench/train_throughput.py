@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     useful = {m: 0 for m in modes}
     total = {m: 0 for m in modes}
     for i in range(args.steps + 1):
-        for m, (batches, model, opt) in modes.items():
+        order = list(modes) if i % 2 else list(modes)[::-1]  # alternate which mode goes first
+        for m in order:
+            batches, model, opt = modes[m]
             t = step(model, opt, batches[i])
             if i:
                 secs[m] += t
