@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medadapt.multilora import AdapterLoadError
-
 if TYPE_CHECKING:
     from medadapt.config import AppConfig
 
@@ -29,6 +27,10 @@ __all__ = ["BASE", "AdapterLoadError", "Engine", "GenSettings", "PromptTooLongEr
 log = logging.getLogger(__name__)
 BASE = "__base__"
 BACKENDS = ("gathered", "peft")
+
+
+class AdapterLoadError(RuntimeError):
+    """An adapter folder is missing, corrupt, or does not fit the base model."""
 
 
 class PromptTooLongError(ValueError):

@@ -29,11 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from medadapt.engine import AdapterLoadError
+
 PREFIX = "base_model.model."
-
-
-class AdapterLoadError(RuntimeError):
-    """An adapter folder is missing, corrupt, or does not fit the base model."""
 
 
 @dataclass
