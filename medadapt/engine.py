@@ -82,7 +82,10 @@ class Engine:
         if fast_attention:
             from medadapt.decoding import install_decode_attention
 
-            install_decode_attention(self.model)
+            try:
+                install_decode_attention(self.model)
+            except (ValueError, AttributeError, NotImplementedError) as e:  # a model without the attention interface
+                log.warning("keeping the model's own attention: %s", e)
         self.max_context = max_context
         self.adapters: dict[str, Path] = {}
         self.adapter_errors: dict[str, str] = {}  # from_config: adapters that exist but failed to load
