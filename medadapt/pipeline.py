@@ -21,6 +21,7 @@ from medadapt.reasoning import cited_numbers, split_reasoning
 
 DISCLAIMER = "Research demo, not medical advice. Do not use for diagnosis or treatment."
 NOT_TRAINED = "Not trained yet — see the Training tab."
+TRUNCATED_NOTICE = "The question was too long for the model's context window and was truncated."
 MIN_QUESTION_TOKENS = 32
 
 
@@ -45,6 +46,7 @@ class Answer:
     retrieval_s: float = 0.0
     snippets: list[Any] = field(default_factory=list)
     cited: list[int] = field(default_factory=list)
+    engine_adapter: str = ""  # the name the engine knows this variant's adapter by
 
 
 @dataclass
@@ -165,7 +167,7 @@ class Pipeline:
         top_k: int | None = None,
     ) -> Iterator[CompareResult]:
         """Yield snapshots of all four answers; raises InputError for an unusable question before any work."""
-        from medadapt.engine import BASE, AdapterLoadError, GenSettings
+        from medadapt.engine import GenSettings
 
         text = clean_question(question)
         engine = self.engine
@@ -182,41 +184,17 @@ class Pipeline:
             elif r_err:
                 answers[v].message = "No retrieval (index not built)."
 
-        budget = engine.max_context - settings["max_new_tokens"]
-        requests, order = [], []
-        for v, ans in answers.items():
-            if ans.status == "unavailable":
-                continue
-            if v in ("sft", "msft"):
-                name = adapter_name(v, Path(ans.adapter))
-                try:
-                    if not engine.has_adapter(name):
-                        engine.load_adapter(name, ans.adapter)
-                except AdapterLoadError as e:
-                    ans.status, ans.message = "error", f"Adapter could not be loaded: {e}"
-                    continue
-            else:
-                name = BASE
-            overhead = engine.count_tokens(engine.render(build_messages("", snippets=ans.snippets)))
-            q, cut = truncate_question(text, engine.count_tokens, budget - overhead)
-            if cut:
-                notice = "The question was too long for the model's context window and was truncated."
-                if notice not in result.notices:
-                    result.notices.append(notice)
-            if len(q) < min(len(text), MIN_QUESTION_TOKENS):
-                ans.status, ans.message = "error", "Not enough room in the context window; lower max new tokens."
-                continue
-            requests.append((build_messages(q, snippets=ans.snippets), name))
-            order.append(v)
-            ans.status = "streaming"
-        yield result
-        if not requests:
-            result.done = True
+        with self._lock:  # one generation (and adapter swap) at a time on the shared model
+            self._sync_adapters(engine, answers)
+            requests, order = self._requests(engine, text, answers, settings["max_new_tokens"], result)
             yield result
-            return
-        gen = GenSettings(settings["max_new_tokens"], settings["temperature"], settings["top_p"], self.cfg.generation.seed)
-        opened = engine.prompt_opens_think()
-        with self._lock:
+            if not requests:
+                result.done = True
+                yield result
+                return
+            gen = GenSettings(settings["max_new_tokens"], settings["temperature"], settings["top_p"],
+                              self.cfg.generation.seed)
+            opened = engine.prompt_opens_think()
             for rows in engine.stream(requests, gen):
                 for v, row in zip(order, rows):
                     self._update(answers[v], row, opened, gen.max_new_tokens)
@@ -225,6 +203,51 @@ class Pipeline:
             answers[v].status = "done"
         result.done = True
         yield result
+
+    @staticmethod
+    def _sync_adapters(engine: Any, answers: dict[str, Answer]) -> None:
+        """Load the adapters these answers need (reusing a loaded copy of the same folder), unload the others."""
+        from medadapt.engine import AdapterLoadError
+
+        loaded = {Path(p).resolve(): name for name, p in engine.adapters.items()}
+        wanted = set()
+        for kind in ("sft", "msft"):
+            ans = answers[kind]
+            if ans.status == "unavailable":
+                continue
+            name = loaded.get(Path(ans.adapter).resolve()) or adapter_name(kind, Path(ans.adapter))
+            try:
+                if not engine.has_adapter(name):
+                    engine.load_adapter(name, ans.adapter)
+            except AdapterLoadError as e:
+                ans.status, ans.message = "error", f"Adapter could not be loaded: {e}"
+                continue
+            ans.engine_adapter = name
+            wanted.add(name)
+        for name in set(engine.adapters) - wanted:  # each loaded adapter costs a little on every decode step
+            engine.unload_adapter(name)
+
+    @staticmethod
+    def _requests(engine: Any, text: str, answers: dict[str, Answer], max_new: int,
+                  result: CompareResult) -> tuple[list[tuple[list[dict], str]], list[str]]:
+        """Messages and adapter name per runnable variant, the question cut to fit the context window."""
+        from medadapt.engine import BASE
+
+        requests, order = [], []
+        for v, ans in answers.items():
+            if ans.status in ("unavailable", "error"):
+                continue
+            overhead = engine.count_tokens(engine.render(build_messages("", snippets=ans.snippets)))
+            q, cut = truncate_question(text, engine.count_tokens, engine.max_context - max_new - overhead)
+            if cut and TRUNCATED_NOTICE not in result.notices:
+                result.notices.append(TRUNCATED_NOTICE)
+            if len(q) < min(len(text), MIN_QUESTION_TOKENS):
+                ans.status, ans.message = "error", "Not enough room in the context window; lower max new tokens."
+                continue
+            requests.append((build_messages(q, snippets=ans.snippets), ans.engine_adapter or BASE))
+            order.append(v)
+            ans.status = "streaming"
+        return requests, order
 
     @staticmethod
     def _update(ans: Answer, row: Any, opened: bool, max_new: int) -> None:

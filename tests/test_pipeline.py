@@ -19,7 +19,7 @@ class ScriptedEngine:
     max_context = 400
 
     def __init__(self):
-        self.loaded: dict[str, str] = {}
+        self.adapters: dict[str, Path] = {}
         self.requests = None
 
     def count_tokens(self, text):
@@ -32,12 +32,15 @@ class ScriptedEngine:
         return False
 
     def has_adapter(self, name):
-        return name in self.loaded
+        return name == BASE or name in self.adapters
 
     def load_adapter(self, name, path):
         if not Path(path, "adapter_config.json").exists():
             raise AdapterLoadError(f"no adapter at {path}")
-        self.loaded[name] = path
+        self.adapters[name] = Path(path)
+
+    def unload_adapter(self, name):
+        del self.adapters[name]
 
     def stream(self, requests, settings):
         self.requests = requests
@@ -79,6 +82,15 @@ def test_four_variants_one_batch_with_adapters_and_citations(cfg, trained_runs):
     rag = final.answers["rag"]
     assert rag.status == "done" and rag.answer == "Aspirin [1]." and rag.reasoning == "why" and rag.cited == [1]
     assert final.answers["base"].snippets == [] and final.answers["sft"].n_tokens == 3
+
+
+def test_adapters_reused_by_folder_and_unused_ones_unloaded(cfg, trained_runs):
+    pipe, engine, _ = make(cfg)
+    engine.adapters["sft"] = trained_runs["sft"]  # loaded at start-up under its kind's name
+    list(pipe.compare("Q1?", SETTINGS, trained_runs))
+    assert [a for _, a in engine.requests][2] == "sft"  # same folder: no second copy
+    list(pipe.compare("Q2?", SETTINGS, {"sft": None, "msft": trained_runs["msft"]}))
+    assert set(engine.adapters) == {adapter_name("msft", trained_runs["msft"])}
 
 
 def test_missing_adapters_say_not_trained_and_others_answer(cfg):
