@@ -239,7 +239,7 @@ class JobManager:
         offset, old_sig, records = self._logs.get(run_dir, (0, None, []))
         if sig == old_sig:
             return records
-        if sig[0] < offset:  # rewritten or truncated: start over
+        if sig[0] < offset or (old_sig is not None and sig[2] != old_sig[2]):  # rewritten or truncated: start over
             offset, records = 0, []
         try:
             with open(path, "rb") as f:

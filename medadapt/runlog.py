@@ -97,13 +97,14 @@ def tail(path: Path, lines: int = 40, max_bytes: int = 64_000) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
-def file_sig(path: Path) -> tuple[int, int] | None:
-    """(size, mtime_ns) of a file, or None if missing: a cheap "has it changed" key."""
+def file_sig(path: Path) -> tuple[int, int, int] | None:
+    """(size, mtime_ns, inode) of a file, or None if missing: a cheap "has it changed" key (a new inode means the
+    file was replaced, e.g. a log rewritten on resume)."""
     try:
         st = path.stat()
     except OSError:
         return None
-    return st.st_size, st.st_mtime_ns
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def pid_alive(pid: Any) -> bool:

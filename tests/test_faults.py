@@ -30,7 +30,7 @@ def wait_until(pred, proc: subprocess.Popen, timeout: float, what: str) -> None:
             return
         if proc.poll() is not None:
             raise AssertionError(f"process exited ({proc.returncode}) before {what}")
-        time.sleep(0.2)
+        time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -77,3 +77,43 @@ def test_index_build_killed_then_resumed(tmp_path):
     assert len(ids) == n and len(set(ids)) == n
     hits = Retriever.open(cfg).retrieve("enzyme 7 organ 7", k=3)
     assert len(hits) == 3
+
+
+def test_training_killed_with_sigkill_then_resumed(cfg, tmp_path):
+    from medadapt.jobs import JobManager
+
+    run_dir = tmp_path / "cpt-sigkill"
+    env = {"MEDADAPT_DATA_DIR": cfg.paths.data_dir, "MEDADAPT_RUNS_DIR": str(tmp_path / "runs")}
+    args = ["-m", "trainers.cpt", "--config", "configs/offline/cpt.yaml", "--output_dir", str(run_dir),
+            f"base_model={cfg.model.name_or_path}", "max_steps=12", "max_length=64", "max_samples=200", "save_steps=4",
+            "eval_fraction=0", "report_to=none", "per_device_batch_size=2", "gradient_accumulation_steps=1",
+            "lora.r=4"]
+    log = tmp_path / "train.log"
+    proc = spawn(args, env, log)
+
+    def logged_steps() -> list[int]:
+        path = run_dir / "log.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [json.loads(x)["step"] for x in lines if x.strip().endswith("}") and '"loss"' in x]
+
+    ckpts = run_dir / "checkpoints"
+
+    def past_checkpoint() -> bool:  # a checkpoint exists and a later step was logged: the kill loses that step
+        done = [int(p.parent.name.split("-")[1]) for p in ckpts.glob("checkpoint-*/trainer_state.json")]
+        return bool(done) and max(logged_steps(), default=0) > max(done)
+
+    wait_until(past_checkpoint, proc, 300, "a checkpoint and a step past it")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = logged_steps()
+    assert before and before[-1] < 12
+    assert not (run_dir / "adapter").exists() and not list(run_dir.glob("adapter.tmp-*"))  # nothing half-published
+    snap = JobManager(cfg).poll(run_dir)
+    assert snap.status == "failed"  # a dead process with status "running" is reported, never a silent stall
+
+    proc = spawn([*args, "--resume"], env, log)
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "finished" and status["steps"] == 12
+    assert logged_steps() == list(range(1, 13))  # steps replayed after the checkpoint not logged twice, none lost
+    assert (run_dir / "adapter" / "adapter_config.json").exists() and (run_dir / "adapter" / "README.md").exists()

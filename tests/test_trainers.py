@@ -212,3 +212,15 @@ def test_cpt_cli_killed_with_sigterm_then_resumed(cfg, tmp_path):
     steps = [x["step"] for x in losses(run_dir) if "loss" in x]
     assert steps == list(range(1, 13))  # 1..k before the kill, k+1..12 after the resume
     assert (run_dir / "adapter" / "README.md").exists()
+
+
+def test_truncate_log_drops_lines_past_the_checkpoint(tmp_path):
+    from trainers.rundir import RunDir
+
+    run = RunDir(tmp_path / "r")
+    for step in (1, 2, 3, 4):
+        run.log({"step": step, "loss": 1.0})
+    with run.log_file.open("a") as f:
+        f.write('{"step": 5, "lo')  # torn by a kill
+    assert run.truncate_log(2) == 3
+    assert [r["step"] for r in run.read_log()] == [1, 2]

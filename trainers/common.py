@@ -201,8 +201,10 @@ def train_stage(tcfg: TrainConfig, model: Any, tok: Any, train: list, evals: lis
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evals or None,
                       data_collator=PadCollator(tok.pad_token_id), processing_class=tok,
                       callbacks=[logcb, stopcb])
-    if last:
-        log.info("resuming from %s", last)
+    if resume:  # steps logged after the last checkpoint are trained (and logged) again: drop the old lines
+        done = int(Path(last).name.rsplit("-", 1)[1]) if last else 0
+        dropped = run.truncate_log(step_offset + done)
+        log.info("resuming from %s (%d log lines past it dropped)", last or "the start of this stage", dropped)
     trainer.train(resume_from_checkpoint=last)
     stopped = stopcb.stopped_at is not None
     step = trainer.state.global_step

@@ -87,6 +87,25 @@ class RunDir:
         with self.log_file.open("a", encoding="utf-8") as f:
             f.write(line + "\n")
 
+    def truncate_log(self, last_step: int) -> int:
+        """Drop log lines past ``last_step`` (steps a killed run logged after its last checkpoint, which a resumed
+        run logs again), rewriting the file atomically; returns how many lines were dropped."""
+        if not self.log_file.exists():
+            return 0
+        lines = self.log_file.read_text(encoding="utf-8").splitlines()
+        keep = []
+        for line in lines:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from the kill
+            if int(rec.get("step", 0)) <= last_step:
+                keep.append(line)
+        tmp = self.log_file.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+        os.replace(tmp, self.log_file)
+        return len(lines) - len(keep)
+
     def read_log(self) -> list[dict[str, Any]]:
         if not self.log_file.exists():
             return []
