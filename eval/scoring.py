@@ -6,7 +6,8 @@ has no final answer and is scored wrong and **invalid**. On the answer text the 
 
 1. ``strict``: the last ``Answer: X`` / ``Answer: (X)`` / ``**Answer:** X``.
 2. ``answer_phrase``: "the answer is X", "correct option is (X)", "answer: option X".
-3. ``leading_letter``: the answer text starts with ``X.``, ``X)``, ``(X)`` or is a bare letter.
+3. ``leading_letter``: the answer text starts with ``X.``, ``X)``, ``X:``, ``(X)`` or a bare letter on its own line
+   (not the article in "A 45-year-old …").
 4. ``option_text``: exactly one option's text appears in the answer text (e.g. "yes" for PubMedQA).
 
 The first filter that finds a valid option letter wins; none → ``(None, "invalid")``.
@@ -49,7 +50,7 @@ def answer_phrase(text: str, options: dict[str, str]) -> str | None:
 
 def leading_letter(text: str, options: dict[str, str]) -> str | None:
     L = _letters_pattern("".join(options))
-    m = re.match(rf"^\W*\(?({L})\)?(?:[.):\s]|$)", text.strip())
+    m = re.match(rf"^\W*\(?({L})\)?(?:[.):]|\s*$|\s*\n)", text.strip())  # not "A 45-year-old …"
     return m.group(1) if m else None
 
 

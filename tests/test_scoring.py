@@ -21,6 +21,8 @@ YNM = {"A": "yes", "B": "no", "C": "maybe"}
     ("Answer: A\nWait, on reflection. Answer: B", "B", "strict"),  # the last statement wins
     ("C. Warfarin, because of its long half-life.", "C", "leading_letter"),
     ("(B)", "B", "leading_letter"),
+    ("B\nbecause heparin acts fast", "B", "leading_letter"),
+    ("A 45-year-old man most likely has a stroke.", None, "invalid"),  # the article is not an answer
     ("I would give warfarin here.", "C", "option_text"),
     ("<think>unfinished reasoning, answer is A", None, "truncated"),  # missing </think>
     ("Answer: E", None, "invalid"),  # not an option
