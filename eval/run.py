@@ -144,6 +144,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         save(results)
     except StopRequested as e:
         if partial:
+            for entry in partial["results"]["variants"].values():
+                if entry.get("status") in ("running", "pending"):
+                    entry.update(status="stopped", reason=str(e))
             save(partial["results"])
         run.write_status(status="stopped", ended=time.time(), error=str(e), results=str(out) if partial else None,
                          wall_s=round(time.time() - run.start, 2))
