@@ -130,3 +130,21 @@ def test_bad_inputs_through_the_app_then_it_still_serves(app):
             ask("Fine question?", *bad)
     out = ask("Which vitamin deficiency causes megaloblastic anemia?")
     assert "tokens" in out[2] and DISCLAIMER in out[4]
+
+
+def test_vote_recorded_and_tally_updates(app):
+    from gradio_client import Client
+
+    from medadapt.votes import read_votes
+
+    before = len(read_votes(app["cfg"]))
+    fresh = Client(app["url"], verbose=False)  # a session with no answers yet: refused, nothing written
+    assert "Ask a question" in fresh.predict("base", api_name="/vote")
+    assert len(read_votes(app["cfg"])) == before
+    client = Client(app["url"], verbose=False)
+    client.predict("What causes scurvy?", 16, 0.0, 1.0, 2, False, "", "", api_name="/compare")
+    assert "vote recorded" in client.predict("rag", api_name="/vote")
+    votes = read_votes(app["cfg"])
+    assert len(votes) == before + 1 and votes[-1]["choice"] == "rag" and votes[-1]["question"] == "What causes scurvy?"
+    fig = client.predict(api_name="/vote_tally")
+    assert "rag" in str(fig).lower() or "RAG" in str(fig)

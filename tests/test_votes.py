@@ -37,3 +37,13 @@ def test_torn_line_skipped(cfg):
     with open(votes_path(cfg), "a") as f:
         f.write('{"choice": "rag", "quest')
     assert [v["choice"] for v in read_votes(cfg)] == ["base"]
+
+
+def test_votes_figure_counts_and_empty_state():
+    from medadapt.ui.votes_view import votes_figure
+
+    fig = votes_figure({"base": 1, "rag": 3, "sft": 0, "msft": 0, "all_bad": 0})
+    assert list(fig.data[0].y) == [1, 3, 0, 0, 0] and fig.data[0].text[1] == "3 (75%)"
+    assert "4 votes" in fig.layout.title.text and not fig.layout.annotations
+    empty = votes_figure({"base": 0, "rag": 0, "sft": 0, "msft": 0, "all_bad": 0})
+    assert "No votes yet" in empty.layout.annotations[0].text

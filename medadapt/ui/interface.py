@@ -8,6 +8,7 @@ from medadapt.ui.bench import build_bench_tab
 from medadapt.ui.common import banner
 from medadapt.ui.compare import build_compare_tab
 from medadapt.ui.train import build_train_tab
+from medadapt.ui.votes_view import build_votes_section
 
 
 def build_demo(state: AppState) -> gr.Blocks:
@@ -20,8 +21,10 @@ def build_demo(state: AppState) -> gr.Blocks:
                 train = build_train_tab(state)
             with gr.Tab("Benchmarks", id="benchmarks"):
                 build_bench_tab(state)
+                votes = build_votes_section(state)
         demo.load(compare["index_status_fn"], outputs=compare["index_status"])
         adapter_dropdowns = [compare["sft_adapter"], compare["msft_adapter"]]
         demo.load(compare["refresh_fn"], outputs=adapter_dropdowns)
         train["finished_run"].change(compare["refresh_fn"], outputs=adapter_dropdowns)  # new adapters, no restart
+        compare["vote"].click(votes["refresh_fn"], outputs=votes["plot"])  # the tally follows new votes
     return demo
