@@ -81,6 +81,11 @@ def test_list_results_and_eval_args(tmp_path, results):
     (tmp_path / "offline" / "notes.json").write_text("[1, 2]")
     found = list_results(tmp_path)
     assert len(found) == 1 and "cot" in found[0][0] and "base, sft" in found[0][0]
+    fewer = json.loads(json.dumps(results))
+    fewer["variants"] = {k: v for k, v in list(fewer["variants"].items())[:1]}
+    (tmp_path / "offline" / "newer-but-fewer.json").write_text(json.dumps(fewer))
+    assert [label.split(" ")[0] for label, _ in list_results(tmp_path)] == ["offline/cot-1.json",
+                                                                            "offline/newer-but-fewer.json"]
     assert eval_args(["base", "sft"], "loglik", 50, ["medqa"]) == [
         "--variants", "base,sft", "--mode", "loglik", "--n", "50", "--benchmarks", "medqa"]
     with pytest.raises(ValueError):

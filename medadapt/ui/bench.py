@@ -27,10 +27,10 @@ VARIANT_CHOICES = ["base", "rag", "sft", "msft"]
 # ---------------------------------------------------------------- files
 
 def list_results(results_dir: Path) -> list[tuple[str, str]]:
-    """(label, path) of every results JSON under ``results_dir``, newest first."""
-    files = sorted(Path(results_dir).rglob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    out = []
-    for p in files:
+    """(label, path) of every results JSON under ``results_dir``: most variants done first, then most items, then
+    newest (file times are all alike in a fresh clone, so recency alone would pick an arbitrary default)."""
+    ranked = []
+    for p in Path(results_dir).rglob("*.json"):
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
@@ -38,9 +38,10 @@ def list_results(results_dir: Path) -> list[tuple[str, str]]:
         if not isinstance(data, dict) or "variants" not in data:
             continue
         n = max((len(v) for v in data.get("item_ids", {}).values()), default=0)
-        label = f"{p.relative_to(results_dir)} · {data.get('mode', '?')} · n={n} · {', '.join(done_variants(data))}"
-        out.append((label, str(p)))
-    return out
+        done = done_variants(data)
+        label = f"{p.relative_to(results_dir)} · {data.get('mode', '?')} · n={n} · {', '.join(done)}"
+        ranked.append(((len(done), n, p.stat().st_mtime), label, str(p)))
+    return [(label, path) for _, label, path in sorted(ranked, reverse=True)]
 
 
 def load_results(path: str | None) -> dict | None:
