@@ -58,5 +58,16 @@ class AppState:
             choices.insert(0, (f"{kind}: {configured}", str(configured)))
         return choices
 
+    def checked_adapter(self, kind: str, path: str | None) -> Path | None:
+        """The adapter a user picked, only if it is one of the listed ones (no arbitrary paths from requests)."""
+        from medadapt.pipeline import InputError
+
+        if not path:
+            return None
+        if path not in {p for _, p in self.adapter_choices(kind)}:
+            raise InputError(f"Unknown {kind.upper()} adapter; pick one from the list (press Refresh adapters after "
+                             "training).")
+        return Path(path)
+
     def default_adapter(self, kind: str) -> Path | None:
         return resolve_adapter(self.cfg, kind)

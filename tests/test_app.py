@@ -128,6 +128,13 @@ def test_bad_inputs_through_the_app_then_it_still_serves(app):
     for bad in ((16, "hot", 1.0), (16, 0.5, 7.0), (99999, 0.0, 1.0)):
         with pytest.raises(Exception, match="(?i)value|number|maximum|minimum"):
             ask("Fine question?", *bad)
+    with pytest.raises(Exception, match="not in the list of choices"):  # no arbitrary adapter paths via the API
+        client.predict("Q?", 16, 0.0, 1.0, 2, False, "/etc", "", api_name="/compare")
+    from medadapt.pipeline import InputError
+
+    with pytest.raises(InputError, match="Unknown SFT adapter"):  # the handler's own check, behind gradio's
+        app["state"].checked_adapter("sft", "/etc")
+    assert app["state"].checked_adapter("msft", "") is None
     out = ask("Which vitamin deficiency causes megaloblastic anemia?")
     assert "tokens" in out[2] and DISCLAIMER in out[4]
 

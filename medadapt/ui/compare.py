@@ -124,7 +124,7 @@ def _wire(state: AppState, c: dict[str, Any]) -> None:
     def ask(question, max_new_tokens, temperature, top_p, top_k, rag_everywhere, sft_path, msft_path):
         try:
             settings = check_settings(state.cfg, max_new_tokens, temperature, top_p)
-            adapters = {k: Path(p) if p else None for k, p in (("sft", sft_path), ("msft", msft_path))}
+            adapters = {k: state.checked_adapter(k, p) for k, p in (("sft", sft_path), ("msft", msft_path))}
             stream = state.pipeline.compare(question, settings, adapters, bool(rag_everywhere), int(top_k))
             last = 0.0
             for res in stream:
