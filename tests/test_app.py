@@ -155,3 +155,21 @@ def test_vote_recorded_and_tally_updates(app):
     assert len(votes) == before + 1 and votes[-1]["choice"] == "rag" and votes[-1]["question"] == "What causes scurvy?"
     fig = client.predict(api_name="/vote_tally")
     assert "rag" in str(fig).lower() or "RAG" in str(fig)
+
+
+def test_new_adapter_appears_in_compare_without_restart(app, tiny_model_dir):
+    """A run that finishes while the app runs is offered by the Compare tab (refresh), newest first."""
+    import json
+
+    from gradio_client import Client
+
+    from tests.conftest import make_random_adapter
+
+    run = app["cfg"].paths.resolve("runs_dir") / "offline" / "sft-20991231-235959"
+    adapter = make_random_adapter(tiny_model_dir, run / "adapter", seed=7)
+    (adapter / "medadapt.json").write_text(json.dumps({"job": "sft"}))
+    client = Client(app["url"], verbose=False)
+    sft_update, _msft_update = client.predict(api_name="/refresh_adapters")
+    assert str(adapter) in json.dumps(sft_update)
+    out = client.predict("What causes scurvy?", 16, 0.0, 1.0, 2, False, str(adapter), "", api_name="/compare")
+    assert "tokens" in out[10] and "Not trained" not in out[8]
