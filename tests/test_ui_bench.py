@@ -120,3 +120,23 @@ def test_tab_builds_and_runs_a_job(tmp_path, results):
     msg = c["on_run"](["base", "rag"], "cot", 20, ["pubmedqa"])
     assert "Started" in msg and started[0][:2] == ["--variants", "base,rag"]
     assert "3/6" in c["on_poll"]()
+
+
+def test_public_mode_locks_eval_launch_unless_admin_secret(tmp_path, monkeypatch):
+    import gradio as gr
+
+    from medadapt.config import load_config
+    from medadapt.ui.bench import build_bench_tab
+
+    monkeypatch.setenv("MEDADAPT_PUBLIC", "1")
+    monkeypatch.delenv("MEDADAPT_ADMIN_PASSWORD", raising=False)
+    cfg = load_config("offline", {"paths": {"results_dir": str(tmp_path)}})
+    started = []
+    jobs = SimpleNamespace(start_eval=lambda args: started.append(args) or tmp_path / "eval-1")
+    state = SimpleNamespace(cfg=cfg, jobs=jobs, extras={})
+    with gr.Blocks():
+        c = build_bench_tab(state)
+    assert "locked" in c["on_run"](["base"], "loglik", 5, ["medqa"], "anything") and not started  # no password set
+    monkeypatch.setenv("MEDADAPT_ADMIN_PASSWORD", "s3cret")
+    assert "locked" in c["on_run"](["base"], "loglik", 5, ["medqa"], "wrong") and not started
+    assert "Started" in c["on_run"](["base"], "loglik", 5, ["medqa"], "s3cret") and len(started) == 1

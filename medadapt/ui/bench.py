@@ -14,6 +14,8 @@ from typing import Any
 import gradio as gr
 import plotly.graph_objects as go
 
+from medadapt.ui.common import is_public, unlocked
+
 from eval.benchmarks import task_label, variant_label
 from eval.report import (ALL, baselines, benchmarks_of, done_variants, drilldown, paper_reference, significance_matrix,
                          subject_breakdown, summarize, summary_table)
@@ -214,9 +216,9 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
         ch = list_results(results_dir)
         return gr.update(choices=ch, value=ch[0][1] if ch else None)
 
-    def on_run(variants, mode, n, bench_sel):
-        if cfg.public:
-            return "🔒 Evaluation launches are locked in public mode."
+    def on_run(variants, mode, n, bench_sel, secret=""):
+        if not unlocked(cfg, secret):
+            return "🔒 Evaluation launches are locked in public mode: enter the admin secret, or duplicate the Space."
         jobs = getattr(state, "jobs", None)
         if jobs is None or not hasattr(jobs, "start_eval"):
             return "This app has no job runner; run `python -m eval run ...` from a shell."
@@ -267,7 +269,8 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
             c["run_n"] = gr.Number(cfg.eval.n, precision=0, label="Items per benchmark (0 = all)")
             c["run_bench"] = gr.CheckboxGroup([(task_label(b), b) for b in cfg.eval.benchmarks],
                                               value=list(cfg.eval.benchmarks), label="Benchmarks")
-        c["run"] = gr.Button("Run evaluation", variant="primary", interactive=not cfg.public)
+        c["secret"] = gr.Textbox(label="Admin secret (public mode)", type="password", visible=is_public(cfg))
+        c["run"] = gr.Button("Run evaluation", variant="primary")
         c["run_status"] = gr.Markdown(progress_text(None))
     c["timer"] = gr.Timer(POLL_S)
 
@@ -284,7 +287,7 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
                          [c["file"], c["dd_bench"]], c["dd_item"])
     c["dd_item"].change(lambda p, b, i: drilldown_html(load_results(p), b, i), [c["file"], c["dd_bench"], c["dd_item"]],
                         c["dd_view"])
-    c["run"].click(on_run, [c["run_variants"], c["run_mode"], c["run_n"], c["run_bench"]], c["run_status"])
+    c["run"].click(on_run, [c["run_variants"], c["run_mode"], c["run_n"], c["run_bench"], c["secret"]], c["run_status"])
     c["timer"].tick(on_poll, None, c["run_status"], show_progress="hidden")
     c["on_file"], c["on_run"], c["on_poll"] = on_file, on_run, on_poll
     return c

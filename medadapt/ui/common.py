@@ -1,7 +1,10 @@
 """Shared UI pieces: theme, CSS, the profile banner and user-facing message helpers."""
 from __future__ import annotations
 
+import hmac
 import html
+import os
+from typing import Any
 
 import gradio as gr
 
@@ -29,6 +32,18 @@ CSS = """
 """
 
 THEME = gr.themes.Soft(primary_hue="teal", secondary_hue="slate")
+
+
+def is_public(cfg: Any) -> bool:
+    return bool(getattr(cfg, "public", False)) or os.environ.get("MEDADAPT_PUBLIC", "") not in ("", "0")
+
+
+def unlocked(cfg: Any, secret: str | None) -> bool:
+    """Launching jobs is allowed: not public, or ``secret`` equals ``MEDADAPT_ADMIN_PASSWORD`` (no password: locked)."""
+    if not is_public(cfg):
+        return True
+    password = os.environ.get("MEDADAPT_ADMIN_PASSWORD", "")
+    return bool(password) and hmac.compare_digest((secret or "").encode(), password.encode())
 
 
 def launch_options(cfg: AppConfig) -> dict:

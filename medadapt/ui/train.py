@@ -5,8 +5,6 @@ tab re-attaches to the running job. Public mode locks launching behind ``MEDADAP
 """
 from __future__ import annotations
 
-import hmac
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from medadapt.jobs import JobError
 from medadapt.train_form import (FIELDS, JOB_LABELS, JOBS, FormError, cli_command, config_to_form, config_yaml,
                                  form_to_config, list_configs, load_base, save_config)
 from medadapt.ui import train_view as view
+from medadapt.ui.common import is_public, unlocked
 
 POLL_S = 2.0
 RUN_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")  # a run dir name, never a path
@@ -27,18 +26,6 @@ PUBLIC_NOTE = (
     "repository and run `python app.py` locally; there the Start button works without a password. Admins can "
     "unlock launching here with the admin secret (`MEDADAPT_ADMIN_PASSWORD`)."
 )
-
-
-def is_public(cfg: Any) -> bool:
-    return bool(getattr(cfg, "public", False)) or os.environ.get("MEDADAPT_PUBLIC", "") not in ("", "0")
-
-
-def unlocked(cfg: Any, secret: str | None) -> bool:
-    """Launching is allowed: not public, or ``secret`` equals ``MEDADAPT_ADMIN_PASSWORD`` (no password: locked)."""
-    if not is_public(cfg):
-        return True
-    password = os.environ.get("MEDADAPT_ADMIN_PASSWORD", "")
-    return bool(password) and hmac.compare_digest((secret or "").encode(), password.encode())
 
 
 def bullet(messages: list[str], icon: str = "⚠️") -> str:
