@@ -197,7 +197,7 @@ class Pipeline:
             opened = engine.prompt_opens_think()
             for rows in engine.stream(requests, gen):
                 for v, row in zip(order, rows):
-                    self._update(answers[v], row, opened, gen.max_new_tokens)
+                    self._update(answers[v], row, opened)
                 yield result
         for v in order:
             answers[v].status = "done"
@@ -250,7 +250,7 @@ class Pipeline:
         return requests, order
 
     @staticmethod
-    def _update(ans: Answer, row: Any, opened: bool, max_new: int) -> None:
+    def _update(ans: Answer, row: Any, opened: bool) -> None:
         parsed = split_reasoning(row.text, opened=opened)
         ans.raw, ans.reasoning, ans.answer = row.text, parsed.reasoning, parsed.answer
         ans.n_tokens, ans.ttft_s, ans.total_s = row.n_tokens, row.first_token_s, row.elapsed_s

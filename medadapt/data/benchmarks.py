@@ -14,13 +14,12 @@ The offline profile reads the data dir (``cfg.paths.data_dir``); the reference p
 from __future__ import annotations
 
 import csv
-import json
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from medadapt.config import AppConfig
-from medadapt.data import DataNotFoundError, data_file
+from medadapt.data import DataNotFoundError, data_file, read_json, read_jsonl
 
 BENCHMARKS = ("medmcqa", "medqa", "mmlu_medical", "pubmedqa")
 MMLU_SUBJECTS = (
@@ -56,11 +55,6 @@ def _check(name: str) -> None:
         raise UnknownBenchmarkError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
 
 
-def _jsonl(path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 # ---------------------------------------------------------------- row -> item (shared by local and Hub paths)
 
 def medmcqa_item(row: dict, one_based: bool) -> BenchItem:
@@ -90,9 +84,9 @@ def pubmedqa_item(pmid: str, question: str, contexts: list[str], decision: str) 
 
 def _load_local(cfg: AppConfig, name: str) -> list[BenchItem]:
     if name == "medmcqa":
-        return [medmcqa_item(r, one_based=True) for r in _jsonl(data_file(cfg, "medmcqa", "dev.json"))]
+        return [medmcqa_item(r, one_based=True) for r in read_jsonl(data_file(cfg, "medmcqa", "dev.json"))]
     if name == "medqa":
-        rows = _jsonl(data_file(cfg, "medqa", "US_4_options_phrases_no_exclude_test.jsonl"))
+        rows = read_jsonl(data_file(cfg, "medqa", "US_4_options_phrases_no_exclude_test.jsonl"))
         return [medqa_item(r, i) for i, r in enumerate(rows)]
     if name == "mmlu_medical":
         items = []
@@ -101,7 +95,7 @@ def _load_local(cfg: AppConfig, name: str) -> list[BenchItem]:
                 for i, row in enumerate(csv.reader(f)):
                     items.append(mmlu_item(subject, i, row[0], row[1:5], row[5].strip()))
         return items
-    data = json.loads(data_file(cfg, "pubmedqa", "ori_pqal.json").read_text(encoding="utf-8"))
+    data = read_json(data_file(cfg, "pubmedqa", "ori_pqal.json"))
     return [pubmedqa_item(k, r["QUESTION"], r["CONTEXTS"], r["final_decision"]) for k, r in data.items()]
 
 
@@ -133,7 +127,7 @@ def load_benchmark(cfg: AppConfig, name: str) -> list[BenchItem]:
 def pubmedqa_test_ids(cfg: AppConfig) -> list[str]:
     """The official 500-PMID PQA-L test split (data dir file; on the Hub: bigbio/pubmed_qa fold0 test)."""
     try:
-        return list(json.loads(data_file(cfg, "pubmedqa", "test_ground_truth.json").read_text(encoding="utf-8")))
+        return list(read_json(data_file(cfg, "pubmedqa", "test_ground_truth.json")))
     except DataNotFoundError:
         if cfg.profile != "reference":
             raise
