@@ -246,5 +246,6 @@ def test_real_trainer_bad_data_file_fails_with_its_error(tmp_path, tiny_model_di
     jobs = JobManager(cfg)
     run = jobs.start(load_train_config(SFT_YAML, {"max_steps": 2, "dataset": ["local:medical_o1"]}))
     snap = jobs.wait(run, 150)
-    assert snap.status == "failed" and "JSONDecodeError" in snap.error
-    assert "JSONDecodeError" in progress_html(snap) and "data-status='failed'" in progress_html(snap)
+    where = "medical_o1_sft_en_first10.json: not valid JSON at line 1"  # the shared reader names file and position
+    assert snap.status == "failed" and "DataFormatError" in snap.error and where in snap.error
+    assert where in progress_html(snap) and "data-status='failed'" in progress_html(snap)

@@ -7,14 +7,13 @@ PubMedQA's 500 non-test items (abstract + question → long answer as reasoning 
 """
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from medadapt.config import AppConfig
-from medadapt.data import data_file
+from medadapt.data import data_file, read_json, read_jsonl
 
 HUB_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
 LETTERS = "ABCD"
@@ -110,14 +109,13 @@ def load_local_rows(cfg: AppConfig, sources: Sequence[str] = ("medical_o1", "med
     """Offline rows from the data dir, before excluding evaluated items."""
     rows: list[SftRow] = []
     if "medical_o1" in sources:
-        recs = json.loads(data_file(cfg, "medical_o1_sft", "medical_o1_sft_en_first10.json").read_text("utf-8"))
+        recs = read_json(data_file(cfg, "medical_o1_sft", "medical_o1_sft_en_first10.json"))
         rows += [o1_row(n, r) for n, r in enumerate(recs)]
     if "medmcqa" in sources:
-        with data_file(cfg, "medmcqa", "dev.json").open(encoding="utf-8") as f:
-            rows += [r for r in (medmcqa_row(json.loads(line)) for line in f if line.strip()) if r is not None]
+        rows += [r for r in map(medmcqa_row, read_jsonl(data_file(cfg, "medmcqa", "dev.json"))) if r is not None]
     if "pubmedqa" in sources:
-        pqal = json.loads(data_file(cfg, "pubmedqa", "ori_pqal.json").read_text("utf-8"))
-        test = json.loads(data_file(cfg, "pubmedqa", "test_ground_truth.json").read_text("utf-8"))
+        pqal = read_json(data_file(cfg, "pubmedqa", "ori_pqal.json"))
+        test = read_json(data_file(cfg, "pubmedqa", "test_ground_truth.json"))
         rows += [pubmedqa_row(pmid, rec) for pmid, rec in pqal.items() if pmid not in test]
     return rows
 
