@@ -54,6 +54,17 @@ def retrieve_all(cfg: AppConfig, samples: dict[str, list[BenchItem]], k: int) ->
     return {name: {it.id: list(retriever.retrieve(it.question, k)) for it in items} for name, items in samples.items()}
 
 
+def seen_in_training(cfg: AppConfig, variant: Variant, samples: dict[str, list[BenchItem]]) -> list[str]:
+    """``benchmark/id`` of every evaluated item the variant's adapter was trained on (see ``trained_overlap``)."""
+    from medadapt.data.sft import trained_overlap
+
+    data = variant.meta.get("data")
+    if not isinstance(data, dict):
+        return []
+    bench_of = {it.id: name for name, items in samples.items() for it in items}
+    return sorted({f"{bench_of.get(o.item_id, '?')}/{o.item_id}" for o in trained_overlap(cfg, data, samples)})
+
+
 def _loglik_variant(cfg, model, tok, variant, samples, snippets, progress, should_stop) -> tuple[dict, dict]:
     from eval.loglik import encode, score_requests
 
@@ -179,6 +190,9 @@ def evaluate(cfg: AppConfig, variants: list[Variant], samples: dict[str, list[Be
                     v.skipped = f"retrieval unavailable: {type(e).__name__}: {e}"
                     results["variants"][v.name].update(status="skipped", reason=v.skipped)
     todo = [v for v in variants if not v.skipped]
+    for v in todo:
+        if v.adapter:
+            results["variants"][v.name]["seen_in_training"] = seen_in_training(cfg, v, samples)
     if not todo:
         return results
     t_load = time.perf_counter()

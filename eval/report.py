@@ -127,7 +127,9 @@ def summary_table(results: dict) -> tuple[list[str], list[list]]:
     rows = []
     for v, per in summ.items():
         timing = results["variants"][v].get("timing", {})
-        cells = [variant_label(v), per[ALL]["n"] if ALL in per else 0]
+        seen = len(results["variants"][v].get("seen_in_training") or [])
+        cells = [variant_label(v) + (f" ⚠ {seen} items seen in training" if seen else ""),
+                 per[ALL]["n"] if ALL in per else 0]
         for b in benches + [ALL]:
             s = per.get(b)
             cells.append(f"{100 * s['acc']:.1f} [{100 * s['ci_low']:.1f}, {100 * s['ci_high']:.1f}]" if s else "—")

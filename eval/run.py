@@ -142,6 +142,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         results = evaluate(cfg, variants, samples, mode, run.progress, run.should_stop, save)
         save(results)
+        for name, entry in results["variants"].items():
+            if entry.get("seen_in_training"):
+                print(f"warning: {len(entry['seen_in_training'])} evaluated items were in {name}'s training data "
+                      f"(e.g. {entry['seen_in_training'][0]}); its accuracy on them is not a held-out score",
+                      file=sys.stderr, flush=True)
     except StopRequested as e:
         if partial:
             for entry in partial["results"]["variants"].values():

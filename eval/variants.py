@@ -39,7 +39,7 @@ def _adapter_meta(path: Path) -> dict:
         meta = json.loads((path / "medadapt.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
-    return {k: meta.get(k) for k in ("job", "base_model", "lineage", "steps", "wall_s") if k in meta}
+    return {k: meta.get(k) for k in ("job", "base_model", "lineage", "steps", "wall_s", "data") if k in meta}
 
 
 def resolve_variant(cfg: AppConfig, spec: str) -> Variant:

@@ -42,3 +42,36 @@ def test_offline_sft_rows_are_disjoint_from_evaluated_items(cfg):
     assert rows and check_disjoint(rows, items) == []
     ids = {str(i.id) for group in items.values() for i in group}
     assert not any(r.id.split(":", 1)[1] in ids for r in rows)
+
+
+def test_adapter_overlap_found_when_the_eval_reaches_past_the_excluded_sample(cfg):
+    from medadapt.data.benchmarks import evaluated_items as sample
+    from medadapt.data.sft import trained_overlap
+
+    meta = {"sources": ["medical_o1", "medmcqa"], "excluded_eval_items": {"benchmarks": ["medmcqa"], "n": 20, "seed": 7}}
+    assert trained_overlap(cfg, meta, sample(cfg, ["medmcqa"], n=20, seed=7)) == []  # the excluded sample itself
+    wider = sample(cfg, ["medmcqa"], n=60, seed=7)  # a prefix-consistent superset: 40 items were trainable
+    found = {o.item_id for o in trained_overlap(cfg, meta, wider)}
+    ids = [it.id for it in wider["medmcqa"]]
+    assert found and found <= set(ids[20:])
+    assert {o.item_id for o in trained_overlap(cfg, {"sft": meta}, wider)} == found  # MSFT nests its SFT stage
+    assert trained_overlap(cfg, {"sources": ["medical_o1"]}, wider) == []  # no benchmark-derived rows
+
+
+def test_eval_results_flag_items_seen_in_training(cfg):
+    from medadapt.data.benchmarks import evaluated_items as sample
+    from eval.evaluate import seen_in_training
+    from eval.report import summary_table
+    from eval.variants import Variant
+
+    meta = {"sources": ["medmcqa"], "excluded_eval_items": {"benchmarks": ["medmcqa"], "n": 20, "seed": 7}}
+    wider = sample(cfg, ["medmcqa"], n=60, seed=7)
+    seen = seen_in_training(cfg, Variant("sft", "/adapter", meta={"data": meta}), wider)
+    assert seen and all(s.startswith("medmcqa/") for s in seen)
+    assert seen_in_training(cfg, Variant("old", "/adapter", meta={}), wider) == []
+    results = {"items": {"medmcqa": []}, "variants": {
+        "sft": {"status": "ok", "predictions": {"medmcqa": [{"correct": True}]}, "seen_in_training": seen},
+        "base": {"status": "ok", "predictions": {"medmcqa": [{"correct": False}]}}}}
+    labels = [row[0] for row in summary_table(results)[1]]
+    assert any(f"⚠ {len(seen)} items seen in training" in x for x in labels)
+    assert not any("⚠" in x for x in labels if "SFT" not in x and "sft" not in x)

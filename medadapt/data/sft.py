@@ -120,6 +120,29 @@ def load_local_rows(cfg: AppConfig, sources: Sequence[str] = ("medical_o1", "med
     return rows
 
 
+BENCHMARK_DERIVED = ("medmcqa", "pubmedqa")  # SFT sources built from benchmark files (the ones that can overlap)
+
+
+def trained_overlap(cfg: AppConfig, data_meta: dict[str, Any], samples: dict[str, Sequence[Any]]) -> list[Overlap]:
+    """Evaluated ``samples`` that an adapter's SFT data contained (from its ``medadapt.json`` ``data`` record).
+
+    Training excludes the eval sample configured at training time (``excluded_eval_items``: benchmarks, n, seed);
+    evaluating other items (a larger ``--n``, another seed) can reach rows the adapter was trained on. This rebuilds
+    the adapter's benchmark-derived training rows (MedMCQA, PubMedQA) and returns every evaluated item among them.
+    """
+    sft = data_meta.get("sft", data_meta)  # an MSFT adapter records its SFT stage under "sft"
+    sources = [s for s in sft.get("sources", []) if s in BENCHMARK_DERIVED]
+    if not sources:
+        return []
+    spec = sft.get("excluded_eval_items")
+    spec = spec if isinstance(spec, dict) else {}  # adapters from before this record: the config's sample
+    from medadapt.data.benchmarks import evaluated_items as sample
+
+    excluded = sample(cfg, spec.get("benchmarks"), spec.get("n"), spec.get("seed"))
+    trained, _ = exclude_overlaps(load_local_rows(cfg, sources), excluded)
+    return check_disjoint(trained, samples)
+
+
 def load_hub_rows(name: str = HUB_DATASET, config: str = "en") -> list[SftRow]:
     from datasets import load_dataset
 
