@@ -184,11 +184,35 @@ def print_summary(results: dict) -> None:
                   f"only-{t['b']}={t['only_b']} p={t['p']:.3g}")
 
 
+def _same_run_setup(a: dict | None, b: dict) -> bool:
+    return bool(a) and a.get("status") == b.get("status") == "ok" and \
+        (a.get("adapter"), a.get("rag")) == (b.get("adapter"), b.get("rag"))
+
+
+def _extend_variant(mine: dict, other: dict) -> None:
+    """Add ``other``'s predictions on items ``mine`` lacks; wall times add up."""
+    added = 0
+    for b, rows in other.get("predictions", {}).items():
+        have = {r["id"] for r in mine["predictions"].get(b, [])}
+        new = [r for r in rows if r["id"] not in have]
+        mine["predictions"].setdefault(b, []).extend(new)
+        added += len(new)
+    t, o = mine.setdefault("timing", {}), other.get("timing", {})
+    if "wall_s" in t and "wall_s" in o and added:
+        t["wall_s"] = round(t["wall_s"] + o["wall_s"], 2)
+        t["items"] = sum(len(r) for r in mine["predictions"].values())
+        t["items_per_s"] = round(t["items"] / t["wall_s"], 3)
+        per = t.setdefault("per_benchmark_s", {})
+        for b, sec in o.get("per_benchmark_s", {}).items():
+            per[b] = round(per.get(b, 0) + sec, 2)
+
+
 def merge_results(files: list[dict]) -> dict:
     """One results dict with every finished variant of ``files`` (same mode).
 
     Items are the union (a smaller seeded sample is a prefix of a larger one, so runs at different ``--n`` overlap);
-    each variant keeps its own predictions and the paired tests use the items both variants answered.
+    each variant keeps its own predictions and the paired tests use the items both variants answered. The same
+    variant (same adapter and retrieval) finished in two files is extended with the items it lacked.
     """
     base = json.loads(json.dumps(files[0]))
     for other in files[1:]:
@@ -201,7 +225,10 @@ def merge_results(files: list[dict]) -> dict:
             base["item_ids"].setdefault(b, []).extend(extra)
             base["items"].setdefault(b, []).extend(by_id[i] for i in extra)
         for name, entry in other["variants"].items():
-            if entry.get("status") == "ok" or name not in base["variants"]:
+            mine = base["variants"].get(name)
+            if _same_run_setup(mine, entry):
+                _extend_variant(mine, entry)  # the same variant on more items (e.g. the rest of a larger --n)
+            elif entry.get("status") == "ok" or mine is None:
                 base["variants"][name] = entry
         for b, per in other.get("retrieval", {}).get("snippets", {}).items():
             base.setdefault("retrieval", {}).setdefault("snippets", {}).setdefault(b, {}).update(per)

@@ -186,6 +186,16 @@ def test_merge_unions_items_and_pairs_on_common_ones():
     assert (t["n"], t["only_a"], t["only_b"]) == (2, 1, 1)
     with pytest.raises(ValueError):
         merge_results([big, {**small, "mode": "cot"}])
+    # the same variant run on the rest of the items (--ids) is extended, not replaced
+    rest = res("sft", ["q3", "q4"], [True, True])
+    rest["variants"]["sft"]["timing"] = {"wall_s": 2.0, "per_benchmark_s": {"medqa": 2.0}}
+    merged["variants"]["sft"]["timing"] = {"wall_s": 1.0, "per_benchmark_s": {"medqa": 1.0}}
+    full = merge_results([merged, rest])
+    assert [r["id"] for r in full["variants"]["sft"]["predictions"]["medqa"]] == ["q1", "q2", "q3", "q4"]
+    assert full["summary"]["sft"]["medqa"]["correct"] == 3 and full["variants"]["sft"]["timing"]["wall_s"] == 3.0
+    other_adapter = res("sft", ["q3"], [False])
+    other_adapter["variants"]["sft"]["adapter"] = "/another/adapter"
+    assert len(merge_results([merged, other_adapter])["variants"]["sft"]["predictions"]["medqa"]) == 1  # replaced
 
 
 @pytest.mark.parametrize("mode", ["loglik", "cot"])
