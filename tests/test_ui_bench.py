@@ -140,3 +140,21 @@ def test_public_mode_locks_eval_launch_unless_admin_secret(tmp_path, monkeypatch
     monkeypatch.setenv("MEDADAPT_ADMIN_PASSWORD", "s3cret")
     assert "locked" in c["on_run"](["base"], "loglik", 5, ["medqa"], "wrong") and not started
     assert "Started" in c["on_run"](["base"], "loglik", 5, ["medqa"], "s3cret") and len(started) == 1
+
+
+def test_shipped_offline_results_render_with_all_four_variants():
+    """The committed real results (loglik and cot) are what the tab shows out of the box."""
+    from medadapt.config import REPO_ROOT
+    from medadapt.ui.bench import accuracy_figure, list_results, load_results
+    from eval.report import summary_table
+
+    files = list_results(REPO_ROOT / "results")
+    modes = set()
+    for _label, path in files:
+        res = load_results(path)
+        modes.add(res["mode"])
+        header, rows = summary_table(res)
+        assert {"Base", "RAG", "SFT", "MSFT"} <= {r[0].split(" ⚠")[0] for r in rows}, path
+        assert all(summarize(res)[v][ALL]["n"] >= 200 for v in ("base", "rag", "sft", "msft")), path
+        assert len(accuracy_figure(res).data) >= 4
+    assert modes == {"loglik", "cot"}
