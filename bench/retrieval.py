@@ -1,6 +1,7 @@
 """Retrieval speed: (a) embed+ingest rate, tuned build vs naive; (b) LanceDB query latency and recall@10.
 
-Run: ``python bench/retrieval.py [--snippets 1000] [--rounds 4] [--rows 460000] [--queries 50] [--no-real]``
+Run: ``python bench/retrieval.py [--snippets 1000] [--rounds 4] [--rows 460000] [--queries 50] [--indexes ivf_rq]
+[--no-real]``
 
 (a) The same first ``--snippets`` textbook snippets of the offline corpus are embedded and written to LanceDB twice:
 naive (the seed's way: fp32 ``model.encode`` on batches of 64 in corpus order, one table append per batch) and
@@ -11,10 +12,11 @@ timings. Prints the ratios and the cosine between the two paths' vectors.
 
 (b) A synthetic ``--rows`` x 384 table of unit vectors: ``random`` (uniform on the sphere, as the issue asks: the
 worst case for any ANN index, neighbours have no structure) and ``clustered`` (points around 2,000 random centres,
-closer to real embeddings). Ground truth is exact numpy top-10. Exact LanceDB search (no index) and an IVF_PQ index
-with refinement are timed over a sweep of ``nprobes`` x ``refine_factor``; the fastest setting with recall@10 >= 0.95
-is reported (else the best recall). (c) When the offline index is built, dense/fts/hybrid latency on it.
-Last line: ``RESULT ingest_speedup=<x> p50_ms=<indexed p50> recall10=<r>`` for the first dataset, plus the same
+closer to real embeddings). Ground truth is exact numpy top-10. Exact LanceDB search (no index), then the vector
+indexes of ``SWEEPS`` (built through the app's own ``medadapt.rag_index.vector_index_config``) over their
+``nprobes`` x ``refine_factor`` settings; the row marked "app default" is what ``RagConfig``'s defaults give and is
+what the RESULT line reports. (c) When the offline index is built, dense/fts/hybrid latency on it.
+Last line: ``RESULT ingest_speedup=<x> p50_ms=<indexed p50> recall10=<r>`` (app default index) for the first dataset, plus the same
 for the others and (c) under prefixed keys.
 """
 from __future__ import annotations
@@ -29,7 +31,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 DIM = 384
-SWEEP = [(4, 10), (8, 20), (16, 20), (32, 20), (64, 20), (128, 40), (256, 40)]  # (nprobes, refine_factor)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -41,10 +42,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="random,clustered", help="comma list of random | clustered")
     p.add_argument("--real", action=argparse.BooleanOptionalAction, default=True,
                    help="(c) time dense/fts/hybrid queries on the built offline index")
-    p.add_argument("--partitions", type=int, default=256, help="IVF partitions (0 = sqrt(rows))")
-    p.add_argument("--sample_rate", type=int, default=64, help="k-means training rows per partition")
-    p.add_argument("--max_iterations", type=int, default=20, help="k-means iterations")
-    p.add_argument("--sub_vectors", type=int, default=48, help="PQ sub-vectors (384/48 = 8 dims each)")
+    p.add_argument("--indexes", default="ivf_rq",
+                   help="comma list of index kinds to sweep (ivf_rq, ivf_sq, ivf_pq); the app default always runs")
     return p
 
 
@@ -137,12 +136,17 @@ def exact_topk(data, queries, k=10):
 
 
 def timed(tbl, queries, nprobes=None, refine=None, k=10):
+    """Per-query latency and found ids; ``nprobes`` None = exact search, 0 = every partition; ``refine`` 0 = none."""
+    from medadapt.rag import ALL_PARTITIONS
+
     lat, found = [], []
     for q in queries:
         t0 = time.perf_counter()
         s = tbl.search(q).distance_type("cosine").limit(k)
-        if nprobes:
-            s = s.nprobes(nprobes).refine_factor(refine)
+        if nprobes is not None:
+            s = s.nprobes(nprobes or ALL_PARTITIONS)
+            if refine:
+                s = s.refine_factor(refine)
         ids = s.select(["i", "_distance"]).to_arrow().column("i").to_pylist()
         lat.append(time.perf_counter() - t0)
         found.append(set(ids))
@@ -153,10 +157,23 @@ def recall(found, truth) -> float:
     return sum(len(f & t) for f, t in zip(found, truth)) / (10 * len(truth))
 
 
+# (index, partitions, bits) -> [(nprobes, refine_factor), ...]; nprobes 0 = every partition, refine 0 = none.
+SWEEPS = {
+    ("ivf_rq", 4, 4): [(0, 0), (0, 1), (0, 2), (0, 3), (0, 5)],
+    ("ivf_rq", 64, 4): [(4, 2), (8, 2), (16, 2), (32, 2), (0, 2)],
+    ("ivf_rq", 4, 1): [(0, 10), (0, 50)],
+    ("ivf_sq", 4, 8): [(0, 0), (0, 1)],
+    ("ivf_pq", 256, 8): [(64, 20), (0, 40)],
+}
+
+
 def bench_queries(kind: str, args: argparse.Namespace, workdir: Path) -> tuple[float, float]:
+    """Exact search, then every index in ``SWEEPS`` chosen by ``--indexes``; returns the app default's p50/recall."""
     import lancedb
     import pyarrow as pa
-    from lancedb.index import IvfPq
+
+    from medadapt.config import RagConfig
+    from medadapt.rag_index import vector_index_config
 
     rows, nq = args.rows, args.queries
     data = make_vectors(kind, rows, seed=1)
@@ -179,27 +196,28 @@ def bench_queries(kind: str, args: argparse.Namespace, workdir: Path) -> tuple[f
     lat, found = timed(tbl, queries[: max(5, nq // 5)])
     print(f"    exact (no index): p50 {pct(lat, 50):.1f} ms, p95 {pct(lat, 95):.1f} ms, "
           f"recall@10 {recall(found, truth[: len(found)]):.3f}")
-    parts = args.partitions or max(16, int(rows ** 0.5))
-    config = IvfPq(distance_type="cosine", num_partitions=parts, num_sub_vectors=args.sub_vectors,
-                   sample_rate=args.sample_rate, max_iterations=args.max_iterations)
-    t0 = time.perf_counter()
-    tbl.create_index("vector", config=config, replace=True)
-    print(f"    IVF_PQ index ({parts} partitions, {args.sub_vectors} sub-vectors) built in "
-          f"{time.perf_counter() - t0:.1f} s")
-    best = None
-    for nprobes, refine in SWEEP:
-        if nprobes > parts:
+    app = RagConfig()  # the app's default index and query settings
+    app_key = (app.vector_index, app.ivf_partitions, app.index_bits)
+    wanted = set(args.indexes.split(","))
+    app_result = None
+    for (index, parts, bits), settings in SWEEPS.items():
+        if index not in wanted and (index, parts, bits) != app_key:
             continue
-        lat, found = timed(tbl, queries, nprobes, refine)
-        r, p50 = recall(found, truth), pct(lat, 50)
-        print(f"    nprobes {nprobes:4d} refine {refine:3d}: p50 {p50:7.1f} ms, p95 {pct(lat, 95):7.1f} ms, "
-              f"recall@10 {r:.3f}")
-        key = (r >= 0.95, -p50 if r >= 0.95 else r)
-        if best is None or key > best[0]:
-            best = (key, p50, r, nprobes, refine)
-    _, p50, r, nprobes, refine = best
-    print(f"    chosen: nprobes {nprobes}, refine_factor {refine}: p50 {p50:.1f} ms, recall@10 {r:.3f}")
-    return p50, r
+        config = vector_index_config(RagConfig(vector_index=index, ivf_partitions=parts, index_bits=bits), rows, DIM)
+        t0 = time.perf_counter()
+        tbl.create_index("vector", config=config, replace=True)
+        print(f"    {index} ({parts} partitions, {bits} bits) built in {time.perf_counter() - t0:.1f} s")
+        for nprobes, refine in settings:
+            lat, found = timed(tbl, queries, nprobes, refine)
+            r, p50 = recall(found, truth), pct(lat, 50)
+            is_app = (index, parts, bits) == app_key and (nprobes, refine) == (app.nprobes, app.refine_factor)
+            print(f"      nprobes {nprobes or 'all':>4} refine {refine:3d}: p50 {p50:7.1f} ms, "
+                  f"p95 {pct(lat, 95):7.1f} ms, recall@10 {r:.3f}{'   <- app default' if is_app else ''}")
+            if is_app:
+                app_result = (p50, r)
+    if app_result is None:
+        raise SystemExit(f"the app default {app_key} nprobes {app.nprobes} refine {app.refine_factor} is not swept")
+    return app_result
 
 
 QUESTIONS = [

@@ -73,9 +73,11 @@ class RagConfig:
     candidates: int = 20  # per-retriever candidates fused by hybrid mode (reciprocal-rank fusion)
     rrf_k: int = 60  # RRF constant: score = sum 1 / (rrf_k + rank)
     vector_index_min_rows: int = 100_000  # below this, exact vector search (fast enough and exact)
-    ivf_partitions: int = 0  # IVF_PQ partitions; 0 = sqrt(rows)
-    nprobes: int = 32  # IVF partitions searched per query
-    refine_factor: int = 20  # re-rank refine_factor * k PQ candidates with the full vectors
+    vector_index: str = "ivf_rq"  # ivf_rq (RaBitQ) | ivf_sq (8-bit scalar) | ivf_pq | ivf_flat, see docs/PERFORMANCE.md
+    index_bits: int = 4  # bits per dimension (ivf_rq) or per PQ code (ivf_pq)
+    ivf_partitions: int = 4  # IVF partitions; 0 = sqrt(rows)
+    nprobes: int = 0  # IVF partitions searched per query; 0 = all of them
+    refine_factor: int = 2  # re-rank refine_factor * k quantized candidates with the full vectors; 0 = off
 
 
 @dataclass

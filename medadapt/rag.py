@@ -27,6 +27,7 @@ from medadapt.rag_index import (  # noqa: F401  (re-exported API)
 
 log = logging.getLogger(__name__)
 MODES = ("dense", "fts", "hybrid")
+ALL_PARTITIONS = 1 << 20  # an nprobes above the partition count searches every partition
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,9 @@ class Retriever:
         vec = self.embedder.encode([question])[0]
         q = self.table.search(vec, vector_column_name="vector").distance_type("cosine").limit(n)
         if self.indexed:
-            q = q.nprobes(self.cfg.rag.nprobes).refine_factor(self.cfg.rag.refine_factor)
+            q = q.nprobes(self.cfg.rag.nprobes or ALL_PARTITIONS)
+            if self.cfg.rag.refine_factor > 0:
+                q = q.refine_factor(self.cfg.rag.refine_factor)
         rows = q.select(["id", "title", "source", TEXT_COLUMN, "_distance"]).to_list()
         return [dict(r, score=1.0 - float(r["_distance"])) for r in rows]
 

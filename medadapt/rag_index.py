@@ -6,8 +6,8 @@ metadata, so a reopened table embeds queries exactly as its rows were embedded. 
 chunks of ``cfg.rag.embed_chunk_rows`` (length-sorted inside each chunk, so batches carry little padding) and
 appends each chunk as one LanceDB commit: a killed build loses at most the chunk in flight, and a rerun skips
 every id already in the table, so rows are never duplicated. The full-text index and, from
-``cfg.rag.vector_index_min_rows`` rows on, an IVF_PQ vector index (queried with refinement) are (re)built once
-every row is in.
+``cfg.rag.vector_index_min_rows`` rows on, a vector index (``cfg.rag.vector_index``, IVF_RQ by default, queried with
+a small exact re-rank) are (re)built once every row is in.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from medadapt.config import AppConfig
+from medadapt.config import AppConfig, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -161,16 +161,41 @@ def check_embedder(cfg: AppConfig, tbl: Any) -> None:
         )
 
 
+VECTOR_INDEXES = ("ivf_rq", "ivf_sq", "ivf_pq", "ivf_flat")
+
+
+def vector_index_config(rag: Any, rows: int, dim: int) -> Any:
+    """The LanceDB vector-index config that ``rag`` (a :class:`RagConfig`) asks for, sized for ``rows`` x ``dim``.
+
+    The default, IVF_RQ (RaBitQ, 4 bits per dimension) in a few partitions, all probed, with a small exact re-rank,
+    keeps recall@10 above 0.95 even on structureless (uniformly random) vectors, where IVF partitioning cannot
+    narrow the search; on clustered real embeddings more partitions and fewer probes are faster still.
+    """
+    from lancedb.index import IvfFlat, IvfPq, IvfRq, IvfSq
+
+    parts = rag.ivf_partitions or max(1, int(rows ** 0.5))
+    kind = rag.vector_index
+    if kind == "ivf_rq":
+        return IvfRq(distance_type="cosine", num_partitions=parts, num_bits=rag.index_bits)
+    if kind == "ivf_sq":
+        return IvfSq(distance_type="cosine", num_partitions=parts)
+    if kind == "ivf_pq":
+        return IvfPq(distance_type="cosine", num_partitions=parts, num_sub_vectors=max(1, dim // 8),
+                     num_bits=rag.index_bits)
+    if kind == "ivf_flat":
+        return IvfFlat(distance_type="cosine", num_partitions=parts)
+    raise ConfigError(f"rag.vector_index {kind!r} is not one of {', '.join(VECTOR_INDEXES)}")
+
+
 def build_indexes(cfg: AppConfig, tbl: Any) -> None:
     """Full-text index on the text; vector index when the table is large enough to need one (exact search below)."""
-    from lancedb.index import FTS, IvfPq
+    from lancedb.index import FTS
 
     tbl.create_index(TEXT_COLUMN, config=FTS(with_position=False), replace=True)
     rows = tbl.count_rows()
     if rows >= cfg.rag.vector_index_min_rows:
-        parts = cfg.rag.ivf_partitions or int(rows ** 0.5)
-        log.info("building the IVF_PQ vector index (%d partitions) over %d rows", parts, rows)
-        config = IvfPq(distance_type="cosine", num_partitions=parts, num_sub_vectors=tbl_dim(tbl) // 8)
+        config = vector_index_config(cfg.rag, rows, tbl_dim(tbl))
+        log.info("building the %s vector index over %d rows", cfg.rag.vector_index, rows)
         tbl.create_index("vector", config=config, replace=True)
 
 
@@ -188,6 +213,8 @@ def build_index(cfg: AppConfig, progress: Callable[[int, int], None] | None = No
     """
     from medadapt.data.corpus import iter_corpus
 
+    if cfg.rag.vector_index not in VECTOR_INDEXES:  # fail before embedding, not after
+        raise ConfigError(f"rag.vector_index {cfg.rag.vector_index!r} is not one of {', '.join(VECTOR_INDEXES)}")
     docs = unique_docs(iter_corpus(cfg), limit)
     db = connect(cfg)
     tbl = None

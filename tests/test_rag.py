@@ -232,12 +232,14 @@ def test_budget_with_real_tokenizer_and_overhead(smollm2_dir):
         assert kept  # even 50 tokens leaves room for a cut first snippet
 
 
-def test_large_table_gets_a_vector_index_that_the_retriever_uses(tmp_path, embedder):
+@pytest.mark.parametrize("kind,nprobes,refine", [("ivf_rq", 0, 2), ("ivf_sq", 2, 0), ("ivf_pq", 2, 5), ("ivf_flat", 1, 0)])
+def test_large_table_gets_a_vector_index_that_the_retriever_uses(tmp_path, embedder, kind, nprobes, refine):
     import numpy as np
 
     from medadapt.rag_index import build_indexes, connect, make_schema
 
-    cfg = fixture_cfg(tmp_path, table="big", vector_index_min_rows=300, ivf_partitions=2, nprobes=2, refine_factor=5)
+    cfg = fixture_cfg(tmp_path, table="big", vector_index_min_rows=300, vector_index=kind, ivf_partitions=2,
+                      nprobes=nprobes, refine_factor=refine)
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((300, 384)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
@@ -246,10 +248,27 @@ def test_large_table_gets_a_vector_index_that_the_retriever_uses(tmp_path, embed
     tbl.add([{"id": f"r{i}", "title": "T", "source": "S", "content": f"row {i} text", "vector": v}
              for i, v in enumerate(vecs)])
     build_indexes(cfg, tbl)
+    stats = tbl.index_stats("vector_idx")
+    assert stats.index_type == kind.upper() and stats.num_indexed_rows == 300
     retriever = Retriever.open(cfg, embedder)
-    assert retriever.indexed  # searched with nprobes + refine_factor
+    assert retriever.indexed  # searched with nprobes (0 = every partition) + refine_factor (0 = none)
     hits = retriever.retrieve("row 7 text", k=3, mode="dense")
     assert hits[0].id == "r7" and hits[0].score == pytest.approx(1.0, abs=1e-3)
+
+
+def test_unknown_vector_index_fails_before_anything_is_embedded(tmp_path):
+    from medadapt.config import ConfigError
+    from medadapt.rag_index import build_index, connect
+
+    cfg = fixture_cfg(tmp_path, table="bad", vector_index="hnsw_magic")
+
+    class NoEmbedder:  # would be called if the check came after embedding
+        def encode(self, *_a, **_k):
+            raise AssertionError("embedded before the config was checked")
+
+    with pytest.raises(ConfigError, match="hnsw_magic.*ivf_rq"):
+        build_index(cfg, embedder=NoEmbedder())
+    assert "bad" not in connect(cfg).list_tables().tables
 
 
 def test_hub_rows_keep_their_book_or_article_as_source():
