@@ -235,7 +235,8 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
         return progress_text(jobs.poll(Path(run)) if run and jobs else None)
 
     gr.Markdown("Accuracy of each variant on seeded samples of four medical benchmarks. Error bars are 95% Wilson "
-                "intervals; at n = 200 they are about ±6–7 points, so most differences are not significant. "
+                "intervals; at n = 200 per benchmark they are about ±6–7 points (±13 at n = 50), so most "
+                "differences are not significant. "
                 "Hatched bars are the **seed paper's reported numbers** (generative, with a parser that read the "
                 "chain of thought), shown for reference only.")
     with gr.Row():
