@@ -61,8 +61,7 @@ def seen_in_training(cfg: AppConfig, variant: Variant, samples: dict[str, list[B
     data = variant.meta.get("data")
     if not isinstance(data, dict):
         return []
-    bench_of = {it.id: name for name, items in samples.items() for it in items}
-    return sorted({f"{bench_of.get(o.item_id, '?')}/{o.item_id}" for o in trained_overlap(cfg, data, samples)})
+    return sorted({f"{o.benchmark}/{o.item_id}" for o in trained_overlap(cfg, data, samples)})
 
 
 def _loglik_variant(cfg, model, tok, variant, samples, snippets, progress, should_stop) -> tuple[dict, dict]:

@@ -164,6 +164,11 @@ def check_embedder(cfg: AppConfig, tbl: Any) -> None:
 VECTOR_INDEXES = ("ivf_rq", "ivf_sq", "ivf_pq", "ivf_flat")
 
 
+def check_vector_index(kind: str) -> None:
+    if kind not in VECTOR_INDEXES:
+        raise ConfigError(f"rag.vector_index {kind!r} is not one of {', '.join(VECTOR_INDEXES)}")
+
+
 def vector_index_config(rag: Any, rows: int, dim: int) -> Any:
     """The LanceDB vector-index config that ``rag`` (a :class:`RagConfig`) asks for, sized for ``rows`` x ``dim``.
 
@@ -173,6 +178,7 @@ def vector_index_config(rag: Any, rows: int, dim: int) -> Any:
     """
     from lancedb.index import IvfFlat, IvfPq, IvfRq, IvfSq
 
+    check_vector_index(rag.vector_index)
     parts = rag.ivf_partitions or max(1, int(rows ** 0.5))
     kind = rag.vector_index
     if kind == "ivf_rq":
@@ -182,9 +188,7 @@ def vector_index_config(rag: Any, rows: int, dim: int) -> Any:
     if kind == "ivf_pq":
         return IvfPq(distance_type="cosine", num_partitions=parts, num_sub_vectors=max(1, dim // 8),
                      num_bits=rag.index_bits)
-    if kind == "ivf_flat":
-        return IvfFlat(distance_type="cosine", num_partitions=parts)
-    raise ConfigError(f"rag.vector_index {kind!r} is not one of {', '.join(VECTOR_INDEXES)}")
+    return IvfFlat(distance_type="cosine", num_partitions=parts)
 
 
 def build_indexes(cfg: AppConfig, tbl: Any) -> None:
@@ -213,8 +217,7 @@ def build_index(cfg: AppConfig, progress: Callable[[int, int], None] | None = No
     """
     from medadapt.data.corpus import iter_corpus
 
-    if cfg.rag.vector_index not in VECTOR_INDEXES:  # fail before embedding, not after
-        raise ConfigError(f"rag.vector_index {cfg.rag.vector_index!r} is not one of {', '.join(VECTOR_INDEXES)}")
+    check_vector_index(cfg.rag.vector_index)  # fail before embedding, not after
     docs = unique_docs(iter_corpus(cfg), limit)
     db = connect(cfg)
     tbl = None

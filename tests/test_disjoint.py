@@ -48,7 +48,8 @@ def test_adapter_overlap_found_when_the_eval_reaches_past_the_excluded_sample(cf
     from medadapt.data.benchmarks import evaluated_items as sample
     from medadapt.data.sft import trained_overlap
 
-    meta = {"sources": ["medical_o1", "medmcqa"], "excluded_eval_items": {"benchmarks": ["medmcqa"], "n": 20, "seed": 7}}
+    meta = {"sources": ["medical_o1", "medmcqa"],
+            "excluded_eval_items": {"benchmarks": ["medmcqa"], "n": 20, "seed": 7}}
     assert trained_overlap(cfg, meta, sample(cfg, ["medmcqa"], n=20, seed=7)) == []  # the excluded sample itself
     wider = sample(cfg, ["medmcqa"], n=60, seed=7)  # a prefix-consistent superset: 40 items were trainable
     found = {o.item_id for o in trained_overlap(cfg, meta, wider)}

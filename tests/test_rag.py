@@ -232,7 +232,8 @@ def test_budget_with_real_tokenizer_and_overhead(smollm2_dir):
         assert kept  # even 50 tokens leaves room for a cut first snippet
 
 
-@pytest.mark.parametrize("kind,nprobes,refine", [("ivf_rq", 0, 2), ("ivf_sq", 2, 0), ("ivf_pq", 2, 5), ("ivf_flat", 1, 0)])
+@pytest.mark.parametrize("kind,nprobes,refine",
+                         [("ivf_rq", 0, 2), ("ivf_sq", 2, 0), ("ivf_pq", 2, 5), ("ivf_flat", 1, 0)])
 def test_large_table_gets_a_vector_index_that_the_retriever_uses(tmp_path, embedder, kind, nprobes, refine):
     import numpy as np
 

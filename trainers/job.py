@@ -85,7 +85,8 @@ def execute(tcfg: TrainConfig, body: Callable[[Context], Outcome], app: AppConfi
                                   "steps": out.steps, "wall_s": round(wall, 1)}
         if out.stopped:
             return run.update_status(status="stopped", ended=time.time(), **fields)
-        meta = {"job": tcfg.job, "base_model": model_path, "base_model_id": base_model_id(tcfg, app), "lineage": out.lineage or [f"base: {model_path}"],
+        meta = {"job": tcfg.job, "base_model": model_path, "base_model_id": base_model_id(tcfg, app),
+                "lineage": out.lineage or [f"base: {model_path}"],
                 "steps": out.steps, "final_loss": out.final_loss, "final_eval_loss": out.final_eval_loss,
                 "losses": {"train": out.final_loss, "eval": out.final_eval_loss}, "wall_s": round(wall, 1),
                 "data": out.data, "device": rt.device, "quantized": rt.quantized, "unsloth": rt.unsloth,

@@ -72,7 +72,8 @@ def train_msft(ctx: Context) -> Outcome:
         out = train_cpt(dataclasses.replace(ctx, tcfg=ccfg), stage="cpt", ckpt_stage="cpt", extra_total=sft_steps)
         if out.stopped:
             return out
-        cpt_info = {"job": "cpt", "base_model": ctx.model_path, "base_model_id": base_model_id(ctx.tcfg, ctx.app), "lineage": out.lineage, "steps": out.steps,
+        cpt_info = {"job": "cpt", "base_model": ctx.model_path, "base_model_id": base_model_id(ctx.tcfg, ctx.app),
+                    "lineage": out.lineage, "steps": out.steps,
                     "final_loss": out.final_loss, "final_eval_loss": out.final_eval_loss, "data": out.data,
                     "wall_s": round(time.time() - t0, 1), "config": to_dict(ccfg), "device": ctx.rt.device,
                     "quantized": ctx.rt.quantized, "unsloth": ctx.rt.unsloth}

@@ -135,11 +135,12 @@ def model_card(meta: dict[str, Any]) -> str:
     cfg = meta.get("config", {})
     lora = cfg.get("lora", {})
     data = meta.get("data", {})
-    front = {"base_model": meta.get("base_model_id") or meta.get("base_model"), "library_name": "peft",
+    base = meta.get("base_model_id") or meta.get("base_model")
+    front = {"base_model": base, "library_name": "peft",
              "tags": ["medadapt", meta.get("job"), "lora", "medical"], "pipeline_tag": "text-generation"}
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
              f"# MedAdapt {str(meta.get('job', '')).upper()} adapter", "",
-             f"LoRA adapter for `{meta.get('base_model_id') or meta.get('base_model')}` trained by `python -m trainers.{meta.get('job')}` "
+             f"LoRA adapter for `{base}` trained by `python -m trainers.{meta.get('job')}` "
              f"(profile `{cfg.get('profile')}`).", "", "## Training", "",
              "| | |", "| --- | --- |"]
     rows = {

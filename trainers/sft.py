@@ -42,7 +42,8 @@ def build_sft_data(tcfg: TrainConfig, app: AppConfig, tok: Any) -> tuple[list, l
         raise ConfigError(f"no SFT example fits max_length={tcfg.max_length}")
     info = {"sources": sorted({r.source for r in rows}), "rows_by_source": dict(Counter(r.source for r in train_rows)),
             "train_examples": len(train), "eval_examples": len(evals),
-            "dropped_too_long": dropped_train + dropped_eval, "excluded_eval_items": {"benchmarks": list(app.eval.benchmarks), "n": app.eval.n, "seed": app.eval.seed}}
+            "dropped_too_long": dropped_train + dropped_eval,
+            "excluded_eval_items": {"benchmarks": list(app.eval.benchmarks), "n": app.eval.n, "seed": app.eval.seed}}
     log.info("SFT data: %s", info)
     return train, evals, info
 

@@ -72,11 +72,12 @@ def check_disjoint(rows: Iterable[SftRow], eval_items: dict[str, Sequence[Any]] 
     return found
 
 
-def evaluated_items(cfg: AppConfig) -> dict[str, list[Any]]:
+def evaluated_items(cfg: AppConfig, benchmarks: list[str] | None = None, n: int | None = None,
+                    seed: int | None = None) -> dict[str, list[Any]]:
     """The benchmark samples the eval uses (``medadapt.data.benchmarks``), which training must exclude."""
     from medadapt.data.benchmarks import evaluated_items as items
 
-    return items(cfg)
+    return items(cfg, benchmarks, n, seed)
 
 
 # ---------------------------------------------------------------- row builders (pure)
@@ -136,9 +137,7 @@ def trained_overlap(cfg: AppConfig, data_meta: dict[str, Any], samples: dict[str
         return []
     spec = sft.get("excluded_eval_items")
     spec = spec if isinstance(spec, dict) else {}  # adapters from before this record: the config's sample
-    from medadapt.data.benchmarks import evaluated_items as sample
-
-    excluded = sample(cfg, spec.get("benchmarks"), spec.get("n"), spec.get("seed"))
+    excluded = evaluated_items(cfg, spec.get("benchmarks"), spec.get("n"), spec.get("seed"))
     trained, _ = exclude_overlaps(load_local_rows(cfg, sources), excluded)
     return check_disjoint(trained, samples)
 
