@@ -66,7 +66,7 @@ class RagConfig:
     mode: str = "hybrid"  # dense | fts | hybrid
     top_k: int = 4
     context_tokens: int = 768  # token budget for retrieved snippets inside the prompt
-    embed_batch_size: int = 64
+    embed_batch_size: int = 0  # 0 = per device (16 on CPU, 128 on CUDA: rag_index.AUTO_BATCH)
     embed_chunk_rows: int = 512  # snippets embedded (length-sorted) and appended per commit
     embed_dtype: str = "auto"  # auto (bfloat16 on CPUs with bf16 support, float16 on CUDA) | float32 | bfloat16 | float16
     embed_threads: int = 0  # torch threads for embedding; 0 = torch's default

@@ -48,6 +48,11 @@ def pick_dtype(requested: str, device: str) -> str:
     return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
 
 
+# Embedding batch size per device when ``rag.embed_batch_size`` is 0. On CPU small batches keep each layer's
+# activations in cache: 16 rows embed 600 textbook snippets ~18% faster than 64 (bench/retrieval.py, 2 cores).
+AUTO_BATCH = {"cpu": 16, "cuda": 128}
+
+
 class Embedder:
     """A sentence-transformers model that returns L2-normalised float32 vectors, in input order."""
 
@@ -64,12 +69,14 @@ class Embedder:
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64) -> Any:
-        """Embed ``texts``: longest first in batches of ``batch_size`` (minimal padding), returned in input order."""
+    def encode(self, texts: Sequence[str], batch_size: int = 0) -> Any:
+        """Embed ``texts`` longest first (by token count, so batches carry almost no padding) in batches of
+        ``batch_size`` (0 = :data:`AUTO_BATCH` for the device); vectors come back in input order."""
         import numpy as np
         import torch
 
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        batch_size = batch_size or AUTO_BATCH.get(self.device, 64)
+        order = np.argsort([-n for n in self.token_counts(texts)], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
@@ -79,6 +86,11 @@ class Embedder:
                 out[idx] = vecs.float().cpu().numpy()
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text after the model's truncation (one fast batched tokenizer call, ~0.2 ms per snippet)."""
+        ids = self.model.tokenizer(list(texts), truncation=True, max_length=self.model.max_seq_length)["input_ids"]
+        return [len(x) for x in ids]
 
 
 def load_embedder(cfg: AppConfig, name: str | None = None) -> Embedder:

@@ -55,6 +55,21 @@ def retriever(built, embedder):
     return Retriever.open(built, embedder)
 
 
+def test_batched_encode_keeps_input_order_and_matches_one_at_a_time(embedder):
+    import numpy as np
+
+    texts = ["Insulin is made by beta cells of the pancreatic islets. " * 6, "Scurvy.",
+             "Vitamin C deficiency impairs collagen synthesis and causes bleeding gums.", "a " * 400]
+    counts = embedder.token_counts(texts)
+    assert counts[1] < counts[2] < counts[0] and counts[3] == embedder.model.max_seq_length  # truncated
+    together = embedder.encode(texts, batch_size=2)  # sorted by tokens: batches {3, 0} and {2, 1}
+    alone = np.stack([embedder.encode([t])[0] for t in texts])
+    assert together.shape == (4, embedder.dim)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    assert (np.sum(together * alone, axis=1) > 0.999).all()  # padding and order change nothing but rounding
+    assert float(together[0] @ together[1]) < 0.999  # and the rows are not all the same vector
+
+
 def test_build_writes_every_snippet_once_with_its_embedder(built):
     import lancedb
 
