@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from medadapt.config import AppConfig
+from medadapt.lance_async import AsyncLanceTable
 from medadapt.rag_index import (  # noqa: F401  (re-exported API)
     TEXT_COLUMN, Embedder, IndexMismatchError, build_index, connect, index_names, index_path, load_embedder,
     source_rows, table_exists, table_meta,
@@ -27,7 +28,7 @@ from medadapt.rag_index import (  # noqa: F401  (re-exported API)
 
 log = logging.getLogger(__name__)
 MODES = ("dense", "fts", "hybrid")
-ALL_PARTITIONS = 1 << 20  # an nprobes above the partition count searches every partition
+ROW_COLUMNS = ["id", "title", "source", TEXT_COLUMN]
 
 
 @dataclass(frozen=True)
@@ -127,13 +128,25 @@ def index_status(cfg: AppConfig) -> dict[str, Any]:
     return status
 
 
+def _scored(rows: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """Rows with ``score``: cosine similarity (1 - cosine distance) for dense, BM25 for fts."""
+    if kind == "dense":
+        return [dict(r, score=1.0 - float(r["_distance"])) for r in rows]
+    return [dict(r, score=float(r["_score"])) for r in rows]
+
+
 class Retriever:
-    """Question -> ranked snippets from one LanceDB table, queries embedded as the table's rows were."""
+    """Question -> ranked snippets from one LanceDB table, queries embedded as the table's rows were.
+
+    ``table`` (sync API) answers metadata; searches go through ``queries`` (:class:`AsyncLanceTable`, one thread
+    hop per search; hybrid runs its vector and full-text searches concurrently).
+    """
 
     CACHE_SIZE = 256  # recent (question, k, mode) results: RAG on several variants asks the same question
 
-    def __init__(self, cfg: AppConfig, table: Any, embedder: Embedder):
+    def __init__(self, cfg: AppConfig, table: Any, embedder: Embedder, queries: AsyncLanceTable | None = None):
         self.cfg, self.table, self.embedder = cfg, table, embedder
+        self.queries = queries or AsyncLanceTable(index_path(cfg), cfg.rag.table)
         self.indexed = any(t != "FTS" for t in index_names(table))
         self._cache: OrderedDict[tuple[str, int, str], list[Snippet]] = OrderedDict()
         self._lock = threading.Lock()
@@ -181,25 +194,26 @@ class Retriever:
         if mode == "fts":
             return self._to_snippets(self.fts(question, k))
         n = max(k, self.cfg.rag.candidates)
-        dense, fts = self.dense(question, n), self.fts(question, n)
+        dense, fts = self.queries.gather(self._dense_query(question, n), self._fts_query(question, n))
+        dense, fts = _scored(dense, "dense"), _scored(fts, "fts")
         rows = {r["id"]: r for r in dense + fts}
         fused = rrf_fuse([[r["id"] for r in dense], [r["id"] for r in fts]], self.cfg.rag.rrf_k)[:k]
         return [self._snippet(rows[i], score) for i, score in fused]
 
     def dense(self, question: str, n: int) -> list[dict[str, Any]]:
-        vec = self.embedder.encode([question])[0]
-        q = self.table.search(vec, vector_column_name="vector").distance_type("cosine").limit(n)
-        if self.indexed:
-            q = q.nprobes(self.cfg.rag.nprobes or ALL_PARTITIONS)
-            if self.cfg.rag.refine_factor > 0:
-                q = q.refine_factor(self.cfg.rag.refine_factor)
-        rows = q.select(["id", "title", "source", TEXT_COLUMN, "_distance"]).to_list()
-        return [dict(r, score=1.0 - float(r["_distance"])) for r in rows]
+        return _scored(self.queries.rows(self._dense_query(question, n)), "dense")
 
     def fts(self, question: str, n: int) -> list[dict[str, Any]]:
-        q = self.table.search(question, query_type="fts", fts_columns=TEXT_COLUMN).limit(n)
-        rows = q.select(["id", "title", "source", TEXT_COLUMN, "_score"]).to_list()
-        return [dict(r, score=float(r["_score"])) for r in rows]
+        return _scored(self.queries.rows(self._fts_query(question, n)), "fts")
+
+    def _dense_query(self, question: str, n: int) -> Any:
+        """The question's vector query with the config's index settings (every partition + re-rank by default)."""
+        vec = self.embedder.encode([question])[0]
+        rag = self.cfg.rag
+        return self.queries.nearest(vec, n, ROW_COLUMNS, rag.nprobes if self.indexed else None, rag.refine_factor)
+
+    def _fts_query(self, question: str, n: int) -> Any:
+        return self.queries.text(question, n, TEXT_COLUMN, ROW_COLUMNS)
 
     def _snippet(self, row: dict[str, Any], score: float) -> Snippet:
         return Snippet(row["id"], row["title"], row["source"], row[TEXT_COLUMN], float(score))

@@ -204,9 +204,11 @@ def vector_index_config(rag: Any, rows: int, dim: int) -> Any:
 
 
 def build_indexes(cfg: AppConfig, tbl: Any) -> None:
-    """Full-text index on the text; vector index when the table is large enough to need one (exact search below)."""
+    """Compact the appended chunks into one fragment (fewer reads per query), then the full-text index on the text
+    and a vector index when the table is large enough to need one (exact search below)."""
     from lancedb.index import FTS
 
+    tbl.optimize()
     tbl.create_index(TEXT_COLUMN, config=FTS(with_position=False), replace=True)
     rows = tbl.count_rows()
     if rows >= cfg.rag.vector_index_min_rows:

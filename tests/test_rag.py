@@ -118,6 +118,11 @@ def test_interrupted_build_resumes_without_duplicates(tmp_path, embedder):
     assert len(embedded) == N_FIXTURE - 10
     status = index_status(cfg)
     assert status["built"] and status["complete"] and status["rows"] == N_FIXTURE
+    import lancedb
+
+    stats = lancedb.connect(status["path"]).open_table(status["table"]).stats()
+    assert stats["fragment_stats"]["num_fragments"] == 1  # the three appended chunks were compacted
+    assert Retriever.open(cfg, embedder).retrieve(LEXICAL[0][0], k=1, mode="fts")[0].id == LEXICAL[0][1]
 
 
 def test_limit_build_then_mismatched_embedder(tmp_path, embedder):
@@ -172,6 +177,41 @@ def test_hybrid_beats_dense_and_fts(retriever):
     for d, f, h in zip(dense[2], fts[2], hybrid[2]):
         best = min(r for r in (d, f) if r) if (d or f) else None
         assert h is not None and h <= best
+
+
+def test_async_queries_match_the_sync_api_and_keep_query_order(retriever):
+    """The app searches through AsyncLanceTable (one hop per query, hybrid's two searches concurrent); it must
+    return what LanceDB's sync API returns for the same vector / text query, each result in query order."""
+    from medadapt.rag import ROW_COLUMNS, TEXT_COLUMN
+
+    table, queries = retriever.table, retriever.queries
+    question, code = SEMANTIC[0][0], LEXICAL[0][0]
+    vec = retriever.embedder.encode([question])[0]
+    sync_dense = table.search(vec).distance_type("cosine").limit(5).select(["id", "_distance"]).to_list()
+    sync_fts = table.search(code, query_type="fts", fts_columns=TEXT_COLUMN).limit(5).select(["id", "_score"])
+    sync_fts = sync_fts.to_list()
+    dense, fts = queries.gather(queries.nearest(vec, 5, ROW_COLUMNS), queries.text(code, 5, TEXT_COLUMN, ROW_COLUMNS))
+    assert [r["id"] for r in dense] == [r["id"] for r in sync_dense] and len(dense) == 5
+    assert [r["_distance"] for r in dense] == pytest.approx([r["_distance"] for r in sync_dense], abs=1e-6)
+    assert [r["id"] for r in fts] == [r["id"] for r in sync_fts] == [LEXICAL[0][1]]
+    assert set(dense[0]) == {*ROW_COLUMNS, "_distance"} and set(fts[0]) == {*ROW_COLUMNS, "_score"}
+
+
+def test_async_query_errors_reach_the_caller(retriever):
+    with pytest.raises(Exception, match="no_such_column"):
+        retriever.queries.rows(retriever.queries.nearest([0.1] * retriever.embedder.dim, 3, ["no_such_column"]))
+
+
+def test_retrieval_from_many_threads_gives_the_sequential_answers(built, embedder):
+    from concurrent.futures import ThreadPoolExecutor
+
+    fresh = Retriever.open(built, embedder)  # its own (empty) cache
+    questions = [q for q, _ in SEMANTIC + LEXICAL]
+    expected = [[s.id for s in fresh.retrieve(q, k=5, mode="hybrid")] for q in questions]
+    again = Retriever.open(built, embedder)
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda q: [s.id for s in again.retrieve(q, k=5, mode="hybrid")], questions * 3))
+    assert got == expected * 3
 
 
 def test_repeated_question_is_served_from_the_cache(built, embedder):
