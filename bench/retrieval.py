@@ -16,7 +16,8 @@ closer to real embeddings). Ground truth is exact numpy top-10. Exact LanceDB se
 indexes of ``SWEEPS`` (built through the app's own ``medadapt.rag_index.vector_index_config``) over their
 ``nprobes`` x ``refine_factor`` settings, each query through the app's query path (``medadapt.lance_async``, as
 ``Retriever.dense`` runs it; the index is warmed by 5 queries first); the row marked "app default" is what
-``RagConfig``'s defaults give and is what the RESULT line reports. (c) When the offline index is built, dense/fts/hybrid latency on it.
+``RagConfig``'s defaults give and is what the RESULT line reports. (c) When the offline index is built,
+dense/fts/hybrid latency on it.
 Last line: ``RESULT ingest_speedup=<x> p50_ms=<indexed p50> recall10=<r>`` (app default index) for the first
 dataset, plus the same for the others and (c) under prefixed keys.
 """

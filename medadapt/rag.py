@@ -144,9 +144,9 @@ class Retriever:
 
     CACHE_SIZE = 256  # recent (question, k, mode) results: RAG on several variants asks the same question
 
-    def __init__(self, cfg: AppConfig, table: Any, embedder: Embedder, queries: AsyncLanceTable | None = None):
+    def __init__(self, cfg: AppConfig, table: Any, embedder: Embedder):
         self.cfg, self.table, self.embedder = cfg, table, embedder
-        self.queries = queries or AsyncLanceTable(index_path(cfg), cfg.rag.table)
+        self.queries = AsyncLanceTable(index_path(cfg), cfg.rag.table)
         self.indexed = any(t != "FTS" for t in index_names(table))
         self._cache: OrderedDict[tuple[str, int, str], list[Snippet]] = OrderedDict()
         self._lock = threading.Lock()
