@@ -1,7 +1,8 @@
 """MedAdapt web app (also the Hugging Face Spaces ``app_file``).
 
 Run: ``python app.py`` (profile ``auto``: offline when the Hub is unreachable). Options: ``--profile``, ``--host``,
-``--port``, ``--share``. Env: ``MEDADAPT_PROFILE``, ``MEDADAPT_DATA_DIR``, ``MEDADAPT_PUBLIC``, ``MEDADAPT_ADMIN_PASSWORD``.
+``--port``, ``--share``. Env: ``MEDADAPT_PROFILE``, ``MEDADAPT_DATA_DIR``, ``MEDADAPT_PUBLIC``, ``MEDADAPT_ADMIN_PASSWORD``,
+``MEDADAPT_SETUP=off`` (no automatic first-run setup of the index and adapters).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from medadapt.config import load_config
+    from medadapt.setup_chain import setup_enabled
     from medadapt.state import AppState
     from medadapt.ui.common import launch_options
     from medadapt.ui.interface import build_demo
@@ -31,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.profile)
     logging.info(cfg.describe())
     state = AppState.create(cfg)
+    if setup_enabled():  # build the index and train the adapters this profile lacks, in the background
+        state.setup.start()
     if not args.no_preload:
         state.pipeline.engine  # load the base model (and adapters) before the first user arrives
     demo = build_demo(state)

@@ -27,6 +27,8 @@ from medadapt.runlog import (FINAL, RunSnapshot, file_sig, parse_jsonl, pid_aliv
                              write_status)
 
 TRAIN_JOBS = ("sft", "cpt", "msft")
+INDEX_JOB = "index"  # the RAG index build (python -m medadapt.rag build --output_dir RUN), see medadapt.index_job
+LISTED_JOBS = (*TRAIN_JOBS, INDEX_JOB)  # the runs the Training tab lists
 
 
 class JobError(RuntimeError):
@@ -60,6 +62,7 @@ def child_env(cfg: AppConfig) -> dict[str, str]:
 def default_commands() -> dict[str, list[str]]:
     cmds = {job: [sys.executable, "-m", f"trainers.{job}"] for job in TRAIN_JOBS}
     cmds["eval"] = [sys.executable, "-m", "eval", "run"]
+    cmds[INDEX_JOB] = [sys.executable, "-m", "medadapt.rag", "build"]
     return cmds
 
 
@@ -159,6 +162,17 @@ class JobManager:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 argv = [*self.commands["eval"], *args, "--output_dir", str(run_dir)]
                 self._spawn(run_dir, "eval", argv, " ".join(args))
+            return run_dir
+
+    def start_index(self, output_dir: str | Path | None = None, args: list[str] | tuple[str, ...] = ()) -> Path:
+        """Launch the index build as a job (``output_dir`` again: resume a partial build there)."""
+        with self._lock:
+            self._refuse_if_busy()
+            run_dir = Path(output_dir) if output_dir else self.new_run_dir(INDEX_JOB)
+            with writable(run_dir):
+                run_dir.mkdir(parents=True, exist_ok=True)
+                argv = [*self.commands[INDEX_JOB], *args, "--output_dir", str(run_dir)]
+                self._spawn(run_dir, INDEX_JOB, argv, "retrieval index")
             return run_dir
 
     def resume(self, run_dir: str | Path | None = None) -> Path:
@@ -303,7 +317,7 @@ class JobManager:
             self._snaps[run_dir] = ((file_sig(run_dir / "status.json"), sig[1]), snap)
         return snap
 
-    def list_runs(self, jobs: tuple[str, ...] | None = TRAIN_JOBS) -> list[RunSnapshot]:
+    def list_runs(self, jobs: tuple[str, ...] | None = LISTED_JOBS) -> list[RunSnapshot]:
         """Every run under the runs dir of the active profile (``jobs`` filters by job), newest first."""
         snaps = [self.poll(d) for d in self._run_dirs()]
         return [s for s in snaps if s is not None and (jobs is None or s.job in jobs)]

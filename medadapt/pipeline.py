@@ -109,6 +109,8 @@ class Pipeline:
         self._engine = None
         self._retriever = None
         self._lock = threading.Lock()  # one generation at a time on the shared model
+        # what a column the first-run setup is still preparing says (medadapt.setup_chain.SetupChain.message_for)
+        self.preparing: Callable[[str], str | None] = lambda variant: None
 
     @property
     def engine(self):
@@ -147,13 +149,12 @@ class Pipeline:
         hits = fit_to_budget(hits, self.engine.count_tokens, self.cfg.rag.context_tokens)
         return hits, time.perf_counter() - t0, ""
 
-    @staticmethod
-    def _plan(adapters: dict[str, Path | None]) -> dict[str, Answer]:
+    def _plan(self, adapters: dict[str, Path | None]) -> dict[str, Answer]:
         answers = {v: Answer(v) for v in VARIANTS}
         for kind in ("sft", "msft"):
             path = adapters.get(kind)
             if path is None:
-                answers[kind].status, answers[kind].message = "unavailable", NOT_TRAINED
+                answers[kind].status, answers[kind].message = "unavailable", self.preparing(kind) or NOT_TRAINED
             else:
                 answers[kind].adapter = str(path)
         return answers
@@ -180,7 +181,7 @@ class Pipeline:
                 continue
             answers[v].snippets, answers[v].retrieval_s = snippets, r_s
             if r_err and v == "rag":
-                answers[v].status, answers[v].message = "unavailable", r_err
+                answers[v].status, answers[v].message = "unavailable", self.preparing("rag") or r_err
             elif r_err:
                 answers[v].message = "No retrieval (index not built)."
 

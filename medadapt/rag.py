@@ -17,6 +17,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from medadapt.config import AppConfig
@@ -231,6 +232,7 @@ def make_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="embed the corpus into the LanceDB table (resumable)")
     b.add_argument("--limit", type=int, default=None, help="only the first N snippets (quick builds)")
     b.add_argument("--rebuild", action="store_true", help="drop the table and start over")
+    b.add_argument("--output_dir", default=None, help="report as a job: status.json and log.jsonl in this run dir")
     st = sub.add_parser("status", help="print the index status")
     q = sub.add_parser("query", help="retrieve snippets for a question")
     q.add_argument("question")
@@ -264,7 +266,12 @@ def main(argv: list[str] | None = None) -> int:
                 bar.update(done - bar.n)
 
             start = time.perf_counter()
-            rows = build_index(cfg, progress, args.limit, rebuild=args.rebuild)
+            if args.output_dir:
+                from medadapt.index_job import run_index_job
+
+                rows = run_index_job(cfg, Path(args.output_dir), args.limit, args.rebuild, progress)
+            else:
+                rows = build_index(cfg, progress, args.limit, rebuild=args.rebuild)
             bar.close()
             print(f"{rows} rows in {cfg.rag.table} at {index_path(cfg)} ({time.perf_counter() - start:.1f} s)")
         else:

@@ -71,19 +71,31 @@ def parse_jsonl(text: str) -> list[dict[str, Any]]:
     return out
 
 
-def read_status(run_dir: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file; {} when it is missing, unreadable or not an object."""
     try:
-        data = json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Rewrite a JSON file atomically (a tmp file in the same dir, then rename): readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    return read_json(run_dir / "status.json")
+
+
 def write_status(run_dir: Path, data: dict[str, Any]) -> None:
-    """Rewrite ``status.json`` atomically (tmp file + rename)."""
-    tmp = run_dir / f"status.json.tmp-{os.getpid()}-{threading.get_ident()}"
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, run_dir / "status.json")
+    """Rewrite ``status.json`` atomically."""
+    write_json_atomic(run_dir / "status.json", data)
 
 
 def tail(path: Path, lines: int = 40, max_bytes: int = 64_000) -> str:

@@ -8,6 +8,8 @@ from typing import Any
 from medadapt.adapters import list_adapters, resolve_adapter
 from medadapt.config import AppConfig
 
+NO_ADAPTER = "none"  # the Compare dropdown's "(none)" choice; "" is "the newest adapter"
+
 
 def _engine_factory(cfg: AppConfig):
     def make():
@@ -41,6 +43,7 @@ class AppState:
     cfg: AppConfig
     pipeline: Any = None
     jobs: Any = None
+    setup: Any = None  # medadapt.setup_chain.SetupChain: the first-run setup (started by app.py)
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -48,7 +51,13 @@ class AppState:
         from medadapt.jobs import JobManager
         from medadapt.pipeline import Pipeline
 
-        return cls(cfg, Pipeline(cfg, _engine_factory(cfg), _retriever_factory(cfg)), JobManager(cfg))
+        from medadapt.setup_chain import SetupChain
+
+        jobs = JobManager(cfg)
+        state = cls(cfg, Pipeline(cfg, _engine_factory(cfg), _retriever_factory(cfg)), jobs)
+        state.setup = SetupChain(cfg, jobs)
+        state.pipeline.preparing = state.setup.message_for
+        return state
 
     def adapter_choices(self, kind: str) -> list[tuple[str, str]]:
         """(label, path) of every finished adapter of ``kind``, newest first, plus an explicitly configured one."""
@@ -59,10 +68,16 @@ class AppState:
         return choices
 
     def checked_adapter(self, kind: str, path: str | None) -> Path | None:
-        """The adapter a user picked, only if it is one of the listed ones (no arbitrary paths from requests)."""
+        """The adapter a user picked, only if it is one of the listed ones (no arbitrary paths from requests).
+
+        ``""`` (or None) means the newest one now (so a column starts answering once the setup trains its adapter,
+        without a reload); ``NO_ADAPTER`` means none.
+        """
         from medadapt.pipeline import InputError
 
         if not path:
+            return self.default_adapter(kind)
+        if path == NO_ADAPTER:
             return None
         if path not in {p for _, p in self.adapter_choices(kind)}:
             raise InputError(f"Unknown {kind.upper()} adapter; pick one from the list (press Refresh adapters after "

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from medadapt.config import AppConfig, TrainConfig, to_dict
+from medadapt.runlog import read_json, write_json_atomic  # noqa: F401  (re-exported for the trainers)
 
 
 def new_run_dir(app: AppConfig, tcfg: TrainConfig) -> Path:
@@ -41,19 +42,6 @@ def latest_unfinished(app: AppConfig, job: str) -> Path | None:
     return None
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 class RunDir:

@@ -11,7 +11,7 @@ import gradio as gr
 
 from medadapt.config import VARIANTS
 from medadapt.pipeline import InputError, check_settings
-from medadapt.state import AppState, zerogpu
+from medadapt.state import NO_ADAPTER, AppState, zerogpu
 from medadapt.ui import render
 from medadapt.ui.common import warn
 from medadapt.votes import CHOICES, VoteError, record_vote, read_votes, tally
@@ -25,13 +25,17 @@ EXAMPLES = [
     "Which vitamin deficiency causes megaloblastic anemia with neurological symptoms?",
     "What is the most common cause of community-acquired pneumonia in adults?",
 ]
-NONE_CHOICE = ("(none)", "")
+NONE_CHOICE = ("(none)", NO_ADAPTER)
+SETUP_POLL_S = 3.0  # how often the page checks the first-run setup (cheap: one small JSON file, cached by mtime)
 UPDATE_EVERY_S = 0.12  # stream UI updates at most ~8 times a second
 
 
 def _adapter_dropdown(state: AppState, kind: str) -> dict[str, Any]:
+    """Choices: the newest adapter (``""``, resolved when asked, so a column the setup prepares starts answering
+    without a reload), every listed adapter, and none."""
     choices = state.adapter_choices(kind)
-    return {"choices": choices + [NONE_CHOICE], "value": choices[0][1] if choices else ""}
+    newest = f"newest ({choices[0][0].split(': ', 1)[-1]})" if choices else "newest (none trained yet)"
+    return {"choices": [(newest, "")] + choices + [NONE_CHOICE], "value": ""}
 
 
 def _column_outputs(res) -> list[Any]:
@@ -67,6 +71,8 @@ def build_compare_tab(state: AppState) -> dict[str, Any]:
             c["index_status"] = gr.Markdown(elem_id="ma-index-status")
             c["build_index"] = gr.Button("Build index", size="sm")
             c["refresh_adapters"] = gr.Button("Refresh adapters", size="sm")
+    c["setup_status"] = gr.Markdown(render.setup_markdown(state.setup.state()) if state.setup else "",
+                                    elem_id="ma-setup-status")
     c["notices"] = gr.Markdown(elem_id="ma-notices")
     with gr.Row(elem_id="ma-columns", equal_height=False):
         for v in VARIANTS:
@@ -156,6 +162,8 @@ def _wire(state: AppState, c: dict[str, Any]) -> None:
     def build(progress=gr.Progress()):
         if state.cfg.public:
             return "Building the index is disabled in public mode."
+        if state.setup is not None and state.setup.message_for("rag"):
+            return f"📚 The first-run setup is on it: {state.setup.message_for('rag')}."
         try:
             state.pipeline.build_index(lambda done, total: progress((done, total), desc="Embedding snippets"))
         except Exception as e:
@@ -165,6 +173,21 @@ def _wire(state: AppState, c: dict[str, Any]) -> None:
     def refresh():
         return [gr.update(**_adapter_dropdown(state, k)) for k in ("sft", "msft")]
 
+    def setup_tick(seen: str):
+        """The setup line; the adapter choices and index line are refreshed when a step finishes."""
+        st = state.setup.state()
+        text = render.setup_markdown(st)
+        done = ",".join(s for s, r in st.steps.items() if r.status in ("done", "skipped"))
+        if done == seen:
+            return text, gr.skip(), gr.skip(), gr.skip(), seen
+        return text, *refresh(), index_status(), done
+
     c["build_index"].click(build, outputs=c["index_status"], api_name="build_index", concurrency_id="index")
     c["refresh_adapters"].click(refresh, outputs=[c["sft_adapter"], c["msft_adapter"]], api_name="refresh_adapters")
+    if state.setup is not None:
+        c["setup_seen"] = gr.State("")
+        c["setup_timer"] = gr.Timer(SETUP_POLL_S)
+        c["setup_timer"].tick(setup_tick, c["setup_seen"], [c["setup_status"], c["sft_adapter"], c["msft_adapter"],
+                                                            c["index_status"], c["setup_seen"]],
+                              api_name=False, show_progress="hidden", concurrency_limit=None)
     c["index_status_fn"], c["refresh_fn"] = index_status, refresh

@@ -99,3 +99,34 @@ def result_markdown(res: CompareResult) -> str:
 
 def result_json(res: CompareResult) -> dict[str, Any]:
     return {"disclaimer": DISCLAIMER, **res.to_dict()}
+
+
+SETUP_ICONS = {"pending": "🕓", "waiting": "🕓", "running": "⏳", "done": "✅", "skipped": "✅", "failed": "⚠️",
+               "stopped": "⏸"}
+
+
+def setup_markdown(st: Any) -> str:
+    """One line on the first-run setup (a ``medadapt.setup_chain.SetupState``): each step's state and progress."""
+    from medadapt.runlog import pid_alive
+    from medadapt.setup_chain import STEP_TITLES, progress_text
+
+    if st.status == "idle" or all(r.status == "skipped" for r in st.steps.values()):
+        return ""
+    parts = []
+    for step, rec in st.steps.items():
+        detail = {"running": progress_text(step, rec), "waiting": "waiting for another job", "pending": "queued",
+                  "done": "ready", "skipped": "ready", "stopped": "stopped (Resume in the Training tab)",
+                  "failed": f"failed: {html.escape(rec.error.splitlines()[0] if rec.error else '?')}"}[rec.status]
+        parts.append(f"{SETUP_ICONS[rec.status]} **{STEP_TITLES.get(step, step)}** — {detail}")
+    if st.status == "running" and not pid_alive(st.pid):
+        head = "⚙️ **First-run setup interrupted** (its app process exited) — restart the app to continue it:"
+    elif st.status == "running":
+        head = "⚙️ **First-run setup** — preparing what this machine lacks; each column answers as soon as its part is done:"
+    elif st.status == "failed":
+        head = ("⚠️ **First-run setup finished with errors** — the other columns work; see the failed run in the "
+                "Training tab, fix it, then restart the app or run `python -m medadapt setup`:")
+    elif st.status == "stopped":
+        head = "⏸ **First-run setup paused**:"
+    else:
+        head = "✅ **First-run setup finished**:"
+    return head + " " + " · ".join(parts)

@@ -1,0 +1,64 @@
+"""The index build as a job: ``python -m medadapt.rag build --output_dir RUN`` reports through a run directory.
+
+The same contract as the trainers (docs/ARCHITECTURE.md): ``status.json`` (running → finished | failed),
+``log.jsonl`` lines ``{"step": snippets embedded, "total_steps": snippets, "elapsed_s", "eta_s", "time"}``, so the
+Training tab and the first-run setup watch an index build the way they watch training. The build itself resumes
+(only missing snippets are embedded), so running the job again in the same run dir continues it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from medadapt.config import AppConfig
+from medadapt.runlog import read_status, write_status
+
+JOB = "index"
+
+
+def append_log(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one ``log.jsonl`` line (None values dropped)."""
+    with open(run_dir / "log.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({k: v for k, v in record.items() if v is not None}) + "\n")
+
+
+def run_index_job(cfg: AppConfig, run_dir: Path, limit: int | None = None, rebuild: bool = False,
+                  on_progress: Callable[[int, int], None] | None = None) -> int:
+    """Build (or resume) the profile's index, reporting in ``run_dir`` (and to ``on_progress``); returns the table's
+    rows, raises on failure."""
+    from medadapt.rag_index import build_index
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prev_wall = float(read_status(run_dir).get("wall_s") or 0.0)
+    started = time.time()
+    state = {"status": "running", "job": JOB, "pid": os.getpid(), "started": started, "ended": None, "error": None,
+             "run_dir": str(run_dir)}
+    write_status(run_dir, state)
+    first: list[int] = []  # snippets already present when this process started (a resumed build)
+
+    def progress(done: int, total: int) -> None:
+        if not first:
+            first.append(done)
+        elapsed = time.time() - started
+        new = done - first[0]
+        eta = elapsed / new * (total - done) if new > 0 else None
+        append_log(run_dir, {"step": done, "total_steps": total, "elapsed_s": round(elapsed, 2),
+                             "eta_s": None if eta is None else round(eta, 1), "time": time.time()})
+        if on_progress:
+            on_progress(done, total)
+
+    try:
+        rows = build_index(cfg, progress, limit, rebuild=rebuild)
+    except BaseException as e:
+        write_status(run_dir, {**state, "status": "failed", "ended": time.time(), "error": f"{type(e).__name__}: {e}",
+                               "wall_s": round(prev_wall + time.time() - started, 1),
+                               "traceback": traceback.format_exc()[-4000:]})
+        raise
+    write_status(run_dir, {**state, "status": "finished", "ended": time.time(), "steps": rows,
+                           "wall_s": round(prev_wall + time.time() - started, 1), "table": cfg.rag.table})
+    return rows
