@@ -54,6 +54,7 @@ class GenerationConfig:
     temperature: float = 0.0  # 0 means greedy
     top_p: float = 1.0
     seed: int = 0
+    repetition_penalty: float = 1.0  # > 1 discourages a token the answer already used (a guard against loops); 1: off
 
 
 @dataclass

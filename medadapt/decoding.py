@@ -22,6 +22,7 @@ class SamplingSettings:
     temperature: float = 0.0  # <= 0: greedy
     top_p: float = 1.0
     seed: int = 0
+    repetition_penalty: float = 1.0  # > 1: tokens a row already generated are less likely again (1: off)
 
 
 class SlotCache:
@@ -91,8 +92,21 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
                                                                                       torch.finfo(dtype).min)
 
 
-def pick_tokens(logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None) -> torch.Tensor:
-    """Next token per row from ``[B, V]`` logits: argmax when greedy, else temperature + top-p sampling."""
+def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor | None, penalty: float) -> torch.Tensor:
+    """The CTRL repetition penalty (Keskar et al. 2019, as in transformers' ``repetition_penalty``) over the tokens
+    each row has generated so far (``seen``: ``[B, V]`` bool): positive logits divided by ``penalty``, negative ones
+    multiplied. The prompt is not penalized, so an answer may repeat the question's terms."""
+    if seen is None or penalty == 1.0:
+        return logits
+    logits = logits.float()
+    hit = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, hit, logits)
+
+
+def pick_tokens(logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None,
+                seen: torch.Tensor | None = None) -> torch.Tensor:
+    """Next token per row from ``[B, V]`` logits (repeats penalized): argmax when greedy, else temperature + top-p."""
+    logits = penalize_repeats(logits, seen, settings.repetition_penalty)
     if settings.temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / settings.temperature, dim=-1)
@@ -136,11 +150,16 @@ def decode(
     counts = [0] * batch
     done = [m <= 0 for m in max_new]
     last = torch.full((batch,), pad_id, dtype=torch.long, device=device)
+    # tokens each row generated, for the repetition penalty: [B, V] bools, sized by the first logits
+    seen: torch.Tensor | None = None
+    penalize = settings.repetition_penalty != 1.0
 
     def emit(rows: list[int], tokens: torch.Tensor) -> list[tuple[int, int, str | None]]:
         out = []
         for b, tok in zip(rows, tokens.tolist()):
             last[b] = tok
+            if seen is not None and tok < seen.shape[1]:
+                seen[b, tok] = True
             counts[b] += 1
             reason = "eos" if tok in eos_ids else "length" if counts[b] >= max_new[b] else None
             done[b] = reason is not None
@@ -158,7 +177,9 @@ def decode(
         with torch.inference_mode():
             out = model(input_ids=ids, attention_mask=causal, position_ids=torch.arange(n, device=device)[None],
                         cache=cache, use_cache=True, logits_to_keep=1, **route(rows))
-            tokens = pick_tokens(out.logits[:, -1], settings, generator)
+            if penalize and seen is None:
+                seen = torch.zeros(batch, out.logits.shape[-1], dtype=torch.bool, device=device)
+            tokens = pick_tokens(out.logits[:, -1], settings, generator, None if seen is None else seen[rows])
         yield emit(rows, tokens)
     cache.rows, cache.start = None, P
     position = torch.tensor(lengths, device=device)
@@ -171,7 +192,7 @@ def decode(
         with torch.inference_mode():
             out = model(input_ids=last[:, None], attention_mask=valid[..., :cache.start + 1],
                         position_ids=position[:, None], cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
-            tokens = pick_tokens(out.logits[:, -1], settings, generator)
+            tokens = pick_tokens(out.logits[:, -1], settings, generator, seen)
         cache.start += 1
         position += 1
         yield emit(live, tokens[live] if len(live) < batch else tokens)

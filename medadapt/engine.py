@@ -47,6 +47,7 @@ class GenSettings:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int = 0
+    repetition_penalty: float = 1.0  # 1: off
 
 
 @dataclass
@@ -220,7 +221,7 @@ class Engine:
             max_new.append(min(settings.max_new_tokens, room))
         tokens: list[list[int]] = [[] for _ in requests]
         states = [RowState(n, "", 0, None, 0.0, False, None) for n in names]
-        sampling = SamplingSettings(settings.temperature, settings.top_p, settings.seed)
+        sampling = SamplingSettings(settings.temperature, settings.top_p, settings.seed, settings.repetition_penalty)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
         with self._lock:
             for event in decode(self.model, prompts, max_new, sampling, self.eos_ids, pad, self._route(names)):

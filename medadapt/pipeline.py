@@ -76,7 +76,8 @@ def clean_question(text: Any) -> str:
     return text
 
 
-def check_settings(cfg: AppConfig, max_new_tokens: Any, temperature: Any, top_p: Any) -> dict[str, Any]:
+def check_settings(cfg: AppConfig, max_new_tokens: Any, temperature: Any, top_p: Any,
+                   repetition_penalty: Any = None) -> dict[str, Any]:
     """Validated generation settings, or InputError naming the bad value and its allowed range."""
     def num(name: str, value: Any, lo: float, hi: float, kind: type) -> Any:
         try:
@@ -92,6 +93,8 @@ def check_settings(cfg: AppConfig, max_new_tokens: Any, temperature: Any, top_p:
         "max_new_tokens": num("Max new tokens", max_new_tokens, 1, limit, int),
         "temperature": num("Temperature", temperature, 0.0, 2.0, float),
         "top_p": num("Top-p", top_p, 0.05, 1.0, float),
+        "repetition_penalty": num("Repetition penalty", cfg.generation.repetition_penalty
+                                  if repetition_penalty is None else repetition_penalty, 1.0, 2.0, float),
     }
 
 
@@ -194,7 +197,8 @@ class Pipeline:
                 yield result
                 return
             gen = GenSettings(settings["max_new_tokens"], settings["temperature"], settings["top_p"],
-                              self.cfg.generation.seed)
+                              self.cfg.generation.seed,
+                              settings.get("repetition_penalty", self.cfg.generation.repetition_penalty))
             opened = engine.prompt_opens_think()
             for rows in engine.stream(requests, gen):
                 for v, row in zip(order, rows):

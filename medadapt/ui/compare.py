@@ -64,6 +64,9 @@ def build_compare_tab(state: AppState) -> dict[str, Any]:
                                             step=16, label="Max new tokens")
             c["temperature"] = gr.Slider(0.0, 1.5, value=gen.temperature, step=0.05, label="Temperature (0 = greedy)")
             c["top_p"] = gr.Slider(0.05, 1.0, value=gen.top_p, step=0.05, label="Top-p")
+            c["repetition_penalty"] = gr.Slider(1.0, 2.0, value=gen.repetition_penalty, step=0.05,
+                                                label="Repetition penalty (1 = off)",
+                                                info="guards against loops; temperature 0 + penalty 1 = plain greedy")
         with gr.Row():
             c["top_k"] = gr.Slider(1, 10, value=state.cfg.rag.top_k, step=1, label="Snippets retrieved (top-k)")
             c["rag_everywhere"] = gr.Checkbox(False, label="Add retrieval to SFT and MSFT too (ablation)")
@@ -127,9 +130,10 @@ def _wire_feedback(state: AppState, c: dict[str, Any]) -> None:
 def _wire(state: AppState, c: dict[str, Any]) -> None:
     outputs = [c[f"{v}_{p}"] for v in VARIANTS for p in ("answer", "reasoning", "stats", "snippets")]
 
-    def ask(question, max_new_tokens, temperature, top_p, top_k, rag_everywhere, sft_path, msft_path):
+    def ask(question, max_new_tokens, temperature, top_p, top_k, rag_everywhere, sft_path, msft_path,
+            repetition_penalty=None):
         try:
-            settings = check_settings(state.cfg, max_new_tokens, temperature, top_p)
+            settings = check_settings(state.cfg, max_new_tokens, temperature, top_p, repetition_penalty)
             adapters = {k: state.checked_adapter(k, p) for k, p in (("sft", sft_path), ("msft", msft_path))}
             stream = state.pipeline.compare(question, settings, adapters, bool(rag_everywhere), int(top_k))
             last = 0.0
@@ -146,7 +150,7 @@ def _wire(state: AppState, c: dict[str, Any]) -> None:
             yield *[gr.update()] * len(outputs), f"⚠️ Generation failed: {type(e).__name__}: {e}", gr.update()
 
     inputs = [c["question"], c["max_new_tokens"], c["temperature"], c["top_p"], c["top_k"], c["rag_everywhere"],
-              c["sft_adapter"], c["msft_adapter"]]
+              c["sft_adapter"], c["msft_adapter"], c["repetition_penalty"]]
     run = dict(fn=zerogpu(ask), inputs=inputs, outputs=outputs + [c["notices"], c["result"]], concurrency_id="generate",
                show_progress="minimal")
     ev_click = c["ask"].click(api_name="compare", **run)
