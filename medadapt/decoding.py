@@ -178,7 +178,8 @@ def decode(
             out = model(input_ids=ids, attention_mask=causal, position_ids=torch.arange(n, device=device)[None],
                         cache=cache, use_cache=True, logits_to_keep=1, **route(rows))
             if penalize and seen is None:
-                seen = torch.zeros(batch, out.logits.shape[-1], dtype=torch.bool, device=device)
+                with torch.inference_mode(False):  # a normal tensor: emit() updates it outside inference mode
+                    seen = torch.zeros(batch, out.logits.shape[-1], dtype=torch.bool, device=device)
             tokens = pick_tokens(out.logits[:, -1], settings, generator, None if seen is None else seen[rows])
         yield emit(rows, tokens)
     cache.rows, cache.start = None, P

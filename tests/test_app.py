@@ -71,8 +71,10 @@ def test_empty_question_gets_message_and_app_keeps_serving(app):
     client = Client(app["url"], verbose=False)
     out = client.predict("   ", 16, 0.0, 1.0, 2, False, "", "", api_name="/compare")
     assert "empty" in out[16]
-    out = client.predict("Dose of aspirin in MI?", 16, 0.0, 1.0, 2, False, "", "", api_name="/compare")
+    out = client.predict("Dose of aspirin in MI?", 16, 0.0, 1.0, 2, False, "none", "none", api_name="/compare")
     assert "Not trained yet" in out[8] and DISCLAIMER in out[0]
+    out = client.predict("Dose of aspirin in MI?", 16, 0.0, 1.0, 2, False, "", "", api_name="/compare")
+    assert "tokens" in out[10] and "tokens" in out[14]  # "" = the newest adapter of each kind
 
 
 def test_browser_four_answers_side_by_side(app, tmp_path):
@@ -134,7 +136,8 @@ def test_bad_inputs_through_the_app_then_it_still_serves(app):
 
     with pytest.raises(InputError, match="Unknown SFT adapter"):  # the handler's own check, behind gradio's
         app["state"].checked_adapter("sft", "/etc")
-    assert app["state"].checked_adapter("msft", "") is None
+    assert app["state"].checked_adapter("msft", "none") is None
+    assert app["state"].checked_adapter("msft", "") == app["state"].default_adapter("msft")
     out = ask("Which vitamin deficiency causes megaloblastic anemia?")
     assert "tokens" in out[2] and DISCLAIMER in out[4]
 

@@ -20,42 +20,20 @@ from tests.conftest import DATA_DIR
 FIXTURE_CORPUS = Path(__file__).parent / "fixtures" / "app_data" / "medrag_textbooks"
 VARIANTS = ("base", "rag", "sft", "msft")
 
-SFT_YAML = """job: sft
-dataset: [local:medical_o1]
-lora: {{r: 4, alpha: 8}}
-max_length: 1024
-per_device_batch_size: 2
-gradient_accumulation_steps: 1
-max_steps: {steps}
-eval_fraction: 0.1
-max_eval_samples: 1
-eval_steps: 100
-save_steps: 2
-report_to: none
-"""
-MSFT_YAML = """job: msft
-dataset: [local:medical_o1]
-max_length: 1024
-per_device_batch_size: 2
-gradient_accumulation_steps: 1
-max_steps: 2
-eval_fraction: 0.1
-max_eval_samples: 1
-eval_steps: 100
-save_steps: 2
-report_to: none
-cpt:
-  lora: {r: 4, alpha: 8}
-  max_length: 64
-  packing: true
-  per_device_batch_size: 2
-  gradient_accumulation_steps: 1
-  max_steps: 2
-  eval_fraction: 0.1
-  max_eval_samples: 1
-  eval_steps: 100
-  save_steps: 2
-"""
+STAGE = {"max_length": 1024, "per_device_batch_size": 2, "gradient_accumulation_steps": 1, "eval_fraction": 0.1,
+         "max_eval_samples": 1, "eval_steps": 100, "save_steps": 2}
+
+
+def setup_configs(folder: Path, sft_steps: int) -> None:
+    """The setup's own sft.yaml and msft.yaml: a few real training steps on the tiny model."""
+    import yaml
+
+    sft = {"job": "sft", "dataset": ["local:medical_o1"], "lora": {"r": 4, "alpha": 8}, **STAGE,
+           "max_steps": sft_steps, "report_to": "none"}
+    cpt = {"lora": {"r": 4, "alpha": 8}, **STAGE, "max_length": 64, "packing": True, "max_steps": 2}
+    msft = {"job": "msft", "dataset": ["local:medical_o1"], **STAGE, "max_steps": 2, "report_to": "none", "cpt": cpt}
+    (folder / "sft.yaml").write_text(yaml.safe_dump(sft))
+    (folder / "msft.yaml").write_text(yaml.safe_dump(msft))
 
 
 def make_env(tmp: Path, model_dir: str, sft_steps: int = 4, corpus: Path = FIXTURE_CORPUS) -> dict[str, str]:
@@ -67,8 +45,7 @@ def make_env(tmp: Path, model_dir: str, sft_steps: int = 4, corpus: Path = FIXTU
     (data / "medrag_textbooks").symlink_to(corpus)
     configs = tmp / "configs"
     configs.mkdir()
-    (configs / "sft.yaml").write_text(SFT_YAML.format(steps=sft_steps))
-    (configs / "msft.yaml").write_text(MSFT_YAML)
+    setup_configs(configs, sft_steps)
     env = dict(os.environ, MEDADAPT_PROFILE="offline", MEDADAPT_DATA_DIR=str(data), MEDADAPT_RUNS_DIR=str(tmp / "runs"),
                MEDADAPT_INDEX_DIR=str(tmp / "index"), MEDADAPT_RESULTS_DIR=str(tmp / "results"),
                MEDADAPT_MODEL=model_dir, MEDADAPT_SETUP_CONFIGS=str(configs), HF_HUB_OFFLINE="1",

@@ -15,6 +15,7 @@ from medadapt.charts import loss_figure
 from medadapt.jobs import JobError
 from medadapt.train_form import (FIELDS, JOB_LABELS, JOBS, FormError, cli_command, config_to_form, config_yaml,
                                  form_to_config, list_configs, load_base, save_config)
+from medadapt.ui import render
 from medadapt.ui import train_view as view
 from medadapt.ui.common import is_public, unlocked
 
@@ -148,7 +149,8 @@ def build_train_tab(state: Any) -> dict[str, Any]:
         table = runs_table() if changed else gr.skip()
         names = run_names() if status_changed else gr.skip()
         done = snap.run_dir.name if snap and status_changed and snap.status == "finished" else gr.skip()
-        return view.progress_html(snap), fig, log, live, table, names, done, seen
+        setup = render.setup_markdown(state.setup.state()) if state.setup is not None else ""
+        return view.progress_html(snap), fig, log, live, table, names, done, seen, setup
 
     def show_run(name: str):
         if not name:
@@ -219,6 +221,8 @@ def build_train_tab(state: Any) -> dict[str, Any]:
                 c["stop"] = gr.Button("Stop", variant="stop", elem_id="ma-train-stop")
                 c["resume"] = gr.Button("Resume", elem_id="ma-train-resume")
             c["message"] = gr.Markdown(elem_id="ma-train-message")
+            c["setup"] = gr.Markdown(render.setup_markdown(state.setup.state()) if state.setup is not None else "",
+                                     elem_id="ma-train-setup")
             snap = jobs.poll()
             c["progress"] = gr.HTML(view.progress_html(snap), elem_id="ma-train-live")
             c["chart"] = gr.Plot(loss_figure(snap.records if snap else [], title=f"Loss — {snap.run_dir.name}"
@@ -251,7 +255,8 @@ def build_train_tab(state: Any) -> dict[str, Any]:
     c["preview_btn"].click(preview, form, [c["yaml"], c["cli"], c["form_message"]], api_name="preview")
     c["save"].click(on_save, [c["secret"], c["save_name"], *form], [c["config"], c["form_message"]],
                     api_name="save_config")
-    live_out = [c["progress"], c["chart"], c["log"], c["live"], c["runs"], c["run_pick"], c["finished_run"], c["seen"]]
+    live_out = [c["progress"], c["chart"], c["log"], c["live"], c["runs"], c["run_pick"], c["finished_run"], c["seen"],
+                c["setup"]]
     for btn, fn, inputs, name in ((c["start"], on_start, [c["secret"], *form], "start"),
                                   (c["stop"], on_stop, [c["secret"]], "stop"),
                                   (c["resume"], on_resume, [c["secret"], c["run_pick"]], "resume")):
