@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,9 +41,9 @@ def make_env(tmp: Path, model_dir: str, sft_steps: int = 4, corpus: Path = FIXTU
     """A fresh machine in ``tmp``: real benchmark/SFT data, a small corpus, empty runs and index, tiny configs."""
     data = tmp / "data"
     data.mkdir()
-    for name in ("medmcqa", "medqa", "mmlu_medical", "pubmedqa", "medical_o1_sft"):
-        (data / name).symlink_to(DATA_DIR / name)
-    (data / "medrag_textbooks").symlink_to(corpus)
+    for name in ("medmcqa", "medqa", "mmlu_medical", "pubmedqa", "medical_o1_sft"):  # copies: the Training form
+        shutil.copytree(DATA_DIR / name, data / name)  # refuses data paths that resolve outside the data dir
+    shutil.copytree(corpus, data / "medrag_textbooks")
     configs = tmp / "configs"
     configs.mkdir()
     setup_configs(configs, sft_steps)
@@ -235,7 +236,7 @@ def test_browser_columns_switch_from_preparing_to_answers(tmp_path, tiny_model_d
     env = make_env(tmp_path, tiny_model_dir, sft_steps=6)
     monkeypatch.setenv("MEDADAPT_SETUP_CONFIGS", env["MEDADAPT_SETUP_CONFIGS"])
     cfg = config_from(env)
-    cfg.generation.max_new_tokens = 12
+    cfg.generation.max_new_tokens = 16  # the slider minimum
     state = AppState.create(cfg)
     demo = build_demo(state)
     demo.queue(default_concurrency_limit=1, max_size=64)
@@ -252,10 +253,14 @@ def test_browser_columns_switch_from_preparing_to_answers(tmp_path, tiny_model_d
             page.goto(f"http://127.0.0.1:{port}/")
             page.get_by_label("Medical question").fill("Which vitamin deficiency causes scurvy?")
             page.locator("#ma-ask").click()
-            page.locator("#ma-stats-base").get_by_text("tokens").wait_for(timeout=60_000)
+            try:
+                page.locator("#ma-stats-base").get_by_text("tokens").wait_for(timeout=60_000)
+            except Exception:
+                page.screenshot(path="/tmp/browser-fail.png", full_page=True)
+                raise AssertionError(page.locator("body").inner_text()[:3000])
             early = {v: page.locator(f"#ma-answer-{v}").inner_text() for v in VARIANTS}
             assert "preparing" in early["msft"], early
-            assert "First-run setup" in page.locator("#ma-setup-status").inner_text()
+            page.locator("#ma-setup-status").get_by_text("First-run setup").wait_for(timeout=15_000)  # polled
             page.screenshot(path=str(tmp_path / "preparing.png"), full_page=True)
             page.get_by_text("First-run setup finished").wait_for(timeout=240_000)  # the page's own poll
             page.locator("#ma-ask").click()

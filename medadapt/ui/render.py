@@ -101,8 +101,8 @@ def result_json(res: CompareResult) -> dict[str, Any]:
     return {"disclaimer": DISCLAIMER, **res.to_dict()}
 
 
-SETUP_ICONS = {"pending": "🕓", "waiting": "🕓", "running": "⏳", "done": "✅", "skipped": "✅", "failed": "⚠️",
-               "stopped": "⏸"}
+SETUP_ICONS = {"pending": "○", "waiting": "○", "running": "◐", "done": "✓", "skipped": "✓", "failed": "✗",
+               "stopped": "‖"}  # plain glyphs: they render without an emoji font
 
 
 def setup_markdown(st: Any) -> str:
@@ -119,14 +119,14 @@ def setup_markdown(st: Any) -> str:
                   "failed": f"failed: {html.escape(rec.error.splitlines()[0] if rec.error else '?')}"}[rec.status]
         parts.append(f"{SETUP_ICONS[rec.status]} **{STEP_TITLES.get(step, step)}** — {detail}")
     if st.status == "running" and not pid_alive(st.pid):
-        head = "⚙️ **First-run setup interrupted** (its app process exited) — restart the app to continue it:"
+        head = "**First-run setup interrupted** (its app process exited) — restart the app to continue it:"
     elif st.status == "running":
-        head = "⚙️ **First-run setup** — preparing what this machine lacks; each column answers as soon as its part is done:"
+        head = "**First-run setup** — preparing what this machine lacks; each column answers as soon as its part is done:"
     elif st.status == "failed":
-        head = ("⚠️ **First-run setup finished with errors** — the other columns work; see the failed run in the "
+        head = ("**First-run setup finished with errors** — the other columns work; see the failed run in the "
                 "Training tab, fix it, then restart the app or run `python -m medadapt setup`:")
     elif st.status == "stopped":
-        head = "⏸ **First-run setup paused**:"
+        head = "**First-run setup paused**:"
     else:
-        head = "✅ **First-run setup finished**:"
+        head = "**First-run setup finished**:"
     return head + " " + " · ".join(parts)
