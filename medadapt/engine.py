@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medadapt.prompts import defuse_messages
+
 if TYPE_CHECKING:
     from medadapt.config import AppConfig
 
@@ -184,10 +186,19 @@ class Engine:
 
     def render(self, messages: list[dict]) -> str:
         """The chat template applied with the generation prompt (R1 models: ending inside ``<think>``)."""
+        messages = defuse_messages(messages, self.special_tokens)  # content never becomes a special token
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if self.reasoning_template and not text.rstrip().endswith("<think>"):
             text += "<think>\n"
         return text
+
+    @property
+    def special_tokens(self) -> list[str]:
+        """Every special-token string of the tokenizer (its named ones and the added tokens marked special)."""
+        if getattr(self, "_special_tokens", None) is None:
+            added = [t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special]
+            self._special_tokens = sorted(set(self.tokenizer.all_special_tokens) | set(added))
+        return self._special_tokens
 
     def prompt_opens_think(self) -> bool:
         """True when generation starts inside the reasoning (the prompt already opened ``<think>``)."""

@@ -75,3 +75,22 @@ def truncate_question(question: str, count_tokens: Callable[[str], int], max_tok
         else:
             hi = mid - 1
     return question[:lo] + TRUNCATION_MARK, True
+
+
+DEFUSE_MARK = "\u200b"  # zero-width space: splits a special-token string so the tokenizer cannot match it
+
+
+def defuse_special_tokens(text: str, specials: Sequence[str]) -> str:
+    """``text`` with every occurrence of a special-token string (``<|im_start|>``, ``</s>``, ...) broken by a
+    zero-width space after its first character, so text from a user, a snippet or a dataset is always tokenized as
+    text and can never open or close a chat turn (the model still reads the same visible characters)."""
+    for special in sorted((s for s in specials if len(s) > 1), key=len, reverse=True):
+        if special in text:
+            text = text.replace(special, special[0] + DEFUSE_MARK + special[1:])
+    return text
+
+
+def defuse_messages(messages: Sequence[dict[str, str]], specials: Sequence[str]) -> list[dict[str, str]]:
+    """Every message's content defused (see :func:`defuse_special_tokens`); roles are ours, never user input."""
+    return [{**m, "content": defuse_special_tokens(m.get("content", ""), specials)} for m in messages]
+

@@ -76,3 +76,23 @@ def test_eval_results_flag_items_seen_in_training(cfg):
     labels = [row[0] for row in summary_table(results)[1]]
     assert any(f"⚠ {len(seen)} items seen in training" in x for x in labels)
     assert not any("⚠" in x for x in labels if "SFT" not in x and "sft" not in x)
+
+
+def test_validation_items_touch_neither_the_eval_sample_nor_training_rows():
+    """scripts/validation_ids.py (how the offline recipe was chosen) picks items outside both."""
+    import importlib.util
+
+    from medadapt.config import REPO_ROOT, load_config
+    from medadapt.data.benchmarks import select_ids
+    from medadapt.data.sft import load_local_rows
+
+    spec = importlib.util.spec_from_file_location("validation_ids", REPO_ROOT / "scripts" / "validation_ids.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ids = module.validation_ids(per=50, seed=777)
+    cfg = load_config("offline")
+    assert all(len(v) == 50 for v in ids.values())
+    evaluated = evaluated_items(cfg)
+    for bench, chosen in ids.items():
+        assert not set(chosen) & {str(i.id) for i in evaluated[bench]}, bench
+    assert check_disjoint(load_local_rows(cfg), select_ids(cfg, ids)) == []

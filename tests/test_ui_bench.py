@@ -158,3 +158,17 @@ def test_shipped_offline_results_render_with_all_four_variants():
         assert all(summarize(res)[v][ALL]["n"] >= 200 for v in ("base", "rag", "sft", "msft")), path
         assert len(accuracy_figure(res).data) >= 4
     assert modes == {"loglik", "cot"}
+
+
+def test_drilldown_escapes_every_value_from_a_results_file(results):
+    """A crafted results file (option keys, answer, id, subject, snippets) cannot put markup into the page."""
+    from medadapt.ui.bench import drilldown_html
+
+    evil = "<img src=x onerror=alert(1)>"
+    item = results["items"]["pubmedqa"][0]
+    item["options"] = {evil: "yes", "B": evil}
+    item["answer"], item["subject"] = evil, evil
+    results["variants"]["sft"]["predictions"]["pubmedqa"][0]["filter"] = evil
+    results["retrieval"] = {"snippets": {"pubmedqa": {"p0": [{"title": evil, "id": evil}]}}}
+    html = drilldown_html(results, "pubmedqa", "p0")
+    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html

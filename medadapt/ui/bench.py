@@ -148,19 +148,19 @@ def drilldown_html(results: dict | None, benchmark: str, item_id: str) -> str:
     except KeyError as e:
         return f"<p class='ma-empty'>{html.escape(str(e))}</p>"
     it = d["item"]
-    opts = "".join(f"<li><b>{k}.</b> {html.escape(v)}{' ✅' if k == it['answer'] else ''}</li>"
+    opts = "".join(f"<li><b>{html.escape(str(k))}.</b> {html.escape(str(v))}{' ✅' if k == it['answer'] else ''}</li>"
                    for k, v in it["options"].items())
     rows = "".join(
         f"<tr><td>{html.escape(variant_label(r['variant']))}</td><td>{html.escape(str(r['pred'] or '—'))}</td>"
         f"<td>{'✅' if r['correct'] else ('⚠️ invalid' if r['invalid'] else '❌')}</td>"
-        f"<td>{html.escape(r['filter'] or '')}</td>"
-        f"<td><div style='white-space:pre-wrap;max-height:240px;overflow:auto'>{html.escape(r['raw'] or '')}</div></td></tr>"
+        f"<td>{html.escape(str(r['filter'] or ''))}</td>"
+        f"<td><div style='white-space:pre-wrap;max-height:240px;overflow:auto'>{html.escape(str(r['raw'] or ''))}</div></td></tr>"
         for r in d["rows"])
-    snips = "".join(f"<li>{html.escape(s.get('title', ''))} <code>{html.escape(s.get('id', ''))}</code></li>"
+    snips = "".join(f"<li>{html.escape(str(s.get('title', '')))} <code>{html.escape(str(s.get('id', '')))}</code></li>"
                     for s in d["snippets"])
-    return (f"<div><p><b>{html.escape(task_label(benchmark))} · {html.escape(it['id'])}</b>"
-            f"{' · ' + html.escape(it['subject']) if it.get('subject') else ''}</p>"
-            f"<p>{html.escape(it['question'])}</p><ul>{opts}</ul><p>Correct answer: <b>{it['answer']}</b></p>"
+    return (f"<div><p><b>{html.escape(task_label(benchmark))} · {html.escape(str(it['id']))}</b>"
+            f"{' · ' + html.escape(str(it['subject'])) if it.get('subject') else ''}</p>"
+            f"<p>{html.escape(str(it['question']))}</p><ul>{opts}</ul><p>Correct answer: <b>{html.escape(str(it['answer']))}</b></p>"
             f"<table><tr><th>variant</th><th>answer</th><th></th><th>parsed by</th><th>raw output</th></tr>{rows}</table>"
             + (f"<p>RAG snippets retrieved:</p><ul>{snips}</ul>" if snips else "") + "</div>")
 
