@@ -235,6 +235,11 @@ def hub_reachable(timeout: float = 1.5) -> bool:
         return False
 
 
+def env_flag(name: str) -> bool:
+    """A boolean environment variable: on for 1/true/yes/on (any case), off when unset or anything else (``0``)."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 # env var -> (section, key, type)
 ENV_OVERRIDES = {
     "MEDADAPT_DATA_DIR": ("paths", "data_dir", str),
@@ -268,7 +273,7 @@ def load_config(profile: str | None = None, overrides: dict[str, Any] | None = N
                 raise ConfigError(f"{var}={os.environ[var]!r} is not a valid {typ.__name__}") from e
     data = merge(data, overrides or {})
     data["hub_available"] = hub
-    data["public"] = bool(os.environ.get("MEDADAPT_PUBLIC") or os.environ.get("SPACE_ID")) or data.get("public", False)
+    data["public"] = env_flag("MEDADAPT_PUBLIC") or bool(os.environ.get("SPACE_ID")) or data.get("public", False)
     cfg = from_dict(AppConfig, data)
     if cfg.public:  # public defaults: never run code shipped with a model
         cfg.model.trust_remote_code = False

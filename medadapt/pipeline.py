@@ -71,7 +71,7 @@ def clean_question(text: Any) -> str:
     text = unicodedata.normalize("NFC", text)
     text = "".join(c for c in text if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cs", "Co", "Cn"))
     text = text.replace("\ufffd", "").strip()
-    if not text:
+    if not "".join(c for c in text if unicodedata.category(c) != "Cf").strip():  # e.g. only zero-width spaces
         raise InputError("The question holds only control or invalid characters; please type it as plain text.")
     return text
 

@@ -47,3 +47,19 @@ def test_votes_figure_counts_and_empty_state():
     assert "4 votes" in fig.layout.title.text and not fig.layout.annotations
     empty = votes_figure({"base": 0, "rag": 0, "sft": 0, "msft": 0, "all_bad": 0})
     assert "No votes yet" in empty.layout.annotations[0].text
+
+
+def test_exports_are_pruned_after_their_ttl(tmp_path):
+    import os
+    import time
+
+    from medadapt.exports import new_export_dir, prune_exports
+
+    old, fresh = new_export_dir(tmp_path), new_export_dir(tmp_path)
+    (old / "medadapt-comparison.md").write_text("x")
+    past = time.time() - 7200
+    os.utime(old, (past, past))
+    assert prune_exports(tmp_path) == 1
+    assert not old.exists() and fresh.exists()
+    third = new_export_dir(tmp_path)  # every export prunes first
+    assert third.parent == tmp_path and len(list(tmp_path.iterdir())) == 2

@@ -103,6 +103,8 @@ class RunDir:
 def publish_adapter(model: Any, tokenizer: Any, dest: Path, meta: dict[str, Any]) -> Path:
     """Save a PEFT model's adapter + tokenizer + card + medadapt.json to ``dest`` atomically (tmp dir, rename)."""
     dest = Path(dest)
+    for stale in dest.parent.glob(dest.name + ".tmp-*"):  # left by a publish that was killed (one job per run dir)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp-", dir=dest.parent))
     os.chmod(tmp, 0o755)
     model.save_pretrained(tmp)

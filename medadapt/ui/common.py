@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from medadapt.config import AppConfig
+from medadapt.config import AppConfig, env_flag
 from medadapt.pipeline import DISCLAIMER
 
 CSS = """
@@ -35,7 +35,7 @@ THEME = gr.themes.Soft(primary_hue="teal", secondary_hue="slate")
 
 
 def is_public(cfg: Any) -> bool:
-    return bool(getattr(cfg, "public", False)) or os.environ.get("MEDADAPT_PUBLIC", "") not in ("", "0")
+    return bool(getattr(cfg, "public", False)) or env_flag("MEDADAPT_PUBLIC")
 
 
 def unlocked(cfg: Any, secret: str | None) -> bool:

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from medadapt.config import VARIANTS
+from medadapt.exports import new_export_dir
 from medadapt.pipeline import InputError, check_settings
 from medadapt.state import NO_ADAPTER, AppState, zerogpu
 from medadapt.ui import render
@@ -117,7 +116,7 @@ def _wire_feedback(state: AppState, c: dict[str, Any]) -> None:
         if result is None or not result.done:
             warn("Ask a question and wait for the answers before exporting.")
             return gr.update(visible=False)
-        out = Path(tempfile.mkdtemp(prefix="medadapt-export-"))
+        out = new_export_dir()  # removed an hour later (medadapt.exports)
         md, js = out / "medadapt-comparison.md", out / "medadapt-comparison.json"
         md.write_text(render.result_markdown(result), encoding="utf-8")
         js.write_text(json.dumps(render.result_json(result), indent=2, default=str, ensure_ascii=False), encoding="utf-8")

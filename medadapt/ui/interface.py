@@ -12,7 +12,8 @@ from medadapt.ui.votes_view import build_votes_section
 
 
 def build_demo(state: AppState) -> gr.Blocks:
-    with gr.Blocks(title="MedAdapt — base vs RAG vs SFT vs MSFT") as demo:
+    # delete_cache: every hour, Gradio removes files older than an hour from its cache (uploads, served files)
+    with gr.Blocks(title="MedAdapt — base vs RAG vs SFT vs MSFT", delete_cache=(3600, 3600)) as demo:
         gr.HTML(banner(state.cfg))
         with gr.Tabs():
             with gr.Tab("Compare", id="compare"):

@@ -149,7 +149,7 @@ def build_train_tab(state: Any) -> dict[str, Any]:
         table = runs_table() if changed else gr.skip()
         names = run_names() if status_changed else gr.skip()
         done = snap.run_dir.name if snap and status_changed and snap.status == "finished" else gr.skip()
-        setup = render.setup_markdown(state.setup.state()) if state.setup is not None else ""
+        setup = render.setup_markdown(state.setup.state()) if getattr(state, "setup", None) else ""
         return view.progress_html(snap), fig, log, live, table, names, done, seen, setup
 
     def show_run(name: str):
@@ -221,7 +221,7 @@ def build_train_tab(state: Any) -> dict[str, Any]:
                 c["stop"] = gr.Button("Stop", variant="stop", elem_id="ma-train-stop")
                 c["resume"] = gr.Button("Resume", elem_id="ma-train-resume")
             c["message"] = gr.Markdown(elem_id="ma-train-message")
-            c["setup"] = gr.Markdown(render.setup_markdown(state.setup.state()) if state.setup is not None else "",
+            c["setup"] = gr.Markdown(render.setup_markdown(state.setup.state()) if getattr(state, "setup", None) else "",
                                      elem_id="ma-train-setup")
             snap = jobs.poll()
             c["progress"] = gr.HTML(view.progress_html(snap), elem_id="ma-train-live")
