@@ -19,8 +19,8 @@ from medadapt.prompts import build_messages
 from medadapt.votes import VoteError, record_vote
 
 
-def settings(cfg, a, b, c):
-    return lambda: check_settings(cfg, a, b, c)
+def settings(cfg, a, b, c, penalty=None):
+    return lambda: check_settings(cfg, a, b, c, penalty)
 
 
 def write(tmp: Path, name: str, text: str) -> Path:
@@ -39,6 +39,9 @@ def cases(cfg, tmp: Path):
         ("empty question", lambda: clean_question(""), InputError, "empty"),
         ("whitespace question", lambda: clean_question(" \n\t  "), InputError, "empty"),
         ("control characters only", lambda: clean_question("\x00\x07\x1b"), InputError, "control or invalid"),
+        ("zero-width characters only", lambda: clean_question("\u200b\u200c\u2060\ufeff"), InputError,
+         "control or invalid"),
+        ("repetition penalty out of range", settings(cfg, 64, 0.5, 0.9, 5.0), InputError, "Repetition penalty must be"),
         ("invalid UTF-8 (lone surrogates)", lambda: clean_question("\udcff\ud800"), InputError, "invalid"),
         ("non-text question", lambda: clean_question({"q": 1}), InputError, "must be text"),
         ("non-numeric max tokens", settings(cfg, "many", 0.5, 0.9), InputError, "Max new tokens must be a number"),

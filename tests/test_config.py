@@ -52,3 +52,13 @@ def test_unknown_profile_and_bad_yaml(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_train_config(bad)
+
+
+@pytest.mark.parametrize("value, public", [("0", False), ("false", False), ("", False), ("1", True), ("yes", True)])
+def test_public_flag_values(monkeypatch, value, public):
+    from medadapt.ui.common import is_public
+
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.setenv("MEDADAPT_PUBLIC", value)
+    cfg = load_config("offline")
+    assert cfg.public is public and is_public(cfg) is public
