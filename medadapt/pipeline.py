@@ -56,6 +56,7 @@ class CompareResult:
     settings: dict[str, Any]
     notices: list[str] = field(default_factory=list)
     done: bool = False
+    voted: bool = False  # this session already voted on these answers
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

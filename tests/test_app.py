@@ -154,6 +154,7 @@ def test_vote_recorded_and_tally_updates(app):
     client = Client(app["url"], verbose=False)
     client.predict("What causes scurvy?", 16, 0.0, 1.0, 2, False, "", "", api_name="/compare")
     assert "vote recorded" in client.predict("rag", api_name="/vote")
+    assert "already voted" in client.predict("base", api_name="/vote")  # one vote per session per answers
     votes = read_votes(app["cfg"])
     assert len(votes) == before + 1 and votes[-1]["choice"] == "rag" and votes[-1]["question"] == "What causes scurvy?"
     fig = client.predict(api_name="/vote_tally")

@@ -63,3 +63,40 @@ def test_exports_are_pruned_after_their_ttl(tmp_path):
     assert not old.exists() and fresh.exists()
     third = new_export_dir(tmp_path)  # every export prunes first
     assert third.parent == tmp_path and len(list(tmp_path.iterdir())) == 2
+
+
+def test_a_vote_keeps_a_bounded_excerpt_and_a_hash(cfg):
+    import hashlib
+
+    from medadapt.votes import QUESTION_CHARS
+
+    big = dict(result(), question="What causes anemia? " * 15_000)  # 300 KB
+    big["answers"]["rag"]["answer"] = "x" * 100_000
+    rec = record_vote(cfg, "rag", big)
+    assert len(rec["question"]) == QUESTION_CHARS and rec["question_chars"] == len(big["question"])
+    assert rec["question_sha256"] == hashlib.sha256(big["question"].encode()).hexdigest()
+    assert votes_path(cfg).stat().st_size < 5_000
+
+
+def test_already_voted_answers_are_refused(cfg):
+    record_vote(cfg, "rag", result())
+    with pytest.raises(VoteError, match="already voted"):
+        record_vote(cfg, "base", dict(result(), voted=True))
+    assert len(read_votes(cfg)) == 1
+
+
+def test_incremental_tally_follows_appends_torn_lines_and_truncation(cfg):
+    from medadapt.votes import tally_votes
+
+    assert tally_votes(cfg) == {"base": 0, "rag": 0, "sft": 0, "msft": 0, "all_bad": 0}
+    record_vote(cfg, "rag", result())
+    record_vote(cfg, "base", result())
+    assert tally_votes(cfg) == tally(read_votes(cfg))
+    with open(votes_path(cfg), "a") as f:
+        f.write('{"choice": "msft", "quest')  # half a line: not counted yet
+    assert tally_votes(cfg)["msft"] == 0
+    with open(votes_path(cfg), "a") as f:
+        f.write('ion": "Q?"}\n')  # completed
+    assert tally_votes(cfg)["msft"] == 1 and tally_votes(cfg) == tally(read_votes(cfg))
+    votes_path(cfg).write_text("")  # replaced by an empty file: counted again from zero
+    assert sum(tally_votes(cfg).values()) == 0

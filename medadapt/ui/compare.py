@@ -13,7 +13,7 @@ from medadapt.pipeline import InputError, check_settings
 from medadapt.state import NO_ADAPTER, AppState, zerogpu
 from medadapt.ui import render
 from medadapt.ui.common import warn
-from medadapt.votes import CHOICES, VoteError, record_vote, read_votes, tally
+from medadapt.votes import CHOICES, VoteError, record_vote, tally_votes
 
 EXAMPLES = [
     "A 45-year-old man has crushing substernal chest pain radiating to the left arm for 30 minutes. "
@@ -106,11 +106,12 @@ def _wire_feedback(state: AppState, c: dict[str, Any]) -> None:
         try:
             record_vote(state.cfg, choice or "", result.to_dict() if result else None)
         except VoteError as e:
-            return f"⚠️ {e}"
+            return f"⚠️ {e}", gr.skip()
         except OSError as e:
-            return f"⚠️ The vote could not be saved: {e}"
-        counts = tally(read_votes(state.cfg))
-        return "Thanks — vote recorded. Tally so far: " + ", ".join(f"{k} {n}" for k, n in counts.items())
+            return f"⚠️ The vote could not be saved: {e}", gr.skip()
+        result.voted = True  # one vote per session per set of answers
+        counts = tally_votes(state.cfg)
+        return "Thanks — vote recorded. Tally so far: " + ", ".join(f"{k} {n}" for k, n in counts.items()), result
 
     def export(result):
         if result is None or not result.done:
@@ -122,7 +123,8 @@ def _wire_feedback(state: AppState, c: dict[str, Any]) -> None:
         js.write_text(json.dumps(render.result_json(result), indent=2, default=str, ensure_ascii=False), encoding="utf-8")
         return gr.update(value=[str(md), str(js)], visible=True)
 
-    c["vote"].click(vote, inputs=[c["vote_choice"], c["result"]], outputs=c["vote_status"], api_name="vote")
+    c["vote"].click(vote, inputs=[c["vote_choice"], c["result"]], outputs=[c["vote_status"], c["result"]],
+                    api_name="vote")
     c["export"].click(export, inputs=c["result"], outputs=c["export_files"], api_name="export")
 
 

@@ -7,7 +7,7 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from medadapt.ui.render import TITLES
-from medadapt.votes import read_votes, tally
+from medadapt.votes import tally_votes
 
 COLORS = {"base": "#64748b", "rag": "#0d9488", "sft": "#2563eb", "msft": "#7c3aed", "all_bad": "#dc2626"}
 
@@ -31,7 +31,7 @@ def build_votes_section(state: Any) -> dict[str, Any]:
     c: dict[str, Any] = {}
 
     def refresh():
-        return votes_figure(tally(read_votes(state.cfg)))
+        return votes_figure(tally_votes(state.cfg))
 
     with gr.Accordion("Arena votes from the Compare tab", open=True):
         c["plot"] = gr.Plot(refresh(), show_label=False)
