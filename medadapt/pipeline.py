@@ -22,6 +22,8 @@ from medadapt.reasoning import cited_numbers, split_reasoning
 DISCLAIMER = "Research demo, not medical advice. Do not use for diagnosis or treatment."
 NOT_TRAINED = "Not trained yet — see the Training tab."
 TRUNCATED_NOTICE = "The question was too long for the model's context window and was truncated."
+MAX_QUESTION_CHARS = 4000  # a long USMLE vignette is ~2,000; anything past this is cut before any other work
+CHARS_NOTICE = f"The question was truncated to its first {MAX_QUESTION_CHARS:,} characters (the limit)."
 MIN_QUESTION_TOKENS = 32
 
 
@@ -66,6 +68,7 @@ def clean_question(text: Any) -> str:
     """Normalise user text: str only, invalid code points and control characters removed, whitespace trimmed."""
     if not isinstance(text, str):
         raise InputError("The question must be text.")
+    text = text[:MAX_QUESTION_CHARS]  # first: every later step (normalising, tokenizing, retrieval) is then bounded
     if not text.strip():
         raise InputError("Please type a medical question (the box is empty).")
     text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")  # surrogates → U+FFFD
@@ -178,6 +181,8 @@ class Pipeline:
         engine = self.engine
         answers = self._plan(adapters)
         result = CompareResult(text, answers, dict(settings, rag_everywhere=rag_everywhere, top_k=top_k))
+        if len(question) > MAX_QUESTION_CHARS:
+            result.notices.append(CHARS_NOTICE)
         snippets, r_s, r_err = self.retrieve(text, k=top_k)
         needs_rag = ["rag"] + (["sft", "msft"] if rag_everywhere else [])
         for v in needs_rag:

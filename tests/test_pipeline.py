@@ -149,3 +149,17 @@ def test_clean_question_strips_controls_keeps_text():
 def test_bad_settings_rejected_with_name(cfg, args, word):
     with pytest.raises(InputError, match=word):
         check_settings(cfg, *args)
+
+
+def test_huge_question_is_capped_before_any_work(cfg):
+    """A 1 MB question is cut to the character limit first: retrieval and prompts only ever see the capped text."""
+    from medadapt.pipeline import CHARS_NOTICE, MAX_QUESTION_CHARS
+
+    pipe, engine, retriever = make(cfg)
+    huge = "What causes anemia with a\u0301\u0302 combining mark? " * 25_000
+    assert len(huge) > 1_000_000
+    final = list(pipe.compare(huge, SETTINGS, {}))[-1]
+    assert CHARS_NOTICE in final.notices and f"{MAX_QUESTION_CHARS:,} characters" in CHARS_NOTICE
+    assert retriever.queries and all(len(q) <= MAX_QUESTION_CHARS for q in retriever.queries)
+    assert len(final.question) <= MAX_QUESTION_CHARS
+    assert all(sum(len(m["content"]) for m in msgs) < MAX_QUESTION_CHARS + 2000 for msgs, _ in engine.requests)
