@@ -128,8 +128,11 @@ def test_public_mode_locks_eval_launch_unless_admin_secret(tmp_path, monkeypatch
     from medadapt.config import load_config
     from medadapt.ui.bench import build_bench_tab
 
+    from medadapt.ui import common
+
     monkeypatch.setenv("MEDADAPT_PUBLIC", "1")
     monkeypatch.delenv("MEDADAPT_ADMIN_PASSWORD", raising=False)
+    monkeypatch.setattr(common, "ADMIN_THROTTLE", common.SecretThrottle(base=0.0))  # the lock itself, not the wait
     cfg = load_config("offline", {"paths": {"results_dir": str(tmp_path)}})
     started = []
     jobs = SimpleNamespace(start_eval=lambda args: started.append(args) or tmp_path / "eval-1")

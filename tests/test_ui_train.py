@@ -150,8 +150,11 @@ def test_public_mode_locks_launching(fake_app, monkeypatch):
     from medadapt.ui.train import unlocked
 
     client = Client(fake_app.url, verbose=False)
+    from medadapt.ui import common
+
     monkeypatch.setenv("MEDADAPT_PUBLIC", "1")
     monkeypatch.delenv("MEDADAPT_ADMIN_PASSWORD", raising=False)
+    monkeypatch.setattr(common, "ADMIN_THROTTLE", common.SecretThrottle(base=0.0))  # the lock itself, not the wait
     assert not unlocked(fake_app.cfg, "")
     assert "locked" in client.predict("anything", "sft", SFT_YAML, *form({f.key: 1 for f in FIELDS}), api_name="/start")
     monkeypatch.setenv("MEDADAPT_ADMIN_PASSWORD", "s3cret")
@@ -249,3 +252,31 @@ def test_real_trainer_bad_data_file_fails_with_its_error(tmp_path, tiny_model_di
     where = "medical_o1_sft_en_first10.json: not valid JSON at line 1"  # the shared reader names file and position
     assert snap.status == "failed" and "DataFormatError" in snap.error and where in snap.error
     assert where in progress_html(snap) and "data-status='failed'" in progress_html(snap)
+
+
+def test_admin_secret_guesses_are_throttled_per_client(monkeypatch):
+    """Wrong secrets from one client make it wait longer and longer (even the right secret waits); others are not
+    affected; a right secret after the wait clears the count."""
+    from types import SimpleNamespace
+
+    from medadapt.ui import common
+
+    now = [1000.0]
+    throttle = common.SecretThrottle(base=1.0, cap=300.0, clock=lambda: now[0])
+    monkeypatch.setattr(common, "ADMIN_THROTTLE", throttle)
+    monkeypatch.setenv("MEDADAPT_ADMIN_PASSWORD", "s3cret")
+    cfg = SimpleNamespace(public=True)
+    attacker, admin = (SimpleNamespace(client=SimpleNamespace(host=h)) for h in ("10.9.9.9", "127.0.0.1"))
+    assert not common.unlocked(cfg, "guess1", attacker)
+    assert not common.unlocked(cfg, "s3cret", attacker)  # within the 1 s wait: refused even when right
+    now[0] += 1.1
+    assert not common.unlocked(cfg, "guess2", attacker)
+    assert throttle.wait_s("10.9.9.9") == pytest.approx(2.0)
+    for _ in range(10):  # each wrong attempt after its wait doubles the next wait, up to the cap
+        now[0] += throttle.wait_s("10.9.9.9") + 0.01
+        common.unlocked(cfg, "guess", attacker)
+    assert throttle.wait_s("10.9.9.9") == pytest.approx(300.0)
+    assert common.unlocked(cfg, "s3cret", admin)  # another client is not throttled
+    now[0] += 300.1
+    assert common.unlocked(cfg, "s3cret", attacker) and throttle.wait_s("10.9.9.9") == 0
+    assert not common.unlocked(cfg, "", attacker) and throttle.wait_s("10.9.9.9") == 0  # no secret: no attempt

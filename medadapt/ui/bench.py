@@ -216,8 +216,8 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
         ch = list_results(results_dir)
         return gr.update(choices=ch, value=ch[0][1] if ch else None)
 
-    def on_run(variants, mode, n, bench_sel, secret=""):
-        if not unlocked(cfg, secret):
+    def on_run(variants, mode, n, bench_sel, secret="", request: gr.Request = None):
+        if not unlocked(cfg, secret, request):
             return "🔒 Evaluation launches are locked in public mode: enter the admin secret, or duplicate the Space."
         jobs = getattr(state, "jobs", None)
         if jobs is None or not hasattr(jobs, "start_eval"):

@@ -3,13 +3,18 @@ from __future__ import annotations
 
 import hmac
 import html
+import logging
 import os
+import threading
+import time
 from typing import Any
 
 import gradio as gr
 
 from medadapt.config import AppConfig, env_flag
 from medadapt.pipeline import DISCLAIMER
+
+log = logging.getLogger(__name__)
 
 CSS = """
 .gradio-container { max-width: 100% !important; }
@@ -38,12 +43,63 @@ def is_public(cfg: Any) -> bool:
     return bool(getattr(cfg, "public", False)) or env_flag("MEDADAPT_PUBLIC")
 
 
-def unlocked(cfg: Any, secret: str | None) -> bool:
-    """Launching jobs is allowed: not public, or ``secret`` equals ``MEDADAPT_ADMIN_PASSWORD`` (no password: locked)."""
+class SecretThrottle:
+    """Wrong admin secrets per client: after the n-th wrong one in a row the client's attempts are refused for
+    ``base * 2**(n-1)`` seconds (at most ``cap``), so guessing slows down exponentially; a right one clears it."""
+
+    def __init__(self, base: float = 1.0, cap: float = 300.0, clock: Any = time.monotonic) -> None:
+        self.base, self.cap, self.clock = base, cap, clock
+        self._state: dict[str, tuple[int, float]] = {}  # client -> (wrong attempts in a row, refused until)
+        self._lock = threading.Lock()
+
+    def wait_s(self, client: str) -> float:
+        """Seconds this client must still wait before its next attempt counts (0: it may try now)."""
+        with self._lock:
+            return max(0.0, self._state.get(client, (0, 0.0))[1] - self.clock())
+
+    def failed(self, client: str) -> float:
+        with self._lock:
+            n = self._state.get(client, (0, 0.0))[0] + 1
+            delay = min(self.cap, self.base * 2 ** (n - 1))
+            self._state[client] = (n, self.clock() + delay)
+            return delay
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._state.pop(client, None)
+
+
+ADMIN_THROTTLE = SecretThrottle()
+
+
+def client_id(request: Any) -> str:
+    """The client's address as Gradio saw it ('?' without a request)."""
+    host = getattr(getattr(request, "client", None), "host", None)
+    return str(host or "?")
+
+
+def unlocked(cfg: Any, secret: str | None, request: Any = None) -> bool:
+    """Launching jobs is allowed: not public, or ``secret`` equals ``MEDADAPT_ADMIN_PASSWORD`` (no password: locked).
+
+    In public mode wrong secrets are throttled per client (:class:`SecretThrottle`) and logged; while a client
+    waits, even the right secret is refused.
+    """
     if not is_public(cfg):
         return True
     password = os.environ.get("MEDADAPT_ADMIN_PASSWORD", "")
-    return bool(password) and hmac.compare_digest((secret or "").encode(), password.encode())
+    if not password or not secret:
+        return False
+    client = client_id(request)
+    wait = ADMIN_THROTTLE.wait_s(client)
+    if wait > 0:
+        log.warning("admin secret attempt from %s refused: throttled for %.0f more s", client, wait)
+        return False
+    if hmac.compare_digest(secret.encode(), password.encode()):
+        ADMIN_THROTTLE.succeeded(client)
+        return True
+    delay = ADMIN_THROTTLE.failed(client)
+    log.warning("wrong admin secret from %s; its next attempt waits %.0f s", client, delay)
+    return False
 
 
 def launch_options(cfg: AppConfig) -> dict:

@@ -72,8 +72,8 @@ def build_train_tab(state: Any) -> dict[str, Any]:
         cli = cli_command(tcfg, Path(config_path) if config_path else None, base)
         return [values[f.key] for f in FIELDS] + [config_yaml(tcfg), cli, ""]
 
-    def on_save(secret: str, name: str, job: str, config_path: str, *values: Any):
-        if not unlocked(cfg, secret):
+    def on_save(request: gr.Request, secret: str, name: str, job: str, config_path: str, *values: Any):
+        if not unlocked(cfg, secret, request):
             return gr.skip(), "🔒 Saving configs is locked in public mode."
         try:
             tcfg, _ = build_config(job, config_path, values)
@@ -82,8 +82,8 @@ def build_train_tab(state: Any) -> dict[str, Any]:
             return gr.skip(), bullet(e.messages)
         return gr.update(choices=config_choices(job), value=str(path)), f"💾 Saved `{path}`."
 
-    def on_start(secret: str, job: str, config_path: str, *values: Any) -> str:
-        if not unlocked(cfg, secret):
+    def on_start(request: gr.Request, secret: str, job: str, config_path: str, *values: Any) -> str:
+        if not unlocked(cfg, secret, request):
             return "🔒 Launching is locked in public mode: enter the admin secret, or duplicate the Space to train."
         try:
             tcfg, _ = build_config(job, config_path, values)
@@ -97,8 +97,8 @@ def build_train_tab(state: Any) -> dict[str, Any]:
             return f"⛔ {e}"
         return f"🚀 Started **{run.name}** — live progress below. Output: `{run}`"
 
-    def on_stop(secret: str) -> str:
-        if not unlocked(cfg, secret):
+    def on_stop(request: gr.Request, secret: str) -> str:
+        if not unlocked(cfg, secret, request):
             return "🔒 Stopping jobs is locked in public mode."
         running = jobs.running()
         again = running is not None and (running / "STOP").exists()
@@ -111,8 +111,8 @@ def build_train_tab(state: Any) -> dict[str, Any]:
         return (f"⏹ Stop requested for **{run.name}**: it saves a checkpoint at the next step, then stops "
                 "(press Stop again to signal it if it seems stuck).")
 
-    def on_resume(secret: str, selected: str) -> str:
-        if not unlocked(cfg, secret):
+    def on_resume(request: gr.Request, secret: str, selected: str) -> str:
+        if not unlocked(cfg, secret, request):
             return "🔒 Resuming jobs is locked in public mode."
         try:
             run = jobs.resume(run_by_name(selected) if selected else None)
