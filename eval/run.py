@@ -246,9 +246,13 @@ def main(argv: list[str] | None = None) -> int:
         from medadapt.data import DataNotFoundError
         from eval.variants import VariantSpecError
 
+        from medadapt.config import load_config
+        from medadapt.joblock import JobLockError, hold_job_lock
+
         try:
-            return cmd_run(args)
-        except (ConfigError, DataNotFoundError, VariantSpecError, KeyError) as e:
+            with hold_job_lock(load_config(args.profile), args.output_dir or "(shell)", "eval"):
+                return cmd_run(args)
+        except (ConfigError, DataNotFoundError, VariantSpecError, KeyError, JobLockError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     loaded = [json.loads(Path(f).read_text(encoding="utf-8")) for f in args.files]

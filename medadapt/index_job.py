@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medadapt.config import AppConfig
+from medadapt.joblock import hold_job_lock
 from medadapt.runlog import read_status, write_status
 
 JOB = "index"
@@ -53,7 +54,8 @@ def run_index_job(cfg: AppConfig, run_dir: Path, limit: int | None = None, rebui
             on_progress(done, total)
 
     try:
-        rows = build_index(cfg, progress, limit, rebuild=rebuild)
+        with hold_job_lock(cfg, run_dir, JOB):  # one job per runs dir, across processes
+            rows = build_index(cfg, progress, limit, rebuild=rebuild)
     except BaseException as e:
         write_status(run_dir, {**state, "status": "failed", "ended": time.time(), "error": f"{type(e).__name__}: {e}",
                                "wall_s": round(prev_wall + time.time() - started, 1),

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from medadapt.config import REPO_ROOT, AppConfig, TrainConfig, to_dict
+from medadapt.joblock import lock_holder
 from medadapt.runlog import (FINAL, RunSnapshot, file_sig, parse_jsonl, pid_alive, read_status, summarize, tail,
                              write_status)
 
@@ -121,6 +122,9 @@ class JobManager:
             if self._adopted and pid_alive(self._adopted[1]):
                 return self._adopted[0]
             self._adopted = None
+            holder = lock_holder(self.cfg)  # a job this app did not start (the shell, another app)
+            if holder and holder.get("run_dir") and Path(holder["run_dir"]).is_dir():
+                return Path(holder["run_dir"])
             return None
 
     def active_run(self) -> Path | None:

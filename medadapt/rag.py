@@ -250,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from medadapt.config import ConfigError, load_config
     from medadapt.data import DataNotFoundError
+    from medadapt.joblock import JobLockError
 
     try:
         cfg = load_config(args.profile)
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(hits)} snippets in {time.perf_counter() - start:.2f} s (incl. loading the embedder)")
             for i, s in enumerate(hits, 1):
                 print(f"[{i}] {s.score:.4f} {s.id} ({s.source}): {s.content[:160]}")
-    except (IndexNotBuiltError, IndexMismatchError, ConfigError, DataNotFoundError) as e:
+    except (IndexNotBuiltError, IndexMismatchError, ConfigError, DataNotFoundError, JobLockError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -171,3 +171,30 @@ def test_log_is_read_incrementally_and_waits_for_complete_lines(jcfg):
     assert [r["loss"] for r in snap.records] == [3.0, 2.0, 1.0] and snap.loss == 1.0
     log.write_text('{"step": 1, "loss": 9.0}\n')  # rewritten from scratch
     assert [r["loss"] for r in jobs.poll(run).records] == [9.0]
+
+
+def test_one_job_across_processes_via_the_job_lock(cfg, tmp_path):
+    """A job this app did not start (it holds the runs dir's job lock) shows as running, blocks a second job, and a
+    trainer started from the shell meanwhile is refused with a message naming it."""
+    import os
+
+    from medadapt.config import REPO_ROOT
+    from medadapt.joblock import hold_job_lock, lock_holder
+
+    jobs = JobManager(cfg)
+    other = cfg.paths.resolve("runs_dir") / cfg.profile / "sft-from-the-shell"
+    other.mkdir(parents=True)
+    (other / "status.json").write_text(json.dumps({"status": "running", "job": "sft", "pid": os.getpid()}))
+    with hold_job_lock(cfg, other, "sft"):
+        assert lock_holder(cfg)["run_dir"] == str(other)
+        assert jobs.running() == other and jobs.active_run() == other
+        with pytest.raises(JobBusyError, match="sft-from-the-shell"):
+            jobs.start(TrainConfig(job="sft"))
+        env = dict(os.environ, MEDADAPT_RUNS_DIR=str(cfg.paths.resolve("runs_dir")), MEDADAPT_PROFILE="offline",
+                   MEDADAPT_MODEL=cfg.model.name_or_path, MEDADAPT_DATA_DIR=str(cfg.paths.resolve("data_dir")))
+        out = subprocess.run([sys.executable, "-m", "trainers.sft", "--config", "configs/offline/sft.yaml",
+                              "--output_dir", str(tmp_path / "second"), "report_to=none"],
+                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 1 and "already running" in out.stdout and "sft-from-the-shell" in out.stdout
+        assert json.loads((tmp_path / "second" / "status.json").read_text())["status"] == "failed"
+    assert lock_holder(cfg) is None and jobs.running() is None

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medadapt.config import OFFLINE_MODEL, AppConfig, ConfigError, TrainConfig, to_dict
+from medadapt.joblock import JobLockError, hold_job_lock
 from trainers.rundir import RunDir, latest_unfinished, new_run_dir, publish_adapter
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,10 @@ def execute(tcfg: TrainConfig, body: Callable[[Context], Outcome], app: AppConfi
                       adapter=None, run_dir=str(path))
     stop = StopRequest(run)
     stop.install()
+    lock, locked = hold_job_lock(app, path, tcfg.job), False
     try:
+        lock.__enter__()  # one job per runs dir, across processes (medadapt.joblock)
+        locked = True
         rt = runtime(tcfg)
         model_path = base_model(tcfg, app)
         out = body(Context(tcfg, app, run, stop, rt, model_path, resume))
@@ -99,6 +103,9 @@ def execute(tcfg: TrainConfig, body: Callable[[Context], Outcome], app: AppConfi
         run.update_status(status="failed", ended=time.time(), wall_s=round(prev_wall + time.time() - started, 1),
                           error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
         raise
+    finally:
+        if locked:
+            lock.__exit__(None, None, None)
 
 
 def base_model_id(tcfg: TrainConfig, app: AppConfig) -> str:
@@ -129,7 +136,7 @@ def cli_main(job: str, description: str, body: Callable[[Context], Outcome], arg
     try:
         tcfg = config_from_args(args, job)
         status = execute(tcfg, body, resume=args.resume)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, JobLockError) as e:
         print(f"error: {e}")
         return 1
     print(f"{job}: {status['status']} after {status.get('steps')} steps in {status.get('wall_s')} s; "
