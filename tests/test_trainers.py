@@ -224,3 +224,18 @@ def test_truncate_log_drops_lines_past_the_checkpoint(tmp_path):
         f.write('{"step": 5, "lo')  # torn by a kill
     assert run.truncate_log(2) == 3
     assert [r["step"] for r in run.read_log()] == [1, 2]
+
+
+def test_resume_skips_a_checkpoint_cut_short(tmp_path):
+    """A kill while checkpoint-6 was being written: resume uses checkpoint-4 and removes the half-written one."""
+    from trainers.common import last_complete_checkpoint
+
+    for n, complete in ((2, True), (4, True), (6, False), (10, False)):
+        d = tmp_path / f"checkpoint-{n}"
+        d.mkdir()
+        (d / "adapter_model.safetensors").write_bytes(b"x")
+        if complete:
+            (d / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert last_complete_checkpoint(tmp_path / "none") is None

@@ -184,18 +184,32 @@ def training_args(tcfg: TrainConfig, ckpt_dir: Path, rt: Runtime, has_eval: bool
     )
 
 
+def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest ``checkpoint-N`` the Trainer finished writing (it writes ``trainer_state.json`` last); newer ones
+    that a kill cut short are removed, so a resumed run never loads half a checkpoint."""
+    import shutil
+
+    found = sorted((p for p in Path(ckpt_dir).glob("checkpoint-*") if p.name.rsplit("-", 1)[-1].isdigit()),
+                   key=lambda p: int(p.name.rsplit("-", 1)[-1]), reverse=True)
+    for path in found:
+        if (path / "trainer_state.json").exists():
+            return str(path)
+        log.warning("removing %s: a checkpoint cut short (no trainer_state.json)", path)
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
 def train_stage(tcfg: TrainConfig, model: Any, tok: Any, train: list, evals: list, ckpt_dir: Path, rt: Runtime,
                 run: Any, stop: Any, *, stage: str = "", step_offset: int = 0, extra_total: int = 0,
                 resume: bool = False, run_name: str = "") -> StageResult:
     """Train ``model`` on token examples, logging to ``run`` and checkpointing to ``ckpt_dir``."""
     from transformers import Trainer
-    from transformers.trainer_utils import get_last_checkpoint
 
     from trainers.callbacks import JsonlLogCallback, StopCallback
     from trainers.formatting import PadCollator
 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    last = get_last_checkpoint(str(ckpt_dir)) if resume else None
+    last = last_complete_checkpoint(ckpt_dir) if resume else None
     logcb, stopcb = JsonlLogCallback(run, stage, step_offset, extra_total), StopCallback(stop)
     args = training_args(tcfg, ckpt_dir, rt, bool(evals), report_to(tcfg, run.path), run_name or run.path.name)
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evals or None,
