@@ -1,4 +1,5 @@
 """Column rendering and export on fixture answers (pure functions)."""
+import os
 from dataclasses import dataclass
 
 from medadapt.pipeline import DISCLAIMER, NOT_TRAINED, Answer, CompareResult
@@ -49,3 +50,25 @@ def test_export_markdown_has_everything():
     for text in ("Q?", DISCLAIMER, "Aspirin [2]", "because", "[2] **Path**", "cited", NOT_TRAINED, '"temperature": 0.0'):
         assert text in md
     assert render.result_json(res)["answers"]["rag"]["snippets"][0]["title"] == "FA"
+
+
+def test_setup_line_says_each_step_and_goes_quiet_after_it_finished():
+    import time
+
+    from medadapt.setup_chain import SetupState, StepRecord
+    from medadapt.ui.render import setup_markdown
+
+    st = SetupState("running", pid=os.getpid(), steps={
+        "index": StepRecord("done", "/r/index-1"), "sft": StepRecord("running", "/r/sft-1", 40, 120, 175.0),
+        "msft": StepRecord("pending")})
+    line = setup_markdown(st)
+    assert "First-run setup" in line and "training SFT, step 40/120, about 3 min left" in line and "queued" in line
+    st.steps["msft"] = StepRecord("failed", error="ValueError: bad corpus\\ntraceback...")
+    st.status, st.ended = "failed", time.time()
+    assert "finished with errors" in setup_markdown(st) and "bad corpus" in setup_markdown(st)
+    st.steps["msft"], st.status = StepRecord("done", "/r/msft-1"), "done"
+    assert "First-run setup finished" in setup_markdown(st)
+    st.ended = time.time() - 3600
+    assert setup_markdown(st) == ""
+    st.status, st.pid = "running", 2 ** 22 + 12345  # its app process is gone
+    assert "interrupted" in setup_markdown(st)

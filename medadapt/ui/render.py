@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import json
+import time
 from typing import Any
 
 from medadapt.pipeline import DISCLAIMER, Answer, CompareResult
@@ -101,6 +102,7 @@ def result_json(res: CompareResult) -> dict[str, Any]:
     return {"disclaimer": DISCLAIMER, **res.to_dict()}
 
 
+SETUP_DONE_SHOWN_S = 600  # the "setup finished" line stays this long, then the Compare tab is quiet again
 SETUP_ICONS = {"pending": "○", "waiting": "○", "running": "◐", "done": "✓", "skipped": "✓", "failed": "✗",
                "stopped": "‖"}  # plain glyphs: they render without an emoji font
 
@@ -112,6 +114,8 @@ def setup_markdown(st: Any) -> str:
 
     if st.status == "idle" or all(r.status == "skipped" for r in st.steps.values()):
         return ""
+    if st.status == "done" and st.ended and time.time() - st.ended > SETUP_DONE_SHOWN_S:
+        return ""  # finished a while ago: nothing left to say
     parts = []
     for step, rec in st.steps.items():
         detail = {"running": progress_text(step, rec), "waiting": "waiting for another job", "pending": "queued",
