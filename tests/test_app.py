@@ -177,3 +177,20 @@ def test_new_adapter_appears_in_compare_without_restart(app, tiny_model_dir):
     assert str(adapter) in json.dumps(sft_update)
     out = client.predict("What causes scurvy?", 16, 0.0, 1.0, 2, False, str(adapter), "", api_name="/compare")
     assert "tokens" in out[10] and "Not trained" not in out[8]
+
+
+def test_uploads_are_refused(app):
+    """The app has no file input: Gradio's upload endpoint must not store a visitor's files."""
+    import urllib.error
+    import urllib.request
+
+    boundary = "medadaptboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.bin\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n{'x' * 1000}\r\n--{boundary}--\r\n").encode()
+    req = urllib.request.Request(app["url"] + "gradio_api/upload", data=body, method="POST",
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=10)
+    assert info.value.code == 403 and b"no file uploads" in info.value.read()
+    with urllib.request.urlopen(app["url"], timeout=10) as page:  # the app itself still serves
+        assert page.status == 200

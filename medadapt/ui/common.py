@@ -104,8 +104,13 @@ def unlocked(cfg: Any, secret: str | None, request: Any = None) -> bool:
 
 def launch_options(cfg: AppConfig) -> dict:
     """Keyword arguments for ``demo.launch`` shared by the app, the tests and the benches."""
+    from starlette.middleware import Middleware
+
+    from medadapt.ui.guard import RequestGuard
+
     return {"theme": THEME, "css": CSS, "ssr_mode": False, "show_error": True,
-            "max_file_size": "5mb" if cfg.public else "200mb"}
+            "max_file_size": "5mb" if cfg.public else "200mb",
+            "app_kwargs": {"middleware": [Middleware(RequestGuard)]}}  # no uploads (the app has no file input)
 
 
 def banner(cfg: AppConfig) -> str:
