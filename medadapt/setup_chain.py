@@ -178,7 +178,7 @@ class SetupChain:
     # -- running (one process at a time)
     def start(self) -> bool:
         """Run the chain in a daemon thread if anything is missing and no other process runs it; True if started."""
-        if self._thread is not None and self._thread.ispid_alive():
+        if self._thread is not None and self._thread.is_alive():
             return False
         if not self.lock.acquire():
             log.info("first-run setup: another process runs it (see %s)", self.root / STATE_FILE)

@@ -274,3 +274,17 @@ def test_browser_columns_switch_from_preparing_to_answers(tmp_path, tiny_model_d
         demo.close()
     assert all("preparing" not in t and DISCLAIMER in t for t in late.values()), late
     assert state_of(env)["status"] == "done"
+
+
+def test_start_twice_runs_one_chain_and_reports_nothing_to_do(cfg, monkeypatch):
+    """A second start() while the chain runs is refused; a profile that lacks nothing ends 'done', all skipped."""
+    import medadapt.setup_chain as chain_mod
+    from medadapt.jobs import JobManager
+
+    monkeypatch.setattr(chain_mod, "step_needed", lambda cfg, step: time.sleep(0.3) or False)
+    chain = SetupChain(cfg, JobManager(cfg))
+    assert chain.start() and not chain.start()
+    chain.join(10)
+    st = chain.state()
+    assert st.status == "done" and [r.status for r in st.steps.values()] == ["skipped"] * 3
+    assert chain.message_for("rag") is None and chain.message_for("sft") is None
