@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         state.pipeline.engine  # load the base model (and adapters) before the first user arrives
     demo = build_demo(state)
     demo.queue(default_concurrency_limit=1, max_size=64)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options(cfg))
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options(cfg, demo))
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def start_app(model: str, tmp: Path) -> tuple[str, object]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **launch_options(state.cfg))
+                **launch_options(state.cfg, demo))
     return f"http://127.0.0.1:{port}/", demo
 
 

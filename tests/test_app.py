@@ -46,7 +46,7 @@ def app(tmp_path_factory, tiny_model_dir):
     demo.queue(default_concurrency_limit=1, max_size=64)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **launch_options(state.cfg))
+                **launch_options(state.cfg, demo))
     yield {"url": f"http://127.0.0.1:{port}/", "state": state, "cfg": cfg}
     demo.close()
 
@@ -194,3 +194,62 @@ def test_uploads_are_refused(app):
     assert info.value.code == 403 and b"no file uploads" in info.value.read()
     with urllib.request.urlopen(app["url"], timeout=10) as page:  # the app itself still serves
         assert page.status == 200
+
+
+def test_guard_rations_generation_per_client():
+    from medadapt.ui.guard import RateLimiter
+
+    now = [0.0]
+    limiter = RateLimiter(limit=2, window_s=60, clock=lambda: now[0])
+    assert limiter.take("a") == 0 and limiter.take("a") == 0
+    assert limiter.take("a") == pytest.approx(60.0) and limiter.take("b") == 0  # another client goes
+    now[0] = 61.0
+    assert limiter.take("a") == 0
+
+
+def test_public_app_answers_429_with_retry_after_past_the_limit(tmp_path, tiny_model_dir, monkeypatch):
+    """Through the real app: a third question in a minute from one address gets 429 saying when to retry;
+    other events (the page's polls) still pass."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from medadapt.state import AppState
+    from medadapt.ui import guard
+    from medadapt.ui.common import launch_options
+    from medadapt.ui.interface import build_demo
+
+    monkeypatch.setenv("MEDADAPT_PUBLIC", "1")
+    monkeypatch.setattr(guard, "GENERATIONS_PER_WINDOW", 2)
+    cfg = load_config("offline", {"model": {"name_or_path": tiny_model_dir, "display_name": "tiny-random"},
+                                  "generation": {"max_new_tokens": 16},
+                                  "paths": {"data_dir": str(FIXTURE_DATA), "runs_dir": str(tmp_path / "runs"),
+                                            "index_dir": str(tmp_path / "index")}})
+    demo = build_demo(AppState.create(cfg))
+    demo.queue(default_concurrency_limit=1, max_size=64)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                **launch_options(cfg, demo))
+    try:
+        ask = next(i for i, f in demo.fns.items() if getattr(f, "api_name", None) == "compare")
+        other = next(i for i, f in demo.fns.items() if getattr(f, "concurrency_id", None) != "generate")
+
+        def join(fn_index):
+            body = json.dumps({"data": ["Q?", 16, 0.0, 1.0, 2, False, "none", "none", 1.0], "fn_index": fn_index,
+                               "session_hash": "abuse1", "trigger_id": None}).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/gradio_api/queue/join", data=body,
+                                         headers={"Content-Type": "application/json"}, method="POST")
+            return urllib.request.urlopen(req, timeout=10)
+
+        assert join(ask).status == 200 and join(ask).status == 200
+        with pytest.raises(urllib.error.HTTPError) as info:
+            join(ask)
+        assert info.value.code == 429 and int(info.value.headers["Retry-After"]) > 0
+        assert b"Retry in" in info.value.read()
+        try:
+            status = join(other).status
+        except urllib.error.HTTPError as e:  # gradio may refuse the body for that event, but not the guard
+            status = e.code
+        assert status != 429
+    finally:
+        demo.close()

@@ -102,15 +102,21 @@ def unlocked(cfg: Any, secret: str | None, request: Any = None) -> bool:
     return False
 
 
-def launch_options(cfg: AppConfig) -> dict:
-    """Keyword arguments for ``demo.launch`` shared by the app, the tests and the benches."""
+def launch_options(cfg: AppConfig, demo: Any = None) -> dict:
+    """Keyword arguments for ``demo.launch`` shared by the app, the tests and the benches.
+
+    The request guard refuses uploads (the app has no file input) and, in public mode, rations each client's
+    generation events (``demo``'s handlers with ``concurrency_id="generate"``).
+    """
     from starlette.middleware import Middleware
 
-    from medadapt.ui.guard import RequestGuard
+    from medadapt.ui.guard import RateLimiter, RequestGuard
 
+    fns = frozenset(i for i, f in (demo.fns.items() if demo is not None else ())
+                    if getattr(f, "concurrency_id", None) == "generate")
+    guard = Middleware(RequestGuard, generation_fns=fns, limiter=RateLimiter() if is_public(cfg) else None)
     return {"theme": THEME, "css": CSS, "ssr_mode": False, "show_error": True,
-            "max_file_size": "5mb" if cfg.public else "200mb",
-            "app_kwargs": {"middleware": [Middleware(RequestGuard)]}}  # no uploads (the app has no file input)
+            "max_file_size": "5mb" if cfg.public else "200mb", "app_kwargs": {"middleware": [guard]}}
 
 
 def banner(cfg: AppConfig) -> str:
