@@ -7,25 +7,17 @@ Training tab and the first-run setup watch an index build the way they watch tra
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from medadapt.config import AppConfig
 from medadapt.joblock import hold_job_lock
-from medadapt.runlog import read_status, write_status
+from medadapt.runlog import append_jsonl, read_status, write_status
 
 JOB = "index"
-
-
-def append_log(run_dir: Path, record: dict[str, Any]) -> None:
-    """Append one ``log.jsonl`` line (None values dropped)."""
-    with open(run_dir / "log.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps({k: v for k, v in record.items() if v is not None}) + "\n")
 
 
 def run_index_job(cfg: AppConfig, run_dir: Path, limit: int | None = None, rebuild: bool = False,
@@ -48,7 +40,7 @@ def run_index_job(cfg: AppConfig, run_dir: Path, limit: int | None = None, rebui
         elapsed = time.time() - started
         new = done - first[0]
         eta = elapsed / new * (total - done) if new > 0 else None
-        append_log(run_dir, {"step": done, "total_steps": total, "elapsed_s": round(elapsed, 2),
+        append_jsonl(run_dir / "log.jsonl", {"step": done, "total_steps": total, "elapsed_s": round(elapsed, 2),
                              "eta_s": None if eta is None else round(eta, 1), "time": time.time()})
         if on_progress:
             on_progress(done, total)

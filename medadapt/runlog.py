@@ -89,6 +89,13 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line (None values dropped): how jobs write ``log.jsonl``."""
+    line = json.dumps({k: v for k, v in record.items() if v is not None}, default=float)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
 def read_status(run_dir: Path) -> dict[str, Any]:
     return read_json(run_dir / "status.json")
 

@@ -147,10 +147,6 @@ class SetupChain:
         self._cache = (sig, state)
         return state
 
-    def active(self) -> bool:
-        st = self.state()
-        return st.status == "running" and pid_alive(st.pid)
-
     def message_for(self, variant: str) -> str | None:
         """What a Compare column that the setup prepares should say, or None when the setup has nothing to say."""
         step = next((s for s, v in VARIANT.items() if v == variant), None)

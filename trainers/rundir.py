@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from medadapt.config import AppConfig, TrainConfig, to_dict
-from medadapt.runlog import read_json, write_json_atomic  # noqa: F401  (re-exported for the trainers)
+from medadapt.runlog import append_jsonl, read_json, write_json_atomic  # noqa: F401  (re-exported)
 
 
 def new_run_dir(app: AppConfig, tcfg: TrainConfig) -> Path:
@@ -71,9 +71,7 @@ class RunDir:
         return data
 
     def log(self, record: dict[str, Any]) -> None:
-        line = json.dumps({k: v for k, v in record.items() if v is not None}, default=float)
-        with self.log_file.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")
+        append_jsonl(self.log_file, record)
 
     def truncate_log(self, last_step: int) -> int:
         """Drop log lines past ``last_step`` (steps a killed run logged after its last checkpoint, which a resumed
