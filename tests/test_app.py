@@ -208,12 +208,9 @@ def test_guard_rations_generation_per_client():
 
 
 def test_public_app_answers_429_with_retry_after_past_the_limit(tmp_path, tiny_model_dir, monkeypatch):
-    """Through the real app: a third question in a minute from one address gets 429 saying when to retry;
-    other events (the page's polls) still pass."""
-    import json
-    import urllib.error
-    import urllib.request
-
+    """Through the real app: a third question in a minute from one address (each asked after the last was answered)
+    gets 429 saying when to retry; other events (the page's polls) still pass."""
+    from bench.queue_client import QueueClient, fn_index
     from medadapt.state import AppState
     from medadapt.ui import guard
     from medadapt.ui.common import launch_options
@@ -231,25 +228,11 @@ def test_public_app_answers_429_with_retry_after_past_the_limit(tmp_path, tiny_m
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 **launch_options(cfg, demo))
     try:
-        ask = next(i for i, f in demo.fns.items() if getattr(f, "api_name", None) == "compare")
-        other = next(i for i, f in demo.fns.items() if getattr(f, "concurrency_id", None) != "generate")
-
-        def join(fn_index):
-            body = json.dumps({"data": ["Q?", 16, 0.0, 1.0, 2, False, "none", "none", 1.0], "fn_index": fn_index,
-                               "session_hash": "abuse1", "trigger_id": None}).encode()
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/gradio_api/queue/join", data=body,
-                                         headers={"Content-Type": "application/json"}, method="POST")
-            return urllib.request.urlopen(req, timeout=10)
-
-        assert join(ask).status == 200 and join(ask).status == 200
-        with pytest.raises(urllib.error.HTTPError) as info:
-            join(ask)
-        assert info.value.code == 429 and int(info.value.headers["Retry-After"]) > 0
-        assert b"Retry in" in info.value.read()
-        try:
-            status = join(other).status
-        except urllib.error.HTTPError as e:  # gradio may refuse the body for that event, but not the guard
-            status = e.code
-        assert status != 429
+        client = QueueClient(f"http://127.0.0.1:{port}", "127.0.0.1")
+        ask, question = fn_index(demo, "compare"), ["Q?", 16, 0.0, 1.0, 2, False, "none", "none", 1.0]
+        assert client.call(ask, question).status == 200 and client.call(ask, question).status == 200
+        refused = client.call(ask, question)
+        assert refused.status == 429 and refused.retry_after > 0 and "Retry in" in refused.error
+        assert client.call(fn_index(demo, "refresh_adapters"), []).status == 200
     finally:
         demo.close()

@@ -105,16 +105,18 @@ def unlocked(cfg: Any, secret: str | None, request: Any = None) -> bool:
 def launch_options(cfg: AppConfig, demo: Any = None) -> dict:
     """Keyword arguments for ``demo.launch`` shared by the app, the tests and the benches.
 
-    The request guard refuses uploads (the app has no file input) and, in public mode, rations each client's
-    generation events (``demo``'s handlers with ``concurrency_id="generate"``).
+    The request guard refuses uploads (the app has no file input) and, in public mode with ``demo`` given, bounds each
+    client's queued and running events in ``demo``'s queue and rations its Compare generations
+    (:mod:`medadapt.ui.guard`).
     """
     from starlette.middleware import Middleware
 
     from medadapt.ui.guard import RateLimiter, RequestGuard
+    from medadapt.ui.inflight import InFlight
 
-    fns = frozenset(i for i, f in (demo.fns.items() if demo is not None else ())
-                    if getattr(f, "concurrency_id", None) == "generate")
-    guard = Middleware(RequestGuard, generation_fns=fns, limiter=RateLimiter() if is_public(cfg) else None)
+    public = is_public(cfg) and demo is not None
+    guard = Middleware(RequestGuard, inflight=InFlight(demo) if public else None,
+                       limiter=RateLimiter() if public else None)
     return {"theme": THEME, "css": CSS, "ssr_mode": False, "show_error": True,
             "max_file_size": "5mb" if cfg.public else "200mb", "app_kwargs": {"middleware": [guard]}}
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -13,6 +14,8 @@ from medadapt.pipeline import InputError, check_settings
 from medadapt.state import NO_ADAPTER, AppState, zerogpu
 from medadapt.ui import render
 from medadapt.ui.common import warn
+from medadapt.ui.inflight import GENERATE
+from medadapt.ui.redact import path_redactor
 from medadapt.votes import CHOICES, VoteError, record_vote, tally_votes
 
 EXAMPLES = [
@@ -50,6 +53,7 @@ def build_compare_tab(state: AppState) -> dict[str, Any]:
     """Build the tab's components inside the current Blocks context and wire its events."""
     c: dict[str, Any] = {}
     gen = state.cfg.generation
+    shown = path_redactor(state.cfg)  # no absolute server paths in what a visitor sees
     with gr.Row(equal_height=True):
         c["question"] = gr.Textbox(label="Medical question", lines=3, scale=5, autofocus=True,
                                    placeholder="Type a medical question, e.g. a USMLE-style vignette…")
@@ -73,7 +77,7 @@ def build_compare_tab(state: AppState) -> dict[str, Any]:
             c["index_status"] = gr.Markdown(elem_id="ma-index-status")
             c["build_index"] = gr.Button("Build index", size="sm")
             c["refresh_adapters"] = gr.Button("Refresh adapters", size="sm")
-    c["setup_status"] = gr.Markdown(render.setup_markdown(state.setup.state()) if state.setup else "",
+    c["setup_status"] = gr.Markdown(shown(render.setup_markdown(state.setup.state())) if state.setup else "",
                                     elem_id="ma-setup-status")
     c["notices"] = gr.Markdown(elem_id="ma-notices")
     with gr.Row(elem_id="ma-columns", equal_height=False):
@@ -96,19 +100,19 @@ def build_compare_tab(state: AppState) -> dict[str, Any]:
     c["vote_status"] = gr.Markdown()
     c["export_files"] = gr.File(label="Exported result", file_count="multiple", visible=False)
     c["result"] = gr.State(None)
-    _wire(state, c)
-    _wire_feedback(state, c)
+    _wire(state, c, shown)
+    _wire_feedback(state, c, shown)
     return c
 
 
-def _wire_feedback(state: AppState, c: dict[str, Any]) -> None:
+def _wire_feedback(state: AppState, c: dict[str, Any], shown: Callable[[str], str]) -> None:
     def vote(choice, result):
         try:
             record_vote(state.cfg, choice or "", result.to_dict() if result else None)
         except VoteError as e:
             return f"⚠️ {e}", gr.skip()
         except OSError as e:
-            return f"⚠️ The vote could not be saved: {e}", gr.skip()
+            return f"⚠️ The vote could not be saved: {shown(str(e))}", gr.skip()
         result.voted = True  # one vote per session per set of answers
         counts = tally_votes(state.cfg)
         return "Thanks — vote recorded. Tally so far: " + ", ".join(f"{k} {n}" for k, n in counts.items()), result
@@ -128,7 +132,7 @@ def _wire_feedback(state: AppState, c: dict[str, Any]) -> None:
     c["export"].click(export, inputs=c["result"], outputs=c["export_files"], api_name="export")
 
 
-def _wire(state: AppState, c: dict[str, Any]) -> None:
+def _wire(state: AppState, c: dict[str, Any], shown: Callable[[str], str]) -> None:
     outputs = [c[f"{v}_{p}"] for v in VARIANTS for p in ("answer", "reasoning", "stats", "snippets")]
 
     def ask(question, max_new_tokens, temperature, top_p, top_k, rag_everywhere, sft_path, msft_path,
@@ -142,17 +146,19 @@ def _wire(state: AppState, c: dict[str, Any]) -> None:
                 now = time.monotonic()
                 if res.done or now - last >= UPDATE_EVERY_S:
                     last = now
-                    notes = " ".join(f"⚠️ {n}" for n in res.notices)
+                    for ans in res.answers.values():
+                        ans.message = shown(ans.message)
+                    notes = " ".join(f"⚠️ {shown(n)}" for n in res.notices)
                     yield *_column_outputs(res), notes, res
         except InputError as e:
-            warn(str(e))
-            yield *[gr.update()] * len(outputs), f"⚠️ {e}", gr.update()
+            warn(shown(str(e)))
+            yield *[gr.update()] * len(outputs), f"⚠️ {shown(str(e))}", gr.update()
         except Exception as e:  # the app never crashes on a user's input: report and keep serving
-            yield *[gr.update()] * len(outputs), f"⚠️ Generation failed: {type(e).__name__}: {e}", gr.update()
+            yield *[gr.update()] * len(outputs), f"⚠️ Generation failed: {type(e).__name__}: {shown(str(e))}", gr.update()
 
     inputs = [c["question"], c["max_new_tokens"], c["temperature"], c["top_p"], c["top_k"], c["rag_everywhere"],
               c["sft_adapter"], c["msft_adapter"], c["repetition_penalty"]]
-    run = dict(fn=zerogpu(ask), inputs=inputs, outputs=outputs + [c["notices"], c["result"]], concurrency_id="generate",
+    run = dict(fn=zerogpu(ask), inputs=inputs, outputs=outputs + [c["notices"], c["result"]], concurrency_id=GENERATE,
                show_progress="minimal")
     ev_click = c["ask"].click(api_name="compare", **run)
     ev_submit = c["question"].submit(api_name=False, **run)
@@ -172,7 +178,7 @@ def _wire(state: AppState, c: dict[str, Any]) -> None:
         try:
             state.pipeline.build_index(lambda done, total: progress((done, total), desc="Embedding snippets"))
         except Exception as e:
-            return f"⚠️ Index build failed: {type(e).__name__}: {e}"
+            return f"⚠️ Index build failed: {type(e).__name__}: {shown(str(e))}"
         return index_status()
 
     def refresh():
@@ -181,7 +187,7 @@ def _wire(state: AppState, c: dict[str, Any]) -> None:
     def setup_tick(seen: str):
         """The setup line; the adapter choices and index line are refreshed when a step finishes."""
         st = state.setup.state()
-        text = render.setup_markdown(st)
+        text = shown(render.setup_markdown(st))
         done = ",".join(s for s, r in st.steps.items() if r.status in ("done", "skipped"))
         if done == seen:
             return text, gr.skip(), gr.skip(), gr.skip(), seen

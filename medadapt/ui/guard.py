@@ -1,10 +1,14 @@
-"""An ASGI middleware in front of the Gradio app: refuses what a visitor never needs and rations generation.
+"""An ASGI middleware in front of the Gradio app: refuses what a visitor never needs and rations what costs.
 
 - The app has no file input, yet Gradio serves ``POST /gradio_api/upload`` for any app: anyone could store files on
   the server and download them again. Such requests get 403 before Gradio reads the body.
-- In public mode each client (by address) may start at most ``GENERATIONS_PER_WINDOW`` generation events per
-  ``WINDOW_S`` seconds (``/gradio_api/queue/join`` for the Compare handlers, or ``/gradio_api/call/compare``); more
-  get 429 with ``Retry-After`` and a message saying when to retry, so one client cannot fill the shared queue.
+- In public mode (``inflight`` given), every event must come through Gradio's queue (``/gradio_api/queue/join`` or
+  ``/gradio_api/call/<api>``): the direct routes that skip it (``/run/``, ``/api/``) get 403. Each join is refused
+  before it reaches the queue when its body is over ``MAX_BODY_BYTES`` (413); when the client already holds its share
+  of queued and running events, per session and per address (:class:`medadapt.ui.inflight.Limits`; 429); when the
+  queue is full (503); and, for the Compare generations, past ``GENERATIONS_PER_WINDOW`` per ``WINDOW_S`` seconds per
+  address (429). Every refusal carries ``Retry-After`` and a message saying when to retry, so one client cannot fill
+  the shared queue and the others keep being answered.
 """
 from __future__ import annotations
 
@@ -15,9 +19,15 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from medadapt.ui.inflight import GENERATE, InFlight
+
 BLOCKED_POSTS = ("/gradio_api/upload",)
+DIRECT_RUNS = ("/gradio_api/run/", "/gradio_api/api/")  # Gradio's queue-skipping routes (open unless on a Space)
 GENERATIONS_PER_WINDOW = 6
 WINDOW_S = 60.0
+MAX_BODY_BYTES = 2 * 1024 * 1024  # a join carries one question (cut at 4,000 characters anyway) and a few settings
+WHAT = {"address": "requests in progress from your address", "session": "requests in progress in this page",
+        "gen-address": "questions in progress from your address", "gen-session": "questions in progress in this page"}
 
 
 class RateLimiter:
@@ -47,20 +57,29 @@ class RateLimiter:
             return 0.0
 
 
-async def _respond(send: Any, status: int, message: str, headers: list | None = None) -> None:
-    body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *(headers or [])]})
+def _refusal(status: int, message: str, retry_s: float | None = None) -> tuple[int, list, bytes]:
+    body = json.dumps({"error": message, "detail": message}).encode()  # the web client shows detail, else error
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if retry_s is not None:
+        headers.append((b"retry-after", str(int(retry_s) + 1).encode()))
+    return status, headers, body
+
+
+async def _respond(send: Any, status: int, message: str, retry_s: float | None = None) -> None:
+    status, headers, body = _refusal(status, message, retry_s)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-class RequestGuard:
-    """Wraps an ASGI app. ``generation_fns``: the fn indexes of the generation events (rationed when ``limiter``)."""
+def _client(scope: dict) -> str:
+    return str((scope.get("client") or ("?",))[0])
 
-    def __init__(self, app: Any, generation_fns: frozenset[int] = frozenset(), limiter: RateLimiter | None = None,
-                 api_names: tuple[str, ...] = ("compare",)) -> None:
-        self.app, self.generation_fns, self.limiter, self.api_names = app, generation_fns, limiter, api_names
+
+class RequestGuard:
+    """Wraps an ASGI app; ``inflight`` (public mode) counts clients' events in the Gradio queue it was built on."""
+
+    def __init__(self, app: Any, inflight: InFlight | None = None, limiter: RateLimiter | None = None) -> None:
+        self.app, self.inflight, self.limiter = app, inflight, limiter
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope.get("type") != "http" or scope.get("method") != "POST":
@@ -70,34 +89,96 @@ class RequestGuard:
         if path.endswith(BLOCKED_POSTS):
             await _respond(send, 403, "This app takes no file uploads.")
             return
-        if self.limiter is None or not (path.endswith("/queue/join") or "/gradio_api/call/" in path):
+        if self.inflight is None:
             await self.app(scope, receive, send)
             return
-        messages, body = [], b""
-        while True:  # read the (small) JSON body to see which event it starts, then replay it to the app
+        if path.startswith(DIRECT_RUNS):
+            await _respond(send, 403, "This app answers through its queue only: POST /gradio_api/queue/join "
+                           "(or /gradio_api/call/<api_name>).")
+            return
+        if not (path.endswith("/queue/join") or "/gradio_api/call/" in path):
+            await self.app(scope, receive, send)
+            return
+        await self._join(scope, receive, send, path)
+
+    async def _join(self, scope: dict, receive: Any, send: Any, path: str) -> None:
+        inflight, address = self.inflight, _client(scope)
+        if (over := inflight.over(address, None, False)) is not None:  # before reading a possibly large body
+            await self._too_many(send, address, None, *over)
+            return
+        messages, chunks, size = [], [], 0
+        while True:  # read the JSON body to see which event it starts, then replay it to the app
             message = await receive()
             messages.append(message)
-            body += message.get("body", b"")
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > MAX_BODY_BYTES:
+                await _respond(send, 413, f"Request too large: at most {MAX_BODY_BYTES // 1024 ** 2} MB (questions "
+                               "are cut at 4,000 characters anyway).")
+                return
             if not message.get("more_body"):
                 break
-        if self._is_generation(path, body):
-            client = (scope.get("client") or ("?",))[0]
-            wait = self.limiter.take(str(client))
-            if wait > 0:
-                await _respond(send, 429, f"Too many questions from your address: at most {self.limiter.limit} per "
-                               f"{self.limiter.window_s:.0f} s. Retry in {wait:.0f} s.",
-                               [(b"retry-after", str(int(wait) + 1).encode())])
-                return
+        fn, session = self._event(path, b"".join(chunks))
+        generation = getattr(fn, "concurrency_id", None) == GENERATE
+        if (over := inflight.over(address, session, generation)) is not None:
+            await self._too_many(send, address, session, *over)
+            return
+        if inflight.queue_full():
+            wait = inflight.full_retry_s(fn)
+            await _respond(send, 503, f"The queue is full ({inflight.queue.max_size} requests waiting). "
+                           f"Retry in {wait:.0f} s.", wait)
+            return
+        if generation and self.limiter is not None and (wait := self.limiter.take(address)) > 0:
+            await _respond(send, 429, f"Too many questions from your address: at most {self.limiter.limit} per "
+                           f"{self.limiter.window_s:.0f} s. Retry in {wait:.0f} s.", wait)
+            return
+        held = inflight.admit(address, session, generation)
 
         async def replay() -> dict:
             return messages.pop(0) if messages else await receive()
 
-        await self.app(scope, replay, send)
-
-    def _is_generation(self, path: str, body: bytes) -> bool:
-        if "/gradio_api/call/" in path:
-            return path.rsplit("/", 1)[-1] in self.api_names
         try:
-            return json.loads(body or b"{}").get("fn_index") in self.generation_fns
-        except (ValueError, AttributeError):
-            return False
+            await self.app(scope, replay, self._queue_full_says_when(send, fn))
+        finally:
+            inflight.release(held)
+
+    async def _too_many(self, send: Any, address: str, session: str | None, kind: str, limit: int) -> None:
+        wait = self.inflight.client_retry_s(address, session, kind)
+        await _respond(send, 429, f"Too many {WHAT[kind]}: at most {limit} at a time. One of them should be done in "
+                       f"about {wait:.0f} s; retry then.", wait)
+
+    def _queue_full_says_when(self, send: Any, fn: Any) -> Callable:
+        """``send`` that turns Gradio's own 'Queue is full' 503 (a join that raced past our check) into ours."""
+        state: dict[str, Any] = {"start": None, "replaced": False}  # a 503 start is kept until its body says what
+
+        async def wrapped(message: dict) -> None:
+            if state["replaced"]:
+                return
+            if message["type"] == "http.response.start" and message.get("status") == 503:
+                state["start"] = message
+                return
+            if state["start"] is not None and message["type"] == "http.response.body":
+                start, state["start"] = state["start"], None
+                if b"Queue is full" in message.get("body", b""):
+                    state["replaced"] = True
+                    wait = self.inflight.full_retry_s(fn)
+                    await _respond(send, 503, f"The queue is full. Retry in {wait:.0f} s.", wait)
+                    return
+                await send(start)
+            await send(message)
+        return wrapped
+
+    def _event(self, path: str, body: bytes) -> tuple[Any, str | None]:
+        """The Gradio function a join starts (None if unknown) and its session hash."""
+        try:
+            data = json.loads(body or b"{}")
+        except ValueError:
+            data = {}
+        data = data if isinstance(data, dict) else {}
+        session = data.get("session_hash") if isinstance(data.get("session_hash"), str) else None
+        fns = self.inflight.blocks.fns
+        if "/gradio_api/call/" in path:
+            name = path.rsplit("/", 1)[-1]
+            return next((f for f in fns.values() if getattr(f, "api_name", None) == name), None), session
+        index = data.get("fn_index")
+        return (fns.get(index) if isinstance(index, int) else None), session

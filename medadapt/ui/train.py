@@ -18,6 +18,7 @@ from medadapt.train_form import (FIELDS, JOB_LABELS, JOBS, FormError, cli_comman
 from medadapt.ui import render
 from medadapt.ui import train_view as view
 from medadapt.ui.common import is_public, unlocked
+from medadapt.ui.redact import path_redactor
 
 POLL_S = 2.0
 RUN_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")  # a run dir name, never a path
@@ -29,8 +30,8 @@ PUBLIC_NOTE = (
 )
 
 
-def bullet(messages: list[str], icon: str = "⚠️") -> str:
-    return "\n".join(f"{icon} {m}" for m in messages)
+def bullet(messages: list[str], icon: str = "⚠️", shown: Any = str) -> str:
+    return "\n".join(f"{icon} {shown(m)}" for m in messages)
 
 
 def build_train_tab(state: Any) -> dict[str, Any]:
@@ -38,6 +39,7 @@ def build_train_tab(state: Any) -> dict[str, Any]:
     cfg, jobs = state.cfg, state.jobs
     runs_dir, data_dir = cfg.paths.resolve("runs_dir"), cfg.paths.resolve("data_dir")
     c: dict[str, Any] = {}
+    shown = path_redactor(cfg)  # no absolute server paths in messages, errors and log tails
 
     # ---------------------------------------------------------------- handlers
     def config_choices(job: str) -> list[tuple[str, str]]:
@@ -55,7 +57,7 @@ def build_train_tab(state: Any) -> dict[str, Any]:
         try:
             tcfg, base = build_config(job, config_path, values)
         except FormError as e:
-            return gr.skip(), gr.skip(), bullet(e.messages)
+            return gr.skip(), gr.skip(), bullet(e.messages, shown=shown)
         return config_yaml(tcfg), cli_command(tcfg, Path(config_path) if config_path else None, base), ""
 
     def on_job(job: str):
@@ -67,7 +69,7 @@ def build_train_tab(state: Any) -> dict[str, Any]:
             base = load_base(config_path, cfg.profile, runs_dir)
             tcfg = form_to_config(job, {}, base, data_dir, runs_dir)
         except FormError as e:
-            return [gr.skip()] * (len(FIELDS) + 2) + [bullet(e.messages)]
+            return [gr.skip()] * (len(FIELDS) + 2) + [bullet(e.messages, shown=shown)]
         values = config_to_form(tcfg)
         cli = cli_command(tcfg, Path(config_path) if config_path else None, base)
         return [values[f.key] for f in FIELDS] + [config_yaml(tcfg), cli, ""]
@@ -79,8 +81,8 @@ def build_train_tab(state: Any) -> dict[str, Any]:
             tcfg, _ = build_config(job, config_path, values)
             path = save_config(tcfg, name, runs_dir)
         except FormError as e:
-            return gr.skip(), bullet(e.messages)
-        return gr.update(choices=config_choices(job), value=str(path)), f"💾 Saved `{path}`."
+            return gr.skip(), bullet(e.messages, shown=shown)
+        return gr.update(choices=config_choices(job), value=str(path)), f"💾 Saved `{shown(str(path))}`."
 
     def on_start(request: gr.Request, secret: str, job: str, config_path: str, *values: Any) -> str:
         if not unlocked(cfg, secret, request):
@@ -88,14 +90,14 @@ def build_train_tab(state: Any) -> dict[str, Any]:
         try:
             tcfg, _ = build_config(job, config_path, values)
         except FormError as e:
-            return "**Fix these values first:**\n\n" + bullet(e.messages)
+            return "**Fix these values first:**\n\n" + bullet(e.messages, shown=shown)
         label = next((lbl for lbl, p in config_choices(job) if p == config_path), "")
         try:
             run = jobs.start(tcfg, source=label)
         except JobError as e:
-            gr.Warning(str(e))
-            return f"⛔ {e}"
-        return f"🚀 Started **{run.name}** — live progress below. Output: `{run}`"
+            gr.Warning(shown(str(e)))
+            return f"⛔ {shown(str(e))}"
+        return f"🚀 Started **{run.name}** — live progress below. Output: `{shown(str(run))}`"
 
     def on_stop(request: gr.Request, secret: str) -> str:
         if not unlocked(cfg, secret, request):
@@ -105,7 +107,7 @@ def build_train_tab(state: Any) -> dict[str, Any]:
         try:
             run = jobs.stop(force=again)
         except JobError as e:
-            return f"ℹ️ {e}"
+            return f"ℹ️ {shown(str(e))}"
         if again:
             return f"⏹ Stop sent again to **{run.name}** as a signal (SIGTERM): it checkpoints and exits."
         return (f"⏹ Stop requested for **{run.name}**: it saves a checkpoint at the next step, then stops "
@@ -117,8 +119,8 @@ def build_train_tab(state: Any) -> dict[str, Any]:
         try:
             run = jobs.resume(run_by_name(selected) if selected else None)
         except JobError as e:
-            gr.Warning(str(e))
-            return f"⛔ {e}"
+            gr.Warning(shown(str(e)))
+            return f"⛔ {shown(str(e))}"
         return f"▶️ Resumed **{run.name}** from its last checkpoint."
 
     def run_by_name(name: str) -> Path:
@@ -128,7 +130,7 @@ def build_train_tab(state: Any) -> dict[str, Any]:
         return run_dir
 
     def runs_table() -> list[list[str]]:
-        return [view.run_row(s) for s in jobs.list_runs()]
+        return [[shown(cell) for cell in view.run_row(s)] for s in jobs.list_runs()]
 
     def run_names() -> Any:
         return gr.update(choices=[""] + [r[0] for r in runs_table()])
@@ -143,14 +145,14 @@ def build_train_tab(state: Any) -> dict[str, Any]:
         seen.update(key=key, status=(str(snap.run_dir), snap.status) if snap else None)
         title = f"Loss — {snap.run_dir.name}" if snap else "Loss"
         fig = loss_figure(snap.records if snap else [], title=title) if changed else gr.skip()
-        log = view.tail_text(snap) if snap else ""
+        log = shown(view.tail_text(snap)) if snap else ""
         live = {"run": snap.run_dir.name, "status": snap.status, "step": snap.step, "total_steps": snap.total_steps,
-                "loss": snap.loss, "eval_loss": snap.eval_loss, "error": snap.error} if snap else {}
+                "loss": snap.loss, "eval_loss": snap.eval_loss, "error": shown(snap.error or "")} if snap else {}
         table = runs_table() if changed else gr.skip()
         names = run_names() if status_changed else gr.skip()
         done = snap.run_dir.name if snap and status_changed and snap.status == "finished" else gr.skip()
-        setup = render.setup_markdown(state.setup.state()) if getattr(state, "setup", None) else ""
-        return view.progress_html(snap), fig, log, live, table, names, done, seen, setup
+        setup = shown(render.setup_markdown(state.setup.state())) if getattr(state, "setup", None) else ""
+        return shown(view.progress_html(snap)), fig, log, live, table, names, done, seen, setup
 
     def show_run(name: str):
         if not name:
@@ -158,9 +160,9 @@ def build_train_tab(state: Any) -> dict[str, Any]:
         try:
             run_dir = run_by_name(name)
         except JobError as e:
-            return gr.skip(), f"⚠️ {e}"
+            return gr.skip(), f"⚠️ {shown(str(e))}"
         snap = jobs.poll(run_dir)
-        return loss_figure(snap.records, title=f"Loss — {name}"), view.model_card(snap)
+        return loss_figure(snap.records, title=f"Loss — {name}"), shown(view.model_card(snap))
 
     def on_select(evt: gr.SelectData, table: Any) -> str:
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
@@ -176,7 +178,7 @@ def build_train_tab(state: Any) -> dict[str, Any]:
     c["secret"] = gr.Textbox(label="Admin secret", type="password", visible=public, max_lines=1,
                              placeholder="MEDADAPT_ADMIN_PASSWORD")
     gr.Markdown(f"Train LoRA adapters from the browser. Each job runs as its own process (`python -m trainers.<job>`) "
-                f"with its output in `{jobs.runs_root}/`; a finished adapter shows up in the **Compare** tab's "
+                f"with its output in `{shown(str(jobs.runs_root))}/`; a finished adapter shows up in the **Compare** tab's "
                 "choices. Closing or reloading this page does not stop a job.", elem_classes="ma-train-intro")
     first_configs = config_choices("sft")
     with gr.Row(equal_height=False):
@@ -221,13 +223,13 @@ def build_train_tab(state: Any) -> dict[str, Any]:
                 c["stop"] = gr.Button("Stop", variant="stop", elem_id="ma-train-stop")
                 c["resume"] = gr.Button("Resume", elem_id="ma-train-resume")
             c["message"] = gr.Markdown(elem_id="ma-train-message")
-            c["setup"] = gr.Markdown(render.setup_markdown(state.setup.state()) if getattr(state, "setup", None) else "",
+            c["setup"] = gr.Markdown(shown(render.setup_markdown(state.setup.state())) if getattr(state, "setup", None) else "",
                                      elem_id="ma-train-setup")
             snap = jobs.poll()
-            c["progress"] = gr.HTML(view.progress_html(snap), elem_id="ma-train-live")
+            c["progress"] = gr.HTML(shown(view.progress_html(snap)), elem_id="ma-train-live")
             c["chart"] = gr.Plot(loss_figure(snap.records if snap else [], title=f"Loss — {snap.run_dir.name}"
                                              if snap else "Loss"), elem_id="ma-train-chart", show_label=False)
-            c["log"] = gr.Textbox(view.tail_text(snap) if snap else "", label="Log tail (stdout.log)", lines=8,
+            c["log"] = gr.Textbox(shown(view.tail_text(snap)) if snap else "", label="Log tail (stdout.log)", lines=8,
                                   max_lines=8, autoscroll=True, interactive=False, elem_id="ma-train-log")
             c["live"] = gr.JSON(visible=False)
     gr.Markdown("### ③ Runs")
