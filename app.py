@@ -2,7 +2,9 @@
 
 Run: ``python app.py`` (profile ``auto``: offline when the Hub is unreachable). Options: ``--profile``, ``--host``,
 ``--port``, ``--share``. Env: ``MEDADAPT_PROFILE``, ``MEDADAPT_DATA_DIR``, ``MEDADAPT_PUBLIC``, ``MEDADAPT_ADMIN_PASSWORD``,
-``MEDADAPT_SETUP=off`` (no automatic first-run setup of the index and adapters).
+``MEDADAPT_SETUP=off`` (no automatic first-run setup of the index and adapters). On a Hugging Face Space
+(``SPACE_ID``) the hardware picks the profile and persistent storage (``/data``) keeps runs, index and results
+(:mod:`medadapt.space`).
 """
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from medadapt.space import use_persistent_hf_home
+
+    use_persistent_hf_home()  # a Space with persistent storage keeps downloaded models and datasets in /data
     from medadapt.config import load_config
     from medadapt.setup_chain import setup_enabled
     from medadapt.state import AppState

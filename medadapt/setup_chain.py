@@ -1,11 +1,13 @@
 """First-run setup: build what the active profile lacks — the RAG index, the SFT adapter, the MSFT adapter — as one
 chain of ordinary jobs (``medadapt.jobs``), so a fresh clone answers in all four Compare columns with no command.
 
-The chain runs in the app (a background thread, ``python app.py``) or in the shell (``python -m medadapt setup``).
-Each step is a job in its own run dir, launched with the profile's own config (``configs/<profile>/<job>.yaml``),
-so the Training tab shows it live like any run. The chain's state is ``<runs_dir>/<profile>/setup.json``: every
-process (a second app, a reloaded page) reads it, and a restarted app continues from it: a job still running is
-waited for, a stopped or killed one is resumed from its checkpoint, a finished step is skipped.
+With ``rag.index_repo`` set, the index step first pulls a prebuilt index from that Hub dataset repo
+(:mod:`medadapt.index_pull`) and builds only when that fails. The chain runs in the app (a background thread,
+``python app.py``) or in the shell (``python -m medadapt setup``). Each step is a job in its own run dir, launched
+with the profile's own config (``configs/<profile>/<job>.yaml``), so the Training tab shows it live like any run.
+The chain's state is ``<runs_dir>/<profile>/setup.json``: every process (a second app, a reloaded page) reads it,
+and a restarted app continues from it: a job still running is waited for, a stopped or killed one is resumed from
+its checkpoint, a finished step is skipped.
 ``<runs_dir>/<profile>/setup.lock`` (an advisory ``flock``) makes sure only one process runs the chain at a time.
 ``MEDADAPT_SETUP=off`` turns the automatic start off.
 """
@@ -219,6 +221,10 @@ class SetupChain:
             rec = self._state.steps[step]
             try:
                 needed = step_needed(self.cfg, step)
+                if needed and step == INDEX_JOB and self.cfg.rag.index_repo:
+                    from medadapt.index_pull import pull_index
+
+                    needed = not (pull_index(self.cfg) and not step_needed(self.cfg, step))
             except Exception as e:  # e.g. the data dir is missing: this step cannot even be checked
                 needed, rec.status, rec.error = False, "failed", f"{type(e).__name__}: {e}"
             if not needed and rec.status != "failed":

@@ -29,15 +29,6 @@ def _retriever_factory(cfg: AppConfig):
     return make
 
 
-def zerogpu(fn, duration: int = 120):
-    """Wrap an event handler with ``spaces.GPU`` on Hugging Face ZeroGPU Spaces; unchanged elsewhere."""
-    try:
-        import spaces  # only present on Spaces
-    except ImportError:
-        return fn
-    return spaces.GPU(duration=duration)(fn)
-
-
 @dataclass
 class AppState:
     cfg: AppConfig

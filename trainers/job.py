@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medadapt.config import OFFLINE_MODEL, AppConfig, ConfigError, TrainConfig, to_dict
+from medadapt.config import OFFLINE_MODEL, OFFLINE_MODEL_HUB_ID, AppConfig, ConfigError, TrainConfig, to_dict
 from medadapt.joblock import JobLockError, hold_job_lock
 from trainers.rundir import RunDir, latest_unfinished, new_run_dir, publish_adapter
 
 log = logging.getLogger(__name__)
-OFFLINE_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 @dataclass
@@ -111,7 +110,7 @@ def execute(tcfg: TrainConfig, body: Callable[[Context], Outcome], app: AppConfi
 def base_model_id(tcfg: TrainConfig, app: AppConfig) -> str:
     """The base model's Hub id for the model card (the offline GGUF is SmolLM2-135M-Instruct)."""
     name = tcfg.base_model or app.model.name_or_path
-    return OFFLINE_MODEL_ID if name == OFFLINE_MODEL else name
+    return OFFLINE_MODEL_HUB_ID if name == OFFLINE_MODEL else name
 
 
 def push_to_hub(adapter: Path, repo_id: str) -> None:

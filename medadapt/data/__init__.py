@@ -1,7 +1,8 @@
 """Data loaders returning plain records: benchmarks (``benchmarks``), SFT rows (``sft``), corpus snippets (``corpus``).
 
-Every loader has a Hub path (reference profile) and a local path under the configurable data dir
-(``MEDADAPT_DATA_DIR``, default ``../shared/data``) used by the offline profile.
+Every loader has a Hub path and a local path under the configurable data dir (``MEDADAPT_DATA_DIR``, default
+``../shared/data``). The offline profile reads the data dir when there is one and the Hub datasets when there is
+none (``AppConfig.hub_data``, e.g. on a Space); the reference profile reads the Hub.
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ class DataNotFoundError(FileNotFoundError):
 
 def data_file(cfg: AppConfig, *parts: str) -> Path:
     """Path of a file under the data dir, or a clear error naming the dir and the env var that sets it."""
+    if not cfg.paths.data_dir:
+        raise DataNotFoundError(f"no data dir is configured, so {'/'.join(parts)} cannot be read; set "
+                                "MEDADAPT_DATA_DIR to the folder holding the data")
     root = cfg.paths.resolve("data_dir")
     path = root.joinpath(*parts)
     if not path.exists():

@@ -9,7 +9,8 @@ Four benchmarks, each a list of multiple-choice items with letter options:
 - ``pubmedqa``: PubMedQA PQA-L (= Hub ``qiaojin/PubMedQA`` pqa_labeled), 1000 items, options A=yes B=no C=maybe,
   the abstract in ``context``. The evaluation samples from the official 500-id test split only.
 
-The offline profile reads the data dir (``cfg.paths.data_dir``); the reference profile reads the Hub.
+The offline profile reads the data dir (``cfg.paths.data_dir``) when there is one; the reference profile, and the
+offline one without a data dir, read the Hub (``AppConfig.hub_data``).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import csv
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from medadapt.config import AppConfig
 from medadapt.data import DataNotFoundError, data_file, read_json, read_jsonl
@@ -27,6 +29,12 @@ MMLU_SUBJECTS = (
 )
 LETTERS = "ABCD"
 PUBMEDQA_OPTIONS = {"A": "yes", "B": "no", "C": "maybe"}
+# The Hub datasets behind each benchmark: (repo, config, split); MMLU has one config per subject.
+HUB = {"medmcqa": ("openlifescienceai/medmcqa", None, "validation"),
+       "medqa": ("GBaker/MedQA-USMLE-4-options", None, "test"),
+       "mmlu_medical": ("cais/mmlu", None, "test"),
+       "pubmedqa": ("qiaojin/PubMedQA", "pqa_labeled", "train")}
+PUBMEDQA_TEST_HUB = ("bigbio/pubmed_qa", "pubmed_qa_labeled_fold0_source", "test")  # the official 500-id test split
 # How each benchmark is stratified when sampled (None: simple random sample).
 STRATIFY = {"medmcqa": None, "medqa": None, "mmlu_medical": "subject", "pubmedqa": None}
 
@@ -99,27 +107,33 @@ def _load_local(cfg: AppConfig, name: str) -> list[BenchItem]:
     return [pubmedqa_item(k, r["QUESTION"], r["CONTEXTS"], r["final_decision"]) for k, r in data.items()]
 
 
-def _load_hub(name: str) -> list[BenchItem]:
+def hub_rows(name: str, config: str | None = None) -> Any:
+    """The rows of benchmark ``name``'s Hub dataset (``config`` overrides the table's, e.g. an MMLU subject)."""
     from datasets import load_dataset
 
+    repo, default_config, split = HUB[name]
+    return load_dataset(repo, config or default_config, split=split)
+
+
+def _load_hub(name: str) -> list[BenchItem]:
     if name == "medmcqa":
-        return [medmcqa_item(r, one_based=False) for r in load_dataset("openlifescienceai/medmcqa", split="validation")]
+        return [medmcqa_item(r, one_based=False) for r in hub_rows(name)]
     if name == "medqa":
-        return [medqa_item(r, i) for i, r in enumerate(load_dataset("GBaker/MedQA-USMLE-4-options", split="test"))]
+        return [medqa_item(r, i) for i, r in enumerate(hub_rows(name))]
     if name == "mmlu_medical":
         items = []
         for subject in MMLU_SUBJECTS:
-            for i, r in enumerate(load_dataset("cais/mmlu", subject, split="test")):
+            for i, r in enumerate(hub_rows(name, subject)):
                 items.append(mmlu_item(subject, i, r["question"], r["choices"], LETTERS[int(r["answer"])]))
         return items
-    rows = load_dataset("qiaojin/PubMedQA", "pqa_labeled", split="train")
-    return [pubmedqa_item(r["pubid"], r["question"], r["context"]["contexts"], r["final_decision"]) for r in rows]
+    return [pubmedqa_item(r["pubid"], r["question"], r["context"]["contexts"], r["final_decision"])
+            for r in hub_rows(name)]
 
 
 def load_benchmark(cfg: AppConfig, name: str) -> list[BenchItem]:
-    """Every item of benchmark ``name`` (data dir offline, the Hub in the reference profile), in file order."""
+    """Every item of benchmark ``name`` (the data dir, or the Hub when ``cfg.hub_data``), in file order."""
     _check(name)
-    if cfg.profile == "reference":
+    if cfg.hub_data:
         return _load_hub(name)
     return _load_local(cfg, name)
 
@@ -129,12 +143,12 @@ def pubmedqa_test_ids(cfg: AppConfig) -> list[str]:
     try:
         return list(read_json(data_file(cfg, "pubmedqa", "test_ground_truth.json")))
     except DataNotFoundError:
-        if cfg.profile != "reference":
+        if not cfg.hub_data:
             raise
     from datasets import load_dataset
 
-    rows = load_dataset("bigbio/pubmed_qa", "pubmed_qa_labeled_fold0_source", split="test")
-    return [str(r["QUESTION_ID"]) for r in rows]
+    repo, config, split = PUBMEDQA_TEST_HUB
+    return [str(r["QUESTION_ID"]) for r in load_dataset(repo, config, split=split)]
 
 
 # ---------------------------------------------------------------- sampling

@@ -1,7 +1,8 @@
 """Corpus snippets in MedRAG format (``id``, ``title``, ``content``, ``contents``) with their source as a column.
 
-``local:<folder>`` reads ``<data_dir>/<folder>/*.jsonl`` (one file per book); any other name is a Hub dataset
-(``MedRAG/textbooks``, ``MedRAG/statpearls``) read with ``datasets.load_dataset``.
+``local:<folder>`` reads ``<data_dir>/<folder>/*.jsonl`` (one file per book), or its Hub twin when there is no data
+dir; any other name is a Hub dataset (``MedRAG/textbooks``, ``MedRAG/statpearls``) read with ``datasets.load_dataset``,
+the first ``rag.corpus_limit`` snippets of each when that is set.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 
 from medadapt.config import AppConfig
 from medadapt.data import DataNotFoundError, data_file
+
+HUB_TWINS = {"medrag_textbooks": "MedRAG/textbooks"}  # local corpus folder -> the Hub dataset it was cut from
 
 
 @dataclass(frozen=True)
@@ -51,10 +54,22 @@ def hub_source(name: str, doc_id: str, title: str) -> str:
     return f"{name.rsplit('/', 1)[-1]}: {title}" if title else name
 
 
-def iter_hub(name: str) -> Iterator[CorpusDoc]:
+def hub_name(name: str) -> str:
+    """The Hub dataset for a corpus name: ``local:<folder>`` maps to its twin (DataNotFoundError if it has none)."""
+    if not name.startswith("local:"):
+        return name
+    folder = name.removeprefix("local:")
+    if folder not in HUB_TWINS:
+        raise DataNotFoundError(f"corpus {name!r} has no Hub twin and no data dir is configured: set MEDADAPT_DATA_DIR")
+    return HUB_TWINS[folder]
+
+
+def iter_hub(name: str, limit: int = 0) -> Iterator[CorpusDoc]:
+    """Snippets of a Hub corpus, streamed (the first ``limit`` when it is set)."""
     from datasets import load_dataset
 
-    for row in load_dataset(name, split="train", streaming=True):
+    rows = load_dataset(name, split="train", streaming=True)
+    for row in rows.take(limit) if limit > 0 else rows:
         doc_id, title = str(row["id"]), row.get("title", "")
         yield CorpusDoc(doc_id, title, row["content"], hub_source(name, doc_id, title))
 
@@ -62,7 +77,7 @@ def iter_hub(name: str) -> Iterator[CorpusDoc]:
 def iter_corpus(cfg: AppConfig, names: list[str] | None = None) -> Iterator[CorpusDoc]:
     """All snippets of the configured corpora (``cfg.rag.corpus`` unless ``names`` is given), in a stable order."""
     for name in names or cfg.rag.corpus:
-        if name.startswith("local:"):
+        if name.startswith("local:") and not cfg.hub_data:
             yield from iter_local(cfg, name.removeprefix("local:"))
         else:
-            yield from iter_hub(name)
+            yield from iter_hub(hub_name(name), cfg.rag.corpus_limit)

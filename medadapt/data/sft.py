@@ -3,7 +3,8 @@
 Reference profile: ``FreedomIntelligence/medical-o1-reasoning-SFT`` (``en``) from the Hub. Offline profile: the 10
 real rows in ``<data_dir>/medical_o1_sft/``, plus rows derived from data-dir sets that the eval does not use:
 MedMCQA dev rows with an explanation (``exp`` becomes the reasoning) that are not among the evaluated items, and
-PubMedQA's 500 non-test items (abstract + question → long answer as reasoning → yes/no/maybe).
+PubMedQA's 500 non-test items (abstract + question → long answer as reasoning → yes/no/maybe). Without a data dir
+(``AppConfig.hub_data``) the same three sources come from their Hub datasets (``medical_o1``: the whole Hub set).
 """
 from __future__ import annotations
 
@@ -107,7 +108,9 @@ def o1_row(n: int, rec: dict[str, Any]) -> SftRow:
 # ---------------------------------------------------------------- loaders
 
 def load_local_rows(cfg: AppConfig, sources: Sequence[str] = ("medical_o1", "medmcqa", "pubmedqa")) -> list[SftRow]:
-    """Offline rows from the data dir, before excluding evaluated items."""
+    """Offline rows from the data dir (their Hub twins when there is none), before excluding evaluated items."""
+    if cfg.hub_data:
+        return hub_twin_rows(cfg, sources)
     rows: list[SftRow] = []
     if "medical_o1" in sources:
         recs = read_json(data_file(cfg, "medical_o1_sft", "medical_o1_sft_en_first10.json"))
@@ -118,6 +121,24 @@ def load_local_rows(cfg: AppConfig, sources: Sequence[str] = ("medical_o1", "med
         pqal = read_json(data_file(cfg, "pubmedqa", "ori_pqal.json"))
         test = read_json(data_file(cfg, "pubmedqa", "test_ground_truth.json"))
         rows += [pubmedqa_row(pmid, rec) for pmid, rec in pqal.items() if pmid not in test]
+    return rows
+
+
+def hub_twin_rows(cfg: AppConfig, sources: Sequence[str]) -> list[SftRow]:
+    """``load_local_rows`` from the Hub datasets the data-dir files were taken from."""
+    from medadapt.data.benchmarks import hub_rows, pubmedqa_test_ids
+
+    rows: list[SftRow] = []
+    if "medical_o1" in sources:
+        rows += load_hub_rows()
+    if "medmcqa" in sources:  # the Hub's cop is 0-based, the data-dir file's 1-based
+        built = (medmcqa_row(dict(rec, cop=int(rec["cop"]) + 1)) for rec in hub_rows("medmcqa"))
+        rows += [r for r in built if r is not None]
+    if "pubmedqa" in sources:
+        test = set(pubmedqa_test_ids(cfg))
+        rows += [pubmedqa_row(str(r["pubid"]), {"QUESTION": r["question"], "CONTEXTS": r["context"]["contexts"],
+                                                "LONG_ANSWER": r["long_answer"], "final_decision": r["final_decision"]})
+                 for r in hub_rows("pubmedqa") if str(r["pubid"]) not in test]
     return rows
 
 

@@ -11,7 +11,8 @@ import gradio as gr
 from medadapt.config import VARIANTS
 from medadapt.exports import new_export_dir
 from medadapt.pipeline import InputError, check_settings
-from medadapt.state import NO_ADAPTER, AppState, zerogpu
+from medadapt.space import zerogpu
+from medadapt.state import NO_ADAPTER, AppState
 from medadapt.ui import render
 from medadapt.ui.common import warn
 from medadapt.ui.inflight import GENERATE
