@@ -14,7 +14,9 @@ from medadapt.data.benchmarks import BenchItem, item_ids
 from medadapt.reasoning import split_reasoning
 from eval.benchmarks import TASKS
 from eval.prompting import continuations, fit_snippets, item_messages, loglik_prompt
+from eval.calibration import CONTENT_FREE, calibrate, content_free_items, content_free_snippets, letter_prior
 from eval.scoring import choose, extract_answer, option_probs
+from eval.views import LOGLIK_VIEWS
 from eval.variants import Variant, activate, load_for_variants, model_folder
 
 SCHEMA = 1
@@ -32,6 +34,7 @@ def new_results(cfg: AppConfig, mode: str, samples: dict[str, list[BenchItem]], 
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "profile": cfg.profile,
         "mode": mode,
+        "views": list(LOGLIK_VIEWS) if mode == "loglik" else ["cot"],
         "model": {"name_or_path": cfg.model.name_or_path, "display_name": cfg.model.display_name,
                   "dtype": cfg.model.dtype},
         "config": {"eval": to_dict(cfg.eval), "rag": to_dict(cfg.rag)},
@@ -64,23 +67,30 @@ def seen_in_training(cfg: AppConfig, variant: Variant, samples: dict[str, list[B
     return sorted({f"{o.benchmark}/{o.item_id}" for o in trained_overlap(cfg, data, samples)})
 
 
-def _loglik_variant(cfg, model, tok, variant, samples, snippets, progress, should_stop) -> tuple[dict, dict]:
-    from eval.loglik import encode, score_requests
+def _loglik_variant(cfg, model, tok, variant, samples, snippets, progress, should_stop) -> tuple[dict, dict, dict]:
+    """Every item in the three loglik views (one pass over each prompt), plus the variant's content-free prior."""
+    from eval.loglik import encode_multi, score_multi
 
     ec = cfg.eval
     count = lambda text: len(tok(text, add_special_tokens=False).input_ids)  # noqa: E731
     render = lambda msgs: tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)  # noqa: E731
-    preds, timing = {}, {}
+
+    def request(it: BenchItem, snips):
+        targets = {t: continuations(it, t) for t in ("letter", "text")}
+        return encode_multi(tok, loglik_prompt(it, ec.prompt_style, render, snips), targets,
+                            ec.prompt_style == "plain", cfg.model.max_context)
+
+    preds, timing, priors = {}, {}, {}
     total = sum(len(v) for v in samples.values())
     done = 0
     for name, items in samples.items():
         t0 = time.perf_counter()
-        reqs = []
+        free = content_free_items(items[0])
+        k = cfg.rag.top_k
+        reqs = [request(cf, content_free_snippets(cf.question, k) if variant.rag else None) for cf in free]
         for it in items:
-            snips = fit_snippets(snippets[name][it.id], count, cfg.rag.context_tokens) if variant.rag else None
-            prompt = loglik_prompt(it, ec.prompt_style, render, snips)
-            reqs.append(encode(tok, prompt, continuations(it, ec.loglik_target), ec.prompt_style == "plain",
-                               cfg.model.max_context))
+            reqs.append(request(it, fit_snippets(snippets[name][it.id], count, cfg.rag.context_tokens)
+                                if variant.rag else None))
 
         def on_batch(rows_done: int, rows_total: int, _base=done, _n=len(items), _name=name) -> None:
             if should_stop():
@@ -89,22 +99,28 @@ def _loglik_variant(cfg, model, tok, variant, samples, snippets, progress, shoul
                      benchmark=_name)
 
         with activate(model, variant):
-            scores = score_requests(model, reqs, ec.batch_size, tok.pad_token_id, on_batch)
+            scores = score_multi(model, reqs, ec.batch_size, tok.pad_token_id, on_batch)
+        prior = letter_prior([s["letter"] for s in scores[:len(free)]])
+        letters = list(items[0].options)
+        priors[name] = {"letters": letters, "prior": [round(p, 4) for p in prior],
+                        "content_free": list(CONTENT_FREE)}
         rows = []
-        for it, req, lps in zip(items, reqs, scores):
+        for it, req, lps in zip(items, reqs[len(free):], scores[len(free):]):
             letters = list(it.options)
-            pred = letters[choose(lps)]
-            lengths = [len(c.encode("utf-8")) for c in continuations(it, ec.loglik_target)]
-            pred_norm = letters[choose(lps, lengths)]
-            probs = option_probs(lps)
-            rows.append({"id": it.id, "pred": pred, "correct": pred == it.answer, "invalid": False,
-                         "pred_norm": pred_norm, "correct_norm": pred_norm == it.answer,
-                         "logprobs": [round(x, 4) for x in lps], "prompt_tokens": len(req.context),
+            nbytes = [len(c.encode("utf-8")) for c in continuations(it, "text")]
+            picks = {"letter": choose(lps["letter"]),
+                     "letter_cal": choose(calibrate(lps["letter"], prior)) if len(prior) == len(letters) else None,
+                     "text_norm": choose(lps["text"], nbytes)}
+            views = {v: {"pred": letters[i], "correct": letters[i] == it.answer, "invalid": False}
+                     for v, i in picks.items() if i is not None}
+            probs = option_probs(lps["letter"])
+            rows.append({"id": it.id, **views["letter"], "views": views, "prompt_tokens": len(req.context),
+                         "logprobs": {t: [round(x, 4) for x in v] for t, v in lps.items()},
                          "raw": "  ".join(f"{k}: {p:.2f}" for k, p in zip(letters, probs))})
         preds[name] = rows
         done += len(items)
         timing[name] = round(time.perf_counter() - t0, 2)
-    return preds, timing
+    return preds, timing, priors
 
 
 def _generator(cfg: AppConfig, variants: list[Variant]):
@@ -159,8 +175,8 @@ def _cot_variant(cfg, gen, opens_think, variant, samples, snippets, progress, sh
             for it, text in zip(chunk, gen(msgs, variant, should_stop)):
                 parts = split_reasoning(text, opened=opens_think)
                 letter, how = (None, "truncated") if parts.truncated else extract_answer(parts.answer, it.options)
-                rows.append({"id": it.id, "pred": letter, "correct": letter == it.answer, "invalid": letter is None,
-                             "filter": how, "raw": text})
+                view = {"pred": letter, "correct": letter == it.answer, "invalid": letter is None}
+                rows.append({"id": it.id, **view, "views": {"cot": view}, "filter": how, "raw": text})
             progress(done=done + len(rows), total=total, variant=variant.name, benchmark=name)
         preds[name] = rows
         done += len(items)
@@ -205,7 +221,8 @@ def evaluate(cfg: AppConfig, variants: list[Variant], samples: dict[str, list[Be
         entry["status"] = "running"
         t0 = time.perf_counter()
         if mode == "loglik":
-            preds, timing = _loglik_variant(cfg, model, tok, v, samples, snippets, progress, should_stop)
+            preds, timing, entry["calibration"] = _loglik_variant(cfg, model, tok, v, samples, snippets, progress,
+                                                                  should_stop)
         else:
             preds, timing = _cot_variant(cfg, gen, opens_think, v, samples, snippets, progress, should_stop)
         wall = time.perf_counter() - t0

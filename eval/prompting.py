@@ -7,9 +7,9 @@ Two prompt styles (``EvalConfig.prompt_style``):
   generative mode asks for, so log-likelihood scoring asks the question the chat model was tuned to answer.
 - ``plain``: lm-evaluation-harness style text ``[Abstract: …]\nQuestion: …\nA. …\nAnswer:`` without a template.
 
-Two continuation targets (``EvalConfig.loglik_target``): ``letter`` scores `` A``/`` B``/… (one token each, so one
-forward pass per item reads every option; metric ``acc``), ``text`` scores `` <option text>`` (one row per option;
-``acc`` = highest total log-probability, ``acc_norm`` = highest per byte, as the harness defines it).
+Two continuation targets, both scored in every loglik run (see :mod:`eval.views`): ``letter`` scores
+`` A``/`` B``/… (one token each, read from the prompt's last position), ``text`` scores `` <option text>`` (acc_norm =
+highest log-probability per byte, as lm-evaluation-harness defines it).
 """
 from __future__ import annotations
 

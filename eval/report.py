@@ -1,7 +1,8 @@
 """Pure data shaping of a results dict for the CLI table and the Benchmarks tab (no I/O, no plotting).
 
-The average over benchmarks pools every item (micro average); with the same n per benchmark it equals the mean of
-the benchmark accuracies. McNemar tests pair two variants on the items both answered (the same ids).
+Every function reads one scoring view (:mod:`eval.views`; ``view=None`` is the file's first view). The average
+over benchmarks pools every item (micro average); with the same n per benchmark it equals the mean of the
+benchmark accuracies. McNemar tests pair two variants on the items both answered in that view (the same ids).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from itertools import combinations
 
 from eval.benchmarks import PAPER_REFERENCE, task_label, variant_label
 from eval.stats import accuracy_summary, chance_baseline, majority_baseline, mcnemar_exact
+from eval.views import INVALID, prediction_counts, row_view
 
 ALL = "average"
 
@@ -22,27 +24,39 @@ def benchmarks_of(results: dict) -> list[str]:
     return list(results.get("items", {}))
 
 
-def _preds(results: dict, variant: str, bench: str) -> list[dict]:
-    return results["variants"][variant].get("predictions", {}).get(bench, [])
+def scored_rows(results: dict, variant: str, bench: str, view: str | None = None) -> list[dict]:
+    """The variant's rows on ``bench`` scored in ``view``: ``{"id", "pred", "correct", "invalid", ...}``."""
+    out = []
+    for r in results["variants"][variant].get("predictions", {}).get(bench, []):
+        v = row_view(r, view, results)
+        if v is not None:
+            out.append({**v, "id": r["id"]})
+    return out
 
 
-def summarize(results: dict) -> dict:
-    """``{variant: {benchmark|average: accuracy_summary}}`` for every finished variant."""
+def summarize(results: dict, view: str | None = None) -> dict:
+    """``{variant: {benchmark|average: accuracy_summary + "predicted": {answer: count}}}`` in one view."""
     out: dict = {}
     for v in done_variants(results):
-        per, pooled_c, pooled_i = {}, [], []
+        per, pooled = {}, []
         for b in benchmarks_of(results):
-            rows = _preds(results, v, b)
+            rows = scored_rows(results, v, b, view)
             if not rows:
                 continue
-            c, i = [r["correct"] for r in rows], [r.get("invalid", False) for r in rows]
-            per[b] = accuracy_summary(c, i)
-            pooled_c += c
-            pooled_i += i
+            per[b] = {**accuracy_summary([r["correct"] for r in rows], [r.get("invalid", False) for r in rows]),
+                      "predicted": prediction_counts(rows)}
+            pooled += rows
         if per:
-            per[ALL] = accuracy_summary(pooled_c, pooled_i)
+            per[ALL] = accuracy_summary([r["correct"] for r in pooled], [r.get("invalid", False) for r in pooled])
         out[v] = per
     return out
+
+
+def summarize_views(results: dict) -> dict:
+    """``{view: summarize(results, view)}`` for every view the file holds."""
+    from eval.views import views_of
+
+    return {view: summarize(results, view) for view in views_of(results)}
 
 
 def baselines(results: dict) -> dict:
@@ -59,15 +73,49 @@ def baselines(results: dict) -> dict:
     return out
 
 
-def paired_tests(results: dict) -> list[dict]:
+def favourite_baselines(results: dict) -> dict[str, dict[str, dict]]:
+    """``{variant: {benchmark|average: {"letter", "acc"}}}``: always answering the variant's favourite letter, the
+    argmax of its content-free prior (recorded by loglik runs; see :mod:`eval.calibration`)."""
+    out: dict = {}
+    items = results.get("items", {})
+    for v in done_variants(results):
+        cal = results["variants"][v].get("calibration") or {}
+        per, hits, n = {}, 0, 0
+        for b, c in cal.items():
+            if b not in items or not c.get("prior"):
+                continue
+            letter = c["letters"][max(range(len(c["prior"])), key=lambda i: c["prior"][i])]
+            k = sum(it["answer"] == letter for it in items[b])
+            per[b] = {"letter": letter, "acc": k / len(items[b]) if items[b] else 0.0}
+            hits, n = hits + k, n + len(items[b])
+        if per:
+            per[ALL] = {"letter": "per task", "acc": hits / n if n else 0.0}
+            out[v] = per
+    return out
+
+
+def answer_distribution(results: dict, benchmark: str, view: str | None = None) -> dict[str, dict[str, int]]:
+    """``{"gold" | variant: {answer: count}}`` on one benchmark: what each variant predicts next to the truth."""
+    items = results.get("items", {}).get(benchmark, [])
+    letters = list(items[0]["options"]) if items else []
+    gold = {k: sum(it["answer"] == k for it in items) for k in letters}
+    out = {"gold": gold}
+    for v in done_variants(results):
+        counts = prediction_counts(scored_rows(results, v, benchmark, view))
+        if counts:
+            out[v] = {k: counts.get(k, 0) for k in letters + ([INVALID] if INVALID in counts else [])}
+    return out
+
+
+def paired_tests(results: dict, view: str | None = None) -> list[dict]:
     """Exact McNemar for every pair of finished variants, per benchmark and pooled, on their common items."""
     tests = []
     variants = done_variants(results)
     for a, b in combinations(variants, 2):
         pooled_a, pooled_b = [], []
         for bench in benchmarks_of(results):
-            ra = {r["id"]: r["correct"] for r in _preds(results, a, bench)}
-            rb = {r["id"]: r["correct"] for r in _preds(results, b, bench)}
+            ra = {r["id"]: r["correct"] for r in scored_rows(results, a, bench, view)}
+            rb = {r["id"]: r["correct"] for r in scored_rows(results, b, bench, view)}
             common = [i for i in ra if i in rb]
             if not common:
                 continue
@@ -80,24 +128,25 @@ def paired_tests(results: dict) -> list[dict]:
     return tests
 
 
-def significance_matrix(results: dict, benchmark: str = ALL) -> tuple[list[str], list[list[float | None]]]:
+def significance_matrix(results: dict, benchmark: str = ALL,
+                        view: str | None = None) -> tuple[list[str], list[list[float | None]]]:
     """Variant names and a symmetric matrix of McNemar p-values (None on the diagonal) for one benchmark."""
     names = done_variants(results)
     idx = {n: i for i, n in enumerate(names)}
     mat: list[list[float | None]] = [[None] * len(names) for _ in names]
-    for t in paired_tests(results):
+    for t in paired_tests(results, view):
         if t["benchmark"] == benchmark:
             mat[idx[t["a"]]][idx[t["b"]]] = mat[idx[t["b"]]][idx[t["a"]]] = t["p"]
     return names, mat
 
 
-def subject_breakdown(results: dict, benchmark: str) -> dict[str, dict[str, dict]]:
+def subject_breakdown(results: dict, benchmark: str, view: str | None = None) -> dict[str, dict[str, dict]]:
     """``{subject: {variant: accuracy_summary}}`` for one benchmark (subjects sorted by name)."""
     subject_of = {it["id"]: it.get("subject", "") for it in results.get("items", {}).get(benchmark, [])}
     out: dict[str, dict[str, dict]] = defaultdict(dict)
     for v in done_variants(results):
         groups: dict[str, list[dict]] = defaultdict(list)
-        for r in _preds(results, v, benchmark):
+        for r in scored_rows(results, v, benchmark, view):
             groups[subject_of.get(r["id"], "")].append(r)
         for subject, rows in groups.items():
             out[subject][v] = accuracy_summary([r["correct"] for r in rows], [r.get("invalid", False) for r in rows])
@@ -105,28 +154,37 @@ def subject_breakdown(results: dict, benchmark: str) -> dict[str, dict[str, dict
 
 
 def drilldown(results: dict, benchmark: str, item_id: str) -> dict:
-    """One item with every variant's raw output, extracted answer and correctness."""
+    """One item with every variant's answer in every view (and the view's raw output: letter probabilities or the
+    generated text)."""
+    from eval.views import views_of
+
     item = next((it for it in results.get("items", {}).get(benchmark, []) if it["id"] == item_id), None)
     if item is None:
         raise KeyError(f"no item {item_id!r} in {benchmark}")
     rows = []
     for v in done_variants(results):
-        r = next((p for p in _preds(results, v, benchmark) if p["id"] == item_id), None)
-        if r is not None:
-            rows.append({"variant": v, "pred": r.get("pred"), "correct": r["correct"], "invalid": r.get("invalid", False),
-                         "filter": r.get("filter", ""), "raw": r.get("raw", "")})
+        r = next((p for p in results["variants"][v].get("predictions", {}).get(benchmark, []) if p["id"] == item_id),
+                 None)
+        if r is None:
+            continue
+        for view in views_of(results):
+            x = row_view(r, view, results)
+            if x is not None:
+                rows.append({"variant": v, "view": view, "pred": x.get("pred"), "correct": x["correct"],
+                             "invalid": x.get("invalid", False), "filter": x.get("filter", r.get("filter", "")),
+                             "raw": x.get("raw", r.get("raw", ""))})
     snippets = results.get("retrieval", {}).get("snippets", {}).get(benchmark, {}).get(item_id, [])
     return {"item": item, "rows": rows, "snippets": snippets}
 
 
-def summary_table(results: dict) -> tuple[list[str], list[list]]:
+def summary_table(results: dict, view: str | None = None) -> tuple[list[str], list[list]]:
     """Header and rows: variant, per-benchmark accuracy ± CI, average, invalid %, eval wall time (cost)."""
-    summ = summarize(results)
+    summ = summarize(results, view)
     benches = benchmarks_of(results)
     header = ["variant", "n"] + [task_label(b) for b in benches] + ["average", "invalid %", "wall s", "items/s"]
     rows = []
     for v, per in summ.items():
-        timing = results["variants"][v].get("timing", {})
+        timing = variant_timing(results, v, view)
         seen = len(results["variants"][v].get("seen_in_training") or [])
         cells = [variant_label(v) + (f" ⚠ {seen} items seen in training" if seen else ""),
                  per[ALL]["n"] if ALL in per else 0]
@@ -140,6 +198,15 @@ def summary_table(results: dict) -> tuple[list[str], list[list]]:
         if entry.get("status") != "ok":
             rows.append([variant_label(v)] + [entry.get("status", "")] + [""] * (len(header) - 2))
     return header, rows
+
+
+def variant_timing(results: dict, variant: str, view: str | None = None) -> dict:
+    """The timing of the run that scored ``view`` (a merged file keeps each mode's run under ``timing_by_mode``)."""
+    from eval.views import default_view
+
+    entry = results["variants"][variant]
+    mode = "cot" if (view or default_view(results)) == "cot" else "loglik"
+    return entry.get("timing_by_mode", {}).get(mode) or (entry.get("timing", {}) if results.get("mode") == mode else {})
 
 
 def paper_reference(benchmarks: list[str]) -> dict[str, dict[str, float]]:

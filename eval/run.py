@@ -40,7 +40,6 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch_size", type=int, help="rows per forward / generations per batch (default: eval.batch_size)")
     r.add_argument("--max_new_tokens", type=int, help="cot: generation budget (default: eval.max_new_tokens)")
     r.add_argument("--prompt_style", choices=["chat", "plain"], help="loglik prompt (default: eval.prompt_style)")
-    r.add_argument("--target", choices=["letter", "text"], help="loglik continuation (default: eval.loglik_target)")
     r.add_argument("--profile", help="offline | reference | auto | a YAML path (default: MEDADAPT_PROFILE or auto)")
     r.add_argument("--model", help="base model override (Hub id or folder)")
     r.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="inference dtype (default: model.dtype)")
@@ -105,12 +104,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from medadapt.config import load_config
     from medadapt.data.benchmarks import evaluated_items, select_ids
     from eval.evaluate import StopRequested, evaluate
-    from eval.report import summarize
+    from eval.report import summarize, summarize_views
     from eval.variants import resolve_variants
 
     overrides: dict = {"eval": {k: v for k, v in {
         "n": args.n, "seed": args.seed, "mode": args.mode, "batch_size": args.batch_size,
-        "max_new_tokens": args.max_new_tokens, "prompt_style": args.prompt_style, "loglik_target": args.target,
+        "max_new_tokens": args.max_new_tokens, "prompt_style": args.prompt_style,
         "benchmarks": args.benchmarks.split(",") if args.benchmarks else None}.items() if v is not None}}
     if args.model:
         overrides["model"] = {"name_or_path": args.model, "display_name": Path(args.model).name}
@@ -137,6 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         partial["results"] = results
         results["wall_s"] = round(time.time() - run.start, 2)
         results["summary"] = summarize(results)
+        results["summary_by_view"] = summarize_views(results)
         write_json_atomic(out, results)
 
     try:
@@ -207,17 +207,51 @@ def _extend_variant(mine: dict, other: dict) -> None:
             per[b] = round(per.get(b, 0) + sec, 2)
 
 
+def normalize_views(results: dict) -> dict:
+    """Give every prediction row its ``views`` (files written before views had one view at the row's top level)
+    and a generated view its own ``filter`` and ``raw``, so rows of different modes can share one row."""
+    from eval.views import MODE_VIEW, views_of
+
+    mode_view = MODE_VIEW.get(results.get("mode", ""), "letter")
+    for entry in results.get("variants", {}).values():
+        for rows in entry.get("predictions", {}).values():
+            for r in rows:
+                views = r.setdefault("views", {mode_view: {k: r[k] for k in ("pred", "correct", "invalid") if k in r}})
+                if mode_view == "cot" and "cot" in views:
+                    views["cot"].setdefault("filter", r.get("filter", ""))
+                    views["cot"].setdefault("raw", r.get("raw", ""))
+    results["views"] = views_of(results)
+    return results
+
+
+def _add_views(mine: dict, other: dict, mine_mode: str, other_mode: str) -> None:
+    """Put ``other``'s views (another mode, same variant) into ``mine``'s rows of the same items."""
+    for b, rows in other.get("predictions", {}).items():
+        by_id = {r["id"]: r for r in mine["predictions"].setdefault(b, [])}
+        for r in rows:
+            if r["id"] in by_id:
+                for view, v in r["views"].items():
+                    by_id[r["id"]]["views"].setdefault(view, v)
+            else:
+                mine["predictions"][b].append(r)
+    timing = mine.setdefault("timing_by_mode", {mine_mode: mine.get("timing", {})})
+    timing[other_mode] = other.get("timing_by_mode", {}).get(other_mode) or other.get("timing", {})
+
+
 def merge_results(files: list[dict]) -> dict:
-    """One results dict with every finished variant of ``files`` (same mode).
+    """One results dict with every finished variant of ``files``.
 
     Items are the union (a smaller seeded sample is a prefix of a larger one, so runs at different ``--n`` overlap);
     each variant keeps its own predictions and the paired tests use the items both variants answered. The same
-    variant (same adapter and retrieval) finished in two files is extended with the items it lacked.
+    variant (same adapter and retrieval) finished in two files is extended with the items it lacked (same mode) or
+    gets the other file's scoring views on the same items (a cot run merged into a loglik run).
     """
-    base = json.loads(json.dumps(files[0]))
+    from eval.report import summarize, summarize_views
+    from eval.views import views_of
+
+    base = normalize_views(json.loads(json.dumps(files[0])))
     for other in files[1:]:
-        if other["mode"] != base["mode"]:
-            raise ValueError(f"cannot merge {other['mode']} results into {base['mode']} results")
+        other = normalize_views(json.loads(json.dumps(other)))
         for b, ids in other["item_ids"].items():  # union of items; paired tests use the common ones
             known = set(base["item_ids"].get(b, []))
             by_id = {it["id"]: it for it in other["items"][b]}
@@ -227,15 +261,21 @@ def merge_results(files: list[dict]) -> dict:
         for name, entry in other["variants"].items():
             mine = base["variants"].get(name)
             if _same_run_setup(mine, entry):
-                _extend_variant(mine, entry)  # the same variant on more items (e.g. the rest of a larger --n)
+                if other["mode"] == base["mode"]:
+                    _extend_variant(mine, entry)  # the same variant on more items (e.g. the rest of a larger --n)
+                else:
+                    _add_views(mine, entry, base["mode"], other["mode"])
             elif entry.get("status") == "ok" or mine is None:
+                if other["mode"] != base["mode"]:
+                    entry["timing_by_mode"] = {other["mode"]: entry.get("timing", {})}
+                    entry["timing"] = {}
                 base["variants"][name] = entry
         for b, per in other.get("retrieval", {}).get("snippets", {}).items():
             base.setdefault("retrieval", {}).setdefault("snippets", {}).setdefault(b, {}).update(per)
-    from eval.report import summarize
-
+        base["views"] = views_of({"views": base["views"] + other["views"]})
     base["merged_from"] = [f.get("created") for f in files]
     base["summary"] = summarize(base)
+    base["summary_by_view"] = summarize_views(base)
     return base
 
 

@@ -71,3 +71,13 @@ def accuracy_summary(correct: Sequence[bool], invalid: Sequence[bool] | None = N
     lo, hi = wilson_interval(k, n)
     return {"n": n, "correct": k, "acc": k / n if n else 0.0, "ci_low": lo, "ci_high": hi,
             "invalid": bad, "invalid_rate": bad / n if n else 0.0}
+
+
+def paired_difference(a_correct: Sequence[bool], b_correct: Sequence[bool], z: float = 1.959963984540054) -> dict:
+    """Accuracy of B minus accuracy of A on the same items, with a 95% Wald interval for paired proportions
+    (``se = sqrt((only_a + only_b) - (only_b - only_a)^2 / n) / n``) and the exact McNemar p-value."""
+    t = mcnemar_exact(a_correct, b_correct)
+    n, b, c = t["n"], t["only_a"], t["only_b"]
+    diff = (c - b) / n if n else 0.0
+    se = math.sqrt(max(0.0, (b + c) - (c - b) ** 2 / n)) / n if n else 0.0
+    return {**t, "diff": diff, "ci_low": diff - z * se, "ci_high": diff + z * se}

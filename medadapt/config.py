@@ -143,7 +143,6 @@ class EvalConfig:
     batch_size: int = 8
     max_new_tokens: int = 512
     prompt_style: str = "chat"  # loglik prompt: chat (chat template, assistant turn "Answer:") | plain (harness text)
-    loglik_target: str = "letter"  # loglik continuation: letter (" A", acc) | text (" <option>", acc and acc_norm)
 
 
 @dataclass

@@ -184,8 +184,9 @@ def test_merge_unions_items_and_pairs_on_common_ones():
     assert summarize(merged)["sft"]["medqa"]["n"] == 2 and summarize(merged)["base"]["medqa"]["n"] == 4
     t = [t for t in paired_tests(merged) if t["benchmark"] == "medqa"][0]
     assert (t["n"], t["only_a"], t["only_b"]) == (2, 1, 1)
-    with pytest.raises(ValueError):
-        merge_results([big, {**small, "mode": "cot"}])
+    cot = merge_results([big, {**small, "mode": "cot"}])  # another mode: its view sits next to the loglik one
+    assert cot["views"] == ["letter", "cot"] and summarize(cot, "cot")["sft"]["medqa"]["n"] == 2
+    assert "sft" not in summarize(cot, "letter")
     # the same variant run on the rest of the items (--ids) is extended, not replaced
     rest = res("sft", ["q3", "q4"], [True, True])
     rest["variants"]["sft"]["timing"] = {"wall_s": 2.0, "per_benchmark_s": {"medqa": 2.0}}

@@ -116,7 +116,7 @@ def test_tab_builds_and_runs_a_job(tmp_path, results):
         c = build_bench_tab(state)
     assert {"chart", "table", "sig", "subjects", "dd_item", "run", "file"} <= set(c)
     outs = c["on_file"](str(tmp_path / "offline" / "cot-1.json"), True)
-    assert len(outs) == 9 and len(outs[0].data) > 0
+    assert len(outs) == 15 and len(outs[0].data) > 0
     msg = c["on_run"](["base", "rag"], "cot", 20, ["pubmedqa"])
     assert "Started" in msg and started[0][:2] == ["--variants", "base,rag"]
     assert "3/6" in c["on_poll"]()

@@ -17,8 +17,11 @@ import plotly.graph_objects as go
 from medadapt.ui.common import is_public, unlocked
 
 from eval.benchmarks import task_label, variant_label
-from eval.report import (ALL, baselines, benchmarks_of, done_variants, drilldown, paper_reference, significance_matrix,
-                         subject_breakdown, summarize, summary_table)
+from eval.decompose import decomposition, explain
+from eval.report import (ALL, answer_distribution, baselines, benchmarks_of, done_variants, drilldown,
+                         favourite_baselines, paper_reference, significance_matrix, subject_breakdown, summarize,
+                         summary_table)
+from eval.views import VIEWS, default_view, view_label, views_of
 
 COLORS = {"base": "#64748b", "rag": "#0d9488", "sft": "#2563eb", "msft": "#9333ea"}
 EXTRA_COLORS = ["#ea580c", "#16a34a", "#db2777", "#ca8a04"]
@@ -40,9 +43,9 @@ def list_results(results_dir: Path) -> list[tuple[str, str]]:
         if not isinstance(data, dict) or "variants" not in data:
             continue
         n = max((len(v) for v in data.get("item_ids", {}).values()), default=0)
-        done = done_variants(data)
-        label = f"{p.relative_to(results_dir)} · {data.get('mode', '?')} · n={n} · {', '.join(done)}"
-        ranked.append(((len(done), n, p.stat().st_mtime), label, str(p)))
+        done, views = done_variants(data), views_of(data)
+        label = f"{p.relative_to(results_dir)} · {', '.join(views)} · n={n} · {', '.join(done)}"
+        ranked.append(((len(done), len(views), n, p.stat().st_mtime), label, str(p)))
     return [(label, path) for _, label, path in sorted(ranked, reverse=True)]
 
 
@@ -61,8 +64,13 @@ def _color(name: str, i: int) -> str:
 
 # ---------------------------------------------------------------- pure figure builders
 
-def accuracy_figure(results: dict | None, show_paper: bool = True) -> go.Figure:
-    """Grouped bars (variant per benchmark + average) with Wilson 95% error bars, baselines and the paper's bars."""
+def view_choices(results: dict | None) -> list[tuple[str, str]]:
+    return [(view_label(v), v) for v in views_of(results)] if results else []
+
+
+def accuracy_figure(results: dict | None, show_paper: bool = True, view: str | None = None) -> go.Figure:
+    """Grouped bars (variant per benchmark + average) in one scoring view, with Wilson 95% error bars, the chance
+    and majority lines, each variant's favourite-answer line (at its bar) and the paper's bars."""
     fig = go.Figure()
     if not results:
         fig.update_layout(title="No results yet: run an evaluation", height=420)
@@ -70,13 +78,14 @@ def accuracy_figure(results: dict | None, show_paper: bool = True) -> go.Figure:
     benches = benchmarks_of(results)
     cats = benches + [ALL]
     xlabels = [task_label(b) for b in benches] + ["Average"]
-    summ = summarize(results)
+    view = view or default_view(results)
+    summ = summarize(results, view)
     for i, (v, per) in enumerate(summ.items()):
         ys = [100 * per[c]["acc"] if c in per else None for c in cats]
         up = [100 * (per[c]["ci_high"] - per[c]["acc"]) if c in per else 0 for c in cats]
         down = [100 * (per[c]["acc"] - per[c]["ci_low"]) if c in per else 0 for c in cats]
         n = [per[c]["n"] if c in per else 0 for c in cats]
-        fig.add_bar(name=f"{variant_label(v)} (this run)", x=xlabels, y=ys, marker_color=_color(v, i),
+        fig.add_bar(name=f"{variant_label(v)} (this run)", x=xlabels, y=ys, marker_color=_color(v, i), offsetgroup=v,
                     error_y={"type": "data", "symmetric": False, "array": up, "arrayminus": down, "thickness": 1.2},
                     customdata=n, hovertemplate="%{x}: %{y:.1f}% (n=%{customdata})<extra>" + v + "</extra>")
     if show_paper:
@@ -85,7 +94,15 @@ def accuracy_figure(results: dict | None, show_paper: bool = True) -> go.Figure:
                         y=[100 * vals[c] if c in vals else None for c in cats], marker_color="rgba(0,0,0,0)",
                         marker_line={"color": _color(v, i), "width": 1.5}, marker_pattern_shape="/",
                         marker_pattern_fgcolor=_color(v, i), opacity=0.6, legendgroup="paper",
-                        hovertemplate="%{x}: %{y:.1f}% (paper)<extra>" + v + "</extra>")
+                        offsetgroup=f"paper-{v}", hovertemplate="%{x}: %{y:.1f}% (paper)<extra>" + v + "</extra>")
+    for i, (v, per) in enumerate(favourite_baselines(results).items()):
+        if v not in summ:
+            continue
+        fig.add_scatter(x=xlabels, y=[100 * per[c]["acc"] if c in per else None for c in cats], mode="markers",
+                        offsetgroup=v, name=f"always {variant_label(v)}'s favourite answer", legendgroup="favourite",
+                        marker={"symbol": "line-ew-open", "size": 18, "line": {"width": 3, "color": _color(v, i)}},
+                        customdata=[per[c]["letter"] if c in per else "" for c in cats],
+                        hovertemplate="always “%{customdata}”: %{y:.1f}%<extra>" + v + " prior</extra>")
     base = baselines(results)
     for key, dash, label in (("chance", "dot", "chance"), ("majority", "dash", "majority class")):
         xs, ys = [], []
@@ -96,19 +113,20 @@ def accuracy_figure(results: dict | None, show_paper: bool = True) -> go.Figure:
         fig.add_scatter(x=xs, y=ys, mode="markers+lines", name=label, line={"dash": dash, "color": "#111827"},
                         marker={"symbol": "line-ew-open", "size": 40, "color": "#111827"}, connectgaps=False)
     n_max = max((len(v) for v in results.get("item_ids", {}).values()), default=0)
-    fig.update_layout(barmode="group", height=460, yaxis={"title": "accuracy (%)", "range": [0, 100]},
-                      title=f"{results.get('mode', '')} scoring · {results.get('model', {}).get('display_name', '')}"
+    fig.update_layout(barmode="group", scattermode="group", height=460,
+                      yaxis={"title": "accuracy (%)", "range": [0, 100]},
+                      title=f"{view_label(view)} scoring · {results.get('model', {}).get('display_name', '')}"
                             f" · n≤{n_max} per benchmark · error bars: Wilson 95% CI",
                       legend={"orientation": "h", "y": -0.18}, margin={"t": 60, "b": 40})
     return fig
 
 
-def significance_figure(results: dict | None, benchmark: str = ALL) -> go.Figure:
+def significance_figure(results: dict | None, benchmark: str = ALL, view: str | None = None) -> go.Figure:
     """Heatmap of paired exact McNemar p-values between variants (same items)."""
     fig = go.Figure()
     if not results:
         return fig
-    names, mat = significance_matrix(results, benchmark)
+    names, mat = significance_matrix(results, benchmark, view)
     text = [["—" if p is None else f"{p:.3f}" + (" *" if p < 0.05 else "") for p in row] for row in mat]
     z = [[1.0 if p is None else p for p in row] for row in mat]
     labels = [variant_label(n) for n in names]
@@ -116,16 +134,17 @@ def significance_figure(results: dict | None, benchmark: str = ALL) -> go.Figure
                     colorscale=[[0, "#16a34a"], [0.05, "#bbf7d0"], [0.0501, "#f1f5f9"], [1, "#ffffff"]],
                     colorbar={"title": "p"})
     fig.update_layout(title=f"McNemar exact p-values · {task_label(benchmark) if benchmark != ALL else 'all items'}"
-                            " (* p < 0.05, uncorrected)", height=360, yaxis={"autorange": "reversed"})
+                            f" · {view_label(view or default_view(results))} (* p < 0.05, uncorrected)",
+                      height=360, yaxis={"autorange": "reversed"})
     return fig
 
 
-def subject_figure(results: dict | None, benchmark: str) -> go.Figure:
+def subject_figure(results: dict | None, benchmark: str, view: str | None = None) -> go.Figure:
     """Per-subject accuracy per variant (horizontal bars with CIs), for MMLU-medical or MedMCQA."""
     fig = go.Figure()
     if not results or benchmark not in benchmarks_of(results):
         return fig
-    br = subject_breakdown(results, benchmark)
+    br = subject_breakdown(results, benchmark, view)
     subjects = list(br)
     for i, v in enumerate(done_variants(results)):
         xs = [100 * br[s][v]["acc"] if v in br[s] else None for s in subjects]
@@ -140,6 +159,65 @@ def subject_figure(results: dict | None, benchmark: str) -> go.Figure:
     return fig
 
 
+VIEW_COLORS = {"letter": "#94a3b8", "letter_cal": "#0f766e", "text_norm": "#7c3aed", "cot": "#ea580c"}
+
+
+def decomposition_figure(results: dict | None, benchmark: str = ALL) -> go.Figure:
+    """For each comparison (variant − base, MSFT − SFT): the accuracy difference in every view, 95% CI, p-value."""
+    fig = go.Figure()
+    rows = [g for g in decomposition(results) if g["benchmark"] == benchmark] if results else []
+    if not rows:
+        fig.update_layout(title="Needs base and another variant in one results file", height=300)
+        return fig
+    pairs = list(dict.fromkeys((g["a"], g["b"]) for g in rows))
+    xlabels = [f"{variant_label(b)} − {variant_label(a)}" for a, b in pairs]
+    for view in views_of(results):
+        by_pair = {(g["a"], g["b"]): g for g in rows if g["view"] == view}
+        gs = [by_pair.get(p) for p in pairs]
+        fig.add_bar(name=view_label(view), x=xlabels, y=[100 * g["diff"] if g else None for g in gs],
+                    marker_color=VIEW_COLORS.get(view, "#64748b"),
+                    error_y={"type": "data", "symmetric": False, "thickness": 1.2,
+                             "array": [100 * (g["ci_high"] - g["diff"]) if g else 0 for g in gs],
+                             "arrayminus": [100 * (g["diff"] - g["ci_low"]) if g else 0 for g in gs]},
+                    text=[f"p={g['p']:.2g}" + ("*" if g["p"] < 0.05 else "") if g else "" for g in gs],
+                    textposition="outside", customdata=[g["n"] if g else 0 for g in gs],
+                    hovertemplate="%{x}: %{y:+.1f} points (n=%{customdata})<extra>" + view_label(view) + "</extra>")
+    fig.add_hline(y=0, line={"color": "#111827", "width": 1})
+    fig.update_layout(barmode="group", height=420, yaxis={"title": "accuracy difference (points)"},
+                      title=f"Gain per scoring view · {task_label(benchmark) if benchmark != ALL else 'all items'}"
+                            " · error bars: paired 95% CI · p: exact McNemar (* < 0.05)",
+                      legend={"orientation": "h", "y": -0.15}, margin={"t": 60, "b": 40})
+    return fig
+
+
+def distribution_figure(results: dict | None, benchmark: str, view: str | None = None) -> go.Figure:
+    """How often each answer is predicted by each variant, next to the gold answers, on one benchmark."""
+    fig = go.Figure()
+    if not results or benchmark not in benchmarks_of(results):
+        return fig
+    dist = answer_distribution(results, benchmark, view)
+    gold = dist.pop("gold")
+    answers = list(dict.fromkeys([*gold, *(k for d in dist.values() for k in d)]))
+    fig.add_bar(name="gold answers", x=answers, y=[gold.get(k, 0) for k in answers], marker_color="rgba(0,0,0,0)",
+                marker_line={"color": "#111827", "width": 2})
+    for i, (v, counts) in enumerate(dist.items()):
+        fig.add_bar(name=variant_label(v), x=answers, y=[counts.get(k, 0) for k in answers],
+                    marker_color=_color(v, i))
+    fig.update_layout(barmode="group", height=340, yaxis={"title": "items"},
+                      title=f"Predicted answers · {task_label(benchmark)} · "
+                            f"{view_label(view or default_view(results))}",
+                      legend={"orientation": "h", "y": -0.2}, margin={"t": 50, "b": 40})
+    return fig
+
+
+def views_markdown(results: dict | None) -> str:
+    """What each view in the file measures, and the generated summary of the comparisons."""
+    if not results:
+        return ""
+    what = "\n".join(f"- **{view_label(v)}**: {VIEWS[v].what}" for v in views_of(results) if v in VIEWS)
+    return f"{what}\n\n**What this shows** (generated from the numbers below):\n\n{explain(results)}"
+
+
 def drilldown_html(results: dict | None, benchmark: str, item_id: str) -> str:
     if not results or not item_id:
         return "<p class='ma-empty'>Pick an item.</p>"
@@ -151,7 +229,8 @@ def drilldown_html(results: dict | None, benchmark: str, item_id: str) -> str:
     opts = "".join(f"<li><b>{html.escape(str(k))}.</b> {html.escape(str(v))}{' ✅' if k == it['answer'] else ''}</li>"
                    for k, v in it["options"].items())
     rows = "".join(
-        f"<tr><td>{html.escape(variant_label(r['variant']))}</td><td>{html.escape(str(r['pred'] or '—'))}</td>"
+        f"<tr><td>{html.escape(variant_label(r['variant']))}</td><td>{html.escape(view_label(r['view']))}</td>"
+        f"<td>{html.escape(str(r['pred'] or '—'))}</td>"
         f"<td>{'✅' if r['correct'] else ('⚠️ invalid' if r['invalid'] else '❌')}</td>"
         f"<td>{html.escape(str(r['filter'] or ''))}</td>"
         f"<td><div style='white-space:pre-wrap;max-height:240px;overflow:auto'>{html.escape(str(r['raw'] or ''))}</div></td></tr>"
@@ -161,7 +240,7 @@ def drilldown_html(results: dict | None, benchmark: str, item_id: str) -> str:
     return (f"<div><p><b>{html.escape(task_label(benchmark))} · {html.escape(str(it['id']))}</b>"
             f"{' · ' + html.escape(str(it['subject'])) if it.get('subject') else ''}</p>"
             f"<p>{html.escape(str(it['question']))}</p><ul>{opts}</ul><p>Correct answer: <b>{html.escape(str(it['answer']))}</b></p>"
-            f"<table><tr><th>variant</th><th>answer</th><th></th><th>parsed by</th><th>raw output</th></tr>{rows}</table>"
+            f"<table><tr><th>variant</th><th>view</th><th>answer</th><th></th><th>parsed by</th><th>raw output</th></tr>{rows}</table>"
             + (f"<p>RAG snippets retrieved:</p><ul>{snips}</ul>" if snips else "") + "</div>")
 
 
@@ -199,18 +278,29 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
     first = load_results(choices[0][1]) if choices else None
     benches = benchmarks_of(first) if first else list(cfg.eval.benchmarks)
 
+    def on_view(path: str, view: str, show_paper: bool, sig_bench: str, sub_bench: str, dist_bench: str):
+        res = load_results(path)
+        view = view if res and view in views_of(res) else (default_view(res) if res else None)
+        header, rows = summary_table(res, view) if res else (["variant"], [])
+        return (accuracy_figure(res, show_paper, view), gr.update(value=rows, headers=header),
+                significance_figure(res, sig_bench or ALL, view),
+                subject_figure(res, sub_bench, view) if sub_bench else go.Figure(),
+                distribution_figure(res, dist_bench, view) if dist_bench else go.Figure())
+
     def on_file(path: str, show_paper: bool):
         res = load_results(path)
-        header, rows = summary_table(res) if res else (["variant"], [])
         b = benchmarks_of(res) if res else []
         sub = [x for x in b if x in ("mmlu_medical", "medmcqa")]
-        return (accuracy_figure(res, show_paper), gr.update(value=rows, headers=header),
-                significance_figure(res, ALL), gr.update(choices=[(task_label(x), x) for x in sub],
-                                                         value=sub[0] if sub else None),
-                subject_figure(res, sub[0]) if sub else go.Figure(),
-                gr.update(choices=[("all items", ALL)] + [(task_label(x), x) for x in b], value=ALL),
+        view = default_view(res) if res else None
+        per_view = on_view(path, view, show_paper, ALL, sub[0] if sub else None, b[0] if b else None)
+        return (*per_view[:3], gr.update(choices=[(task_label(x), x) for x in sub], value=sub[0] if sub else None),
+                per_view[3], gr.update(choices=[("all items", ALL)] + [(task_label(x), x) for x in b], value=ALL),
                 gr.update(choices=[(task_label(x), x) for x in b], value=b[0] if b else None),
-                gr.update(choices=item_choices(res, b[0]) if b else [], value=None), drilldown_html(None, "", ""))
+                gr.update(choices=item_choices(res, b[0]) if b else [], value=None), drilldown_html(None, "", ""),
+                gr.update(choices=view_choices(res), value=view), views_markdown(res),
+                gr.update(choices=[("all items", ALL)] + [(task_label(x), x) for x in b], value=ALL),
+                decomposition_figure(res, ALL),
+                gr.update(choices=[(task_label(x), x) for x in b], value=b[0] if b else None), per_view[4])
 
     def on_refresh():
         ch = list_results(results_dir)
@@ -241,6 +331,8 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
                 "chain of thought), shown for reference only.")
     with gr.Row():
         c["file"] = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Results file", scale=4)
+        c["view"] = gr.Dropdown(view_choices(first), value=default_view(first) if first else None,
+                                label="Scoring view", scale=2)
         c["refresh"] = gr.Button("↻ Refresh", scale=0)
         c["show_paper"] = gr.Checkbox(True, label="Show the paper's numbers", scale=1)
     c["chart"] = gr.Plot(accuracy_figure(first), show_label=False)
@@ -257,6 +349,18 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
             c["sub_bench"] = gr.Dropdown([(task_label(b), b) for b in subs], value=subs[0] if subs else None,
                                          label="Per-subject breakdown")
             c["subjects"] = gr.Plot(subject_figure(first, subs[0]) if subs else go.Figure(), show_label=False)
+    with gr.Accordion("What each adaptation buys: knowledge or answer format?", open=True):
+        c["views_md"] = gr.Markdown(views_markdown(first))
+        with gr.Row():
+            with gr.Column():
+                c["dec_bench"] = gr.Dropdown([("all items", ALL)] + [(task_label(b), b) for b in benches], value=ALL,
+                                             label="Gain on")
+                c["decomp"] = gr.Plot(decomposition_figure(first), show_label=False)
+            with gr.Column():
+                c["dist_bench"] = gr.Dropdown([(task_label(b), b) for b in benches],
+                                              value=benches[0] if benches else None, label="Predicted answers on")
+                c["dist"] = gr.Plot(distribution_figure(first, benches[0]) if benches else go.Figure(),
+                                    show_label=False)
     with gr.Accordion("Per-question drill-down", open=False):
         with gr.Row():
             c["dd_bench"] = gr.Dropdown([(task_label(b), b) for b in benches], value=benches[0] if benches else None,
@@ -276,19 +380,27 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
     c["timer"] = gr.Timer(POLL_S)
 
     file_out = [c["chart"], c["table"], c["sig"], c["sub_bench"], c["subjects"], c["sig_bench"], c["dd_bench"],
-                c["dd_item"], c["dd_view"]]
+                c["dd_item"], c["dd_view"], c["view"], c["views_md"], c["dec_bench"], c["decomp"], c["dist_bench"],
+                c["dist"]]
     c["file"].change(on_file, [c["file"], c["show_paper"]], file_out)
-    c["show_paper"].change(lambda p, s: accuracy_figure(load_results(p), s), [c["file"], c["show_paper"]], c["chart"])
+    c["view"].input(on_view, [c["file"], c["view"], c["show_paper"], c["sig_bench"], c["sub_bench"], c["dist_bench"]],
+                    [c["chart"], c["table"], c["sig"], c["subjects"], c["dist"]])
+    c["show_paper"].change(lambda p, s, v: accuracy_figure(load_results(p), s, v),
+                           [c["file"], c["show_paper"], c["view"]], c["chart"])
     c["refresh"].click(on_refresh, None, c["file"])
-    c["sig_bench"].change(lambda p, b: significance_figure(load_results(p), b or ALL), [c["file"], c["sig_bench"]],
-                          c["sig"])
-    c["sub_bench"].change(lambda p, b: subject_figure(load_results(p), b), [c["file"], c["sub_bench"]],
+    c["sig_bench"].change(lambda p, b, v: significance_figure(load_results(p), b or ALL, v),
+                          [c["file"], c["sig_bench"], c["view"]], c["sig"])
+    c["sub_bench"].change(lambda p, b, v: subject_figure(load_results(p), b, v), [c["file"], c["sub_bench"], c["view"]],
                           c["subjects"])
+    c["dec_bench"].change(lambda p, b: decomposition_figure(load_results(p), b or ALL), [c["file"], c["dec_bench"]],
+                          c["decomp"])
+    c["dist_bench"].change(lambda p, b, v: distribution_figure(load_results(p), b, v),
+                           [c["file"], c["dist_bench"], c["view"]], c["dist"])
     c["dd_bench"].change(lambda p, b: gr.update(choices=item_choices(load_results(p), b), value=None),
                          [c["file"], c["dd_bench"]], c["dd_item"])
     c["dd_item"].change(lambda p, b, i: drilldown_html(load_results(p), b, i), [c["file"], c["dd_bench"], c["dd_item"]],
                         c["dd_view"])
     c["run"].click(on_run, [c["run_variants"], c["run_mode"], c["run_n"], c["run_bench"], c["secret"]], c["run_status"])
     c["timer"].tick(on_poll, None, c["run_status"], show_progress="hidden")
-    c["on_file"], c["on_run"], c["on_poll"] = on_file, on_run, on_poll
+    c["on_file"], c["on_view"], c["on_run"], c["on_poll"] = on_file, on_view, on_run, on_poll
     return c

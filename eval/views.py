@@ -1,0 +1,61 @@
+"""Scoring views: the ways one results file scores the same items, and how a prediction row is read per view.
+
+A loglik run records three views for every item from one pass over each prompt (:func:`eval.loglik.score_multi`);
+a cot run records one. ``python -m eval merge`` puts a cot run's view next to the loglik views of the same variants
+and items, so one file holds them all. A row of ``predictions`` carries ``views = {view: {"pred", "correct",
+"invalid"}}``; files written before views existed carry one view at the top level of the row (see :func:`row_view`).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    name: str
+    label: str
+    what: str  # one sentence for the tab
+
+
+VIEWS: dict[str, ViewSpec] = {
+    "letter": ViewSpec("letter", "letter", "log-likelihood of the option letter after “Answer:” (the usual MCQ "
+                       "score; it rewards a model that learned which letter to say)"),
+    "letter_cal": ViewSpec("letter_cal", "letter, calibrated", "the same letter scores divided by the model's own "
+                           "prior over letters, measured on content-free inputs (Zhao et al. 2021)"),
+    "text_norm": ViewSpec("text_norm", "option text (acc_norm)", "log-likelihood of each option's text per byte, "
+                          "no letter involved"),
+    "cot": ViewSpec("cot", "chain of thought", "generated reasoning, then the parsed “Answer: X”"),
+}
+LOGLIK_VIEWS = ("letter", "letter_cal", "text_norm")
+MODE_VIEW = {"loglik": "letter", "cot": "cot"}  # the one view of a file written before views existed
+INVALID = "invalid"
+
+
+def view_label(name: str) -> str:
+    spec = VIEWS.get(name)
+    return spec.label if spec else name
+
+
+def views_of(results: dict) -> list[str]:
+    """The views a results file holds, in display order."""
+    views = results.get("views") or [MODE_VIEW.get(results.get("mode", ""), "letter")]
+    return [v for v in VIEWS if v in views] + [v for v in views if v not in VIEWS]
+
+
+def default_view(results: dict) -> str:
+    return views_of(results)[0]
+
+
+def row_view(row: dict, view: str | None, results: dict) -> dict | None:
+    """``{"pred", "correct", "invalid", ...}`` of one prediction row under ``view`` (None: the file's first view);
+    None when the row was not scored in that view (e.g. a cot view run on fewer items)."""
+    view = view or default_view(results)
+    if "views" in row:
+        return row["views"].get(view)
+    return row if view == MODE_VIEW.get(results.get("mode", "")) else None
+
+
+def prediction_counts(rows: list[dict]) -> dict[str, int]:
+    """How often each answer was predicted (``invalid`` for rows without one)."""
+    return dict(Counter(r.get("pred") or INVALID for r in rows))
