@@ -17,10 +17,12 @@ import pytest
 from bench.queue_client import QueueClient, fn_index
 from medadapt.config import load_config
 from medadapt.pipeline import DISCLAIMER
-from medadapt.ui.guard import WHAT
+from medadapt.ui import guard
+from medadapt.ui.guard import SESSIONS_PER_WINDOW, WHAT
 from medadapt.ui.inflight import Limits
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "app_data"
+LIMIT_KINDS = ["address", "session", "gen-address", "gen-session"]
 QUESTION = ["What causes scurvy?", 16, 0.0, 1.0, 2, False, "none", "none", 1.0]
 
 
@@ -33,6 +35,12 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def public_app(tmp_path_factory, tiny_model_dir):
     """The whole app in public mode: tiny model, no index, and an SFT adapter whose weights are garbage."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(guard, "GENERATIONS_PER_WINDOW", 10_000)  # the 6-a-minute ration has its own test (test_app.py)
+        yield from _public_app(tmp_path_factory, tiny_model_dir)
+
+
+def _public_app(tmp_path_factory, tiny_model_dir):
     from medadapt.state import AppState
     from medadapt.ui.common import launch_options
     from medadapt.ui.interface import build_demo
@@ -52,9 +60,7 @@ def public_app(tmp_path_factory, tiny_model_dir):
     demo = build_demo(state)
     demo.queue(default_concurrency_limit=1, max_size=64)
     options = launch_options(cfg, demo)
-    guard = options["app_kwargs"]["middleware"][0].kwargs
-    inflight = guard["inflight"]
-    guard["limiter"].limit = 10_000  # the 6-a-minute ration has its own test (tests/test_app.py)
+    inflight = options["app_kwargs"]["middleware"][0].kwargs["inflight"]
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **options)
     yield {"url": f"http://127.0.0.1:{port}", "state": state, "demo": demo, "inflight": inflight, "tmp": tmp,
@@ -86,15 +92,15 @@ def test_a_flooding_client_is_refused_while_another_is_answered(app):
     lock.acquire()  # the first question holds the generation slot until released
     flooder = QueueClient(app["url"], "127.0.0.2")
     replies = [flooder.join(app["compare"], QUESTION, session=f"flood{i}")[0] for i in range(12)]
-    cheap = fn_index(app["demo"], "refresh_adapters")
-    replies += [flooder.join(cheap, [], session=f"flood{i}")[0] for i in range(20)]
-    accepted = [r for r in replies if r.status == 200]
-    refused = [r for r in replies if r.status == 429]
-    assert len(accepted) + len(refused) == len(replies)
-    assert replies[0].status == 200 and all(r.status == 429 for r in replies[1:12])  # one question in line
-    assert "questions in progress from your address" in replies[1].error
-    assert all(r.retry_after and r.retry_after >= 1 and re.search(r"about \d+ s; retry then", r.error)
-               for r in refused)
+    assert replies[0].status == 200 and all(r.status == 429 for r in replies[1:])  # one question in line
+    assert all("questions in progress from your address" in r.error and r.retry_after >= 1
+               and re.search(r"about \d+ s; retry then", r.error) for r in replies[1:])
+    cheap = fn_index(app["demo"], "refresh_adapters")  # fast events, each from a fresh session (a page load)
+    replies = [flooder.join(cheap, [], session=f"flood-cheap{i}")[0] for i in range(20)]
+    assert [r.status for r in replies] == [200] * (SESSIONS_PER_WINDOW - 1) + [429] * (21 - SESSIONS_PER_WINDOW)
+    assert all("new sessions" in r.error and r.retry_after >= 1 and re.search(r"Retry in \d+ s", r.error)
+               for r in replies[SESSIONS_PER_WINDOW - 1:])
+    assert flooder.join(cheap, [], session="flood0")[0].status == 200  # its existing sessions still work
     honest = QueueClient(app["url"], "127.0.0.3")
     reply, event_id = honest.join(app["compare"], QUESTION)
     assert reply.status == 200 and event_id
@@ -103,7 +109,25 @@ def test_a_flooding_client_is_refused_while_another_is_answered(app):
     assert DISCLAIMER in done.output[0] and "tokens" in done.output[2]
 
 
-@pytest.mark.parametrize("kind", ["address", "session", "gen-address", "gen-session"])
+def test_a_client_refused_again_and_again_is_refused_before_its_body_is_read(app, monkeypatch):
+    monkeypatch.setattr(guard, "TARPIT_S", 0.5)
+    lock = app["state"].pipeline._lock
+    lock.acquire()
+    flooder = QueueClient(app["url"], "127.0.0.9")
+    assert flooder.join(app["compare"], QUESTION)[0].status == 200
+    replies = [flooder.join(app["compare"], QUESTION)[0] for _ in range(guard.REFUSALS_PER_WINDOW)]
+    assert all("questions in progress" in r.error for r in replies)
+    cheap = fn_index(app["demo"], "refresh_adapters")
+    for data in ([], ["x" * 1_000_000]):  # fine on its own, and a 1 MB body: both refused unread, and late
+        t0 = time.perf_counter()
+        reply = flooder.join(cheap, data)[0]
+        assert reply.status == 429 and "Too many refused requests" in reply.error
+        assert time.perf_counter() - t0 >= 0.45
+        assert 1 <= reply.retry_after <= guard.REFUSAL_WINDOW_S + 1
+    assert QueueClient(app["url"], "127.0.0.10").join(cheap, [])[0].status == 200  # others are not affected
+
+
+@pytest.mark.parametrize("kind", LIMIT_KINDS)
 def test_each_in_flight_limit_counts_queued_and_running_events(app, kind):
     """Only the limit under test is small; joins past it are refused until one of the client's events ends."""
     small = {"address": "per_address", "session": "per_session", "gen-address": "generations_per_address",
@@ -112,12 +136,12 @@ def test_each_in_flight_limit_counts_queued_and_running_events(app, kind):
                                                        "generations_per_address")} | {small: 2})
     lock = app["state"].pipeline._lock
     lock.acquire()
-    client = QueueClient(app["url"], "127.0.0.4")
+    client = QueueClient(app["url"], f"127.0.1.{LIMIT_KINDS.index(kind) + 1}")  # a fresh address: fresh session ration
     sessions = [client.session] * 4 if kind.endswith("session") else [f"s{kind}{i}" for i in range(4)]
     replies = [client.join(app["compare"], QUESTION, session=s)[0] for s in sessions]
     assert [r.status for r in replies] == [200, 200, 429, 429]
     assert WHAT[kind] in replies[2].error and "at most 2 at a time" in replies[2].error
-    other = QueueClient(app["url"], "127.0.0.5")  # another client is not affected
+    other = QueueClient(app["url"], f"127.0.2.{LIMIT_KINDS.index(kind) + 1}")  # another client is not affected
     assert other.join(app["compare"], QUESTION)[0].status == 200
     lock.release()
     wait_until(lambda: not app["demo"]._queue.event_ids_to_events)
@@ -141,11 +165,14 @@ def test_full_queue_says_when_to_retry(app, monkeypatch):
     assert "Max size" not in reply.error
 
 
-def test_direct_routes_that_skip_the_queue_are_refused(app):
+def test_routes_that_skip_the_queue_or_are_unused_are_refused(app):
     """Outside a Space Gradio opens /run/<api> and /api/<api>, which skip the queue and every limit on it."""
     for route in ("run", "api"):
         r = httpx.post(f"{app['url']}/gradio_api/{route}/compare", json={"data": QUESTION}, timeout=30)
         assert r.status_code == 403 and "queue" in r.json()["error"]
+    r = httpx.post(f"{app['url']}/gradio_api/component_server", timeout=30,  # a new session each, no use here
+                   json={"session_hash": "x1", "component_id": 1, "fn_name": "f", "data": None})
+    assert r.status_code == 403 and "no component server" in r.json()["error"]
 
 
 def test_oversized_request_is_refused_before_it_is_parsed(app):

@@ -111,19 +111,13 @@ def launch_options(cfg: AppConfig, demo: Any = None) -> dict:
     """
     from starlette.middleware import Middleware
 
-    from medadapt.ui.guard import SESSIONS_PER_WINDOW, RateLimiter, RequestGuard
+    from medadapt.ui.guard import RequestGuard
     from medadapt.ui.inflight import InFlight
 
     public = is_public(cfg) and demo is not None
-    guard = Middleware(RequestGuard, inflight=InFlight(demo) if public else None,
-                       limiter=RateLimiter() if public else None,
-                       sessions=RateLimiter(SESSIONS_PER_WINDOW) if public else None)
+    guard = Middleware(RequestGuard, inflight=InFlight(demo) if public else None)
     return {"theme": THEME, "css": CSS, "ssr_mode": False, "show_error": True,
             "max_file_size": "5mb" if cfg.public else "200mb", "app_kwargs": {"middleware": [guard]}}
-
-
-NO_STORAGE = ("No persistent storage: runs, the index, votes and results are lost when this Space restarts "
-              "(add persistent storage in the Space's settings to keep them in /data).")
 
 
 def banner(cfg: AppConfig) -> str:
