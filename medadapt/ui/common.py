@@ -120,6 +120,10 @@ def launch_options(cfg: AppConfig, demo: Any = None) -> dict:
             "max_file_size": "5mb" if cfg.public else "200mb", "app_kwargs": {"middleware": [guard]}}
 
 
+NO_STORAGE = ("No persistent storage: runs, the index, votes and results are lost when this Space restarts "
+              "(add persistent storage in the Space's settings to keep them in /data).")
+
+
 def banner(cfg: AppConfig) -> str:
     """The profile line (which model and data, and why), public mode, and on a Space its hardware and storage."""
     mode = " · <b>public mode</b> (training and evaluation launches are locked)" if cfg.public else ""
