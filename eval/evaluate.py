@@ -11,11 +11,11 @@ from datetime import datetime, timezone
 
 from medadapt.config import AppConfig, to_dict
 from medadapt.data.benchmarks import BenchItem, item_ids
-from medadapt.reasoning import split_reasoning
+from medadapt.reasoning import extract_answer
 from eval.benchmarks import TASKS
 from eval.prompting import continuations, fit_snippets, item_messages, loglik_prompt
 from eval.calibration import CONTENT_FREE, calibrate, content_free_items, content_free_snippets, letter_prior
-from eval.scoring import choose, extract_answer, option_probs
+from eval.scoring import choose, option_probs
 from eval.views import LOGLIK_VIEWS
 from eval.variants import Variant, activate, load_for_variants, model_folder
 
@@ -124,39 +124,25 @@ def _loglik_variant(cfg, model, tok, variant, samples, snippets, progress, shoul
 
 
 def _generator(cfg: AppConfig, variants: list[Variant]):
-    """``(generate(messages_list, variant) -> texts, opens_think)`` on the app's engine (HF generate if absent)."""
-    ec = cfg.eval
-    try:
-        from medadapt.engine import BASE, Engine, GenSettings
-    except ImportError:
-        Engine = None
-    if Engine is not None:
-        m = cfg.model
-        engine = Engine(model_folder(cfg), m.dtype, m.reasoning_template, trust_remote_code=m.trust_remote_code,
-                        max_context=m.max_context)
-        for v in variants:
-            if v.adapter and not v.skipped and not engine.has_adapter(v.peft_name):
-                engine.load_adapter(v.peft_name, v.adapter)
-        settings = GenSettings(max_new_tokens=ec.max_new_tokens, temperature=0.0)
+    """``(generate(messages_list, variant) -> texts, opens_think)`` on the app's engine, adapters loaded by name."""
+    from medadapt.engine import BASE, Engine, GenSettings
 
-        def gen(msgs: list, v: Variant, should_stop: Callable[[], bool] = lambda: False) -> list[str]:
-            final: list = []
-            for final in engine.stream([(m, v.peft_name if v.adapter else BASE) for m in msgs], settings):
-                if should_stop():  # checked every decode step, so a stop does not wait for the whole batch
-                    raise StopRequested(f"stopped during {v.name}")
-            return [st.text for st in final]
-
-        return gen, engine.prompt_opens_think()
-    from eval.cot import generate_batch, render
-
-    model, tok = load_for_variants(cfg, variants)
+    ec, m = cfg.eval, cfg.model
+    engine = Engine(model_folder(cfg), m.dtype, m.reasoning_template, trust_remote_code=m.trust_remote_code,
+                    max_context=m.max_context)
+    for v in variants:
+        if v.adapter and not v.skipped and not engine.has_adapter(v.peft_name):
+            engine.load_adapter(v.peft_name, v.adapter)
+    settings = GenSettings(max_new_tokens=ec.max_new_tokens, temperature=0.0)
 
     def gen(msgs: list, v: Variant, should_stop: Callable[[], bool] = lambda: False) -> list[str]:
-        with activate(model, v):
-            return generate_batch(model, tok, [render(tok, m) for m in msgs], ec.max_new_tokens, len(msgs),
-                                  cfg.model.max_context)
+        final: list = []
+        for final in engine.stream([(m, v.peft_name if v.adapter else BASE) for m in msgs], settings):
+            if should_stop():  # checked every decode step, so a stop does not wait for the whole batch
+                raise StopRequested(f"stopped during {v.name}")
+        return [st.text for st in final]
 
-    return gen, cfg.model.reasoning_template
+    return gen, engine.prompt_opens_think()
 
 
 def _cot_variant(cfg, gen, opens_think, variant, samples, snippets, progress, should_stop) -> tuple[dict, dict]:
@@ -173,8 +159,7 @@ def _cot_variant(cfg, gen, opens_think, variant, samples, snippets, progress, sh
             chunk = items[b:b + bs]
             msgs = [item_messages(it, snippets[name][it.id] if variant.rag else None) for it in chunk]
             for it, text in zip(chunk, gen(msgs, variant, should_stop)):
-                parts = split_reasoning(text, opened=opens_think)
-                letter, how = (None, "truncated") if parts.truncated else extract_answer(parts.answer, it.options)
+                letter, how = extract_answer(text, it.options, opens_think)
                 view = {"pred": letter, "correct": letter == it.answer, "invalid": letter is None}
                 rows.append({"id": it.id, **view, "views": {"cot": view}, "filter": how, "raw": text})
             progress(done=done + len(rows), total=total, variant=variant.name, benchmark=name)

@@ -46,9 +46,9 @@ def summarize(results: dict, view: str | None = None) -> dict:
             per[b] = {**accuracy_summary([r["correct"] for r in rows], [r.get("invalid", False) for r in rows]),
                       "predicted": prediction_counts(rows)}
             pooled += rows
-        if per:
+        if per:  # a variant not scored in this view is left out
             per[ALL] = accuracy_summary([r["correct"] for r in pooled], [r.get("invalid", False) for r in pooled])
-        out[v] = per
+            out[v] = per
     return out
 
 

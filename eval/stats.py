@@ -1,8 +1,7 @@
-"""Pure statistics for evaluation results: Wilson intervals, exact McNemar, bootstrap, chance/majority baselines."""
+"""Pure statistics for evaluation results: Wilson intervals, exact McNemar, paired differences, baselines."""
 from __future__ import annotations
 
 import math
-import random
 from collections import Counter
 from collections.abc import Sequence
 
@@ -37,18 +36,6 @@ def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> dict:
     b = sum(1 for x, y in zip(a_correct, b_correct) if x and not y)
     c = sum(1 for x, y in zip(a_correct, b_correct) if y and not x)
     return {"n": len(a_correct), "only_a": b, "only_b": c, "p": binom_two_sided_half(b, b + c)}
-
-
-def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values``."""
-    if not values:
-        return 0.0, 0.0
-    rng = random.Random(seed)
-    n = len(values)
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
-    lo = means[int(alpha / 2 * n_boot)]
-    hi = means[min(n_boot - 1, int((1 - alpha / 2) * n_boot))]
-    return lo, hi
 
 
 def chance_baseline(option_counts: Sequence[int]) -> float:

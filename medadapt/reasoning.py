@@ -1,4 +1,4 @@
-"""Split a model's output into chain of thought and final answer, and read what the answer commits to.
+"""Split a model's output into chain of thought and final answer, and read which option the answer commits to.
 
 Pure functions, no I/O. Handles four shapes of output:
 ``<think>…</think> answer`` · ``…</think> answer`` (the chat template opened ``<think>`` itself) ·
@@ -7,6 +7,7 @@ plain text without tags (no separate reasoning) · ``<think>…`` cut off before
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 OPEN, CLOSE = "<think>", "</think>"
@@ -36,51 +37,75 @@ def split_reasoning(text: str, opened: bool = False) -> Reasoned:
     return Reasoned("", text.strip(), False, False)
 
 
-# Strict first, then lenient fallbacks; each pattern's first group is the letter.
-_STRICT = [
-    r"(?:final\s+)?answer\s*(?:is|:)\s*\**\s*\(?([A-J])\)?(?![A-Za-z])",
-    r"\\boxed\{\s*\(?([A-J])\)?\s*\}",
-]
-_LENIENT = [
-    r"(?:option|choice)\s*\(?([A-J])\)?(?![A-Za-z])",
-    r"^\s*\**\(?([A-J])\)?[\.\):\*]",
-    r"\(([A-J])\)",
-    r"(?<![A-Za-z])([A-J])(?![A-Za-z'])",
-]
+# ---------------------------------------------------------------- the option an answer commits to
+#
+# The one answer parser of the project (eval's cot scoring, its tests). It reads only the answer part (after the
+# reasoning, and after any later ``</think>`` of a model that closed its reasoning twice); an output whose reasoning
+# never closed is truncated: no final answer, ``(None, "truncated")``. On the answer the filters run in order,
+# strict first; the first that finds a valid option letter wins, none gives ``(None, "invalid")``:
+#
+# 1. ``strict``: the last ``Answer: X`` / ``Answer: (X)`` / ``**Answer:** X``.
+# 2. ``boxed``: the last ``\boxed{X}`` (R1-style models).
+# 3. ``answer_phrase``: "the answer is X", "correct option is (X)", "answer: option X".
+# 4. ``leading_letter``: the answer starts with ``X.``, ``X)``, ``X:``, ``(X)`` or a bare letter on its own line
+#    (not the article in "A 45-year-old …").
+# 5. ``option_text``: exactly one option's text appears in the answer (e.g. "yes" for PubMedQA).
 
 
-def extract_choice(answer: str, letters: str = "ABCD", options: dict[str, str] | None = None) -> str | None:
-    """The option letter an answer commits to, or None. Reads only ``answer`` (the text after the reasoning).
+def _letters(options: dict[str, str]) -> str:
+    return f"[{''.join(options)}]"
 
-    Order: "Answer: X"-style statements (the last one wins), then "option X", a leading "X.", "(X)", a lone
-    capital letter, and finally an option's full text quoted in the answer.
+
+def strict(text: str, options: dict[str, str]) -> str | None:
+    L = _letters(options)
+    hits = re.findall(rf"\b(?i:answer)\s*\**\s*:\s*\**\s*[\(\[]?({L})[\)\]]?\**(?![A-Za-z0-9])", text)
+    return hits[-1] if hits else None
+
+
+def boxed(text: str, options: dict[str, str]) -> str | None:
+    hits = re.findall(rf"\\boxed\{{\s*(?:\\text\{{)?\(?({_letters(options)})\)?\}}?\s*\}}", text)
+    return hits[-1] if hits else None
+
+
+def answer_phrase(text: str, options: dict[str, str]) -> str | None:
+    L = _letters(options)
+    pat = (rf"(?i:answer|option|choice)\s*(?i:is|would be|:)?\s*(?i:option|choice)?\s*[:\-]?\s*\(?\**({L})\**\)?"
+           r"(?![A-Za-z0-9])")
+    hits = re.findall(pat, text)
+    return hits[-1] if hits else None
+
+
+def leading_letter(text: str, options: dict[str, str]) -> str | None:
+    m = re.match(rf"^\W*\(?({_letters(options)})\)?(?:[.):]|\s*$|\s*\n)", text.strip())  # not "A 45-year-old …"
+    return m.group(1) if m else None
+
+
+def option_text(text: str, options: dict[str, str]) -> str | None:
+    low = text.lower()
+    found = [k for k, v in options.items() if v and re.search(rf"(?<![a-z]){re.escape(v.lower())}(?![a-z])", low)]
+    return found[0] if len(found) == 1 else None
+
+
+FILTERS: tuple[tuple[str, Callable[[str, dict[str, str]], str | None]], ...] = (
+    ("strict", strict), ("boxed", boxed), ("answer_phrase", answer_phrase), ("leading_letter", leading_letter),
+    ("option_text", option_text),
+)
+
+
+def extract_answer(text: str, options: dict[str, str], opened: bool = False) -> tuple[str | None, str]:
+    """``(letter, filter name)`` for a generated output; ``(None, "truncated"|"invalid")`` when there is none.
+
+    ``opened``: the prompt already ended with ``<think>`` (see :func:`split_reasoning`).
     """
-    valid = set(letters)
-    for pattern in _STRICT:
-        hits = [m.group(1) for m in re.finditer(pattern, answer, re.IGNORECASE)]
-        hits = [h.upper() for h in hits if h.upper() in valid]
-        if hits:
-            return hits[-1]
-    for pattern in _LENIENT:
-        flags = re.MULTILINE | (re.IGNORECASE if "option" in pattern else 0)
-        hits = [m.group(1).upper() for m in re.finditer(pattern, answer, flags)]
-        hits = [h for h in hits if h in valid]
-        if hits:
-            return hits[0]
-    if options:
-        low = answer.lower()
-        found = [k for k, v in options.items() if v and v.lower() in low and k in valid]
-        if len(found) == 1:
-            return found[0]
-    return None
-
-
-def extract_yes_no(answer: str) -> str | None:
-    """PubMedQA-style decision (yes/no/maybe) stated in the answer, or None."""
-    m = re.search(r"answer\s*(?:is|:)\s*\**\s*(yes|no|maybe)\b", answer, re.IGNORECASE) or re.search(
-        r"\b(yes|no|maybe)\b", answer, re.IGNORECASE
-    )
-    return m.group(1).lower() if m else None
+    parts = split_reasoning(text, opened)
+    if parts.truncated:
+        return None, "truncated"
+    answer = parts.answer.rsplit(CLOSE, 1)[-1].strip()
+    for name, fn in FILTERS:
+        letter = fn(answer, options)
+        if letter in options:
+            return letter, name
+    return None, "invalid"
 
 
 def cited_numbers(answer: str, k: int) -> list[int]:

@@ -144,7 +144,7 @@ def evaluated_items_from_env(benchmarks):
 
 def test_cli_cot_rag_skipped_without_index_and_merge(cli_env, capsys):
     from eval.run import main
-    from eval.scoring import extract_answer
+    from medadapt.reasoning import extract_answer
 
     out = cli_env / "cot.json"
     rc = main(["run", "--variants", "base,rag,sft", "--mode", "cot", "--n", "2", "--benchmarks", "pubmedqa",

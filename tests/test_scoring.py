@@ -1,11 +1,12 @@
-"""Answer extraction filters on tricky generated outputs, and option choice from log-likelihoods."""
+"""The answer parser on tricky generated outputs, and option choice from log-likelihoods."""
 from __future__ import annotations
 
 import math
 
 import pytest
 
-from eval.scoring import answer_section, choose, extract_answer, option_probs
+from eval.scoring import choose, option_probs
+from medadapt.reasoning import extract_answer
 
 ABCD = {"A": "Aspirin", "B": "Heparin", "C": "Warfarin", "D": "Alteplase"}
 YNM = {"A": "yes", "B": "no", "C": "maybe"}
@@ -28,14 +29,17 @@ YNM = {"A": "yes", "B": "no", "C": "maybe"}
     ("Answer: E", None, "invalid"),  # not an option
     ("I am not sure.", None, "invalid"),
     ("answer: a patient with chest pain", None, "invalid"),  # lowercase article is not a letter
+    (r"So the answer is \boxed{D}", "D", "boxed"),  # R1-style
+    ("<think>Maybe the answer is A... no, A is wrong.</think>The answer is C.", "C", "answer_phrase"),
+    ("I pick option C because of its half-life", "C", "answer_phrase"),
 ])
 def test_extract_answer(text, expected, how):
     assert extract_answer(text, ABCD) == (expected, how)
 
 
 def test_truncated_when_template_opened_think():
-    assert extract_answer("reasoning without a close tag, Answer: B", ABCD, opens_think=True) == (None, "truncated")
-    assert extract_answer("reasoning</think>Answer: B", ABCD, opens_think=True) == ("B", "strict")
+    assert extract_answer("reasoning without a close tag, Answer: B", ABCD, opened=True) == (None, "truncated")
+    assert extract_answer("reasoning</think>Answer: B", ABCD, opened=True) == ("B", "strict")
 
 
 def test_pubmedqa_text_answers():
@@ -45,9 +49,9 @@ def test_pubmedqa_text_answers():
     assert extract_answer("yes or no? maybe", YNM) == (None, "invalid")  # ambiguous
 
 
-def test_answer_section_uses_last_close_tag():
-    assert answer_section("<think>a</think>b</think> final") == ("final", False)
-    assert answer_section("plain") == ("plain", False)
+def test_answer_after_the_last_close_tag():
+    assert extract_answer("<think>a</think>Answer: A</think> Answer: C", ABCD) == ("C", "strict")
+    assert extract_answer("Answer: D", ABCD) == ("D", "strict")
 
 
 def test_choose_and_norm():
