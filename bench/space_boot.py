@@ -8,8 +8,8 @@ storage), starts ``python app.py`` and asks one question through the app's API u
 
     python bench/space_boot.py [--venv DIR] [--all] [--keep DIR]
 
-``--venv`` reuses an existing venv (install_s is then 0). Resident memory is the app and its child processes at
-the first answer (the setup's index build runs beside it by then). Last line:
+``--venv`` reuses an existing venv (install_s is then 0). Resident memory is the peak of the app and its child
+processes (the setup's jobs) sampled every second until the first answer (with ``--all``: until the end). Last line:
 ``RESULT install_s=<s> first_answer_s=<s> rss_mb=<mb>``.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -46,17 +47,26 @@ def main() -> int:
     app, install_s = prepare(root, data_dir, model_dir, Path(args.venv) if args.venv else None)
     print(f"prepared in {time.time() - t0:.0f} s (install {install_s:.0f} s) at {root}", flush=True)
     app.start()
+    peak, done = [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(1.0):
+            peak[0] = max(peak[0], rss_mb(app.proc.pid))
+
+    threading.Thread(target=sample, daemon=True).start()
     try:
         first_s, client = app.first_answer(args.timeout)
-        rss = rss_mb(app.proc.pid)
-        print(f"first answer after {first_s:.1f} s, rss {rss:.0f} MB", flush=True)
+        rss = peak[0] = max(peak[0], rss_mb(app.proc.pid))
+        print(f"first answer after {first_s:.1f} s, peak rss {rss:.0f} MB", flush=True)
         print("banner:", app.banner(), flush=True)
         if args.all:
             state = app.wait_setup(args.timeout + 900)
             print(f"setup {state.get('status')} after {time.time() - app.started:.0f} s", flush=True)
             print("columns answering:", sorted(app.ask(client)), flush=True)
-            rss = max(rss, rss_mb(app.proc.pid))
+            rss = peak[0]
+            print(f"peak rss until all four answered: {rss:.0f} MB", flush=True)
     finally:
+        done.set()
         app.stop()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
