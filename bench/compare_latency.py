@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 QUESTION = "What is the first-line drug treatment for type 2 diabetes, and how does it work?"
 SNIPPET = ("Metformin, a biguanide, lowers hepatic glucose production and improves insulin sensitivity; it is the "
            "preferred initial pharmacologic agent for type 2 diabetes unless contraindicated. ")
-VARIANTS = ("base", "rag", "sft", "msft")
+from medadapt.variants import VARIANTS  # noqa: E402
 
 
 def make_parser() -> argparse.ArgumentParser:

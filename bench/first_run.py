@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS = ("base", "rag", "sft", "msft")
+sys.path.insert(0, str(REPO))
+from medadapt.variants import VARIANTS  # noqa: E402
+
 QUESTION = "Which vitamin deficiency causes megaloblastic anemia with neurological symptoms?"
 
 

@@ -32,7 +32,6 @@ PAPER_REFERENCE: dict[str, dict[str, float]] = {
     "msft": {"medmcqa": 23.0, "medqa": 28.0, "mmlu_medical": 29.0, "pubmedqa": 41.5},
 }
 
-VARIANT_LABELS = {"base": "Base", "rag": "RAG", "sft": "SFT", "msft": "MSFT"}
 
 
 def task_label(name: str) -> str:
@@ -40,5 +39,4 @@ def task_label(name: str) -> str:
     return spec.label if spec else name
 
 
-def variant_label(name: str) -> str:
-    return VARIANT_LABELS.get(name, name)
+

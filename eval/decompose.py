@@ -8,7 +8,7 @@ sentences. Pure: no I/O, no plotting.
 """
 from __future__ import annotations
 
-from eval.benchmarks import variant_label
+from medadapt.variants import variant_label
 from eval.report import ALL, scored_rows, benchmarks_of, done_variants, summarize
 from eval.stats import paired_difference
 from eval.views import view_label, views_of

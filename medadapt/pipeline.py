@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medadapt.config import VARIANTS, AppConfig
+from medadapt.config import AppConfig
+from medadapt.variants import VARIANTS
 from medadapt.prompts import build_messages, truncate_question
 from medadapt.reasoning import cited_numbers, split_reasoning
 

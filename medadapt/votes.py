@@ -10,7 +10,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from medadapt.config import VARIANTS, AppConfig
+from medadapt.config import AppConfig
+from medadapt.variants import VARIANTS
 
 CHOICES = (*VARIANTS, "all_bad")
 QUESTION_CHARS = 500  # a vote keeps this much of the question (plus a hash of all of it)

@@ -11,7 +11,7 @@ from medadapt.pipeline import DISCLAIMER
 from tests.conftest import DATA_DIR  # noqa: F401  (documents where the real data lives)
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "app_data"
-VARIANTS = ("base", "rag", "sft", "msft")
+from medadapt.variants import VARIANTS  # noqa: E402
 
 
 def free_port() -> int:

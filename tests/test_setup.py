@@ -19,7 +19,7 @@ from medadapt.setup_chain import STEPS, SetupChain, SetupLock, StepRecord, progr
 from tests.conftest import DATA_DIR
 
 FIXTURE_CORPUS = Path(__file__).parent / "fixtures" / "app_data" / "medrag_textbooks"
-VARIANTS = ("base", "rag", "sft", "msft")
+from medadapt.variants import VARIANTS  # noqa: E402
 
 STAGE = {"max_length": 1024, "per_device_batch_size": 2, "gradient_accumulation_steps": 1, "eval_fraction": 0.1,
          "max_eval_samples": 1, "eval_steps": 100, "save_steps": 2}

@@ -16,17 +16,15 @@ import plotly.graph_objects as go
 
 from medadapt.ui.common import is_public, unlocked
 
-from eval.benchmarks import task_label, variant_label
+from eval.benchmarks import task_label
+from medadapt.variants import VARIANTS, variant_color, variant_label
 from eval.decompose import decomposition, explain
 from eval.report import (ALL, answer_distribution, baselines, benchmarks_of, done_variants, drilldown,
                          favourite_baselines, paper_reference, significance_matrix, subject_breakdown, summarize,
                          summary_table)
 from eval.views import VIEWS, default_view, view_label, views_of
 
-COLORS = {"base": "#64748b", "rag": "#0d9488", "sft": "#2563eb", "msft": "#9333ea"}
-EXTRA_COLORS = ["#ea580c", "#16a34a", "#db2777", "#ca8a04"]
 POLL_S = 3.0
-VARIANT_CHOICES = ["base", "rag", "sft", "msft"]
 
 
 # ---------------------------------------------------------------- files
@@ -58,10 +56,6 @@ def load_results(path: str | None) -> dict | None:
         return None
 
 
-def _color(name: str, i: int) -> str:
-    return COLORS.get(name.removesuffix("+rag"), EXTRA_COLORS[i % len(EXTRA_COLORS)])
-
-
 # ---------------------------------------------------------------- pure figure builders
 
 def view_choices(results: dict | None) -> list[tuple[str, str]]:
@@ -85,22 +79,22 @@ def accuracy_figure(results: dict | None, show_paper: bool = True, view: str | N
         up = [100 * (per[c]["ci_high"] - per[c]["acc"]) if c in per else 0 for c in cats]
         down = [100 * (per[c]["acc"] - per[c]["ci_low"]) if c in per else 0 for c in cats]
         n = [per[c]["n"] if c in per else 0 for c in cats]
-        fig.add_bar(name=f"{variant_label(v)} (this run)", x=xlabels, y=ys, marker_color=_color(v, i), offsetgroup=v,
+        fig.add_bar(name=f"{variant_label(v)} (this run)", x=xlabels, y=ys, marker_color=variant_color(v, i), offsetgroup=v,
                     error_y={"type": "data", "symmetric": False, "array": up, "arrayminus": down, "thickness": 1.2},
                     customdata=n, hovertemplate="%{x}: %{y:.1f}% (n=%{customdata})<extra>" + v + "</extra>")
     if show_paper:
         for i, (v, vals) in enumerate(paper_reference(benches).items()):
             fig.add_bar(name=f"{variant_label(v)} — paper (seed, reported)", x=xlabels,
                         y=[100 * vals[c] if c in vals else None for c in cats], marker_color="rgba(0,0,0,0)",
-                        marker_line={"color": _color(v, i), "width": 1.5}, marker_pattern_shape="/",
-                        marker_pattern_fgcolor=_color(v, i), opacity=0.6, legendgroup="paper",
+                        marker_line={"color": variant_color(v, i), "width": 1.5}, marker_pattern_shape="/",
+                        marker_pattern_fgcolor=variant_color(v, i), opacity=0.6, legendgroup="paper",
                         offsetgroup=f"paper-{v}", hovertemplate="%{x}: %{y:.1f}% (paper)<extra>" + v + "</extra>")
     for i, (v, per) in enumerate(favourite_baselines(results).items()):
         if v not in summ:
             continue
         fig.add_scatter(x=xlabels, y=[100 * per[c]["acc"] if c in per else None for c in cats], mode="markers",
                         offsetgroup=v, name=f"always {variant_label(v)}'s favourite answer", legendgroup="favourite",
-                        marker={"symbol": "line-ew-open", "size": 18, "line": {"width": 3, "color": _color(v, i)}},
+                        marker={"symbol": "line-ew-open", "size": 18, "line": {"width": 3, "color": variant_color(v, i)}},
                         customdata=[per[c]["letter"] if c in per else "" for c in cats],
                         hovertemplate="always “%{customdata}”: %{y:.1f}%<extra>" + v + " prior</extra>")
     base = baselines(results)
@@ -152,7 +146,7 @@ def subject_figure(results: dict | None, benchmark: str, view: str | None = None
         down = [100 * (br[s][v]["acc"] - br[s][v]["ci_low"]) if v in br[s] else 0 for s in subjects]
         ns = [br[s][v]["n"] if v in br[s] else 0 for s in subjects]
         fig.add_bar(name=variant_label(v), y=[f"{s} (n={max(ns[j], 0)})" for j, s in enumerate(subjects)], x=xs,
-                    orientation="h", marker_color=_color(v, i),
+                    orientation="h", marker_color=variant_color(v, i),
                     error_x={"type": "data", "symmetric": False, "array": up, "arrayminus": down})
     fig.update_layout(barmode="group", title=f"{task_label(benchmark)} by subject", xaxis={"range": [0, 100],
                       "title": "accuracy (%)"}, height=max(320, 28 * len(subjects) * max(1, len(fig.data))))
@@ -202,7 +196,7 @@ def distribution_figure(results: dict | None, benchmark: str, view: str | None =
                 marker_line={"color": "#111827", "width": 2})
     for i, (v, counts) in enumerate(dist.items()):
         fig.add_bar(name=variant_label(v), x=answers, y=[counts.get(k, 0) for k in answers],
-                    marker_color=_color(v, i))
+                    marker_color=variant_color(v, i))
     fig.update_layout(barmode="group", height=340, yaxis={"title": "items"},
                       title=f"Predicted answers · {task_label(benchmark)} · "
                             f"{view_label(view or default_view(results))}",
@@ -369,7 +363,7 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
         c["dd_view"] = gr.HTML(drilldown_html(None, "", ""))
     with gr.Accordion("Run an evaluation (background job)", open=False):
         with gr.Row():
-            c["run_variants"] = gr.CheckboxGroup(VARIANT_CHOICES, value=VARIANT_CHOICES, label="Variants")
+            c["run_variants"] = gr.CheckboxGroup(list(VARIANTS), value=list(VARIANTS), label="Variants")
             c["run_mode"] = gr.Radio(["loglik", "cot"], value=cfg.eval.mode, label="Scoring")
             c["run_n"] = gr.Number(cfg.eval.n, precision=0, label="Items per benchmark (0 = all)")
             c["run_bench"] = gr.CheckboxGroup([(task_label(b), b) for b in cfg.eval.benchmarks],

@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from medadapt.config import VARIANTS
+from medadapt.variants import VARIANTS, variant_label
 from medadapt.exports import new_export_dir
 from medadapt.pipeline import InputError, check_settings
 from medadapt.space import zerogpu
@@ -84,7 +84,7 @@ def build_compare_tab(state: AppState) -> dict[str, Any]:
     with gr.Row(elem_id="ma-columns", equal_height=False):
         for v in VARIANTS:
             with gr.Column(min_width=0, elem_classes=["ma-col"], elem_id=f"ma-col-{v}"):
-                gr.Markdown(f"### {render.TITLES[v]}", elem_classes=["ma-col-title"])
+                gr.Markdown(f"### {variant_label(v)}", elem_classes=["ma-col-title"])
                 gr.Markdown(render.SUBTITLES[v], elem_classes=["ma-col-sub"])
                 if v in ("sft", "msft"):
                     c[f"{v}_adapter"] = gr.Dropdown(label="Adapter", **_adapter_dropdown(state, v), allow_custom_value=False)
@@ -94,7 +94,7 @@ def build_compare_tab(state: AppState) -> dict[str, Any]:
                 c[f"{v}_stats"] = gr.Markdown(elem_classes=["ma-stats"], elem_id=f"ma-stats-{v}")
                 c[f"{v}_snippets"] = gr.HTML(elem_id=f"ma-snippets-{v}")
     with gr.Row(equal_height=True):
-        c["vote_choice"] = gr.Radio([(render.TITLES.get(k, "All bad"), k) for k in CHOICES],
+        c["vote_choice"] = gr.Radio([(variant_label(k) if k != "all_bad" else "All bad", k) for k in CHOICES],
                                     label="Which answer is best?", scale=3)
         c["vote"] = gr.Button("Submit vote", scale=1)
         c["export"] = gr.Button("Export result (Markdown + JSON)", scale=1)

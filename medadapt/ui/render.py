@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 from medadapt.pipeline import DISCLAIMER, Answer, CompareResult
+from medadapt.variants import variant_label
 
-TITLES = {"base": "Base", "rag": "RAG", "sft": "SFT", "msft": "MSFT"}
 SUBTITLES = {
     "base": "the base model as is",
     "rag": "base model + retrieved textbook snippets",
@@ -83,7 +83,7 @@ def result_markdown(res: CompareResult) -> str:
              f"**Settings:** `{json.dumps(res.settings)}`\n"]
     lines += [f"*Notice:* {n}\n" for n in res.notices]
     for v, ans in res.answers.items():
-        lines.append(f"## {TITLES.get(v, v)}\n")
+        lines.append(f"## {variant_label(v)}\n")
         if ans.status in ("unavailable", "error"):
             lines.append(f"*{ans.message}*\n")
             continue

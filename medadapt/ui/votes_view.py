@@ -6,19 +6,19 @@ from typing import Any
 import gradio as gr
 import plotly.graph_objects as go
 
-from medadapt.ui.render import TITLES
+from medadapt.variants import variant_color, variant_label
 from medadapt.votes import tally_votes
 
-COLORS = {"base": "#64748b", "rag": "#0d9488", "sft": "#2563eb", "msft": "#7c3aed", "all_bad": "#dc2626"}
+ALL_BAD_COLOR = "#dc2626"
 
 
 def votes_figure(counts: dict[str, int]) -> go.Figure:
     """Bar chart of votes per choice, with each bar's share of all votes."""
     total = sum(counts.values())
-    labels = [TITLES.get(k, "All bad") for k in counts]
+    labels = [variant_label(k) if k != "all_bad" else "All bad" for k in counts]
     text = [f"{n} ({100 * n / total:.0f}%)" if total else "0" for n in counts.values()]
     fig = go.Figure(go.Bar(x=labels, y=list(counts.values()), text=text, textposition="outside",
-                           marker_color=[COLORS[k] for k in counts]))
+                           marker_color=[ALL_BAD_COLOR if k == "all_bad" else variant_color(k) for k in counts]))
     fig.update_layout(title=f"Arena votes: which answer is best? ({total} vote{'s' if total != 1 else ''})",
                       yaxis_title="votes", height=320, margin=dict(t=50, b=30, l=50, r=20), template="plotly_white")
     if not total:
