@@ -270,9 +270,10 @@ ENV_OVERRIDES = {
 def load_config(profile: str | None = None, overrides: dict[str, Any] | None = None) -> AppConfig:
     """Load a profile (``offline``, ``reference``, ``auto`` or a YAML path), then env and explicit overrides.
 
-    On a Space (``SPACE_ID``) ``auto`` follows the hardware, CPU Spaces index a demo slice of Hub corpora, and
-    runs, index and results default to persistent storage when it is mounted. A profile's data dir that does not
-    exist (and was not set by ``MEDADAPT_DATA_DIR`` or ``overrides``) means no data dir: Hub datasets instead.
+    On a Space (``SPACE_ID``) ``auto`` follows the hardware, CPU and ZeroGPU Spaces index a demo slice of Hub
+    corpora (their setup jobs embed on the CPU), and runs, index and results default to persistent storage when it
+    is mounted. A profile's data dir that does not exist (and was not set by ``MEDADAPT_DATA_DIR`` or ``overrides``)
+    means no data dir: Hub datasets instead.
     """
     from medadapt import space
 
@@ -298,7 +299,7 @@ def load_config(profile: str | None = None, overrides: dict[str, Any] | None = N
     storage = space.persistent_dir()
     if storage is not None:
         paths.update(space.persistent_paths(storage))
-    if hardware == "cpu":
+    if hardware in space.SLICED:
         data.setdefault("rag", {}).setdefault("corpus_limit", space.CPU_CORPUS_LIMIT)
     for var, (section, key, typ) in ENV_OVERRIDES.items():
         if os.environ.get(var):

@@ -16,6 +16,7 @@ from medadapt.config import env_flag
 
 PERSISTENT_MOUNT = "/data"  # where Spaces mount persistent storage (MEDADAPT_PERSISTENT_DIR overrides)
 CPU_CORPUS_LIMIT = 2000  # snippets of each Hub corpus a CPU Space indexes: a demo slice that builds in about a minute
+SLICED = ("cpu", "zerogpu")  # hardware whose setup jobs embed on the CPU (ZeroGPU lends its GPU to requests only)
 # spaces.GPU duration for one Compare request: loading onto the GPU and prefill, plus each new token of the batched
 # decode (all four variants in one batch), within ZeroGPU's bounds; estimates for the 1.5B reference model.
 GPU_BASE_S, GPU_PER_TOKEN_S, GPU_MIN_S, GPU_MAX_S = 20.0, 0.08, 30, 300
