@@ -15,8 +15,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-MMLU_SUBJECTS = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
-                 "professional_medicine")
+from medadapt.data.benchmarks import HUB, MMLU_SUBJECTS, PUBMEDQA_TEST_HUB
+from medadapt.data.corpus import HUB_TWINS
+from medadapt.data.sft import HUB_DATASET
 
 
 def _sha(text: str) -> str:
@@ -89,21 +90,24 @@ def write_datasets(hf_home: Path, data_dir: Path, snippets: int = 300, items: in
     counts: dict[str, int] = {}
     books = sorted((data_dir / "medrag_textbooks").glob("*.jsonl"))
     corpus = [r for b in books for r in _jsonl(b, snippets // len(books) + 1)][:snippets]
-    write_dataset(hf_home, "MedRAG/textbooks", "default",
+    textbooks = HUB_TWINS["medrag_textbooks"]
+    write_dataset(hf_home, textbooks, "default",
                   {"train": [{k: r[k] for k in ("id", "title", "content", "contents")} for r in corpus]})
-    counts["MedRAG/textbooks"] = len(corpus)
+    counts[textbooks] = len(corpus)
 
     med = [dict(r, cop=int(r["cop"]) - 1) for r in _jsonl(data_dir / "medmcqa" / "dev.json", items)]
     keys = ("id", "question", "opa", "opb", "opc", "opd", "cop", "choice_type", "exp", "subject_name", "topic_name")
     feats = datasets.Features({k: datasets.Value("string") for k in keys if k != "cop"})
     feats["cop"] = datasets.ClassLabel(names=["a", "b", "c", "d"])
-    write_dataset(hf_home, "openlifescienceai/medmcqa", "default",
-                  {"validation": [{k: r.get(k) for k in keys} for r in med]}, datasets.Features(feats))
-    counts["openlifescienceai/medmcqa"] = len(med)
+    repo, _, split = HUB["medmcqa"]
+    write_dataset(hf_home, repo, "default", {split: [{k: r.get(k) for k in keys} for r in med]},
+                  datasets.Features(feats))
+    counts[repo] = len(med)
 
     medqa = _jsonl(data_dir / "medqa" / "US_4_options_phrases_no_exclude_test.jsonl", items)
-    write_dataset(hf_home, "GBaker/MedQA-USMLE-4-options", "default", {"test": medqa})
-    counts["GBaker/MedQA-USMLE-4-options"] = len(medqa)
+    repo, _, split = HUB["medqa"]
+    write_dataset(hf_home, repo, "default", {split: medqa})
+    counts[repo] = len(medqa)
 
     mmlu_feats = datasets.Features({"question": datasets.Value("string"), "subject": datasets.Value("string"),
                                     "choices": datasets.Sequence(datasets.Value("string")),
@@ -112,28 +116,31 @@ def write_datasets(hf_home: Path, data_dir: Path, snippets: int = 300, items: in
         with open(data_dir / "mmlu_medical" / f"{subject}_test.csv", encoding="utf-8", newline="") as f:
             rows = [{"question": r[0], "subject": subject, "choices": r[1:5], "answer": "ABCD".index(r[5].strip())}
                     for r in list(csv.reader(f))[:items // len(MMLU_SUBJECTS) + 1]]
-        write_dataset(hf_home, "cais/mmlu", subject, {"test": rows}, mmlu_feats)
-        counts[f"cais/mmlu/{subject}"] = len(rows)
+        repo, _, split = HUB["mmlu_medical"]
+        write_dataset(hf_home, repo, subject, {split: rows}, mmlu_feats)
+        counts[f"{repo}/{subject}"] = len(rows)
 
     pqal = json.loads((data_dir / "pubmedqa" / "ori_pqal.json").read_text(encoding="utf-8"))
     test_ids = json.loads((data_dir / "pubmedqa" / "test_ground_truth.json").read_text(encoding="utf-8"))
     kept = list(pqal.items())[:2 * items]
-    write_dataset(hf_home, "qiaojin/PubMedQA", "pqa_labeled", {"train": [
+    repo, config, split = HUB["pubmedqa"]
+    write_dataset(hf_home, repo, config, {split: [
         {"pubid": int(k), "question": r["QUESTION"],
          "context": {"contexts": r["CONTEXTS"], "labels": r["LABELS"], "meshes": r["MESHES"],
                      "reasoning_required_pred": r["reasoning_required_pred"],
                      "reasoning_free_pred": r["reasoning_free_pred"]},
          "long_answer": r["LONG_ANSWER"], "final_decision": r["final_decision"]} for k, r in kept]})
-    counts["qiaojin/PubMedQA"] = len(kept)
+    counts[repo] = len(kept)
     fold0 = [{"QUESTION_ID": k, **{f: pqal[k][f] for f in ("QUESTION", "CONTEXTS", "LABELS", "MESHES", "YEAR",
                                                              "reasoning_required_pred", "reasoning_free_pred",
                                                              "final_decision", "LONG_ANSWER")}} for k in test_ids]
-    write_dataset(hf_home, "bigbio/pubmed_qa", "pubmed_qa_labeled_fold0_source", {"test": fold0})
-    counts["bigbio/pubmed_qa"] = len(fold0)
+    repo, config, split = PUBMEDQA_TEST_HUB
+    write_dataset(hf_home, repo, config, {split: fold0})
+    counts[repo] = len(fold0)
 
     o1 = json.loads((data_dir / "medical_o1_sft" / "medical_o1_sft_en_first10.json").read_text(encoding="utf-8"))
-    write_dataset(hf_home, "FreedomIntelligence/medical-o1-reasoning-SFT", "en", {"train": o1})
-    counts["FreedomIntelligence/medical-o1-reasoning-SFT"] = len(o1)
+    write_dataset(hf_home, HUB_DATASET, "en", {"train": o1})
+    counts[HUB_DATASET] = len(o1)
     return counts
 
 

@@ -18,8 +18,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medadapt.variants import VARIANTS
+
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS = ("base", "rag", "sft", "msft")
 QUESTION = "Which vitamin deficiency causes megaloblastic anemia with neurological symptoms?"
 ASK_EVERY_S = 12.0  # public mode lets one address start 6 generations a minute
 # The setup's trainers, cut to a few steps (MEDADAPT_SETUP_CONFIGS): the test checks the wiring, not the recipe.
