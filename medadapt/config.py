@@ -293,8 +293,7 @@ def load_config(profile: str | None = None, overrides: dict[str, Any] | None = N
     data = read_yaml(path)
     data.setdefault("profile", path.stem)
     paths = data.setdefault("paths", {})
-    default_data = PathsConfig(**{k: v for k, v in paths.items() if k == "data_dir"})
-    if not default_data.resolve("data_dir").is_dir():
+    if not PathsConfig(data_dir=paths.get("data_dir", PathsConfig.data_dir)).resolve("data_dir").is_dir():
         paths["data_dir"] = ""  # no data dir here (e.g. a Space): the Hub datasets
     storage = space.persistent_dir()
     if storage is not None:
