@@ -124,11 +124,12 @@ def score_multi(model, requests: Sequence[MultiRequest], batch_size: int = 8, pa
                 on_batch: Callable[[int, int], None] | None = None) -> list[dict[str, list[float]]]:
     """Total log-probability of every continuation of every target: ``[request][target][option]``.
 
-    The prompt goes through the model once per item (left-padded batch, KV cache kept, LM head on the last
-    position only): that position scores every single-token continuation (the letters) and the first token of the
-    longer ones. The rest of each longer continuation (an option's text) is fed on top of the cached prompt, one
-    option per item at a time, and the cache is cropped back to the prompt after each. So option-text scoring costs
-    its continuation tokens, not another pass over the prompt.
+    One forward pass per batch reads every target: each row is the left-padded prompt followed by the longer
+    continuations (an option's text, all but its last token) packed one after another. A 4D attention mask lets a
+    packed continuation see the prompt and its own earlier tokens only, and its position ids restart where the prompt
+    ends, so each is scored exactly as if it followed the prompt alone. The prompt's last position scores the
+    single-token continuations (the letters) and the first token of the longer ones. Option-text scoring so costs its
+    own tokens, not another pass over the prompt; the LM head runs on the packed tail only.
     """
     import torch
 
@@ -140,44 +141,43 @@ def score_multi(model, requests: Sequence[MultiRequest], batch_size: int = 8, pa
         idx = order[b:b + batch_size]
         batch = [requests[i] for i in idx]
         width = max(len(r.context) for r in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, r in enumerate(batch):
-            ids[i, width - len(r.context):] = torch.tensor(r.context)
-            mask[i, width - len(r.context):] = 1
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        longer = [[(name, o, cont) for name, conts in r.targets.items() for o, cont in enumerate(conts) if len(cont) > 1]
+                  for r in batch]
+        packed = max(sum(len(c) - 1 for _, _, c in x) for x in longer)
+        total = width + packed
+        ids = torch.full((len(batch), total), pad_id, dtype=torch.long)
+        pos = torch.zeros((len(batch), total), dtype=torch.long)
+        allow = torch.zeros((len(batch), total, total), dtype=torch.bool)
+        causal = torch.tril(torch.ones((total, total), dtype=torch.bool))
+        starts: list[list[int]] = []
+        for i, (r, x) in enumerate(zip(batch, longer)):
+            n = len(r.context)
+            ids[i, width - n:width] = torch.tensor(r.context)
+            pos[i, width - n:width] = torch.arange(n)
+            allow[i, width - n:width, width - n:width] = causal[:n, :n]
+            at, row_starts = width, []
+            for _, _, cont in x:
+                k = len(cont) - 1
+                ids[i, at:at + k] = torch.tensor(cont[:-1])
+                pos[i, at:at + k] = n + torch.arange(k)
+                allow[i, at:at + k, width - n:width] = True
+                allow[i, at:at + k, at:at + k] = causal[:k, :k]
+                row_starts.append(at)
+                at += k
+            starts.append(row_starts)
+        allow |= torch.eye(total, dtype=torch.bool)  # padding rows see themselves (no empty softmax)
+        keep = packed + 1  # the prompt's last position and the packed tail
         with torch.inference_mode():
-            res = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device),
-                        use_cache=True, logits_to_keep=1)
-            first = torch.log_softmax(res.logits[:, -1].float(), dim=-1).cpu()
-            cache = res.cache
-            slots: list[list[tuple[str, int, list[int]]]] = []  # per item: its multi-token continuations
-            for i, (k, r) in enumerate(zip(idx, batch)):
-                longer = []
-                for name, conts in r.targets.items():
-                    for o, cont in enumerate(conts):
-                        out[k][name][o] += float(first[i, cont[0]])
-                        if len(cont) > 1:
-                            longer.append((name, o, cont))
-                slots.append(longer)
-            for s in range(max(len(x) for x in slots)):
-                feed = [x[s][2][:-1] if s < len(x) else [] for x in slots]
-                n = max(1, max(len(f) for f in feed))
-                c_ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
-                c_mask = torch.zeros((len(batch), n), dtype=torch.long)
-                for i, f in enumerate(feed):
-                    if f:
-                        c_ids[i, :len(f)] = torch.tensor(f)
-                        c_mask[i, :len(f)] = 1
-                c_pos = mask.sum(-1, keepdim=True) + torch.arange(n)[None, :]
-                logits = model(input_ids=c_ids.to(device), attention_mask=torch.cat([mask, c_mask], 1).to(device),
-                               position_ids=c_pos.to(device), cache=cache, use_cache=True).logits
-                logp = torch.log_softmax(logits.float(), dim=-1).cpu()
-                for i, (k, x) in enumerate(zip(idx, slots)):
-                    if s < len(x):
-                        name, o, cont = x[s]
-                        out[k][name][o] += float(sum(logp[i, j, t] for j, t in enumerate(cont[1:])))
-                cache.crop(-n)  # back to the prompt
+            logits = model(input_ids=ids.to(device), attention_mask=allow[:, None].to(device),
+                           position_ids=pos.to(device), logits_to_keep=keep).logits
+            logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        for i, (k, r, x) in enumerate(zip(idx, batch, longer)):
+            for name, conts in r.targets.items():
+                for o, cont in enumerate(conts):
+                    out[k][name][o] += float(logp[i, 0, cont[0]])
+            for (name, o, cont), at in zip(x, starts[i]):
+                rel = at - width + 1  # index of the packed segment inside the kept tail
+                out[k][name][o] += float(sum(logp[i, rel + j, t] for j, t in enumerate(cont[1:])))
         done += len(batch)
         if on_batch:
             on_batch(done, len(requests))
