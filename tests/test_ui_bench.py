@@ -92,6 +92,18 @@ def test_list_results_and_eval_args(tmp_path, results):
         eval_args([], "loglik", 50, ["medqa"])
 
 
+def test_results_files_are_read_inside_the_results_dir_only(tmp_path, results):
+    from medadapt.ui.bench import list_results, read_results
+
+    (tmp_path / "res" / "offline").mkdir(parents=True)
+    (tmp_path / "res" / "offline" / "cot-1.json").write_text(json.dumps(results))
+    (tmp_path / "secret.json").write_text(json.dumps(results))
+    (_, value), = list_results(tmp_path / "res")
+    assert value == "offline/cot-1.json" and read_results(value, tmp_path / "res")["mode"] == "cot"
+    assert read_results("../secret.json", tmp_path / "res") is None
+    assert read_results(str(tmp_path / "secret.json"), tmp_path / "res") is None
+
+
 def test_tab_builds_and_runs_a_job(tmp_path, results):
     import gradio as gr
 
@@ -119,6 +131,7 @@ def test_tab_builds_and_runs_a_job(tmp_path, results):
     assert len(outs) == 15 and len(outs[0].data) > 0
     msg = c["on_run"](["base", "rag"], "cot", 20, ["pubmedqa"])
     assert "Started" in msg and started[0][:2] == ["--variants", "base,rag"]
+    assert str(tmp_path) not in msg and "eval-1" in msg  # no absolute server path reaches the page
     assert "3/6" in c["on_poll"]()
 
 
@@ -148,13 +161,13 @@ def test_public_mode_locks_eval_launch_unless_admin_secret(tmp_path, monkeypatch
 def test_shipped_offline_results_render_with_all_four_variants():
     """The committed real results (loglik and cot) are what the tab shows out of the box."""
     from medadapt.config import REPO_ROOT
-    from medadapt.ui.bench import accuracy_figure, list_results, load_results
+    from medadapt.ui.bench import accuracy_figure, list_results, read_results
     from eval.report import summary_table
 
     files = list_results(REPO_ROOT / "results")
     modes = set()
     for _label, path in files:
-        res = load_results(path)
+        res = read_results(path, REPO_ROOT / "results")
         modes.add(res["mode"])
         header, rows = summary_table(res)
         assert {"Base", "RAG", "SFT", "MSFT"} <= {r[0].split(" ⚠")[0] for r in rows}, path

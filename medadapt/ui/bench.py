@@ -15,6 +15,7 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from medadapt.ui.common import is_public, unlocked
+from medadapt.ui.redact import path_redactor
 
 from eval.benchmarks import task_label
 from medadapt.variants import VARIANTS, variant_color, variant_label
@@ -30,8 +31,9 @@ POLL_S = 3.0
 # ---------------------------------------------------------------- files
 
 def list_results(results_dir: Path) -> list[tuple[str, str]]:
-    """(label, path) of every results JSON under ``results_dir``: most variants done first, then most items, then
-    newest (file times are all alike in a fresh clone, so recency alone would pick an arbitrary default)."""
+    """(label, path relative to ``results_dir``) of every results JSON under it: most variants done first, then most
+    views, then most items, then newest (file times are all alike in a fresh clone, so recency alone would pick an
+    arbitrary default)."""
     ranked = []
     for p in Path(results_dir).rglob("*.json"):
         try:
@@ -43,17 +45,24 @@ def list_results(results_dir: Path) -> list[tuple[str, str]]:
         n = max((len(v) for v in data.get("item_ids", {}).values()), default=0)
         done, views = done_variants(data), views_of(data)
         label = f"{p.relative_to(results_dir)} · {', '.join(views)} · n={n} · {', '.join(done)}"
-        ranked.append(((len(done), len(views), n, p.stat().st_mtime), label, str(p)))
+        ranked.append(((len(done), len(views), n, p.stat().st_mtime), label, p.relative_to(results_dir).as_posix()))
     return [(label, path) for _, label, path in sorted(ranked, reverse=True)]
 
 
-def load_results(path: str | None) -> dict | None:
+def read_results(path: str | None, root: Path | None = None) -> dict | None:
+    """A results JSON; with ``root``, ``path`` is taken relative to it and must stay inside it."""
     if not path:
         return None
+    file = Path(path)
+    if root is not None:
+        file = (Path(root) / path).resolve()
+        if not file.is_relative_to(Path(root).resolve()):
+            return None
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 # ---------------------------------------------------------------- pure figure builders
@@ -269,6 +278,11 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
     results_dir = cfg.paths.resolve("results_dir")
     c: dict[str, Any] = {}
     choices = list_results(results_dir)
+
+    def load_results(path: str | None) -> dict | None:  # the tab reads files under results_dir only
+        return read_results(path, results_dir)
+
+    shown = path_redactor(cfg)  # no absolute server paths in messages
     first = load_results(choices[0][1]) if choices else None
     benches = benchmarks_of(first) if first else list(cfg.eval.benchmarks)
 
@@ -309,14 +323,14 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
         try:
             run_dir = jobs.start_eval(eval_args(variants, mode, n, bench_sel))
         except Exception as e:  # noqa: BLE001 — JobBusyError, ValueError: shown to the user
-            return f"⚠️ {e}"
+            return shown(f"⚠️ {e}")
         state.extras["eval_run"] = str(run_dir)
-        return f"Started evaluation in `{run_dir}`."
+        return shown(f"Started evaluation in `{run_dir}`.")
 
     def on_poll():
         run = state.extras.get("eval_run")
         jobs = getattr(state, "jobs", None)
-        return progress_text(jobs.poll(Path(run)) if run and jobs else None)
+        return shown(progress_text(jobs.poll(Path(run)) if run and jobs else None))
 
     gr.Markdown("Accuracy of each variant on seeded samples of four medical benchmarks. Error bars are 95% Wilson "
                 "intervals; at n = 200 per benchmark they are about ±6–7 points (±13 at n = 50), so most "
@@ -398,3 +412,4 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
     c["timer"].tick(on_poll, None, c["run_status"], show_progress="hidden")
     c["on_file"], c["on_view"], c["on_run"], c["on_poll"] = on_file, on_view, on_run, on_poll
     return c
+
