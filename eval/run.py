@@ -9,8 +9,8 @@ Run::
 
 Results go to ``<results_dir>/<profile>/<mode>-<YYYYmmdd-HHMMSS>.json`` (rewritten after each variant, so a long run
 keeps what it has). Progress lines ``{"done", "total", "variant", "benchmark", "elapsed_s", "eta_s"}`` go to stdout
-as JSONL and, with ``--output_dir D``, to ``D/log.jsonl`` next to ``D/status.json`` (the run-dir contract of
-docs/ARCHITECTURE.md); a ``D/STOP`` file or SIGTERM stops after the current batch.
+as JSONL and, with ``--output_dir D``, to ``D/log.jsonl`` next to ``D/status.json`` (the run-dir contract,
+:mod:`medadapt.rundir`); a ``D/STOP`` file or SIGTERM stops after the current batch.
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+
+from medadapt.rundir import RunDir, write_json_atomic
 
 VARIANTS_DEFAULT = "base,rag,sft,msft"
 
@@ -53,33 +55,23 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-class RunDir:
-    """Progress lines on stdout and, with a run dir, ``log.jsonl`` + ``status.json`` (same contract as trainers)."""
+class Progress:
+    """Progress lines on stdout and, with a run dir, its ``log.jsonl`` + ``status.json`` (:class:`RunDir`)."""
 
     def __init__(self, output_dir: str | None, variants: list[str], per_variant: int):
-        self.dir = Path(output_dir) if output_dir else None
+        self.run = RunDir(output_dir).create() if output_dir else None
         self.start = time.time()
         self.variants, self.per_variant = variants, per_variant
-        self.status: dict = {"status": "running", "job": "eval", "pid": os.getpid(), "started": self.start}
         self.stop = False
-        if self.dir:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self.write_status()
+        if self.run:
+            self.run.write_status({"status": "running", "job": "eval", "pid": os.getpid(), "started": self.start})
 
     def write_status(self, **update) -> None:
-        self.status.update(update)
-        if self.dir:
-            write_json_atomic(self.dir / "status.json", self.status)
+        if self.run:
+            self.run.update_status(**update)
 
     def should_stop(self) -> bool:
-        return self.stop or bool(self.dir and (self.dir / "STOP").exists())
+        return self.stop or bool(self.run and self.run.stop_requested())
 
     def progress(self, done: int, total: int, variant: str, benchmark: str) -> None:
         k = self.variants.index(variant) if variant in self.variants else 0
@@ -89,11 +81,9 @@ class RunDir:
         rec = {"done": done, "total": total, "variant": variant, "benchmark": benchmark, "step": g_done,
                "total_steps": g_total, "elapsed_s": round(elapsed, 1),
                "eta_s": round(eta, 1) if eta is not None else None, "time": round(time.time(), 3)}
-        line = json.dumps(rec)
-        print(line, flush=True)
-        if self.dir:
-            with open(self.dir / "log.jsonl", "a", encoding="utf-8") as f:
-                f.write(line + "\n")
+        print(json.dumps(rec), flush=True)
+        if self.run:
+            self.run.log(rec)
 
 
 def default_out(cfg, mode: str) -> Path:
@@ -125,7 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         samples = evaluated_items(cfg)
     out = Path(args.out) if args.out else default_out(cfg, mode)
     todo = [v.name for v in variants if not v.skipped]
-    run = RunDir(args.output_dir, todo, sum(len(v) for v in samples.values()))
+    run = Progress(args.output_dir, todo, sum(len(v) for v in samples.values()))
     for v in variants:
         if v.skipped:
             print(f"skipping variant {v.name}: {v.skipped}", file=sys.stderr, flush=True)

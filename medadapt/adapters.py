@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medadapt.config import AppConfig
+from medadapt.rundir import runs_root
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ def is_adapter_dir(path: Path) -> bool:
 
 def list_adapters(cfg: AppConfig, kind: str) -> list[AdapterInfo]:
     """Finished adapters of ``kind`` for the active profile, newest first."""
-    root = cfg.paths.resolve("runs_dir") / cfg.profile
+    root = runs_root(cfg)
     found = []
     for adapter in root.glob("*/adapter"):
         meta_file = adapter / "medadapt.json"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from medadapt.config import AppConfig
 from medadapt.joblock import hold_job_lock
-from medadapt.runlog import append_jsonl, read_status, write_status
+from medadapt.rundir import RunDir
 
 JOB = "index"
 
@@ -26,12 +26,12 @@ def run_index_job(cfg: AppConfig, run_dir: Path, limit: int | None = None, rebui
     rows, raises on failure."""
     from medadapt.rag_index import build_index
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    prev_wall = float(read_status(run_dir).get("wall_s") or 0.0)
+    run = RunDir(run_dir).create()
+    prev_wall = float(run.status().get("wall_s") or 0.0)
     started = time.time()
     state = {"status": "running", "job": JOB, "pid": os.getpid(), "started": started, "ended": None, "error": None,
              "run_dir": str(run_dir)}
-    write_status(run_dir, state)
+    run.write_status(state)
     first: list[int] = []  # snippets already present when this process started (a resumed build)
 
     def progress(done: int, total: int) -> None:
@@ -40,8 +40,8 @@ def run_index_job(cfg: AppConfig, run_dir: Path, limit: int | None = None, rebui
         elapsed = time.time() - started
         new = done - first[0]
         eta = elapsed / new * (total - done) if new > 0 else None
-        append_jsonl(run_dir / "log.jsonl", {"step": done, "total_steps": total, "elapsed_s": round(elapsed, 2),
-                             "eta_s": None if eta is None else round(eta, 1), "time": time.time()})
+        run.log({"step": done, "total_steps": total, "elapsed_s": round(elapsed, 2),
+                 "eta_s": None if eta is None else round(eta, 1), "time": time.time()})
         if on_progress:
             on_progress(done, total)
 
@@ -49,10 +49,10 @@ def run_index_job(cfg: AppConfig, run_dir: Path, limit: int | None = None, rebui
         with hold_job_lock(cfg, run_dir, JOB):  # one job per runs dir, across processes
             rows = build_index(cfg, progress, limit, rebuild=rebuild)
     except BaseException as e:
-        write_status(run_dir, {**state, "status": "failed", "ended": time.time(), "error": f"{type(e).__name__}: {e}",
-                               "wall_s": round(prev_wall + time.time() - started, 1),
-                               "traceback": traceback.format_exc()[-4000:]})
+        run.write_status({**state, "status": "failed", "ended": time.time(), "error": f"{type(e).__name__}: {e}",
+                          "wall_s": round(prev_wall + time.time() - started, 1),
+                          "traceback": traceback.format_exc()[-4000:]})
         raise
-    write_status(run_dir, {**state, "status": "finished", "ended": time.time(), "steps": rows,
-                           "wall_s": round(prev_wall + time.time() - started, 1), "table": cfg.rag.table})
+    run.write_status({**state, "status": "finished", "ended": time.time(), "steps": rows,
+                      "wall_s": round(prev_wall + time.time() - started, 1), "table": cfg.rag.table})
     return rows

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medadapt.config import AppConfig
-from medadapt.runlog import pid_alive
+from medadapt.rundir import pid_alive, runs_root
 
 LOCK_NAME = "job.lock"
 
@@ -26,7 +26,7 @@ class JobLockError(RuntimeError):
 
 
 def lock_path(cfg: AppConfig) -> Path:
-    return cfg.paths.resolve("runs_dir") / cfg.profile / LOCK_NAME
+    return runs_root(cfg) / LOCK_NAME
 
 
 def lock_holder(cfg: AppConfig) -> dict[str, Any] | None:

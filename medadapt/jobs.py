@@ -2,13 +2,12 @@
 
 The web server never imports trainer code (LlamaBoard-runner style): a job is ``python -m trainers.<job> --config
 <run>/launch.yaml --output_dir <run>`` (or ``python -m eval run ... --output_dir <run>``) in its own process group,
-its stdout/stderr appended to ``<run>/stdout.log``. Progress comes from the files of the run directory contract in
-docs/ARCHITECTURE.md (``log.jsonl``, ``status.json``, ``checkpoints/``, ``adapter/``, ``STOP``). One job runs at a
+its stdout/stderr appended to ``<run>/stdout.log``. Progress comes from the files of the run directory contract,
+read and written through :mod:`medadapt.rundir`. One job runs at a
 time per :class:`JobManager`; the state lives here, not in a browser session, so any page re-attaches to it.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -24,8 +23,8 @@ import yaml
 
 from medadapt.config import REPO_ROOT, AppConfig, TrainConfig, to_dict
 from medadapt.joblock import lock_holder
-from medadapt.runlog import (FINAL, RunSnapshot, file_sig, parse_jsonl, pid_alive, read_status, summarize, tail,
-                             write_status)
+from medadapt.rundir import (FINAL, LogReader, RunDir, RunSnapshot, file_sig, new_run_dir, pid_alive, runs_root,
+                             summarize, tail, write_json_atomic)
 
 TRAIN_JOBS = ("sft", "cpt", "msft")
 INDEX_JOB = "index"  # the RAG index build (python -m medadapt.rag build --output_dir RUN), see medadapt.index_job
@@ -82,26 +81,21 @@ class JobManager:
         self._proc: subprocess.Popen | None = None
         self._run_dir: Path | None = None
         self._adopted: tuple[Path, int] | None = self._find_orphan()
-        self._logs: dict[Path, tuple[int, tuple | None, list[dict[str, Any]]]] = {}
+        self._logs = LogReader()
         self._snaps: dict[Path, tuple[tuple, RunSnapshot]] = {}
 
     # -- where things live
     @property
     def runs_root(self) -> Path:
-        return self.cfg.paths.resolve("runs_dir") / self.cfg.profile
+        return runs_root(self.cfg)
 
     def new_run_dir(self, job: str) -> Path:
-        base = self.runs_root / f"{job}-{datetime.now():%Y%m%d-%H%M%S}"
-        run_dir, n = base, 1
-        while run_dir.exists():
-            n += 1
-            run_dir = base.with_name(f"{base.name}-{n}")
-        return run_dir
+        return new_run_dir(self.runs_root, job)
 
     def _find_orphan(self) -> tuple[Path, int] | None:
         """A job still running from an earlier app process (so a restarted app re-attaches to it)."""
         for run_dir in self._run_dirs():
-            st = read_status(run_dir)
+            st = RunDir(run_dir).status()
             if st.get("status") == "running" and pid_alive(st.get("pid")):
                 return run_dir, int(st["pid"])
         return None
@@ -109,8 +103,8 @@ class JobManager:
     def _run_dirs(self) -> list[Path]:
         if not self.runs_root.is_dir():
             return []
-        dirs = [p for p in self.runs_root.iterdir() if p.is_dir() and (
-            (p / "status.json").exists() or (p / "launch.json").exists() or (p / "log.jsonl").exists())]
+        dirs = [p for p in self.runs_root.iterdir() if p.is_dir() and any(
+            f.exists() for f in (RunDir(p).status_file, RunDir(p).launch_json, RunDir(p).log_file))]
         return sorted(dirs, key=lambda p: p.stat().st_mtime, reverse=True)
 
     # -- launching
@@ -151,7 +145,7 @@ class JobManager:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 data = to_dict(tcfg)
                 data["output_dir"] = str(run_dir)
-                launch = run_dir / "launch.yaml"
+                launch = RunDir(run_dir).launch_yaml
                 launch.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
                 argv = [*self.commands[tcfg.job], "--config", str(launch), "--output_dir", str(run_dir)]
                 self._spawn(run_dir, tcfg.job, argv, source)
@@ -191,9 +185,10 @@ class JobManager:
                 raise JobError(f"{run_dir.name} is a {snap.job!r} run; only training runs can be resumed")
             if snap.status == "finished":
                 raise JobError(f"{run_dir.name} already finished; start a new run instead")
-            if not any((run_dir / "checkpoints").rglob("checkpoint-*")):  # MSFT: checkpoints/<stage>/checkpoint-N
+            run = RunDir(run_dir)
+            if not run.has_checkpoint():
                 raise JobError(f"{run_dir.name} has no checkpoint to resume from; start a new run instead")
-            config = next((p for p in (run_dir / "launch.yaml", run_dir / "config.yaml") if p.exists()), None)
+            config = next((p for p in (run.launch_yaml, run.config_file) if p.exists()), None)
             if config is None:
                 raise JobError(f"{run_dir.name} has no launch.yaml or config.yaml")
             argv = [*self.commands[snap.job], "--config", str(config), "--output_dir", str(run_dir), "--resume"]
@@ -201,10 +196,10 @@ class JobManager:
             return run_dir
 
     def _spawn(self, run_dir: Path, job: str, argv: list[str], source: str) -> None:
-        (run_dir / "STOP").unlink(missing_ok=True)
-        launch_info = {"job": job, "config": source, "argv": argv, "launched": time.time()}
-        (run_dir / "launch.json").write_text(json.dumps(launch_info, indent=1), encoding="utf-8")
-        with open(run_dir / "stdout.log", "ab") as out:
+        run = RunDir(run_dir)
+        run.stop_file.unlink(missing_ok=True)
+        write_json_atomic(run.launch_json, {"job": job, "config": source, "argv": argv, "launched": time.time()})
+        with open(run.stdout_file, "ab") as out:
             out.write(f"=== {datetime.now():%Y-%m-%d %H:%M:%S} $ {' '.join(argv)}\n".encode())
             out.flush()
             try:
@@ -212,7 +207,7 @@ class JobManager:
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
             except OSError as e:
                 raise JobError(f"could not launch {argv[0]}: {e}") from e
-        write_status(run_dir, {"status": "running", "job": job, "pid": proc.pid, "started": time.time()})
+        run.write_status({"status": "running", "job": job, "pid": proc.pid, "started": time.time()})
         self._proc, self._run_dir, self._adopted = proc, run_dir, None
 
     # -- stopping
@@ -222,7 +217,7 @@ class JobManager:
         run_dir = self.running()
         if run_dir is None:
             raise JobError("no job is running")
-        (run_dir / "STOP").touch()
+        RunDir(run_dir).stop_file.touch()
         if force:
             with self._lock:
                 pid = self._proc.pid if self._proc is not None and self._run_dir == run_dir else (
@@ -248,28 +243,6 @@ class JobManager:
             proc.wait()
 
     # -- reading runs
-    def _records(self, run_dir: Path) -> list[dict[str, Any]]:
-        """Parsed ``log.jsonl``; only the bytes appended since the last call are read and parsed."""
-        path = run_dir / "log.jsonl"
-        sig = file_sig(path)
-        if sig is None:
-            return []
-        offset, old_sig, records = self._logs.get(run_dir, (0, None, []))
-        if sig == old_sig:
-            return records
-        if sig[0] < offset or (old_sig is not None and sig[2] != old_sig[2]):  # rewritten or truncated: start over
-            offset, records = 0, []
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                chunk = f.read()
-        except OSError:
-            return records
-        complete = chunk[:chunk.rfind(b"\n") + 1]  # a half-written last line waits for the next call
-        records = records + parse_jsonl(complete.decode("utf-8", errors="replace"))
-        self._logs[run_dir] = (offset + len(complete), sig, records)
-        return records
-
     def _liveness(self, run_dir: Path, status: dict[str, Any]) -> tuple[bool | None, int | None]:
         """(alive, exit code) of the process behind a run; alive None when no process is known."""
         with self._lock:
@@ -285,40 +258,38 @@ class JobManager:
         run_dir = Path(run_dir) if run_dir else self.active_run()
         if run_dir is None:
             return None
-        sig = (file_sig(run_dir / "status.json"), file_sig(run_dir / "log.jsonl"))
+        run = RunDir(run_dir)
+        sig = (file_sig(run.status_file), file_sig(run.log_file))
         cached = self._snaps.get(run_dir)
         if cached is not None and cached[0] == sig:
             return cached[1]  # a finished/failed/stopped run whose files have not changed
-        status = read_status(run_dir)
-        records = self._records(run_dir)
-        try:
-            config = json.loads((run_dir / "launch.json").read_text()).get("config", "")
-        except (OSError, json.JSONDecodeError):
-            config = "(command line)" if (run_dir / "config.yaml").exists() else ""
+        status = run.status()
+        records = self._logs.records(run_dir)
+        config = run.launch_source()
         state, error = status.get("status") or "unknown", status.get("error") or ""
         alive, rc = self._liveness(run_dir, status)
         if alive:
-            if (run_dir / "STOP").exists():
+            if run.stop_requested():
                 state = "stopping"
             elif state not in FINAL:
                 state = "running" if records else "starting"
         elif state == "running" or (state == "unknown" and alive is False):
             how = f"exited with code {rc}" if rc is not None else f"(pid {status.get('pid')}) is no longer alive"
             error = error or f"the job process {how} without reporting a final status"
-            last = tail(run_dir / "stdout.log", 12)
+            last = tail(run.stdout_file, 12)
             if last:
                 error += f"\n--- last lines of stdout.log ---\n{last}"
             state = "failed"
             status = {**status, "status": "failed", "error": error, "ended": time.time()}
             try:
-                write_status(run_dir, status)
+                run.write_status(status)
             except OSError:
                 pass
         if state == "failed" and not error:
-            error = tail(run_dir / "stdout.log", 12) or "the job failed without an error message"
+            error = tail(run.stdout_file, 12) or "the job failed without an error message"
         snap = summarize(run_dir, status, records, state, error, config)
         if state in FINAL:
-            self._snaps[run_dir] = ((file_sig(run_dir / "status.json"), sig[1]), snap)
+            self._snaps[run_dir] = ((file_sig(run.status_file), sig[1]), snap)
         return snap
 
     def list_runs(self, jobs: tuple[str, ...] | None = LISTED_JOBS) -> list[RunSnapshot]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from medadapt.config import REPO_ROOT, AppConfig, ConfigError, load_train_config
 from medadapt.jobs import INDEX_JOB, JobBusyError, JobError, JobManager
-from medadapt.runlog import FINAL, file_sig, pid_alive, read_json, read_status, write_json_atomic
+from medadapt.rundir import FINAL, RunDir, file_sig, pid_alive, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -290,10 +290,10 @@ class SetupChain:
                 time.sleep(POLL_S * 2)
 
     def _start(self, step: str, earlier: Path | None) -> Path:
-        resumable = earlier is not None and earlier.is_dir() and read_status(earlier).get("status") != "finished"
+        resumable = earlier is not None and earlier.is_dir() and RunDir(earlier).status().get("status") != "finished"
         if step == INDEX_JOB:  # the build resumes by itself: run it again in the same dir
             return self.jobs.start_index(earlier if resumable else None)
-        if resumable and any((earlier / "checkpoints").rglob("checkpoint-*")):  # type: ignore[operator]
+        if resumable and RunDir(earlier).has_checkpoint():  # type: ignore[arg-type]
             return self.jobs.resume(earlier)
         path = self.configs / f"{step}.yaml"
         if not path.exists():

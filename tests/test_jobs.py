@@ -12,7 +12,7 @@ import pytest
 from medadapt.adapters import list_adapters
 from medadapt.config import TrainConfig, load_config
 from medadapt.jobs import JobBusyError, JobError, JobManager
-from medadapt.runlog import parse_jsonl, pid_alive, summarize
+from medadapt.rundir import parse_jsonl, pid_alive, summarize
 
 FAKE = Path(__file__).parent / "fixtures" / "fake_trainer.py"
 

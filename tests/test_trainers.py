@@ -215,9 +215,9 @@ def test_cpt_cli_killed_with_sigterm_then_resumed(cfg, tmp_path):
 
 
 def test_truncate_log_drops_lines_past_the_checkpoint(tmp_path):
-    from trainers.rundir import RunDir
+    from medadapt.rundir import RunDir
 
-    run = RunDir(tmp_path / "r")
+    run = RunDir(tmp_path / "r").create()
     for step in (1, 2, 3, 4):
         run.log({"step": step, "loss": 1.0})
     with run.log_file.open("a") as f:

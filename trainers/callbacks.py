@@ -7,7 +7,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from trainers.rundir import RunDir
+from medadapt.rundir import RunDir
 
 
 class StopRequest:
@@ -27,7 +27,7 @@ class StopRequest:
 
     @property
     def requested(self) -> bool:
-        return self.signalled or self.run.stop_file.exists()
+        return self.signalled or self.run.stop_requested()
 
 
 class StopCallback(TrainerCallback):

@@ -15,7 +15,8 @@ from typing import Any
 
 from medadapt.config import OFFLINE_MODEL, OFFLINE_MODEL_HUB_ID, AppConfig, ConfigError, TrainConfig, to_dict
 from medadapt.joblock import JobLockError, hold_job_lock
-from trainers.rundir import RunDir, latest_unfinished, new_run_dir, publish_adapter
+from medadapt.rundir import RunDir, latest_unfinished, new_run_dir, runs_root
+from trainers.publish import publish_adapter
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,11 @@ class Outcome:
 
 def run_dir_for(tcfg: TrainConfig, app: AppConfig, resume: bool) -> Path:
     if resume and not tcfg.output_dir:
-        found = latest_unfinished(app, tcfg.job)
+        found = latest_unfinished(runs_root(app), tcfg.job)
         if found is None:
-            raise ConfigError(f"--resume: no unfinished {tcfg.job} run under {app.paths.resolve('runs_dir') / app.profile}")
+            raise ConfigError(f"--resume: no unfinished {tcfg.job} run under {runs_root(app)}")
         return found
-    path = new_run_dir(app, tcfg)
+    path = Path(tcfg.output_dir).expanduser().resolve() if tcfg.output_dir else new_run_dir(runs_root(app), tcfg.job)
     if resume and not path.exists():
         raise ConfigError(f"--resume: {path} does not exist")
     return path
@@ -66,11 +67,11 @@ def execute(tcfg: TrainConfig, body: Callable[[Context], Outcome], app: AppConfi
     app = app or app_config(tcfg)
     path = run_dir_for(tcfg, app, resume)
     tcfg.output_dir = str(path)
-    run = RunDir(path)
+    run = RunDir(path).create()
     prev_wall = float(run.status().get("wall_s") or 0.0) if resume else 0.0
     if resume:  # a STOP left by the stopped session; a fresh run honours a STOP created before it started
         run.stop_file.unlink(missing_ok=True)
-    run.write_config(tcfg)
+    run.write_config(to_dict(tcfg))
     started = time.time()
     run.update_status(status="running", job=tcfg.job, pid=os.getpid(), started=started, ended=None, error=None,
                       adapter=None, run_dir=str(path))

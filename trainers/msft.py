@@ -36,7 +36,7 @@ def cpt_stage_config(tcfg: TrainConfig) -> TrainConfig:
 
 def adapter_lora(adapter: Path, fallback: LoraConfig) -> LoraConfig:
     """The LoRA shape of a saved PEFT adapter (what the SFT stage really trains), for the config and model card."""
-    from trainers.rundir import read_json
+    from medadapt.rundir import read_json
 
     ac = read_json(adapter / "adapter_config.json")
     if not ac:
@@ -55,7 +55,8 @@ def train_msft(ctx: Context) -> Outcome:
     from trainers.common import planned_steps
     from trainers.cpt import train_cpt
     from trainers.job import base_model_id
-    from trainers.rundir import publish_adapter, read_json
+    from medadapt.rundir import read_json
+    from trainers.publish import publish_adapter
     from trainers.sft import build_sft_data, train_sft
 
     tcfg = ctx.tcfg
