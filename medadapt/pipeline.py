@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medadapt.config import AppConfig
+from medadapt.config import AppConfig, ConfigError, GenerationConfig, check_value
 from medadapt.variants import VARIANTS
 from medadapt.prompts import build_messages, truncate_question
 from medadapt.reasoning import cited_numbers, split_reasoning
@@ -83,24 +83,20 @@ def clean_question(text: Any) -> str:
 
 def check_settings(cfg: AppConfig, max_new_tokens: Any, temperature: Any, top_p: Any,
                    repetition_penalty: Any = None) -> dict[str, Any]:
-    """Validated generation settings, or InputError naming the bad value and its allowed range."""
-    def num(name: str, value: Any, lo: float, hi: float, kind: type) -> Any:
-        try:
-            v = kind(float(value)) if kind is int else float(value)
-        except (TypeError, ValueError):
-            raise InputError(f"{name} must be a number between {lo} and {hi} (got {value!r}).") from None
-        if not lo <= v <= hi or v != v:
-            raise InputError(f"{name} must be between {lo} and {hi} (got {value}).")
-        return v
+    """Generation settings checked against their bounds in :class:`GenerationConfig` (max new tokens also against
+    :attr:`AppConfig.max_new_tokens_limit`), or InputError naming the bad value and its allowed range."""
+    raw = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+           "repetition_penalty": cfg.generation.repetition_penalty if repetition_penalty is None else repetition_penalty}
+    return {k: checked(GenerationConfig, k, v, cfg.max_new_tokens_limit if k == "max_new_tokens" else None)
+            for k, v in raw.items()}
 
-    limit = max(16, cfg.model.max_context // 2)
-    return {
-        "max_new_tokens": num("Max new tokens", max_new_tokens, 1, limit, int),
-        "temperature": num("Temperature", temperature, 0.0, 2.0, float),
-        "top_p": num("Top-p", top_p, 0.05, 1.0, float),
-        "repetition_penalty": num("Repetition penalty", cfg.generation.repetition_penalty
-                                  if repetition_penalty is None else repetition_penalty, 1.0, 2.0, float),
-    }
+
+def checked(cls: type, key: str, raw: Any, hi: float | None = None) -> Any:
+    """A user's value for setting ``key`` of config dataclass ``cls`` within its bounds, or InputError saying them."""
+    try:
+        return check_value(cls, key, raw, hi)
+    except ConfigError as e:
+        raise InputError(f"{e}.") from None
 
 
 def adapter_name(kind: str, path: Path) -> str:

@@ -1,12 +1,12 @@
 """Training form values ↔ ``TrainConfig``: validation (one clear message per bad value), YAML, the equivalent CLI.
 
 Pure apart from reading and saving config files. The form edits a few keys (``FIELDS``) on top of a base config
-file: ``configs/<profile>/*.yaml`` shipped with the repo, or one the user saved under ``<runs_dir>/configs/``.
+file: ``configs/<profile>/*.yaml`` shipped with the repo, or one the user saved under ``<runs_dir>/configs/``. Labels,
+bounds and number checks come from the config tree (:func:`medadapt.config.setting`, :func:`~medadapt.config.check_value`).
 """
 from __future__ import annotations
 
 import copy
-import math
 import re
 import shlex
 from dataclasses import dataclass
@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from medadapt.config import REPO_ROOT, ConfigError, TrainConfig, from_dict, merge, read_yaml, to_dict
+from medadapt.config import (REPO_ROOT, ConfigError, Setting, TrainConfig, check_value, from_dict, merge, read_yaml,
+                             setting, to_dict)
 
 JOBS = ("sft", "cpt", "msft")
 JOB_LABELS = {"sft": "SFT (Q → CoT → answer)", "cpt": "Continual pretraining", "msft": "MSFT (CPT, then SFT)"}
@@ -32,31 +33,41 @@ class FormError(ValueError):
 
 
 @dataclass(frozen=True)
-class Field:
-    key: str  # dotted TrainConfig key
-    label: str
-    kind: str  # int | float | bool | list
-    lo: float | None = None
-    hi: float | None = None
-    info: str = ""
+class FormField:
+    """One form input for a dotted ``TrainConfig`` key; label, bounds and note come from the config's setting."""
+
+    key: str
+    kind: str = "number"  # number | bool | list
+    note: str = ""  # form-specific help instead of the setting's own note
+
+    @property
+    def setting(self) -> Setting:
+        return setting(TrainConfig, self.key)
+
+    @property
+    def label(self) -> str:
+        return self.setting.label
+
+    @property
+    def lo(self) -> float | None:
+        return self.setting.lo
+
+    @property
+    def hi(self) -> float | None:
+        return self.setting.hi
+
+    @property
+    def info(self) -> str:
+        return self.note or self.setting.info
 
 
 FIELDS = (
-    Field("lora.r", "LoRA rank r", "int", 1, 512),
-    Field("lora.alpha", "LoRA alpha", "int", 1, 2048),
-    Field("lora.dropout", "LoRA dropout", "float", 0.0, 0.9),
-    Field("learning_rate", "Learning rate", "float", 1e-7, 1e-2),
-    Field("num_epochs", "Epochs", "float", 0.01, 100, "used when max steps is -1"),
-    Field("max_steps", "Max steps", "int", -1, 1_000_000, "-1: train for the epochs"),
-    Field("per_device_batch_size", "Batch size", "int", 1, 512),
-    Field("gradient_accumulation_steps", "Gradient accumulation", "int", 1, 1024),
-    Field("max_length", "Max sequence length", "int", 32, 32768, "tokens"),
-    Field("max_samples", "Max training samples", "int", 0, 10_000_000, "0: all"),
-    Field("eval_steps", "Eval every (steps)", "int", 1, 1_000_000),
-    Field("save_steps", "Checkpoint every (steps)", "int", 1, 1_000_000),
-    Field("packing", "Packing", "bool"),
-    Field("dataset", "Datasets", "list", info="comma-separated: local:<name> (data dir) or a Hub id org/name; "
-                                               "empty: the profile's default"),
+    *(FormField(k) for k in ("lora.r", "lora.alpha", "lora.dropout", "learning_rate", "num_epochs", "max_steps",
+                             "per_device_batch_size", "gradient_accumulation_steps", "max_length", "max_samples",
+                             "eval_steps", "save_steps")),
+    FormField("packing", "bool", "concatenate short examples"),
+    FormField("dataset", "list", "comma-separated: local:<name> (data dir) or a Hub id org/name; "
+                                 "empty: the profile's default"),
 )
 FORM_KEYS = tuple(f.key for f in FIELDS)
 
@@ -97,7 +108,7 @@ def check_dataset(entry: str, data_dir: Path, runs_dir: Path) -> str | None:
     return f"Datasets: {entry!r} is neither local:<name> (data dir) nor a Hub dataset id like org/name"
 
 
-def parse_value(f: Field, raw: Any, data_dir: Path, runs_dir: Path) -> tuple[Any, str | None]:
+def parse_value(f: FormField, raw: Any, data_dir: Path, runs_dir: Path) -> tuple[Any, str | None]:
     """(value, None) or (None, message) for one form field."""
     if f.kind == "bool":
         if isinstance(raw, str):
@@ -108,23 +119,10 @@ def parse_value(f: Field, raw: Any, data_dir: Path, runs_dir: Path) -> tuple[Any
         items = [str(i).strip() for i in items if str(i).strip()]
         errors = [m for m in (check_dataset(i, data_dir, runs_dir) for i in items) if m]
         return (None, "\n".join(errors)) if errors else (items, None)
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return None, f"{f.label}: a value is required"
     try:
-        num = float(raw)
-    except (TypeError, ValueError):
-        return None, f"{f.label}: {raw!r} is not a number"
-    if not math.isfinite(num):
-        return None, f"{f.label}: must be a finite number"
-    if f.kind == "int":
-        if num != int(num):
-            return None, f"{f.label}: must be a whole number (got {raw})"
-        num = int(num)
-    if (f.lo is not None and num < f.lo) or (f.hi is not None and num > f.hi):
-        return None, f"{f.label}: must be between {f.lo:g} and {f.hi:g} (got {num:g})"
-    if f.key == "max_steps" and num == 0:
-        return None, f"{f.label}: use -1 (train for the epochs) or a positive number of steps"
-    return num, None
+        return check_value(TrainConfig, f.key, raw), None
+    except ConfigError as e:
+        return None, str(e)
 
 
 def form_to_config(job: str, values: dict[str, Any], base: dict[str, Any], data_dir: Path,
@@ -146,7 +144,7 @@ def form_to_config(job: str, values: dict[str, Any], base: dict[str, Any], data_
     try:
         return from_dict(TrainConfig, data)
     except ConfigError as e:
-        raise FormError([f"Config: {e}"]) from e
+        raise FormError([f"Config: {m}" for m in e.messages]) from e
 
 
 def config_to_form(tcfg: TrainConfig) -> dict[str, Any]:

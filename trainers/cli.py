@@ -1,12 +1,12 @@
 """The shared command line of the trainers: ``--config``, ``--output_dir``, ``--resume``, ``--max_steps``, overrides.
 
 Overrides are ``key=value`` (positional or ``--set``), dotted for nested keys (``lora.r=8``); values are parsed as
-YAML (``true``, ``3e-4``, ``[q_proj, v_proj]``). Nothing heavy is imported here, so ``--help`` is instant.
+YAML (``true``, ``3e-4``, ``[q_proj, v_proj]``); the config tree coerces and bounds-checks them
+(:class:`medadapt.config.Validated`). Nothing heavy is imported here, so ``--help`` is instant.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Any
 
 import yaml
@@ -57,20 +57,6 @@ def _number(value: Any) -> Any:
     return value
 
 
-def coerce_numbers(obj: Any) -> Any:
-    """Turn string values of numeric dataclass fields (``learning_rate: 2e-4`` in a YAML) into numbers, in place."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            coerce_numbers(value)
-        elif isinstance(value, str) and isinstance(f.default, (int, float)) and not isinstance(f.default, bool):
-            try:
-                setattr(obj, f.name, type(f.default)(float(value)) if isinstance(f.default, int) else float(value))
-            except ValueError as e:
-                raise ConfigError(f"{f.name}: {value!r} is not a number") from e
-    return obj
-
-
 def config_from_args(args: argparse.Namespace, job: str) -> TrainConfig:
     over = parse_overrides(list(args.sets) + list(args.overrides))
     if args.max_steps is not None:
@@ -79,7 +65,7 @@ def config_from_args(args: argparse.Namespace, job: str) -> TrainConfig:
         over["output_dir"] = args.output_dir
     if "job" not in read_yaml(args.config):
         over = merge({"job": job}, over)
-    tcfg = coerce_numbers(load_train_config(args.config, over))
+    tcfg = load_train_config(args.config, over)
     if tcfg.job != job:
         raise ConfigError(f"{args.config} is a {tcfg.job!r} config; run it with python -m trainers.{tcfg.job}")
     return tcfg

@@ -60,10 +60,8 @@ def execute(tcfg: TrainConfig, body: Callable[[Context], Outcome], app: AppConfi
             resume: bool = False) -> dict[str, Any]:
     """Run ``body`` inside a run dir; returns the final status dict (``finished``/``stopped``; raises on failure)."""
     from trainers.callbacks import StopRequest
-    from trainers.cli import coerce_numbers
     from trainers.common import app_config, base_model, runtime
 
-    coerce_numbers(tcfg)
     app = app or app_config(tcfg)
     path = run_dir_for(tcfg, app, resume)
     tcfg.output_dir = str(path)

@@ -29,9 +29,7 @@ INHERITED = ("profile", "base_model", "seed", "load_in_4bit", "use_unsloth", "re
 def cpt_stage_config(tcfg: TrainConfig) -> TrainConfig:
     """The CPT stage's config: TrainConfig defaults, the inherited keys, then the ``cpt:`` mapping."""
     base = {k: getattr(tcfg, k) for k in INHERITED}
-    from trainers.cli import coerce_numbers
-
-    return coerce_numbers(from_dict(TrainConfig, {**base, **dict(tcfg.cpt), "job": "cpt"}, "msft.cpt"))
+    return from_dict(TrainConfig, {**base, **dict(tcfg.cpt), "job": "cpt"}, "msft.cpt")
 
 
 def adapter_lora(adapter: Path, fallback: LoraConfig) -> LoraConfig:

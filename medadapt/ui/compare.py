@@ -8,9 +8,10 @@ from typing import Any
 
 import gradio as gr
 
+from medadapt.config import GenerationConfig, RagConfig, setting
 from medadapt.variants import VARIANTS, variant_label
 from medadapt.exports import new_export_dir
-from medadapt.pipeline import InputError, check_settings
+from medadapt.pipeline import InputError, check_settings, checked
 from medadapt.space import zerogpu
 from medadapt.state import NO_ADAPTER, AppState
 from medadapt.ui import render
@@ -50,6 +51,13 @@ def _column_outputs(res) -> list[Any]:
     return out
 
 
+def _slider(cls: type, key: str, value: Any, step: float, suffix: str = "", hi: float | None = None,
+            **kw: Any) -> gr.Slider:
+    """A slider over a config setting's bounds (``hi`` overrides the upper one)."""
+    s = setting(cls, key)
+    return gr.Slider(s.lo, s.hi if hi is None else hi, value=value, step=step, label=s.label + suffix, **kw)
+
+
 def build_compare_tab(state: AppState) -> dict[str, Any]:
     """Build the tab's components inside the current Blocks context and wire its events."""
     c: dict[str, Any] = {}
@@ -64,15 +72,15 @@ def build_compare_tab(state: AppState) -> dict[str, Any]:
     gr.Examples(EXAMPLES, inputs=[c["question"]], label="Examples")
     with gr.Accordion("Generation and retrieval settings", open=False):
         with gr.Row():
-            c["max_new_tokens"] = gr.Slider(16, max(32, state.cfg.model.max_context // 2), value=gen.max_new_tokens,
-                                            step=16, label="Max new tokens")
-            c["temperature"] = gr.Slider(0.0, 1.5, value=gen.temperature, step=0.05, label="Temperature (0 = greedy)")
-            c["top_p"] = gr.Slider(0.05, 1.0, value=gen.top_p, step=0.05, label="Top-p")
-            c["repetition_penalty"] = gr.Slider(1.0, 2.0, value=gen.repetition_penalty, step=0.05,
-                                                label="Repetition penalty (1 = off)",
-                                                info="guards against loops; temperature 0 + penalty 1 = plain greedy")
+            c["max_new_tokens"] = _slider(GenerationConfig, "max_new_tokens", gen.max_new_tokens, 16,
+                                          hi=state.cfg.max_new_tokens_limit)
+            c["temperature"] = _slider(GenerationConfig, "temperature", gen.temperature, 0.05, " (0 = greedy)")
+            c["top_p"] = _slider(GenerationConfig, "top_p", gen.top_p, 0.05)
+            c["repetition_penalty"] = _slider(GenerationConfig, "repetition_penalty", gen.repetition_penalty, 0.05,
+                                              " (1 = off)",
+                                              info="guards against loops; temperature 0 + penalty 1 = plain greedy")
         with gr.Row():
-            c["top_k"] = gr.Slider(1, 10, value=state.cfg.rag.top_k, step=1, label="Snippets retrieved (top-k)")
+            c["top_k"] = _slider(RagConfig, "top_k", state.cfg.rag.top_k, 1)
             c["rag_everywhere"] = gr.Checkbox(False, label="Add retrieval to SFT and MSFT too (ablation)")
         with gr.Row():
             c["index_status"] = gr.Markdown(elem_id="ma-index-status")
@@ -140,8 +148,9 @@ def _wire(state: AppState, c: dict[str, Any], shown: Callable[[str], str]) -> No
             repetition_penalty=None):
         try:
             settings = check_settings(state.cfg, max_new_tokens, temperature, top_p, repetition_penalty)
+            k = checked(RagConfig, "top_k", top_k)
             adapters = {k: state.checked_adapter(k, p) for k, p in (("sft", sft_path), ("msft", msft_path))}
-            stream = state.pipeline.compare(question, settings, adapters, bool(rag_everywhere), int(top_k))
+            stream = state.pipeline.compare(question, settings, adapters, bool(rag_everywhere), k)
             last = 0.0
             for res in stream:
                 now = time.monotonic()
