@@ -97,6 +97,21 @@ def test_form_via_client_preview_and_refusals(fake_app):
     assert fake_app.jobs.running() is None and fake_app.jobs.list_runs() == []
 
 
+def test_controller_handlers_work_without_a_page(tmp_path):
+    """The tab's behaviour lives in its controller: reachable without building the layout or a server."""
+    from medadapt.ui.train_controller import TrainController
+
+    cfg = load_config("offline", {"paths": {"data_dir": str(tmp_path), "runs_dir": str(tmp_path / "runs")}})
+    ctl = TrainController(types.SimpleNamespace(cfg=cfg, jobs=JobManager(cfg)))
+    values = ctl.form_defaults("sft", SFT_YAML)
+    assert values["lora.r"] == load_train_config(SFT_YAML).lora.r
+    yaml_text, cli, msg = ctl.preview("sft", SFT_YAML, *form(values, **{"lora.r": 32}))
+    assert "r: 32" in yaml_text and cli.endswith("--set lora.r=32") and msg == ""
+    msg = ctl.preview("sft", SFT_YAML, *form(values, learning_rate=5.0))[2]
+    assert "Learning rate: must be between 1e-07 and 0.01 (got 5)" in msg
+    assert "no run named" in ctl.show_run("../x")[1] and ctl.runs_table() == []
+
+
 def test_launch_progress_stop_resume_finish_via_client(fake_app, monkeypatch):
     from gradio_client import Client
 
@@ -147,7 +162,7 @@ def test_failed_job_shows_its_error(fake_app):
 def test_public_mode_locks_launching(fake_app, monkeypatch):
     from gradio_client import Client
 
-    from medadapt.ui.train import unlocked
+    from medadapt.ui.common import unlocked
 
     client = Client(fake_app.url, verbose=False)
     from medadapt.ui import common
