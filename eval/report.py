@@ -31,7 +31,7 @@ def scored_rows(results: dict, variant: str, bench: str, view: str | None = None
     for r in results["variants"][variant].get("predictions", {}).get(bench, []):
         v = row_view(r, view, results)
         if v is not None:
-            out.append({**v, "id": r["id"]})
+            out.append({**v, "id": r.get("id")})
     return out
 
 

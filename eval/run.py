@@ -200,14 +200,14 @@ def _extend_variant(mine: dict, other: dict) -> None:
 def normalize_views(results: dict) -> dict:
     """Give every prediction row its ``views`` (files written before views had one view at the row's top level)
     and a generated view its own ``filter`` and ``raw``, so rows of different modes can share one row."""
-    from eval.views import MODE_VIEW, views_of
+    from eval.views import mode_view, views_of
 
-    mode_view = MODE_VIEW.get(results.get("mode", ""), "letter")
+    file_view = mode_view(results)
     for entry in results.get("variants", {}).values():
         for rows in entry.get("predictions", {}).values():
             for r in rows:
-                views = r.setdefault("views", {mode_view: {k: r[k] for k in ("pred", "correct", "invalid") if k in r}})
-                if mode_view == "cot" and "cot" in views:
+                views = r.setdefault("views", {file_view: {k: r[k] for k in ("pred", "correct", "invalid") if k in r}})
+                if file_view == "cot" and "cot" in views:
                     views["cot"].setdefault("filter", r.get("filter", ""))
                     views["cot"].setdefault("raw", r.get("raw", ""))
     results["views"] = views_of(results)

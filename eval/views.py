@@ -37,9 +37,14 @@ def view_label(name: str) -> str:
     return spec.label if spec else name
 
 
+def mode_view(results: dict) -> str:
+    """The one view of a file written before views existed (its mode's; loglik when it names none)."""
+    return MODE_VIEW.get(results.get("mode") or "loglik", "letter")
+
+
 def views_of(results: dict) -> list[str]:
     """The views a results file holds, in display order."""
-    views = results.get("views") or [MODE_VIEW.get(results.get("mode", ""), "letter")]
+    views = results.get("views") or [mode_view(results)]
     return [v for v in VIEWS if v in views] + [v for v in views if v not in VIEWS]
 
 
@@ -53,7 +58,7 @@ def row_view(row: dict, view: str | None, results: dict) -> dict | None:
     view = view or default_view(results)
     if "views" in row:
         return row["views"].get(view)
-    return row if view == MODE_VIEW.get(results.get("mode", "")) else None
+    return row if view == mode_view(results) else None
 
 
 def prediction_counts(rows: list[dict]) -> dict[str, int]:
