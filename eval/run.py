@@ -49,8 +49,8 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--output_dir", help="run dir for log.jsonl and status.json (UI jobs)")
     s = sub.add_parser("summary", help="print the accuracy table and paired tests of a results JSON")
     s.add_argument("files", nargs="+")
-    m = sub.add_parser("merge", help="combine variants of results files (same mode) into one")
-    m.add_argument("files", nargs="+")
+    m = sub.add_parser("merge", help="combine the variants and views of results files into one")
+    m.add_argument("files", nargs="+", help="results JSONs; FILE:base,rag takes only those variants of FILE")
     m.add_argument("--out", required=True)
     return p
 
@@ -269,6 +269,19 @@ def merge_results(files: list[dict]) -> dict:
     return base
 
 
+def read_results_arg(arg: str) -> dict:
+    """A results JSON named on the command line; ``PATH:v1,v2`` keeps only those variants."""
+    path, _, only = arg.partition(":") if not Path(arg).exists() else (arg, "", "")
+    res = json.loads(Path(path).read_text(encoding="utf-8"))
+    if only:
+        keep = only.split(",")
+        missing = [v for v in keep if v not in res.get("variants", {})]
+        if missing:
+            raise SystemExit(f"error: {path} has no variant {', '.join(missing)}")
+        res["variants"] = {k: v for k, v in res["variants"].items() if k in keep}
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     if args.command == "run":
@@ -285,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, DataNotFoundError, VariantSpecError, KeyError, JobLockError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    loaded = [json.loads(Path(f).read_text(encoding="utf-8")) for f in args.files]
+    loaded = [read_results_arg(f) for f in args.files]
     if args.command == "summary":
         for res in loaded:
             print_summary(res)

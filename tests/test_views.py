@@ -199,3 +199,24 @@ def test_benchmarks_tab_draws_views_decomposition_and_distribution():
     assert next(t for t in acc.data if t.name == "SFT (this run)").y[0] == pytest.approx(75.0)
     md = views_markdown(res)
     assert "What this shows" in md and "**SFT vs Base**" in md and "option text (acc_norm)" in md
+
+
+def test_merge_cli_takes_chosen_variants_of_a_file(tmp_path):
+    import json
+
+    from eval.run import main
+
+    half = _mostly_right(20)
+    loglik = {**_results({"base": {"letter": half}, "sft": {"letter": half}}), "model": {"display_name": "tiny"}}
+    old_cot = {**_results({"base": {"cot": half}, "sft": {"cot": ["A"] * 40}}, mode="cot", views=["cot"]),
+               "model": {"display_name": "tiny"}}
+    old_cot["variants"]["sft"]["adapter"] = "/an/older/adapter"  # another adapter: must not replace the new sft
+    (tmp_path / "l.json").write_text(json.dumps(loglik))
+    (tmp_path / "c.json").write_text(json.dumps(old_cot))
+    assert main(["merge", str(tmp_path / "l.json"), f"{tmp_path / 'c.json'}:base", "--out", str(tmp_path / "m.json")]) == 0
+    merged = json.loads((tmp_path / "m.json").read_text())
+    assert merged["views"] == ["letter", "cot"] and merged["variants"]["sft"].get("adapter") is None
+    assert "cot" in merged["variants"]["base"]["predictions"]["medqa"][0]["views"]
+    assert "cot" not in merged["variants"]["sft"]["predictions"]["medqa"][0]["views"]
+    with pytest.raises(SystemExit):
+        main(["merge", f"{tmp_path / 'c.json'}:nope", "--out", str(tmp_path / "x.json")])
