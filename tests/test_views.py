@@ -207,7 +207,8 @@ def test_merge_cli_takes_chosen_variants_of_a_file(tmp_path):
     from eval.run import main
 
     half = _mostly_right(20)
-    loglik = {**_results({"base": {"letter": half}, "sft": {"letter": half}}), "model": {"display_name": "tiny"}}
+    loglik = {**_results({"base": {"letter": half}, "sft": {"letter": half}}, views=["letter"]),
+              "model": {"display_name": "tiny"}}
     old_cot = {**_results({"base": {"cot": half}, "sft": {"cot": ["A"] * 40}}, mode="cot", views=["cot"]),
                "model": {"display_name": "tiny"}}
     old_cot["variants"]["sft"]["adapter"] = "/an/older/adapter"  # another adapter: must not replace the new sft
