@@ -2,8 +2,9 @@
 
 LanceDB's sync API drives the same Rust engine through its own loop with three thread hops per query (execute,
 first batch, end of stream); :class:`AsyncLanceTable` takes one, about 1 ms of a ~10 ms vector query over 460k rows
-(``bench/retrieval.py``). :meth:`AsyncLanceTable.gather` runs several queries at once, so a hybrid retrieval's
-vector and full-text searches each take a core. Every method blocks until its queries finish and is thread-safe.
+(``bench/retrieval.py``). :meth:`AsyncLanceTable.hybrid` is LanceDB's own hybrid query (its vector and full-text
+searches run concurrently, fused by its RRF reranker); :meth:`AsyncLanceTable.gather` runs several queries at once.
+Every method blocks until its queries finish and is thread-safe.
 """
 from __future__ import annotations
 
@@ -53,16 +54,30 @@ class AsyncLanceTable:
         """Cosine top-``n`` query with ``columns`` + ``_distance``. ``nprobes`` None = the table has no vector
         index (exact search), 0 = every partition; ``refine_factor`` > 0 re-ranks that many times ``n``
         candidates with the stored vectors."""
+        return self._vector(vector, n, nprobes, refine_factor).select([*columns, "_distance"])
+
+    def text(self, text: str, n: int, column: str, columns: Sequence[str]) -> Any:
+        """BM25 full-text top-``n`` query on ``column`` with ``columns`` + ``_score``."""
+        return self.table.query().nearest_to_text(text, columns=column).limit(n).select([*columns, "_score"])
+
+    def hybrid(self, vector: Sequence[float], text: str, n: int, column: str, rrf_k: int = 60,
+               nprobes: int | None = None, refine_factor: int = 0) -> Any:
+        """LanceDB's hybrid query: the :meth:`nearest` and :meth:`text` top-``n`` run concurrently and are fused
+        by its ``RRFReranker`` (score = sum of ``1 / (rrf_k + rank)``, ties in vector-then-text order); at most
+        ``n`` rows, every column + ``_relevance_score``. Not narrowed with ``select``: the fusion needs the
+        ``_distance``/``_score`` columns, which a select would then drop (with a lance warning per query)."""
+        from lancedb.rerankers import RRFReranker
+
+        query = self._vector(vector, n, nprobes, refine_factor).nearest_to_text(text, columns=column)
+        return query.limit(n).rerank(RRFReranker(K=rrf_k))
+
+    def _vector(self, vector: Sequence[float], n: int, nprobes: int | None, refine_factor: int) -> Any:
         query = self.table.query().nearest_to(vector).column("vector").distance_type("cosine").limit(n)
         if nprobes is not None:
             query = query.nprobes(nprobes or ALL_PARTITIONS)
             if refine_factor > 0:
                 query = query.refine_factor(refine_factor)
-        return query.select([*columns, "_distance"])
-
-    def text(self, text: str, n: int, column: str, columns: Sequence[str]) -> Any:
-        """BM25 full-text top-``n`` query on ``column`` with ``columns`` + ``_score``."""
-        return self.table.query().nearest_to_text(text, columns=column).limit(n).select([*columns, "_score"])
+        return query
 
     def rows(self, query: Any) -> list[dict[str, Any]]:
         return self.gather(query)[0]

@@ -1,7 +1,7 @@
 """Retrieval over the MedRAG corpus: ``Retriever.retrieve(question, k) -> list[Snippet]`` and the index CLI.
 
 Modes: ``dense`` (cosine over the embedder's vectors), ``fts`` (LanceDB native BM25 full-text search) and
-``hybrid`` (reciprocal-rank fusion of both). Queries are the bare question; callers leave the options and the
+``hybrid`` (LanceDB's hybrid query: both, fused by its reciprocal-rank-fusion reranker). Queries are the bare question; callers leave the options and the
 instructions out. :func:`fit_to_budget` keeps retrieved text inside a token budget. The index itself is built by
 :func:`build_index` (see :mod:`medadapt.rag_index`)::
 
@@ -51,15 +51,6 @@ def not_built_message(cfg: AppConfig) -> str:
 
 
 # ---------------------------------------------------------------- pure helpers
-
-def rrf_fuse(rankings: list[list[str]], rrf_k: int = 60) -> list[tuple[str, float]]:
-    """Reciprocal-rank fusion: ids by descending sum of ``1 / (rrf_k + rank)`` (rank from 1); ties keep first seen."""
-    scores: dict[str, float] = {}
-    for ranking in rankings:
-        for rank, doc_id in enumerate(ranking, 1):
-            scores[doc_id] = scores.get(doc_id, 0.0) + 1.0 / (rrf_k + rank)
-    return sorted(scores.items(), key=lambda kv: -kv[1])
-
 
 def snippet_text(s: Snippet) -> str:
     """The text of a snippet that counts against the budget (title line + content)."""
@@ -140,7 +131,7 @@ class Retriever:
     """Question -> ranked snippets from one LanceDB table, queries embedded as the table's rows were.
 
     ``table`` (sync API) answers metadata; searches go through ``queries`` (:class:`AsyncLanceTable`, one thread
-    hop per search; hybrid runs its vector and full-text searches concurrently).
+    hop per search; hybrid is LanceDB's hybrid query over ``rag.candidates`` per search, fused with ``rag.rrf_k``).
     """
 
     CACHE_SIZE = 256  # recent (question, k, mode) results: RAG on several variants asks the same question
@@ -194,12 +185,11 @@ class Retriever:
             return self._to_snippets(self.dense(question, k))
         if mode == "fts":
             return self._to_snippets(self.fts(question, k))
-        n = max(k, self.cfg.rag.candidates)
-        dense, fts = self.queries.gather(self._dense_query(question, n), self._fts_query(question, n))
-        dense, fts = _scored(dense, "dense"), _scored(fts, "fts")
-        rows = {r["id"]: r for r in dense + fts}
-        fused = rrf_fuse([[r["id"] for r in dense], [r["id"] for r in fts]], self.cfg.rag.rrf_k)[:k]
-        return [self._snippet(rows[i], score) for i, score in fused]
+        rag = self.cfg.rag
+        query = self.queries.hybrid(self.embedder.encode([question])[0], question, max(k, rag.candidates),
+                                    TEXT_COLUMN, rag.rrf_k, *self._index_settings())
+        rows = self.queries.arrow(query).select([*ROW_COLUMNS, "_relevance_score"]).slice(0, k).to_pylist()
+        return [self._snippet(r, r["_relevance_score"]) for r in rows]
 
     def dense(self, question: str, n: int) -> list[dict[str, Any]]:
         return _scored(self.queries.rows(self._dense_query(question, n)), "dense")
@@ -210,8 +200,11 @@ class Retriever:
     def _dense_query(self, question: str, n: int) -> Any:
         """The question's vector query with the config's index settings (every partition + re-rank by default)."""
         vec = self.embedder.encode([question])[0]
-        rag = self.cfg.rag
-        return self.queries.nearest(vec, n, ROW_COLUMNS, rag.nprobes if self.indexed else None, rag.refine_factor)
+        return self.queries.nearest(vec, n, ROW_COLUMNS, *self._index_settings())
+
+    def _index_settings(self) -> tuple[int | None, int]:
+        """``nprobes`` (None: no vector index, exact search) and ``refine_factor`` for vector searches."""
+        return (self.cfg.rag.nprobes if self.indexed else None), self.cfg.rag.refine_factor
 
     def _fts_query(self, question: str, n: int) -> Any:
         return self.queries.text(question, n, TEXT_COLUMN, ROW_COLUMNS)

@@ -10,7 +10,7 @@ import pytest
 
 from medadapt.config import REPO_ROOT, load_config
 from medadapt.rag import (
-    IndexMismatchError, IndexNotBuiltError, Retriever, Snippet, build_index, fit_to_budget, index_status, rrf_fuse,
+    IndexMismatchError, IndexNotBuiltError, Retriever, Snippet, build_index, fit_to_budget, index_status,
 )
 
 SEMANTIC = [  # (query, gold id): no word in common with the corpus after stemming and stop words
@@ -242,11 +242,21 @@ def test_retrieve_modes_and_k(retriever):
         retriever.retrieve("chest pain", mode="bm25")
 
 
-def test_rrf_fuse_rewards_agreement():
-    fused = rrf_fuse([["a", "b", "c"], ["c", "d"]], rrf_k=60)
-    assert fused[0][0] == "c"
-    assert fused[0][1] == pytest.approx(1 / 63 + 1 / 61)
-    assert [i for i, _ in fused] == ["c", "a", "b", "d"]
+@pytest.mark.parametrize("rrf_k", [60, 2])
+def test_hybrid_is_reciprocal_rank_fusion_of_dense_and_fts(built, embedder, rrf_k):
+    """Hybrid = LanceDB's RRF over the config's candidates: each id's score is the sum of 1 / (rrf_k + rank) over
+    the dense and fts rankings, best first, top k."""
+    retriever = Retriever.open(fixture_cfg(built.paths.index_dir, rrf_k=rrf_k, candidates=8), embedder)
+    for question in ("chest pain and ST elevation", SEMANTIC[0][0], LEXICAL[0][0]):
+        expected: dict[str, float] = {}
+        for ranking in (retriever.dense(question, 8), retriever.fts(question, 8)):
+            for rank, row in enumerate(ranking, 1):
+                expected[row["id"]] = expected.get(row["id"], 0.0) + 1 / (rrf_k + rank)
+        hits = retriever.retrieve(question, k=5, mode="hybrid")
+        assert len(hits) == min(5, len(expected))
+        assert [s.score for s in hits] == pytest.approx(sorted(expected.values(), reverse=True)[:5], rel=1e-6)
+        assert all(s.score == pytest.approx(expected[s.id], rel=1e-6) for s in hits)
+        assert all(s.title and s.content for s in hits)
 
 
 def _snips(n, words=40):
