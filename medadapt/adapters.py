@@ -1,4 +1,5 @@
-"""Find trained LoRA adapters in the runs dir (see docs/ARCHITECTURE.md, "Run directory contract")."""
+"""Find trained LoRA adapters in the runs dir (see docs/ARCHITECTURE.md, "Run directory contract"), and the error
+raised when an adapter folder cannot be loaded (by :mod:`medadapt.multilora` and :mod:`medadapt.engine`)."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,10 @@ from pathlib import Path
 
 from medadapt.config import AppConfig
 from medadapt.rundir import runs_root
+
+
+class AdapterLoadError(RuntimeError):
+    """An adapter folder is missing, corrupt, or does not fit the base model."""
 
 
 @dataclass(frozen=True)

@@ -18,21 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medadapt.adapters import AdapterLoadError, resolve_adapter
 from medadapt.prompts import defuse_messages
 
 if TYPE_CHECKING:
     from medadapt.config import AppConfig
 
 __all__ = ["BASE", "AdapterLoadError", "Engine", "GenSettings", "PromptTooLongError", "RowState",
-           "UnknownAdapterError"]
+           "UnknownAdapterError"]  # AdapterLoadError is defined in medadapt.adapters (multilora raises it too)
 
 log = logging.getLogger(__name__)
 BASE = "__base__"
 BACKENDS = ("gathered", "peft")
-
-
-class AdapterLoadError(RuntimeError):
-    """An adapter folder is missing, corrupt, or does not fit the base model."""
 
 
 class PromptTooLongError(ValueError):
@@ -104,7 +101,6 @@ class Engine:
     @classmethod
     def from_config(cls, cfg: AppConfig, **kwargs) -> Engine:
         """The profile's base model plus the configured ``sft``/``msft`` adapters that exist."""
-        from medadapt.adapters import resolve_adapter
         from medadapt.models import base_model_path
 
         m = cfg.model

@@ -13,23 +13,21 @@ Decode steps have only a few rows; there every wrapped layer (the engine wraps a
 computes ``W @ x^T`` instead of ``x @ W^T``: MKL takes a faster path for that shape when the weights stream from RAM
 (see docs/PERFORMANCE.md, "Compare latency").
 
-Adapters are read straight from a PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``);
-the base model's weights are never copied.
+Adapters are read from a PEFT adapter folder with PEFT's own loaders (:func:`read_adapter`); the base model's
+weights are never copied.
 """
 from __future__ import annotations
 
 import copy
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from medadapt.engine import AdapterLoadError
+from medadapt.adapters import AdapterLoadError
 
 PREFIX = "base_model.model."
 
@@ -43,31 +41,33 @@ class LoraWeights:
     full: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # modules_to_save: path -> state dict
 
 
-def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
-    for pat, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?{pat}$", module):
-            return value
-    return default
-
-
 def read_adapter(name: str, path: str | Path) -> LoraWeights:
-    """Read a PEFT LoRA adapter folder; raise :class:`AdapterLoadError` with a clear reason when it is unusable."""
+    """Read a PEFT LoRA adapter folder with PEFT's loaders (``LoraConfig.from_pretrained``, ``load_peft_weights``);
+    raise :class:`AdapterLoadError` with a clear reason when it is unusable."""
+    from peft import LoraConfig
+    from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, load_peft_weights
+    from peft.utils.other import get_pattern_key
+
     path = Path(path)
-    cfg_file = path / "adapter_config.json"
-    if not cfg_file.exists():
-        raise AdapterLoadError(f"adapter {name!r}: no adapter_config.json in {path}")
+    if not (path / CONFIG_NAME).is_file():  # checked here: PEFT would look the folder name up on the Hub
+        raise AdapterLoadError(f"adapter {name!r}: no {CONFIG_NAME} in {path}")
     try:
-        config = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise AdapterLoadError(f"adapter {name!r}: unreadable adapter_config.json in {path}: {e}") from e
-    if config.get("peft_type", "LORA") != "LORA":
-        raise AdapterLoadError(f"adapter {name!r}: peft_type {config.get('peft_type')!r} is not LORA")
+        config = LoraConfig.from_pretrained(str(path))  # PeftConfig's loader; a config without peft_type is LoRA
+    except (OSError, ValueError, TypeError, KeyError) as e:  # bad JSON is a ValueError
+        raise AdapterLoadError(f"adapter {name!r}: unreadable {CONFIG_NAME} in {path}: {e}") from e
+    if not isinstance(config, LoraConfig):
+        raise AdapterLoadError(f"adapter {name!r}: peft_type {str(config.peft_type)!r} is not LORA")
     for flag in ("use_dora", "fan_in_fan_out", "lora_bias"):
-        if config.get(flag):
+        if getattr(config, flag, False):
             raise AdapterLoadError(f"adapter {name!r}: {flag}=true is not supported by the gathered backend")
-    if config.get("bias", "none") != "none":
-        raise AdapterLoadError(f"adapter {name!r}: bias={config['bias']!r} is not supported")
-    state = _read_weights(name, path)
+    if config.bias != "none":
+        raise AdapterLoadError(f"adapter {name!r}: bias={config.bias!r} is not supported")
+    if not any((path / f).is_file() for f in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME)):  # else PEFT asks the Hub
+        raise AdapterLoadError(f"adapter {name!r}: no {SAFETENSORS_WEIGHTS_NAME} or .bin in {path}")
+    try:
+        state = load_peft_weights(str(path), device="cpu")
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise AdapterLoadError(f"adapter {name!r}: corrupt weights file in {path}: {e}") from e
     out = LoraWeights(name)
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
@@ -86,26 +86,12 @@ def read_adapter(name: str, path: str | Path) -> LoraWeights:
         if set(ab) != {"lora_A", "lora_B"}:
             raise AdapterLoadError(f"adapter {name!r}: {module} lacks lora_A or lora_B")
         r = ab["lora_A"].shape[0]
-        alpha = _pattern_value(config.get("alpha_pattern"), module, config.get("lora_alpha", r))
-        scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+        alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), module), config.lora_alpha)
+        scaling = alpha / math.sqrt(r) if config.use_rslora else alpha / r
         out.lora[module] = (ab["lora_A"], ab["lora_B"], float(scaling))
     if not out.lora and not out.full:
         raise AdapterLoadError(f"adapter {name!r}: no weights in {path}")
     return out
-
-
-def _read_weights(name: str, path: Path) -> dict[str, torch.Tensor]:
-    st, binf = path / "adapter_model.safetensors", path / "adapter_model.bin"
-    try:
-        if st.exists():
-            from safetensors.torch import load_file
-
-            return load_file(str(st))
-        if binf.exists():
-            return torch.load(binf, map_location="cpu", weights_only=True)
-    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
-        raise AdapterLoadError(f"adapter {name!r}: corrupt weights file in {path}: {e}") from e
-    raise AdapterLoadError(f"adapter {name!r}: no adapter_model.safetensors or .bin in {path}")
 
 
 class LoraRouter:

@@ -153,6 +153,31 @@ def test_missing_and_corrupt_adapters_raise(engine, tmp_path, adapters):
         engine.generate_batch([Q], ["x"], GREEDY)
 
 
+def test_read_adapter_scaling_matches_peft_and_refuses_other_kinds(tmp_path, model_dir):
+    """rsLoRA and a per-module alpha give the scaling PEFT's own layers use; non-LoRA or weightless folders fail."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from medadapt.multilora import read_adapter
+
+    config = LoraConfig(r=4, lora_alpha=8, use_rslora=True, alpha_pattern={"q_proj": 32},
+                        target_modules=["q_proj", "v_proj"])
+    get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), config).save_pretrained(tmp_path / "rs")
+    got = read_adapter("rs", tmp_path / "rs").lora
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), str(tmp_path / "rs"))
+    want = {n.removeprefix("base_model.model."): m.scaling["default"] for n, m in peft_model.named_modules()
+            if isinstance(getattr(m, "scaling", None), dict)}
+    assert want and {m: s for m, (_, _, s) in got.items()} == pytest.approx(want)
+    assert {s for m, s in want.items() if m.endswith("q_proj")} == {32 / 2}  # alpha_pattern / sqrt(r)
+    (tmp_path / "rs" / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3"}))
+    with pytest.raises(AdapterLoadError, match="not LORA"):
+        read_adapter("ia3", tmp_path / "rs")
+    (tmp_path / "rs" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
+    (tmp_path / "rs" / "adapter_model.safetensors").unlink()
+    with pytest.raises(AdapterLoadError, match="no adapter_model"):
+        read_adapter("empty", tmp_path / "rs")
+
+
 def test_reloading_a_name_replaces_the_adapter(model_dir, adapters):
     engine = make_engine(model_dir, {"a": adapters["a1"]}, "gathered")
     before = engine.generate_batch([Q], ["a"], GREEDY)
