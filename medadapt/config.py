@@ -222,7 +222,7 @@ class TrainConfig(Validated):
     packing: Annotated[bool, Field(title="Packing")] = False
     per_device_batch_size: Annotated[int, Field(ge=1, le=512, title="Batch size")] = 2
     gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024, title="Gradient accumulation")] = 4
-    learning_rate: Annotated[float, Field(ge=1e-7, le=1e-2, title="Learning rate")] = 2e-4
+    learning_rate: Annotated[float, Field(ge=1e-7, le=0.1, title="Learning rate")] = 2e-4
     lr_scheduler: str = "linear"
     warmup_ratio: float = 0.03
     num_epochs: Annotated[float, Field(ge=0.01, le=100, title="Epochs", description="used when max steps is -1")] = 1.0

@@ -47,7 +47,7 @@ def test_form_values_are_applied_over_the_base_config(dirs):
     ("lora.alpha", None, "LoRA alpha: a value is required"),
     ("lora.dropout", 0.95, "LoRA dropout: must be between 0 and 0.9"),
     ("learning_rate", "fast", "Learning rate: 'fast' is not a number"),
-    ("learning_rate", 0.5, "Learning rate: must be between 1e-07 and 0.01"),
+    ("learning_rate", 0.5, "Learning rate: must be between 1e-07 and 0.1"),
     ("learning_rate", float("nan"), "Learning rate: must be a finite number"),
     ("num_epochs", 0, "Epochs: must be between 0.01 and 100"),
     ("max_steps", 0, "Max steps: use -1"),

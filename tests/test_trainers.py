@@ -103,7 +103,7 @@ def test_yaml_number_strings_become_numbers_and_steps_are_planned(tmp_path):
     t = load_train_config(REPO_ROOT / "configs" / "offline" / "sft.yaml",
                           {"learning_rate": "2e-4", "lora": {"dropout": "1e-1"}, "max_steps": -1})
     assert t.learning_rate == 2e-4 and t.lora.dropout == 0.1  # the config tree coerces YAML 1.1's number strings
-    with pytest.raises(ConfigError, match=r"Learning rate: must be between 1e-07 and 0.01 \(got 5\)"):
+    with pytest.raises(ConfigError, match=r"Learning rate: must be between 1e-07 and 0.1 \(got 5\)"):
         load_train_config(REPO_ROOT / "configs" / "offline" / "sft.yaml", {"learning_rate": 5})
     t.per_device_batch_size, t.gradient_accumulation_steps, t.num_epochs = 2, 4, 1
     assert planned_steps(t, 17) == 3  # 9 batches -> 3 optimizer steps

@@ -108,7 +108,7 @@ def test_controller_handlers_work_without_a_page(tmp_path):
     yaml_text, cli, msg = ctl.preview("sft", SFT_YAML, *form(values, **{"lora.r": 32}))
     assert "r: 32" in yaml_text and cli.endswith("--set lora.r=32") and msg == ""
     msg = ctl.preview("sft", SFT_YAML, *form(values, learning_rate=5.0))[2]
-    assert "Learning rate: must be between 1e-07 and 0.01 (got 5)" in msg
+    assert "Learning rate: must be between 1e-07 and 0.1 (got 5)" in msg
     assert "no run named" in ctl.show_run("../x")[1] and ctl.runs_table() == []
 
 

@@ -85,7 +85,7 @@ def train_msft(ctx: Context) -> Outcome:
     cpt_steps = int(cpt_info.get("steps") or 0)
     tcfg.cpt_adapter = str(cpt_adapter)
     tcfg.lora = adapter_lora(cpt_adapter, tcfg.lora)
-    ctx.run.write_config(tcfg)
+    ctx.run.write_config(to_dict(tcfg))
     log.info("SFT stage on top of %s (LoRA shape from the CPT adapter; lora.* of the SFT config is not used)",
              cpt_adapter)
     out = train_sft(ctx, adapter=str(cpt_adapter), stage="sft", ckpt_stage="sft", step_offset=cpt_steps,
