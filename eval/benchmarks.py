@@ -1,28 +1,9 @@
-"""Task specs as data: how each benchmark is shown, sampled and scored, plus the seed paper's reference numbers.
-
-No code lives here beyond lookups; loaders are in :mod:`medadapt.data.benchmarks`.
+"""The Benchmarks tab's pure view of the benchmark definitions (:mod:`medadapt.data.benchmarks`): labels, which
+benchmarks have a per-subject breakdown, and the seed paper's reference numbers. No torch, no model.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    name: str
-    label: str
-    source: str  # what the items are (shown in the tab and written into results)
-    context_label: str = ""  # prompt heading for item.context ("Abstract" for PubMedQA)
-    breakdown: bool = False  # per-subject breakdown is meaningful
-
-
-TASKS: dict[str, TaskSpec] = {
-    "medmcqa": TaskSpec("medmcqa", "MedMCQA", "MedMCQA dev (= Hub validation), 4 options", breakdown=True),
-    "medqa": TaskSpec("medqa", "MedQA", "MedQA-USMLE test, 4 options"),
-    "mmlu_medical": TaskSpec("mmlu_medical", "MMLU-med", "MMLU test, six medical subjects, 4 options", breakdown=True),
-    "pubmedqa": TaskSpec("pubmedqa", "PubMedQA", "PubMedQA PQA-L official test split, yes/no/maybe",
-                         context_label="Abstract"),
-}
+from medadapt.data.benchmarks import DEFINITIONS
 
 # The seed paper's published accuracies (%), generative scoring with a flawed parser; shown only as a labelled reference.
 PAPER_REFERENCE: dict[str, dict[str, float]] = {
@@ -33,10 +14,13 @@ PAPER_REFERENCE: dict[str, dict[str, float]] = {
 }
 
 
-
 def task_label(name: str) -> str:
-    spec = TASKS.get(name)
+    """A benchmark's display label (an unknown name as it is)."""
+    spec = DEFINITIONS.get(name)
     return spec.label if spec else name
 
 
-
+def has_breakdown(name: str) -> bool:
+    """Whether a per-subject breakdown of benchmark ``name`` is meaningful (MedMCQA, MMLU-med)."""
+    spec = DEFINITIONS.get(name)
+    return bool(spec and spec.breakdown)

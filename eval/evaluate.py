@@ -10,9 +10,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from medadapt.config import AppConfig, to_dict
-from medadapt.data.benchmarks import BenchItem, item_ids
-from medadapt.reasoning import extract_answer
-from eval.benchmarks import TASKS
+from medadapt.data.benchmarks import BenchItem, benchmark, item_ids
 from eval.prompting import continuations, fit_snippets, item_messages, loglik_prompt
 from eval.calibration import CONTENT_FREE, calibrate, content_free_items, content_free_snippets, letter_prior
 from eval.scoring import choose, option_probs
@@ -38,7 +36,7 @@ def new_results(cfg: AppConfig, mode: str, samples: dict[str, list[BenchItem]], 
         "model": {"name_or_path": cfg.model.name_or_path, "display_name": cfg.model.display_name,
                   "dtype": cfg.model.dtype},
         "config": {"eval": to_dict(cfg.eval), "rag": to_dict(cfg.rag)},
-        "tasks": {name: TASKS[name].source for name in samples},
+        "tasks": {name: benchmark(name).source for name in samples},
         "item_ids": item_ids(samples),
         "items": {name: [{"id": it.id, "question": it.question, "options": it.options, "answer": it.answer,
                           "subject": it.subject} for it in items] for name, items in samples.items()},
@@ -152,6 +150,7 @@ def _cot_variant(cfg, gen, opens_think, variant, samples, snippets, progress, sh
     bs = max(1, cfg.eval.batch_size)
     for name, items in samples.items():
         t0 = time.perf_counter()
+        spec = benchmark(name)
         rows = []
         for b in range(0, len(items), bs):
             if should_stop():
@@ -159,7 +158,7 @@ def _cot_variant(cfg, gen, opens_think, variant, samples, snippets, progress, sh
             chunk = items[b:b + bs]
             msgs = [item_messages(it, snippets[name][it.id] if variant.rag else None) for it in chunk]
             for it, text in zip(chunk, gen(msgs, variant, should_stop)):
-                letter, how = extract_answer(text, it.options, opens_think)
+                letter, how = spec.read_answer(text, it, opens_think)
                 view = {"pred": letter, "correct": letter == it.answer, "invalid": letter is None}
                 rows.append({"id": it.id, **view, "views": {"cot": view}, "filter": how, "raw": text})
             progress(done=done + len(rows), total=total, variant=variant.name, benchmark=name)

@@ -7,6 +7,8 @@ Two prompt styles (``EvalConfig.prompt_style``):
   generative mode asks for, so log-likelihood scoring asks the question the chat model was tuned to answer.
 - ``plain``: lm-evaluation-harness style text ``[Abstract: …]\nQuestion: …\nA. …\nAnswer:`` without a template.
 
+The heading of an item's context (``Abstract`` for PubMedQA) is its benchmark definition's ``context_label``.
+
 Two continuation targets, both scored in every loglik run (see :mod:`eval.views`): ``letter`` scores
 `` A``/`` B``/… (one token each, read from the prompt's last position), ``text`` scores `` <option text>`` (acc_norm =
 highest log-probability per byte, as lm-evaluation-harness defines it).
@@ -15,14 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from medadapt.data.benchmarks import BenchItem
+from medadapt.data.benchmarks import BenchItem, benchmark
 from medadapt.prompts import build_messages
 
 ANSWER_PREFIX = "Answer:"
 
 
 def item_messages(item: BenchItem, snippets: Sequence | None = None) -> list[dict[str, str]]:
-    return build_messages(item.question, item.options, snippets=snippets or None, context=item.context or None)
+    return build_messages(item.question, item.options, snippets=snippets or None, context=item.context or None,
+                          context_label=benchmark(item.benchmark).context_label)
 
 
 def plain_prompt(item: BenchItem, snippets: Sequence | None = None) -> str:
@@ -31,7 +34,7 @@ def plain_prompt(item: BenchItem, snippets: Sequence | None = None) -> str:
         parts.append("Context:\n" + "\n".join(f"[{i}] {s.title}: {' '.join(s.content.split())}"
                                              for i, s in enumerate(snippets, 1)))
     if item.context:
-        parts.append(f"Abstract: {item.context}")
+        parts.append(f"{benchmark(item.benchmark).context_label}: {item.context}")
     parts.append(f"Question: {item.question.strip()}")
     parts.append("\n".join(f"{k}. {v}" for k, v in item.options.items()))
     return "\n".join(parts) + f"\n{ANSWER_PREFIX}"

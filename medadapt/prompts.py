@@ -17,7 +17,7 @@ SYSTEM_RAG = (
     " [2]. If the snippets do not help, answer from your own knowledge and say so."
 )
 QUESTION_TEMPLATE = "{context}Question: {question}{options}"
-CONTEXT_TEMPLATE = "Abstract: {context}\n\n"
+CONTEXT_TEMPLATE = "{label}: {context}\n\n"
 SNIPPETS_HEADER = "Reference snippets:\n"
 SNIPPET_TEMPLATE = "[{n}] {title}: {content}\n"
 TRUNCATION_MARK = " […]"
@@ -47,11 +47,13 @@ def build_messages(
     snippets: Sequence[SnippetLike] | None = None,
     context: str | None = None,
     system: str | None = None,
+    context_label: str = "Context",
 ) -> list[dict[str, str]]:
-    """Chat messages for one question; ``snippets`` switches on the cited-RAG instructions."""
+    """Chat messages for one question; ``snippets`` switches on the cited-RAG instructions; ``context`` (e.g. a
+    PubMedQA abstract) goes before the question under ``context_label``."""
     sys_text = system or (SYSTEM_MCQ if options else SYSTEM)
     user = QUESTION_TEMPLATE.format(
-        context=CONTEXT_TEMPLATE.format(context=context) if context else "",
+        context=CONTEXT_TEMPLATE.format(label=context_label, context=context) if context else "",
         question=question.strip(),
         options=format_options(options),
     )

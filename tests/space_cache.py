@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from medadapt.data.benchmarks import HUB, MMLU_SUBJECTS, PUBMEDQA_TEST_HUB
+from medadapt.data.benchmarks import DEFINITIONS, MMLU_SUBJECTS, PUBMEDQA_TEST_HUB
 from medadapt.data.corpus import HUB_TWINS
 from medadapt.data.sft import HUB_DATASET
 
@@ -99,13 +99,13 @@ def write_datasets(hf_home: Path, data_dir: Path, snippets: int = 300, items: in
     keys = ("id", "question", "opa", "opb", "opc", "opd", "cop", "choice_type", "exp", "subject_name", "topic_name")
     feats = datasets.Features({k: datasets.Value("string") for k in keys if k != "cop"})
     feats["cop"] = datasets.ClassLabel(names=["a", "b", "c", "d"])
-    repo, _, split = HUB["medmcqa"]
+    repo, _, split = DEFINITIONS["medmcqa"].hub
     write_dataset(hf_home, repo, "default", {split: [{k: r.get(k) for k in keys} for r in med]},
                   datasets.Features(feats))
     counts[repo] = len(med)
 
     medqa = _jsonl(data_dir / "medqa" / "US_4_options_phrases_no_exclude_test.jsonl", items)
-    repo, _, split = HUB["medqa"]
+    repo, _, split = DEFINITIONS["medqa"].hub
     write_dataset(hf_home, repo, "default", {split: medqa})
     counts[repo] = len(medqa)
 
@@ -116,14 +116,14 @@ def write_datasets(hf_home: Path, data_dir: Path, snippets: int = 300, items: in
         with open(data_dir / "mmlu_medical" / f"{subject}_test.csv", encoding="utf-8", newline="") as f:
             rows = [{"question": r[0], "subject": subject, "choices": r[1:5], "answer": "ABCD".index(r[5].strip())}
                     for r in list(csv.reader(f))[:items // len(MMLU_SUBJECTS) + 1]]
-        repo, _, split = HUB["mmlu_medical"]
+        repo, _, split = DEFINITIONS["mmlu_medical"].hub
         write_dataset(hf_home, repo, subject, {split: rows}, mmlu_feats)
         counts[f"{repo}/{subject}"] = len(rows)
 
     pqal = json.loads((data_dir / "pubmedqa" / "ori_pqal.json").read_text(encoding="utf-8"))
     test_ids = json.loads((data_dir / "pubmedqa" / "test_ground_truth.json").read_text(encoding="utf-8"))
     kept = list(pqal.items())[:2 * items]
-    repo, config, split = HUB["pubmedqa"]
+    repo, config, split = DEFINITIONS["pubmedqa"].hub
     write_dataset(hf_home, repo, config, {split: [
         {"pubid": int(k), "question": r["QUESTION"],
          "context": {"contexts": r["CONTEXTS"], "labels": r["LABELS"], "meshes": r["MESHES"],

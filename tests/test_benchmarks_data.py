@@ -6,8 +6,8 @@ from collections import Counter
 import pytest
 
 from medadapt.data.benchmarks import (
-    BENCHMARKS, MMLU_SUBJECTS, BenchItem, UnknownBenchmarkError, evaluated_items, item_ids, load_benchmark,
-    medmcqa_item, pubmedqa_test_ids, sample_items, select_ids,
+    BENCHMARKS, MMLU_SUBJECTS, BenchItem, UnknownBenchmarkError, benchmark, evaluated_items, item_ids,
+    load_benchmark, medmcqa_item, pubmedqa_test_ids, sample_items, select_ids,
 )
 
 
@@ -84,3 +84,28 @@ def test_smaller_sample_is_prefix_of_larger(cfg):
         items = load_benchmark(cfg, name)
         small, big = sample_items(items, 50, 3, strat), sample_items(items, 200, 3, strat)
         assert [i.id for i in small] == [i.id for i in big[:50]]
+
+
+def test_one_definition_drives_items_prompts_answers_and_labels(cfg):
+    """Each benchmark's definition gives its items' letters (and PubMedQA's yes/no/maybe), the prompt heading of the
+    abstract in both prompt styles, the answer filter and the tab's label and breakdown flag."""
+    from eval.benchmarks import has_breakdown, task_label
+    from eval.prompting import item_messages, plain_prompt
+
+    for name in BENCHMARKS:
+        spec = benchmark(name)
+        items = spec.sample(cfg, 12, 5)
+        assert [it.id for it in items] == [it.id for it in evaluated_items(cfg, [name], 12, 5)[name]]
+        assert all("".join(it.options) == spec.letters for it in items)
+        assert all(it.options == spec.choices for it in items) if spec.choices else spec.letters == "ABCD"
+        assert task_label(name) == spec.label and has_breakdown(name) == spec.breakdown
+        it = items[0]
+        assert spec.read_answer(f"Reasoning.\nAnswer: {it.answer}", it) == (it.answer, "strict")
+        assert spec.read_answer("<think>unfinished", it, opened=False)[0] is None
+    assert benchmark("pubmedqa").choices == {"A": "yes", "B": "no", "C": "maybe"}
+    assert [n for n in BENCHMARKS if has_breakdown(n)] == ["medmcqa", "mmlu_medical"]
+    it = benchmark("pubmedqa").sample(cfg, 1, 0)[0]
+    assert f"Abstract: {it.context}\n\nQuestion:" in item_messages(it)[1]["content"]
+    assert plain_prompt(it).startswith(f"Abstract: {it.context}\nQuestion:")
+    assert "Abstract" not in item_messages(benchmark("medqa").sample(cfg, 1, 0)[0])[1]["content"]
+    assert task_label("not-a-benchmark") == "not-a-benchmark"

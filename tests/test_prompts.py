@@ -32,7 +32,7 @@ def test_snippets_numbered_with_titles_and_citation_instruction():
 
 
 def test_context_goes_before_question():
-    user = build_messages("Does X help?", context="We studied X.")[1]["content"]
+    user = build_messages("Does X help?", context="We studied X.", context_label="Abstract")[1]["content"]
     assert user.startswith("Abstract: We studied X.\n\nQuestion: Does X help?")
 
 

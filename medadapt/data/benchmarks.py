@@ -1,6 +1,5 @@
-"""Benchmark items (:class:`BenchItem`) and the seeded samples the evaluation uses (and the trainers exclude).
-
-Four benchmarks, each a list of multiple-choice items with letter options:
+"""The four benchmarks, each defined once (:class:`Benchmark` in :data:`DEFINITIONS`), their items
+(:class:`BenchItem`) and the seeded samples the evaluation uses (and the trainers exclude).
 
 - ``medmcqa``: MedMCQA dev (= Hub ``openlifescienceai/medmcqa`` validation), 4183 items. ``cop`` is 1-based in the
   data-dir file and 0-based on the Hub; both become a letter here.
@@ -8,6 +7,12 @@ Four benchmarks, each a list of multiple-choice items with letter options:
 - ``mmlu_medical``: six MMLU test subjects (= Hub ``cais/mmlu``), 1089 items; ``subject`` is the MMLU subject.
 - ``pubmedqa``: PubMedQA PQA-L (= Hub ``qiaojin/PubMedQA`` pqa_labeled), 1000 items, options A=yes B=no C=maybe,
   the abstract in ``context``. The evaluation samples from the official 500-id test split only.
+
+One definition holds what the rest of the app needs to know about a benchmark: its loaders, option letters, the
+sample's stratify key, the prompt heading of ``context``, the answer filter for generated answers, its label and
+source text (Benchmarks tab, results files) and whether a per-subject breakdown is meaningful. The data loaders,
+both scoring modes (:mod:`eval.prompting`, :mod:`eval.evaluate`), the trainers' exclusion (:mod:`medadapt.data.sft`)
+and the Benchmarks tab (:mod:`eval.benchmarks`) read it from here.
 
 The offline profile reads the data dir (``cfg.paths.data_dir``) when there is one; the reference profile, and the
 offline one without a data dir, read the Hub (``AppConfig.hub_data``).
@@ -17,26 +22,19 @@ from __future__ import annotations
 import csv
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from medadapt.config import AppConfig
 from medadapt.data import DataNotFoundError, data_file, read_json, read_jsonl
+from medadapt.reasoning import extract_answer
 
-BENCHMARKS = ("medmcqa", "medqa", "mmlu_medical", "pubmedqa")
 MMLU_SUBJECTS = (
     "anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics", "professional_medicine",
 )
-LETTERS = "ABCD"
-PUBMEDQA_OPTIONS = {"A": "yes", "B": "no", "C": "maybe"}
-# The Hub datasets behind each benchmark: (repo, config, split); MMLU has one config per subject.
-HUB = {"medmcqa": ("openlifescienceai/medmcqa", None, "validation"),
-       "medqa": ("GBaker/MedQA-USMLE-4-options", None, "test"),
-       "mmlu_medical": ("cais/mmlu", None, "test"),
-       "pubmedqa": ("qiaojin/PubMedQA", "pqa_labeled", "train")}
+LETTERS = "ABCD"  # the option letters of the four-option benchmarks
 PUBMEDQA_TEST_HUB = ("bigbio/pubmed_qa", "pubmed_qa_labeled_fold0_source", "test")  # the official 500-id test split
-# How each benchmark is stratified when sampled (None: simple random sample).
-STRATIFY = {"medmcqa": None, "medqa": None, "mmlu_medical": "subject", "pubmedqa": None}
 
 
 class UnknownBenchmarkError(ValueError):
@@ -58,9 +56,11 @@ class BenchItem:
         return self.options.get(self.answer, "")
 
 
-def _check(name: str) -> None:
-    if name not in BENCHMARKS:
+def benchmark(name: str) -> Benchmark:
+    """The definition of benchmark ``name`` (:class:`UnknownBenchmarkError` for any other name)."""
+    if name not in DEFINITIONS:
         raise UnknownBenchmarkError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    return DEFINITIONS[name]
 
 
 # ---------------------------------------------------------------- row -> item (shared by local and Hub paths)
@@ -69,73 +69,64 @@ def medmcqa_item(row: dict, one_based: bool) -> BenchItem:
     cop = int(row["cop"]) - (1 if one_based else 0)
     if not 0 <= cop < 4:
         raise ValueError(f"MedMCQA {row.get('id')}: cop {row['cop']} out of range")
-    options = {L: str(row[f"op{L.lower()}"]) for L in LETTERS}
-    return BenchItem("medmcqa", str(row["id"]), row["question"], options, LETTERS[cop], row.get("subject_name") or "")
+    letters = DEFINITIONS["medmcqa"].letters
+    options = {L: str(row[f"op{L.lower()}"]) for L in letters}
+    return BenchItem("medmcqa", str(row["id"]), row["question"], options, letters[cop], row.get("subject_name") or "")
 
 
 def medqa_item(row: dict, index: int) -> BenchItem:
-    options = {L: str(row["options"][L]) for L in LETTERS}
+    options = {L: str(row["options"][L]) for L in DEFINITIONS["medqa"].letters}
     return BenchItem("medqa", f"medqa-{index}", row["question"], options, row["answer_idx"], row.get("meta_info") or "")
 
 
 def mmlu_item(subject: str, index: int, question: str, choices: list[str], answer: str) -> BenchItem:
-    options = dict(zip(LETTERS, (str(c) for c in choices)))
+    options = dict(zip(DEFINITIONS["mmlu_medical"].letters, (str(c) for c in choices)))
     return BenchItem("mmlu_medical", f"{subject}-{index}", question, options, answer, subject)
 
 
 def pubmedqa_item(pmid: str, question: str, contexts: list[str], decision: str) -> BenchItem:
-    answer = {v: k for k, v in PUBMEDQA_OPTIONS.items()}[decision]
-    return BenchItem("pubmedqa", str(pmid), question, dict(PUBMEDQA_OPTIONS), answer, "", "\n".join(contexts))
+    choices = DEFINITIONS["pubmedqa"].choices
+    answer = {v: k for k, v in choices.items()}[decision]
+    return BenchItem("pubmedqa", str(pmid), question, dict(choices), answer, "", "\n".join(contexts))
 
 
-# ---------------------------------------------------------------- loaders
+# ---------------------------------------------------------------- loaders (data dir and Hub)
 
-def _load_local(cfg: AppConfig, name: str) -> list[BenchItem]:
-    if name == "medmcqa":
-        return [medmcqa_item(r, one_based=True) for r in read_jsonl(data_file(cfg, "medmcqa", "dev.json"))]
-    if name == "medqa":
-        rows = read_jsonl(data_file(cfg, "medqa", "US_4_options_phrases_no_exclude_test.jsonl"))
-        return [medqa_item(r, i) for i, r in enumerate(rows)]
-    if name == "mmlu_medical":
-        items = []
-        for subject in MMLU_SUBJECTS:
-            with open(data_file(cfg, "mmlu_medical", f"{subject}_test.csv"), encoding="utf-8", newline="") as f:
-                for i, row in enumerate(csv.reader(f)):
-                    items.append(mmlu_item(subject, i, row[0], row[1:5], row[5].strip()))
-        return items
+def hub_rows(name: str, config: str | None = None) -> Any:
+    """The rows of benchmark ``name``'s Hub dataset (``config`` overrides the definition's, e.g. an MMLU subject)."""
+    from datasets import load_dataset
+
+    repo, default_config, split = benchmark(name).hub
+    return load_dataset(repo, config or default_config, split=split)
+
+
+def _medmcqa_local(cfg: AppConfig) -> list[BenchItem]:
+    return [medmcqa_item(r, one_based=True) for r in read_jsonl(data_file(cfg, "medmcqa", "dev.json"))]
+
+
+def _medqa_local(cfg: AppConfig) -> list[BenchItem]:
+    rows = read_jsonl(data_file(cfg, "medqa", "US_4_options_phrases_no_exclude_test.jsonl"))
+    return [medqa_item(r, i) for i, r in enumerate(rows)]
+
+
+def _mmlu_local(cfg: AppConfig) -> list[BenchItem]:
+    items = []
+    for subject in MMLU_SUBJECTS:
+        with open(data_file(cfg, "mmlu_medical", f"{subject}_test.csv"), encoding="utf-8", newline="") as f:
+            for i, row in enumerate(csv.reader(f)):
+                items.append(mmlu_item(subject, i, row[0], row[1:5], row[5].strip()))
+    return items
+
+
+def _pubmedqa_local(cfg: AppConfig) -> list[BenchItem]:
     data = read_json(data_file(cfg, "pubmedqa", "ori_pqal.json"))
     return [pubmedqa_item(k, r["QUESTION"], r["CONTEXTS"], r["final_decision"]) for k, r in data.items()]
 
 
-def hub_rows(name: str, config: str | None = None) -> Any:
-    """The rows of benchmark ``name``'s Hub dataset (``config`` overrides the table's, e.g. an MMLU subject)."""
-    from datasets import load_dataset
-
-    repo, default_config, split = HUB[name]
-    return load_dataset(repo, config or default_config, split=split)
-
-
-def _load_hub(name: str) -> list[BenchItem]:
-    if name == "medmcqa":
-        return [medmcqa_item(r, one_based=False) for r in hub_rows(name)]
-    if name == "medqa":
-        return [medqa_item(r, i) for i, r in enumerate(hub_rows(name))]
-    if name == "mmlu_medical":
-        items = []
-        for subject in MMLU_SUBJECTS:
-            for i, r in enumerate(hub_rows(name, subject)):
-                items.append(mmlu_item(subject, i, r["question"], r["choices"], LETTERS[int(r["answer"])]))
-        return items
-    return [pubmedqa_item(r["pubid"], r["question"], r["context"]["contexts"], r["final_decision"])
-            for r in hub_rows(name)]
-
-
-def load_benchmark(cfg: AppConfig, name: str) -> list[BenchItem]:
-    """Every item of benchmark ``name`` (the data dir, or the Hub when ``cfg.hub_data``), in file order."""
-    _check(name)
-    if cfg.hub_data:
-        return _load_hub(name)
-    return _load_local(cfg, name)
+def _mmlu_hub() -> list[BenchItem]:
+    letters = DEFINITIONS["mmlu_medical"].letters
+    return [mmlu_item(subject, i, r["question"], r["choices"], letters[int(r["answer"])])
+            for subject in MMLU_SUBJECTS for i, r in enumerate(hub_rows("mmlu_medical", subject))]
 
 
 def pubmedqa_test_ids(cfg: AppConfig) -> list[str]:
@@ -149,6 +140,71 @@ def pubmedqa_test_ids(cfg: AppConfig) -> list[str]:
 
     repo, config, split = PUBMEDQA_TEST_HUB
     return [str(r["QUESTION_ID"]) for r in load_dataset(repo, config, split=split)]
+
+
+# ---------------------------------------------------------------- the definitions
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark: where its items come from, how the eval samples, prompts, reads and labels them.
+
+    ``letters``: its option letters in order (``choices``: their texts when every item has the same, PubMedQA's
+    yes/no/maybe); ``stratify``: the :class:`BenchItem` attribute a sample is spread over
+    (None: simple random sample); ``context_label``: the prompt heading of ``item.context``; ``eval_ids``: the ids
+    the evaluation may sample (None: every item); ``breakdown``: per-subject accuracy is meaningful.
+    """
+
+    name: str
+    label: str  # in tables, charts and dropdowns
+    source: str  # what the items are (shown in the tab and written into results files)
+    hub: tuple[str, str | None, str]  # the Hub dataset: (repo, config, split)
+    load_local: Callable[[AppConfig], list[BenchItem]]  # from the data dir
+    load_hub: Callable[[], list[BenchItem]]
+    letters: str = LETTERS
+    choices: dict[str, str] | None = None
+    stratify: str | None = None
+    context_label: str = ""
+    eval_ids: Callable[[AppConfig], list[str]] | None = None
+    breakdown: bool = False
+
+    def load(self, cfg: AppConfig) -> list[BenchItem]:
+        """Every item (the data dir, or the Hub when ``cfg.hub_data``), in file order."""
+        return self.load_hub() if cfg.hub_data else self.load_local(cfg)
+
+    def sample(self, cfg: AppConfig, n: int, seed: int) -> list[BenchItem]:
+        """The seeded sample of ``n`` items the evaluation scores (see :func:`sample_items`)."""
+        items = self.load(cfg)
+        if self.eval_ids is not None:
+            allowed = set(self.eval_ids(cfg))
+            items = [it for it in items if it.id in allowed]
+        return sample_items(items, n, seed, self.stratify)
+
+    def read_answer(self, text: str, item: BenchItem, opened: bool = False) -> tuple[str | None, str]:
+        """The answer filter for a generated ``text``: :func:`medadapt.reasoning.extract_answer` on the options."""
+        return extract_answer(text, item.options, opened)
+
+
+DEFINITIONS: dict[str, Benchmark] = {b.name: b for b in (
+    Benchmark("medmcqa", "MedMCQA", "MedMCQA dev (= Hub validation), 4 options",
+              ("openlifescienceai/medmcqa", None, "validation"), _medmcqa_local,
+              lambda: [medmcqa_item(r, one_based=False) for r in hub_rows("medmcqa")], breakdown=True),
+    Benchmark("medqa", "MedQA", "MedQA-USMLE test, 4 options", ("GBaker/MedQA-USMLE-4-options", None, "test"),
+              _medqa_local, lambda: [medqa_item(r, i) for i, r in enumerate(hub_rows("medqa"))]),
+    Benchmark("mmlu_medical", "MMLU-med", "MMLU test, six medical subjects, 4 options", ("cais/mmlu", None, "test"),
+              _mmlu_local, _mmlu_hub, stratify="subject", breakdown=True),
+    Benchmark("pubmedqa", "PubMedQA", "PubMedQA PQA-L official test split, yes/no/maybe",
+              ("qiaojin/PubMedQA", "pqa_labeled", "train"), _pubmedqa_local,
+              lambda: [pubmedqa_item(r["pubid"], r["question"], r["context"]["contexts"], r["final_decision"])
+                       for r in hub_rows("pubmedqa")],
+              letters="ABC", choices={"A": "yes", "B": "no", "C": "maybe"}, context_label="Abstract",
+              eval_ids=pubmedqa_test_ids),
+)}
+BENCHMARKS = tuple(DEFINITIONS)
+
+
+def load_benchmark(cfg: AppConfig, name: str) -> list[BenchItem]:
+    """Every item of benchmark ``name`` (the data dir, or the Hub when ``cfg.hub_data``), in file order."""
+    return benchmark(name).load(cfg)
 
 
 # ---------------------------------------------------------------- sampling
@@ -188,18 +244,11 @@ def evaluated_items(cfg: AppConfig, benchmarks: list[str] | None = None, n: int 
                     seed: int | None = None) -> dict[str, list[BenchItem]]:
     """The seeded samples the evaluation uses: ``cfg.eval.n`` per benchmark with ``cfg.eval.seed`` (overridable).
 
-    PubMedQA is sampled from the official 500 test ids only. Trainers exclude these items from their data.
+    PubMedQA is sampled from the official 500 test ids only (its ``eval_ids``). Trainers exclude these items.
     """
     n = cfg.eval.n if n is None else n
     seed = cfg.eval.seed if seed is None else seed
-    out = {}
-    for name in benchmarks or cfg.eval.benchmarks:
-        items = load_benchmark(cfg, name)
-        if name == "pubmedqa":
-            test = set(pubmedqa_test_ids(cfg))
-            items = [it for it in items if it.id in test]
-        out[name] = sample_items(items, n, seed, STRATIFY[name])
-    return out
+    return {name: benchmark(name).sample(cfg, n, seed) for name in benchmarks or cfg.eval.benchmarks}
 
 
 def item_ids(samples: dict[str, list[BenchItem]]) -> dict[str, list[str]]:

@@ -15,9 +15,9 @@ from typing import Any
 
 from medadapt.config import AppConfig
 from medadapt.data import data_file, read_json, read_jsonl
+from medadapt.data.benchmarks import DEFINITIONS, evaluated_items, hub_rows, pubmedqa_test_ids
 
 HUB_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
-LETTERS = "ABCD"
 
 
 class OverlapError(ValueError):
@@ -73,14 +73,6 @@ def check_disjoint(rows: Iterable[SftRow], eval_items: dict[str, Sequence[Any]] 
     return found
 
 
-def evaluated_items(cfg: AppConfig, benchmarks: list[str] | None = None, n: int | None = None,
-                    seed: int | None = None) -> dict[str, list[Any]]:
-    """The benchmark samples the eval uses (``medadapt.data.benchmarks``), which training must exclude."""
-    from medadapt.data.benchmarks import evaluated_items as items
-
-    return items(cfg, benchmarks, n, seed)
-
-
 # ---------------------------------------------------------------- row builders (pure)
 
 def medmcqa_row(rec: dict[str, Any]) -> SftRow | None:
@@ -88,9 +80,10 @@ def medmcqa_row(rec: dict[str, Any]) -> SftRow | None:
     exp = (rec.get("exp") or "").strip()
     if not exp or rec.get("cop") not in (1, 2, 3, 4):
         return None
-    opts = [rec["opa"], rec["opb"], rec["opc"], rec["opd"]]
-    question = rec["question"].strip() + "\n\n" + "\n".join(f"{L}. {o}" for L, o in zip(LETTERS, opts))
-    letter = LETTERS[rec["cop"] - 1]
+    letters = DEFINITIONS["medmcqa"].letters
+    opts = [rec[f"op{L.lower()}"] for L in letters]
+    question = rec["question"].strip() + "\n\n" + "\n".join(f"{L}. {o}" for L, o in zip(letters, opts))
+    letter = letters[rec["cop"] - 1]
     return SftRow(f"medmcqa:{rec['id']}", "medmcqa", question, exp, f"The answer is {letter}. {opts[rec['cop'] - 1]}")
 
 
@@ -119,15 +112,13 @@ def load_local_rows(cfg: AppConfig, sources: Sequence[str] = ("medical_o1", "med
         rows += [r for r in map(medmcqa_row, read_jsonl(data_file(cfg, "medmcqa", "dev.json"))) if r is not None]
     if "pubmedqa" in sources:
         pqal = read_json(data_file(cfg, "pubmedqa", "ori_pqal.json"))
-        test = read_json(data_file(cfg, "pubmedqa", "test_ground_truth.json"))
+        test = set(pubmedqa_test_ids(cfg))
         rows += [pubmedqa_row(pmid, rec) for pmid, rec in pqal.items() if pmid not in test]
     return rows
 
 
 def hub_twin_rows(cfg: AppConfig, sources: Sequence[str]) -> list[SftRow]:
     """``load_local_rows`` from the Hub datasets the data-dir files were taken from."""
-    from medadapt.data.benchmarks import hub_rows, pubmedqa_test_ids
-
     rows: list[SftRow] = []
     if "medical_o1" in sources:
         rows += load_hub_rows()

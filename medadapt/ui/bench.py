@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from medadapt.ui.common import is_public, unlocked
 from medadapt.ui.redact import path_redactor
 
-from eval.benchmarks import task_label
+from eval.benchmarks import has_breakdown, task_label
 from medadapt.variants import VARIANTS, variant_color, variant_label
 from eval.decompose import decomposition, explain
 from eval.report import (ALL, answer_distribution, baselines, benchmarks_of, done_variants, drilldown,
@@ -298,7 +298,7 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
     def on_file(path: str, show_paper: bool):
         res = load_results(path)
         b = benchmarks_of(res) if res else []
-        sub = [x for x in b if x in ("mmlu_medical", "medmcqa")]
+        sub = [x for x in b if has_breakdown(x)]
         view = default_view(res) if res else None
         per_view = on_view(path, view, show_paper, ALL, sub[0] if sub else None, b[0] if b else None)
         return (*per_view[:3], gr.update(choices=[(task_label(x), x) for x in sub], value=sub[0] if sub else None),
@@ -353,7 +353,7 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
                                          label="Paired test on")
             c["sig"] = gr.Plot(significance_figure(first), show_label=False)
         with gr.Column():
-            subs = [b for b in benches if b in ("mmlu_medical", "medmcqa")]
+            subs = [b for b in benches if has_breakdown(b)]
             c["sub_bench"] = gr.Dropdown([(task_label(b), b) for b in subs], value=subs[0] if subs else None,
                                          label="Per-subject breakdown")
             c["subjects"] = gr.Plot(subject_figure(first, subs[0]) if subs else go.Figure(), show_label=False)
