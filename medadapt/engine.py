@@ -24,8 +24,7 @@ from medadapt.prompts import defuse_messages
 if TYPE_CHECKING:
     from medadapt.config import AppConfig
 
-__all__ = ["BASE", "AdapterLoadError", "Engine", "GenSettings", "PromptTooLongError", "RowState",
-           "UnknownAdapterError"]  # AdapterLoadError is defined in medadapt.adapters (multilora raises it too)
+__all__ = ["BASE", "Engine", "GenSettings", "PromptTooLongError", "RowState", "UnknownAdapterError"]
 
 log = logging.getLogger(__name__)
 BASE = "__base__"

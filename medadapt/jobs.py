@@ -23,11 +23,9 @@ import yaml
 
 from medadapt.config import REPO_ROOT, AppConfig, TrainConfig, to_dict
 from medadapt.joblock import lock_holder
-from medadapt.rundir import (FINAL, LogReader, RunDir, RunSnapshot, file_sig, new_run_dir, pid_alive, runs_root,
-                             summarize, tail, write_json_atomic)
+from medadapt.rundir import (FINAL, INDEX_JOB, TRAIN_JOBS, LogReader, RunDir, RunSnapshot, file_sig, new_run_dir,
+                             pid_alive, runs_root, summarize, tail, write_json_atomic)
 
-TRAIN_JOBS = ("sft", "cpt", "msft")
-INDEX_JOB = "index"  # the RAG index build (python -m medadapt.rag build --output_dir RUN), see medadapt.index_job
 LISTED_JOBS = (*TRAIN_JOBS, INDEX_JOB)  # the runs the Training tab lists
 
 

@@ -215,7 +215,7 @@ class Pipeline:
     @staticmethod
     def _sync_adapters(engine: Any, answers: dict[str, Answer]) -> None:
         """Load the adapters these answers need (reusing a loaded copy of the same folder), unload the others."""
-        from medadapt.engine import AdapterLoadError
+        from medadapt.adapters import AdapterLoadError
 
         loaded = {Path(p).resolve(): name for name, p in engine.adapters.items()}
         wanted = set()

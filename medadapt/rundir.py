@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+TRAIN_JOBS = ("sft", "cpt", "msft")  # run dirs are <job>-<time>; these jobs publish an adapter
+INDEX_JOB = "index"  # the RAG index build (python -m medadapt.rag build --output_dir RUN), see medadapt.index_job
 FINAL = ("finished", "failed", "stopped")
 ACTIVE = ("starting", "running", "stopping")
 

@@ -17,8 +17,9 @@ import yaml
 
 from medadapt.config import (REPO_ROOT, ConfigError, Setting, TrainConfig, check_value, from_dict, merge, read_yaml,
                              setting, to_dict)
+from medadapt.rundir import TRAIN_JOBS
 
-JOBS = ("sft", "cpt", "msft")
+JOBS = TRAIN_JOBS  # the jobs the form can launch
 JOB_LABELS = {"sft": "SFT (Q → CoT → answer)", "cpt": "Continual pretraining", "msft": "MSFT (CPT, then SFT)"}
 SAVE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -96,7 +96,8 @@ def test_missing_index_says_how_to_build(cfg):
 
 @pytest.mark.parametrize("content", [None, "not a safetensors file"])
 def test_missing_or_corrupt_adapter(tiny_model_dir, tmp_path, content):
-    from medadapt.engine import AdapterLoadError, Engine
+    from medadapt.adapters import AdapterLoadError
+    from medadapt.engine import Engine
 
     engine = Engine(tiny_model_dir)
     path = tmp_path / "adapter"

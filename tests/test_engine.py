@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from medadapt.engine import BASE, AdapterLoadError, Engine, GenSettings, PromptTooLongError, UnknownAdapterError
+from medadapt.adapters import AdapterLoadError
+from medadapt.engine import BASE, Engine, GenSettings, PromptTooLongError, UnknownAdapterError
 
 Q = [{"role": "user", "content": "Which vitamin deficiency causes scurvy?"}]
 RAG = [{"role": "system", "content": "Context: [1] Scurvy results from a lack of ascorbic acid in the diet."},

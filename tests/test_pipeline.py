@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from medadapt.engine import BASE, AdapterLoadError, RowState
+from medadapt.adapters import AdapterLoadError
+from medadapt.engine import BASE, RowState
 from medadapt.pipeline import NOT_TRAINED, InputError, Pipeline, adapter_name, check_settings, clean_question
 from medadapt.rag import IndexNotBuiltError, Snippet
 
