@@ -29,6 +29,8 @@ VARIANTS_DEFAULT = "base,rag,sft,msft"
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from medadapt.data.benchmarks import BENCHMARKS
+
     p = argparse.ArgumentParser(prog="python -m eval", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="evaluate variants and write a results JSON")
@@ -37,7 +39,7 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--mode", choices=["loglik", "cot"], help="scoring mode (default: the profile's eval.mode)")
     r.add_argument("--n", type=int, help="items per benchmark; 0 = all (default: eval.n)")
     r.add_argument("--seed", type=int, help="sampling seed (default: eval.seed)")
-    r.add_argument("--benchmarks", help="comma list of medmcqa, medqa, mmlu_medical, pubmedqa (default: all)")
+    r.add_argument("--benchmarks", help=f"comma list of {', '.join(BENCHMARKS)} (default: all)")
     r.add_argument("--ids", help="reuse the exact items of an earlier results JSON")
     r.add_argument("--batch_size", type=int, help="rows per forward / generations per batch (default: eval.batch_size)")
     r.add_argument("--max_new_tokens", type=int, help="cot: generation budget (default: eval.max_new_tokens)")
