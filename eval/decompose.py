@@ -97,8 +97,8 @@ def explain(results: dict, baseline: str = "base") -> str:
             if not _significant(letter):
                 verdict.append("No significant gain under letter scoring.")
             elif cal is not None and not _significant(cal):
-                share = (f" (it keeps {100 * cal['diff'] / letter['diff']:.0f}% of the letter gain)"
-                         if letter["diff"] else "")
+                share = (f" (it keeps {100 * cal['diff'] / letter['diff']:.0f}% of the letter gain)" if cal["diff"] > 0
+                         else f" (calibrated, the difference is {100 * cal['diff']:+.1f} points)")
                 verdict.append(f"The letter gain does **not survive calibration**{share}: it is mostly the model's "
                                "prior over answer letters (answer format), not medical knowledge.")
             elif cal is not None:

@@ -10,7 +10,7 @@ from collections import defaultdict
 from itertools import combinations
 
 from eval.benchmarks import PAPER_REFERENCE, task_label
-from medadapt.variants import variant_label
+from medadapt.variants import VARIANTS, variant_label
 from eval.stats import accuracy_summary, chance_baseline, majority_baseline, mcnemar_exact
 from eval.views import INVALID, prediction_counts, row_view
 
@@ -18,7 +18,10 @@ ALL = "average"
 
 
 def done_variants(results: dict) -> list[str]:
-    return [name for name, v in results.get("variants", {}).items() if v.get("status") == "ok"]
+    """Finished variants, base/RAG/SFT/MSFT first in that order (merged files keep their files' order otherwise)."""
+    done = [name for name, v in results.get("variants", {}).items() if v.get("status") == "ok"]
+    rank = {v: i for i, v in enumerate(VARIANTS)}
+    return sorted(done, key=lambda n: rank.get(n, len(rank)))
 
 
 def benchmarks_of(results: dict) -> list[str]:

@@ -103,7 +103,8 @@ def accuracy_figure(results: dict | None, show_paper: bool = True, view: str | N
             continue
         fig.add_scatter(x=xlabels, y=[100 * per[c]["acc"] if c in per else None for c in cats], mode="markers",
                         offsetgroup=v, name=f"always {variant_label(v)}'s favourite answer", legendgroup="favourite",
-                        marker={"symbol": "line-ew-open", "size": 18, "line": {"width": 3, "color": variant_color(v, i)}},
+                        marker={"symbol": "line-ew-open", "size": 18, "color": variant_color(v, i),
+                                "line": {"width": 3, "color": variant_color(v, i)}},
                         customdata=[per[c]["letter"] if c in per else "" for c in cats],
                         hovertemplate="always “%{customdata}”: %{y:.1f}%<extra>" + v + " prior</extra>")
     base = baselines(results)
@@ -188,7 +189,7 @@ def decomposition_figure(results: dict | None, benchmark: str = ALL) -> go.Figur
     fig.add_hline(y=0, line={"color": "#111827", "width": 1})
     fig.update_layout(barmode="group", height=420, yaxis={"title": "accuracy difference (points)"},
                       title=f"Gain per scoring view · {task_label(benchmark) if benchmark != ALL else 'all items'}"
-                            " · error bars: paired 95% CI · p: exact McNemar (* < 0.05)",
+                            "<br><sup>error bars: paired 95% CI · p: exact McNemar (* < 0.05)</sup>",
                       legend={"orientation": "h", "y": -0.15}, margin={"t": 60, "b": 40})
     return fig
 
@@ -347,16 +348,6 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
     header, rows = summary_table(first) if first else (["variant"], [])
     c["table"] = gr.Dataframe(rows, headers=header, interactive=False, wrap=True,
                               label="Accuracy % [95% CI] · invalid rate · cost (eval wall time)")
-    with gr.Row():
-        with gr.Column():
-            c["sig_bench"] = gr.Dropdown([("all items", ALL)] + [(task_label(b), b) for b in benches], value=ALL,
-                                         label="Paired test on")
-            c["sig"] = gr.Plot(significance_figure(first), show_label=False)
-        with gr.Column():
-            subs = [b for b in benches if has_breakdown(b)]
-            c["sub_bench"] = gr.Dropdown([(task_label(b), b) for b in subs], value=subs[0] if subs else None,
-                                         label="Per-subject breakdown")
-            c["subjects"] = gr.Plot(subject_figure(first, subs[0]) if subs else go.Figure(), show_label=False)
     with gr.Accordion("What each adaptation buys: knowledge or answer format?", open=True):
         c["views_md"] = gr.Markdown(views_markdown(first))
         with gr.Row():
@@ -369,6 +360,16 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
                                               value=benches[0] if benches else None, label="Predicted answers on")
                 c["dist"] = gr.Plot(distribution_figure(first, benches[0]) if benches else go.Figure(),
                                     show_label=False)
+    with gr.Row():
+        with gr.Column():
+            c["sig_bench"] = gr.Dropdown([("all items", ALL)] + [(task_label(b), b) for b in benches], value=ALL,
+                                         label="Paired test on")
+            c["sig"] = gr.Plot(significance_figure(first), show_label=False)
+        with gr.Column():
+            subs = [b for b in benches if has_breakdown(b)]
+            c["sub_bench"] = gr.Dropdown([(task_label(b), b) for b in subs], value=subs[0] if subs else None,
+                                         label="Per-subject breakdown")
+            c["subjects"] = gr.Plot(subject_figure(first, subs[0]) if subs else go.Figure(), show_label=False)
     with gr.Accordion("Per-question drill-down", open=False):
         with gr.Row():
             c["dd_bench"] = gr.Dropdown([(task_label(b), b) for b in benches], value=benches[0] if benches else None,
