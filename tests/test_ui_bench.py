@@ -159,22 +159,25 @@ def test_public_mode_locks_eval_launch_unless_admin_secret(tmp_path, monkeypatch
 
 
 def test_shipped_offline_results_render_with_all_four_variants():
-    """The committed real results (loglik and cot) are what the tab shows out of the box."""
+    """The committed real results are what the tab shows out of the box: four variants in every file, one file with
+    all four scoring views (the decomposition has something to show), and letter scoring at n=200 for all four."""
     from medadapt.config import REPO_ROOT
-    from medadapt.ui.bench import accuracy_figure, list_results, read_results
+    from medadapt.ui.bench import accuracy_figure, decomposition_figure, list_results, read_results
     from eval.report import summary_table
+    from eval.views import views_of
 
     files = list_results(REPO_ROOT / "results")
-    modes = set()
+    full_views, n200 = False, False
     for _label, path in files:
         res = read_results(path, REPO_ROOT / "results")
-        modes.add(res["mode"])
         header, rows = summary_table(res)
         assert {"Base", "RAG", "SFT", "MSFT"} <= {r[0].split(" ⚠")[0] for r in rows}, path
         assert all(summarize(res)[v][ALL]["n"] >= 200 for v in ("base", "rag", "sft", "msft")), path
         assert len(accuracy_figure(res).data) >= 4
-    assert modes == {"loglik", "cot"}
-
+        full_views |= views_of(res) == ["letter", "letter_cal", "text_norm", "cot"]
+        n200 |= all(summarize(res)[v][ALL]["n"] >= 800 for v in ("base", "rag", "sft", "msft"))
+    assert full_views and n200
+    assert len(decomposition_figure(read_results(files[0][1], REPO_ROOT / "results")).data) == 4  # opens on views
 
 def test_drilldown_escapes_every_value_from_a_results_file(results):
     """A crafted results file (option keys, answer, id, subject, snippets) cannot put markup into the page."""
