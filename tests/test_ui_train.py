@@ -203,10 +203,10 @@ def test_browser_start_shows_loss_chart(fake_app, tmp_path, monkeypatch):
         traces = page.locator("#ma-train-chart .scatterlayer .trace").count()
         second = browser.new_page(viewport={"width": 1200, "height": 900})  # another tab re-attaches to the job
         second.goto(fake_app.url)
-        second.locator("#ma-train-progress[data-status='running']").wait_for(timeout=20_000)
+        second.locator("#ma-train-progress[data-status='running']").wait_for(timeout=60_000)
         page.locator("#ma-train-stop").click()
-        page.locator("#ma-train-progress[data-status='stopped']").wait_for(timeout=20_000)
-        second.locator("#ma-train-progress[data-status='stopped']").wait_for(timeout=20_000)
+        page.locator("#ma-train-progress[data-status='stopped']").wait_for(timeout=60_000)
+        second.locator("#ma-train-progress[data-status='stopped']").wait_for(timeout=60_000)
         run = fake_app.jobs.active_run()
         page.locator(f"#ma-train-runs >> text={run.name} >> visible=true").first.click()
         page.locator("#ma-train-card").get_by_text("stopped").first.wait_for(timeout=20_000)
