@@ -24,6 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from medadapt.rundir import running_pids  # noqa: E402
 from medadapt.variants import VARIANTS  # noqa: E402
 
 QUESTION = "Which vitamin deficiency causes megaloblastic anemia with neurological symptoms?"
@@ -87,7 +88,7 @@ def main() -> int:
             app.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(app.pid, 9)
-        for job_pid in _job_pids(tmp / "runs"):  # a setup job still running after the timeout
+        for job_pid in running_pids(tmp / "runs"):  # a setup job still running after the timeout
             try:
                 os.killpg(job_pid, 9)
             except (ProcessLookupError, PermissionError):
@@ -101,20 +102,6 @@ def main() -> int:
     full = f"{max(ready.values()):.0f}" if len(ready) == 4 else "nan"
     print(f"RESULT rag_ready_s={rag} all_ready_s={full} columns={len(ready)}/4")
     return 0 if len(ready) == 4 else 1
-
-
-def _job_pids(runs: Path) -> list[int]:
-    import json
-
-    pids = []
-    for status in runs.glob("*/*/status.json"):
-        try:
-            data = json.loads(status.read_text())
-        except (OSError, ValueError):
-            continue
-        if data.get("status") == "running" and data.get("pid"):
-            pids.append(int(data["pid"]))
-    return pids
 
 
 if __name__ == "__main__":

@@ -254,6 +254,12 @@ class RunSnapshot:
         return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
 
 
+def running_pids(runs_dir: Path) -> list[int]:
+    """PIDs of the jobs whose ``status.json`` under ``<runs_dir>/<profile>/<run>/`` says running."""
+    status = (read_json(p) for p in Path(runs_dir).glob("*/*/status.json"))
+    return [int(s["pid"]) for s in status if s.get("status") == "running" and s.get("pid")]
+
+
 def tail(path: Path, lines: int = 40, max_bytes: int = 64_000) -> str:
     """The last ``lines`` lines of a text file ('' if missing)."""
     try:

@@ -18,6 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medadapt.rundir import running_pids
 from medadapt.variants import VARIANTS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -168,15 +169,7 @@ class SpaceApp:
 
 
 def running_job_pids(storage: Path) -> list[int]:
-    pids = []
-    for status in storage.glob("medadapt/runs/*/*/status.json"):
-        try:
-            data = json.loads(status.read_text())
-        except (OSError, ValueError):
-            continue
-        if data.get("status") == "running" and data.get("pid"):
-            pids.append(int(data["pid"]))
-    return pids
+    return running_pids(storage / "medadapt" / "runs")
 
 
 def rss_mb(pid: int) -> float:
