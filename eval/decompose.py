@@ -9,9 +9,9 @@ sentences. Pure: no I/O, no plotting.
 from __future__ import annotations
 
 from medadapt.variants import variant_label
-from eval.report import ALL, scored_rows, benchmarks_of, done_variants, summarize
+from eval.report import ALL, benchmarks_of, done_variants, scored_rows
 from eval.stats import paired_difference
-from eval.views import view_label, views_of
+from eval.views import prediction_counts, view_label, views_of
 
 ALPHA = 0.05
 PAIRS_AFTER_BASE = (("sft", "msft"),)  # extra comparisons: what MSFT's continual pretraining adds over SFT
@@ -62,10 +62,8 @@ def _significant(g: dict | None) -> bool:
 
 def _favourite_share(results: dict, variant: str, view: str) -> tuple[str, int, int] | None:
     """The answer ``variant`` gives most often in ``view``, and on how many of its items."""
-    counts: dict[str, int] = {}
-    for bench in benchmarks_of(results):
-        for k, c in summarize(results, view).get(variant, {}).get(bench, {}).get("predicted", {}).items():
-            counts[k] = counts.get(k, 0) + c
+    rows = [r for bench in benchmarks_of(results) for r in scored_rows(results, variant, bench, view)]
+    counts = prediction_counts(rows)
     if not counts:
         return None
     top = max(counts, key=counts.get)
