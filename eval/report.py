@@ -63,6 +63,15 @@ def summarize_views(results: dict) -> dict:
     return {view: summarize(results, view) for view in views_of(results)}
 
 
+def add_summaries(results: dict) -> dict:
+    """Write ``summary_by_view`` and ``summary`` (the first view's) into a results dict, each view summarized once."""
+    from eval.views import default_view
+
+    results["summary_by_view"] = summarize_views(results)
+    results["summary"] = results["summary_by_view"].get(default_view(results), {})
+    return results
+
+
 def baselines(results: dict) -> dict:
     """``{benchmark|average: {"chance", "majority", "majority_letter"}}`` on the evaluated items."""
     out, all_k, all_major = {}, [], 0

@@ -96,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from medadapt.config import load_config
     from medadapt.data.benchmarks import evaluated_items, select_ids
     from eval.evaluate import StopRequested, evaluate
-    from eval.report import summarize, summarize_views
+    from eval.report import add_summaries
     from eval.variants import resolve_variants
 
     overrides: dict = {"eval": {k: v for k, v in {
@@ -127,8 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     def save(results: dict) -> None:
         partial["results"] = results
         results["wall_s"] = round(time.time() - run.start, 2)
-        results["summary"] = summarize(results)
-        results["summary_by_view"] = summarize_views(results)
+        add_summaries(results)
         write_json_atomic(out, results)
 
     try:
@@ -238,7 +237,7 @@ def merge_results(files: list[dict]) -> dict:
     variant (same adapter and retrieval) finished in two files is extended with the items it lacked (same mode) or
     gets the other file's scoring views on the same items (a cot run merged into a loglik run).
     """
-    from eval.report import summarize, summarize_views
+    from eval.report import add_summaries
     from eval.views import views_of
 
     base = normalize_views(json.loads(json.dumps(files[0])))
@@ -266,8 +265,7 @@ def merge_results(files: list[dict]) -> dict:
             base.setdefault("retrieval", {}).setdefault("snippets", {}).setdefault(b, {}).update(per)
         base["views"] = views_of({"views": base["views"] + other["views"]})
     base["merged_from"] = [f.get("created") for f in files]
-    base["summary"] = summarize(base)
-    base["summary_by_view"] = summarize_views(base)
+    add_summaries(base)
     return base
 
 
