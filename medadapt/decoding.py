@@ -1,10 +1,15 @@
-"""The token loop behind the engine: per-row prefill into one preallocated KV cache, then batched decode steps.
+"""The token loops behind the engine: :func:`decode` runs one fixed batch; :class:`RowCache` and :func:`decode_step`
+serve continuous batching (:mod:`medadapt.batching`), where rows join and leave between steps.
 
-Rows are left-padded inside the cache: row ``b`` with an ``n_b``-token prompt occupies cache slots
+:func:`decode`: rows are left-padded inside the cache: row ``b`` with an ``n_b``-token prompt occupies cache slots
 ``[P - n_b, P)`` (``P`` = longest prompt), and decode step ``t`` writes slot ``P + t`` for every row. Prompts are
 prefilled in groups of equal length (no padding compute: a long RAG prompt does not make the short ones pay for its
 padding), each group writing its rows' slots directly. The cache returns views of the filled part, so there is no
 concatenation per step and attention only covers slots written so far; the 4D boolean mask hides the padding.
+
+:class:`RowCache`: rows are right-padded, live row ``i`` at batch index ``i``, each with its own length and position;
+a joining row is prefilled into slots ``[0, n)`` of its index, a leaving row's index is filled by compacting.
+
 The model is any HF causal LM whose attention calls ``cache.update(k, v, layer_idx)`` (Llama, Qwen2, Mistral, ...).
 """
 from __future__ import annotations
@@ -197,3 +202,111 @@ def decode(
         cache.start += 1
         position += 1
         yield emit(live, tokens[live] if len(live) < batch else tokens)
+
+
+class RowCache:
+    """KV cache for continuous batching: ``[rows, H, L, D]`` per layer, right-padded, grown on demand.
+
+    Prefill (:meth:`prefill_rows`): a group of new rows writes slots ``[0, n)`` at their indices and attends only to
+    its own prompt. Decode (:meth:`decode_positions`): every live row writes slot ``positions[i]`` and attends to
+    ``[0, span)``; the caller's mask hides each row's unwritten tail. Rows leave through :meth:`keep`."""
+
+    GROW = 256  # length capacity grows in these steps
+
+    def __init__(self) -> None:
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.row_cap = self.len_cap = 0
+        self.rows: torch.Tensor | None = None  # prefill: the indices being written
+        self.positions: torch.Tensor | None = None  # decode: each live row's next slot
+        self.span = 0  # decode: slots attended to
+
+    def reserve(self, rows: int, length: int) -> None:
+        """Make room for ``rows`` rows of ``length`` slots (existing entries kept)."""
+        rows = max(rows, self.row_cap)
+        length = max(length, self.len_cap)
+        if rows == self.row_cap and length == self.len_cap:
+            return
+        if rows > self.row_cap:
+            rows = max(rows, self.row_cap + self.row_cap // 2)
+        if length > self.len_cap:
+            length = -(-length // self.GROW) * self.GROW
+        for store in (self.keys, self.values):
+            for i, old in enumerate(store):
+                new = old.new_zeros(rows, old.shape[1], length, old.shape[3])
+                new[:old.shape[0], :, :old.shape[2]] = old
+                store[i] = new
+        self.row_cap, self.len_cap = rows, length
+
+    def keep(self, indices: list[int], length: int) -> None:
+        """Keep only rows ``indices`` (in that order) at ``0..k-1``; ``length`` slots of each are in use."""
+        if not indices:
+            self.clear()
+            return
+        if indices == list(range(len(indices))):
+            return
+        idx = torch.tensor(indices, device=self.keys[0].device) if self.keys else None
+        for store in (self.keys, self.values):
+            for t in store:
+                t[:len(indices), :, :length] = t[idx, :, :length]
+
+    def clear(self) -> None:
+        """Free the memory (no rows left)."""
+        self.keys, self.values = [], []
+        self.row_cap = self.len_cap = 0
+
+    def prefill_rows(self, rows: torch.Tensor) -> None:
+        self.rows, self.positions = rows, None
+
+    def decode_positions(self, positions: torch.Tensor, span: int) -> None:
+        self.rows, self.positions, self.span = None, positions, span
+
+    def _layer(self, idx: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        while len(self.keys) <= idx:
+            shape = (self.row_cap, like.shape[1], self.len_cap, like.shape[3])
+            self.keys.append(torch.zeros(shape, dtype=like.dtype, device=like.device))
+            self.values.append(torch.zeros(shape, dtype=like.dtype, device=like.device))
+        return self.keys[idx], self.values[idx]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        keys, values = self._layer(layer_idx, key_states)
+        if self.rows is not None:
+            n = key_states.shape[2]
+            keys[self.rows, :, :n] = key_states
+            values[self.rows, :, :n] = value_states
+            return key_states, value_states
+        b = key_states.shape[0]
+        batch = torch.arange(b, device=key_states.device)
+        keys[batch, :, self.positions] = key_states[:, :, 0]
+        values[batch, :, self.positions] = value_states[:, :, 0]
+        return keys[:b, :, :self.span], values[:b, :, :self.span]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.span
+
+
+def prefill(model, cache: RowCache, rows: list[int], ids: list[list[int]], route: dict) -> torch.Tensor:
+    """Run equal-length prompts ``ids`` into cache rows ``rows``; the last position's logits ``[g, V]``."""
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    n = len(ids[0])
+    cache.prefill_rows(torch.tensor(rows, device=device))
+    causal = additive_mask(torch.ones(n, n, dtype=torch.bool, device=device).tril()[None, None], dtype)
+    out = model(input_ids=torch.tensor(ids, dtype=torch.long, device=device), attention_mask=causal,
+                position_ids=torch.arange(n, device=device)[None], cache=cache, use_cache=True, logits_to_keep=1,
+                **route)
+    return out.logits[:, -1]
+
+
+def decode_step(model, cache: RowCache, last: list[int], positions: list[int], route: dict) -> torch.Tensor:
+    """Feed every live row's last token at its own position; the next-token logits ``[B, V]``."""
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    pos = torch.tensor(positions, device=device)
+    span = max(positions) + 1
+    cache.decode_positions(pos, span)
+    allowed = torch.arange(span, device=device)[None] <= pos[:, None]
+    out = model(input_ids=torch.tensor(last, dtype=torch.long, device=device)[:, None],
+                attention_mask=additive_mask(allowed, dtype)[:, None, None], position_ids=pos[:, None], cache=cache,
+                use_cache=True, logits_to_keep=1, **route)
+    return out.logits[:, -1]

@@ -1,25 +1,29 @@
-"""One base model plus named LoRA adapters; batched mixed-adapter streaming generation. No prompts, no UI.
+"""One base model plus named LoRA adapters; mixed-adapter streaming generation with continuous batching.
 
-All rows of a :meth:`Engine.stream` call (e.g. base, RAG = base with another prompt, SFT, MSFT) decode together in
-one batch, each row with its own adapter (``BASE`` for none). Two backends give the same greedy tokens:
+Every row (e.g. base, RAG = base with another prompt, SFT, MSFT) decodes with its own adapter (``BASE`` for none).
+With ``batching`` on (the default), every caller's rows join one running batch (:mod:`medadapt.batching`) and leave
+it as they finish, so concurrent users share decode steps; off, calls run one at a time, each as one fixed batch
+(:func:`medadapt.decoding.decode`; the serial baseline of ``bench/serve_load.py``). Two adapter backends give the
+same greedy tokens:
 
 - ``gathered`` (default): adapters live in :mod:`medadapt.multilora` layers (two matmuls per layer for any mix).
 - ``peft``: the reference, a ``PeftModel`` with named adapters and ``adapter_names=[...]`` per forward.
 
-Both run the token loop of :mod:`medadapt.decoding`.
+Implements :class:`medadapt.engine_api.TextEngine`; the chat template is :func:`medadapt.prompts.render_chat`.
 """
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medadapt.adapters import AdapterLoadError, resolve_adapter
-from medadapt.prompts import defuse_messages
+from medadapt.engine_api import BASE, GenSettings, PromptTooLongError, Request, RowState, UnknownAdapterError
+from medadapt.prompts import render_chat, special_token_strings
 
 if TYPE_CHECKING:
     from medadapt.config import AppConfig
@@ -27,38 +31,12 @@ if TYPE_CHECKING:
 __all__ = ["BASE", "Engine", "GenSettings", "PromptTooLongError", "RowState", "UnknownAdapterError"]
 
 log = logging.getLogger(__name__)
-BASE = "__base__"
 BACKENDS = ("gathered", "peft")
 
 
-class PromptTooLongError(ValueError):
-    """A prompt leaves no room for an answer within the model's context."""
-
-
-class UnknownAdapterError(KeyError):
-    """A request names an adapter that is not loaded."""
-
-
-@dataclass
-class GenSettings:
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    seed: int = 0
-    repetition_penalty: float = 1.0  # 1: off
-
-
-@dataclass
-class RowState:
-    """One row's progress, snapshotted after every decode step."""
-
-    adapter: str
-    text: str  # the generated part decoded so far (special tokens skipped)
-    n_tokens: int  # generated tokens, the final EOS not counted
-    first_token_s: float | None  # seconds from the call to this row's first token
-    elapsed_s: float
-    finished: bool
-    finish_reason: str | None  # "eos" | "length"
+def batching_enabled() -> bool:
+    """Continuous batching, unless ``MEDADAPT_BATCHING`` is 0/false/no/off (the serial baseline)."""
+    return os.environ.get("MEDADAPT_BATCHING", "on").strip().lower() not in ("0", "false", "no", "off")
 
 
 class Engine:
@@ -66,7 +44,8 @@ class Engine:
 
     def __init__(self, model_path: str, dtype: str = "float32", reasoning_template: bool = False,
                  device: str | None = None, trust_remote_code: bool = False, max_context: int = 2048,
-                 backend: str = "gathered", num_threads: int | None = None, fast_attention: bool = True) -> None:
+                 backend: str = "gathered", num_threads: int | None = None, fast_attention: bool = True,
+                 batching: bool = True, max_batch_rows: int = 64) -> None:
         import torch
 
         from medadapt.models import load_model, load_tokenizer
@@ -89,13 +68,20 @@ class Engine:
         self.adapters: dict[str, Path] = {}
         self.adapter_errors: dict[str, str] = {}  # from_config: adapters that exist but failed to load
         self.eos_ids = self._eos_ids()
-        self._lock = threading.Lock()
+        self._model_lock = threading.Lock()  # held by each decode step and by adapter changes
+        self._serial = None if batching else threading.Lock()  # batching off: one generation at a time
         self._multilora = None
         if backend == "gathered":
             from medadapt.multilora import MultiLora
 
             self._multilora = MultiLora(self.model)
             self._multilora.wrap_all_linear()
+        self._batcher = None
+        if batching:
+            from medadapt.batching import Batcher
+
+            self._batcher = Batcher(self.model, lambda: self.eos_ids, self._route_names, self._model_lock,
+                                    max_batch_rows)
 
     @classmethod
     def from_config(cls, cfg: AppConfig, **kwargs) -> Engine:
@@ -104,6 +90,7 @@ class Engine:
 
         m = cfg.model
         kwargs.setdefault("num_threads", getattr(m, "num_threads", 0) or None)
+        kwargs.setdefault("batching", batching_enabled())
         engine = cls(base_model_path(cfg), m.dtype, m.reasoning_template, trust_remote_code=m.trust_remote_code,
                      max_context=m.max_context, **kwargs)
         for kind in ("sft", "msft"):
@@ -136,20 +123,20 @@ class Engine:
         path = Path(path)
         if not path.is_dir():
             raise AdapterLoadError(f"adapter {name!r}: {path} is not a folder")
-        with self._lock:
-            if self._multilora is not None:
-                from medadapt.multilora import read_adapter
+        from medadapt.multilora import read_adapter
 
-                self._multilora.add(read_adapter(name, path))
+        weights = read_adapter(name, path)  # read from disk before taking the model from the decode loop
+        with self._model_lock:
+            if self._multilora is not None:
+                self._multilora.add(weights)
             else:
                 self._load_peft(name, path)
+                if self._batcher is not None:
+                    self._batcher.model = self.model
             self.adapters[name] = path
             self.adapter_errors.pop(name, None)
 
     def _load_peft(self, name: str, path: Path) -> None:
-        from medadapt.multilora import read_adapter
-
-        read_adapter(name, path)  # same validation and messages as the gathered backend
         try:
             from peft import PeftModel
 
@@ -165,7 +152,7 @@ class Engine:
 
     def unload_adapter(self, name: str) -> None:
         """Forget adapter ``name`` (no-op when not loaded); every loaded adapter costs a little per decode step."""
-        with self._lock:
+        with self._model_lock:
             if name not in self.adapters:
                 return
             if self._multilora is not None:
@@ -181,18 +168,12 @@ class Engine:
 
     def render(self, messages: list[dict]) -> str:
         """The chat template applied with the generation prompt (R1 models: ending inside ``<think>``)."""
-        messages = defuse_messages(messages, self.special_tokens)  # content never becomes a special token
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        if self.reasoning_template and not text.rstrip().endswith("<think>"):
-            text += "<think>\n"
-        return text
+        return render_chat(self.tokenizer, messages, self.reasoning_template, self.special_tokens)
 
     @property
     def special_tokens(self) -> list[str]:
-        """Every special-token string of the tokenizer (its named ones and the added tokens marked special)."""
         if getattr(self, "_special_tokens", None) is None:
-            added = [t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special]
-            self._special_tokens = sorted(set(self.tokenizer.all_special_tokens) | set(added))
+            self._special_tokens = special_token_strings(self.tokenizer)
         return self._special_tokens
 
     def prompt_opens_think(self) -> bool:
@@ -202,16 +183,18 @@ class Engine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def prompt_tokens(self, messages: list[dict]) -> int:
+        return len(self._prompt_ids(messages))
+
     def _prompt_ids(self, messages: list[dict]) -> list[int]:
         return self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
 
     # ------------------------------------------------------------------ generation
 
-    def stream(self, requests: list[tuple[list[dict], str]], settings: GenSettings) -> Iterator[list[RowState]]:
-        """Generate all ``(messages, adapter)`` rows in one batch; yield every row's state after each step."""
-        from medadapt.decoding import SamplingSettings, decode
+    def start(self, requests: list[Request], settings: GenSettings) -> LocalGeneration:
+        """Validate and queue all ``(messages, adapter)`` rows; iterate the result for every row's state per step."""
+        from medadapt.decoding import SamplingSettings
 
-        start = time.perf_counter()
         names = [adapter for _, adapter in requests]
         for name in names:
             if not self.has_adapter(name):
@@ -225,47 +208,91 @@ class Engine:
                     f"the prompt has {len(ids)} tokens; the model's context is {self.max_context} tokens"
                 )
             max_new.append(min(settings.max_new_tokens, room))
-        tokens: list[list[int]] = [[] for _ in requests]
-        states = [RowState(n, "", 0, None, 0.0, False, None) for n in names]
         sampling = SamplingSettings(settings.temperature, settings.top_p, settings.seed, settings.repetition_penalty)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
-        with self._lock:
-            for event in decode(self.model, prompts, max_new, sampling, self.eos_ids, pad, self._route(names)):
-                now = time.perf_counter() - start
-                for row, tok, reason in event:
-                    st = states[row]
-                    if tok not in self.eos_ids:
-                        tokens[row].append(tok)
-                        st.text = self.tokenizer.decode(tokens[row], skip_special_tokens=True)
-                    st.n_tokens = len(tokens[row])
-                    st.first_token_s = now if st.first_token_s is None else st.first_token_s
-                    st.finished, st.finish_reason = reason is not None, reason
-                    st.elapsed_s = now
-                for st in states:
-                    if not st.finished:
-                        st.elapsed_s = now
-                yield [RowState(**vars(st)) for st in states]
+        return LocalGeneration(self, prompts, max_new, names, sampling)
 
-    def _route(self, names: list[str]):
+    def stream(self, requests: list[Request], settings: GenSettings) -> Iterator[list[RowState]]:
+        """Generate all ``(messages, adapter)`` rows; yield every row's state after each step."""
+        generation = self.start(requests, settings)
+        try:
+            yield from generation
+        finally:
+            generation.close()
+
+    def _route_names(self, names: list[str]) -> dict:
+        """Forward kwargs that give batch row ``i`` adapter ``names[i]``."""
         if self._multilora is not None:
-            router = self._multilora.router
-
-            def route(rows: list[int]) -> dict:
-                router.set_rows([names[r] for r in rows])
-                return {}
-        elif self.adapters:
-            def route(rows: list[int]) -> dict:
-                return {"adapter_names": [names[r] for r in rows]}
-        else:
-            def route(rows: list[int]) -> dict:
-                return {}
-        return route
+            self._multilora.router.set_rows(names)
+            return {}
+        return {"adapter_names": names} if self.adapters else {}
 
     def generate_batch(self, messages_list: list[list[dict]], adapters: list[str], settings: GenSettings) -> list[str]:
-        """Final texts of one batched generation (see :meth:`stream`)."""
+        """Final texts of one generation (see :meth:`stream`)."""
         if len(messages_list) != len(adapters):
             raise ValueError("messages_list and adapters must have the same length")
         final: list[RowState] = []
         for final in self.stream(list(zip(messages_list, adapters)), settings):
             pass
         return [st.text for st in final]
+
+
+class LocalGeneration:
+    """One :meth:`Engine.start` call: its rows in the shared batch (or, batching off, one fixed batch of its own)."""
+
+    def __init__(self, engine: Engine, prompts: list[list[int]], max_new: list[int], names: list[str],
+                 sampling) -> None:
+        from medadapt.batching import Job
+
+        self.engine, self.names = engine, names
+        self.job = Job(prompts, max_new, names, sampling)
+        self.start = time.perf_counter()
+        self.closed = False
+        if engine._batcher is not None:
+            engine._batcher.submit(self.job)
+
+    def close(self) -> None:
+        """Stop this generation's rows (the batch goes on for everyone else)."""
+        self.closed = True
+        if self.engine._batcher is not None:
+            self.engine._batcher.cancel(self.job)
+
+    def _events(self) -> Iterator[list[tuple[int, int, str | None]]]:
+        engine, job = self.engine, self.job
+        if engine._batcher is None:  # the serial path: one call at a time, one fixed batch
+            from medadapt.decoding import decode
+
+            pad = engine.tokenizer.pad_token_id
+            pad = pad if pad is not None else min(engine.eos_ids, default=0)
+            with engine._serial, engine._model_lock:
+                route = lambda rows: engine._route_names([self.names[r] for r in rows])  # noqa: E731
+                yield from decode(engine.model, job.prompts, job.max_new, job.sampling, engine.eos_ids, pad, route)
+            return
+        left = sum(1 for m in job.max_new if m > 0)
+        while left:
+            event = job.events.get()
+            if isinstance(event, BaseException):
+                raise event
+            left -= sum(1 for _, _, reason in event if reason is not None)
+            yield event
+
+    def __iter__(self) -> Iterator[list[RowState]]:
+        engine = self.engine
+        tokens: list[list[int]] = [[] for _ in self.names]
+        states = [RowState(n, "", 0, None, 0.0, False, None) for n in self.names]
+        for event in self._events():
+            if self.closed:
+                return
+            now = time.perf_counter() - self.start
+            for row, tok, reason in event:
+                st = states[row]
+                if tok not in engine.eos_ids:
+                    tokens[row].append(tok)
+                    st.text = engine.tokenizer.decode(tokens[row], skip_special_tokens=True)
+                st.n_tokens = len(tokens[row])
+                st.first_token_s = now if st.first_token_s is None else st.first_token_s
+                st.finished, st.finish_reason = reason is not None, reason
+                st.elapsed_s = now
+            for st in states:
+                if not st.finished:
+                    st.elapsed_s = now
+            yield [RowState(**vars(st)) for st in states]

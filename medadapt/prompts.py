@@ -96,3 +96,21 @@ def defuse_messages(messages: Sequence[dict[str, str]], specials: Sequence[str])
     """Every message's content defused (see :func:`defuse_special_tokens`); roles are ours, never user input."""
     return [{**m, "content": defuse_special_tokens(m.get("content", ""), specials)} for m in messages]
 
+
+
+def special_token_strings(tokenizer) -> list[str]:
+    """Every special-token string of a HF tokenizer (its named ones and the added tokens marked special)."""
+    added = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
+    return sorted(set(tokenizer.all_special_tokens) | set(added))
+
+
+def render_chat(tokenizer, messages: Sequence[dict[str, str]], reasoning_template: bool = False,
+                specials: Sequence[str] | None = None) -> str:
+    """``messages`` through the tokenizer's chat template with the generation prompt, their content defused (no
+    special tokens from text); ``reasoning_template`` (R1 models) makes the prompt end inside ``<think>``."""
+    specials = special_token_strings(tokenizer) if specials is None else specials
+    text = tokenizer.apply_chat_template(defuse_messages(messages, specials), tokenize=False,
+                                         add_generation_prompt=True)
+    if reasoning_template and not text.rstrip().endswith("<think>"):
+        text += "<think>\n"
+    return text
