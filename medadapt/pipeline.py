@@ -1,8 +1,11 @@
 """The one place that wires question → retriever → prompt → engine → parser into four ``Answer`` records.
 
-``Pipeline.compare`` validates the question, retrieves once (question only), builds each variant's messages, runs
-every available variant in ONE batched engine call and yields a ``CompareResult`` snapshot as tokens arrive.
-Variants that cannot run (adapter not trained, index not built) get a clear message; the others still answer.
+``Pipeline.compare`` validates the question, retrieves once (question only), builds each variant's messages, starts
+every available variant in ONE engine call (:class:`medadapt.engine_api.TextEngine`) and yields a ``CompareResult``
+snapshot as tokens arrive. Concurrent calls run side by side: the in-process engine batches their rows together, a
+remote engine sends their requests in parallel; only adapter loading is serialized (and an adapter another call is
+using is never unloaded). Variants that cannot run (adapter not trained, index not built) or that fail (a remote
+server down, slow or broken mid-stream) get a clear message in their column; the others still answer.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import hashlib
 import threading
 import time
 import unicodedata
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -112,7 +116,8 @@ class Pipeline:
         self._engine_factory, self._retriever_factory = engine_factory, retriever_factory
         self._engine = None
         self._retriever = None
-        self._lock = threading.Lock()  # one generation at a time on the shared model
+        self._adapter_lock = threading.Lock()  # adapter loads/unloads and the start that pins them
+        self._in_use: Counter[str] = Counter()  # adapter name -> running generations using it
         # what a column the first-run setup is still preparing says (medadapt.setup_chain.SetupChain.message_for)
         self.preparing: Callable[[str], str | None] = lambda variant: None
 
@@ -172,7 +177,7 @@ class Pipeline:
         top_k: int | None = None,
     ) -> Iterator[CompareResult]:
         """Yield snapshots of all four answers; raises InputError for an unusable question before any work."""
-        from medadapt.engine import GenSettings
+        from medadapt.engine_api import GenSettings
 
         text = clean_question(question)
         engine = self.engine
@@ -191,30 +196,38 @@ class Pipeline:
             elif r_err:
                 answers[v].message = "No retrieval (index not built)."
 
-        with self._lock:  # one generation (and adapter swap) at a time on the shared model
-            self._sync_adapters(engine, answers)
+        with self._adapter_lock:  # load what this call needs; never unload what a running call uses
+            self._sync_adapters(engine, answers, self._in_use)
             requests, order = self._requests(engine, text, answers, settings["max_new_tokens"], result)
-            yield result
-            if not requests:
-                result.done = True
-                yield result
-                return
             gen = GenSettings(settings["max_new_tokens"], settings["temperature"], settings["top_p"],
                               self.cfg.generation.seed,
                               settings.get("repetition_penalty", self.cfg.generation.repetition_penalty))
-            opened = engine.prompt_opens_think()
-            for rows in engine.stream(requests, gen):
-                for v, row in zip(order, rows):
-                    self._update(answers[v], row, opened)
-                yield result
+            generation = engine.start(requests, gen) if requests else None
+            pinned = [a for _, a in requests]
+            self._in_use.update(pinned)
+        try:
+            yield result
+            if generation is not None:
+                opened = engine.prompt_opens_think()
+                for rows in generation:
+                    for v, row in zip(order, rows):
+                        self._update(answers[v], row, opened)
+                    yield result
+        finally:
+            if generation is not None:
+                generation.close()  # a stopped request stops only its own rows
+            with self._adapter_lock:
+                self._in_use.subtract(pinned)
         for v in order:
-            answers[v].status = "done"
+            if answers[v].status != "error":
+                answers[v].status = "done"
         result.done = True
         yield result
 
     @staticmethod
-    def _sync_adapters(engine: Any, answers: dict[str, Answer]) -> None:
-        """Load the adapters these answers need (reusing a loaded copy of the same folder), unload the others."""
+    def _sync_adapters(engine: Any, answers: dict[str, Answer], in_use: Counter | None = None) -> None:
+        """Load the adapters these answers need (reusing a loaded copy of the same folder), unload the others that no
+        running generation uses."""
         from medadapt.adapters import AdapterLoadError
 
         loaded = {Path(p).resolve(): name for name, p in engine.adapters.items()}
@@ -233,19 +246,20 @@ class Pipeline:
             ans.engine_adapter = name
             wanted.add(name)
         for name in set(engine.adapters) - wanted:  # each loaded adapter costs a little on every decode step
-            engine.unload_adapter(name)
+            if not (in_use or {}).get(name, 0) > 0:
+                engine.unload_adapter(name)
 
     @staticmethod
     def _requests(engine: Any, text: str, answers: dict[str, Answer], max_new: int,
                   result: CompareResult) -> tuple[list[tuple[list[dict], str]], list[str]]:
         """Messages and adapter name per runnable variant, the question cut to fit the context window."""
-        from medadapt.engine import BASE
+        from medadapt.engine_api import BASE
 
         requests, order = [], []
         for v, ans in answers.items():
             if ans.status in ("unavailable", "error"):
                 continue
-            overhead = engine.count_tokens(engine.render(build_messages("", snippets=ans.snippets)))
+            overhead = engine.prompt_tokens(build_messages("", snippets=ans.snippets))
             q, cut = truncate_question(text, engine.count_tokens, engine.max_context - max_new - overhead)
             if cut and TRUNCATED_NOTICE not in result.notices:
                 result.notices.append(TRUNCATED_NOTICE)
@@ -266,5 +280,7 @@ class Pipeline:
         ans.hit_limit = row.finished and row.finish_reason == "length"
         if ans.snippets:
             ans.cited = cited_numbers(parsed.answer or row.text, len(ans.snippets))
-        if row.finished:
+        if row.finish_reason == "error":
+            ans.status, ans.message = "error", row.error
+        elif row.finished:
             ans.status = "done"

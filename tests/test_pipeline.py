@@ -29,6 +29,9 @@ class ScriptedEngine:
     def render(self, messages):
         return "\n".join(m["content"] for m in messages)
 
+    def prompt_tokens(self, messages):
+        return self.count_tokens(self.render(messages))
+
     def prompt_opens_think(self):
         return False
 
@@ -43,12 +46,26 @@ class ScriptedEngine:
     def unload_adapter(self, name):
         del self.adapters[name]
 
-    def stream(self, requests, settings):
+    def start(self, requests, settings):
         self.requests = requests
+        return ScriptedGeneration(self._rows(requests))
+
+    def _rows(self, requests):
         words = ["<think>why</think>", "Aspirin", "[1]."]
         for step in range(1, len(words) + 1):
             yield [RowState(a, " ".join(words[:step]), step, 0.01, 0.02 * step, step == len(words),
                             "eos" if step == len(words) else None) for _, a in requests]
+
+
+class ScriptedGeneration:
+    def __init__(self, rows):
+        self.rows, self.closed = rows, False
+
+    def __iter__(self):
+        return self.rows
+
+    def close(self):
+        self.closed = True
 
 
 class ScriptedRetriever:
@@ -131,7 +148,7 @@ def test_long_question_truncated_with_notice(cfg):
     final = list(pipe.compare("word " * 5000, SETTINGS, {}))[-1]
     assert any("truncated" in n for n in final.notices)
     for msgs, _ in engine.requests:
-        assert engine.count_tokens(engine.render(msgs)) <= engine.max_context - SETTINGS["max_new_tokens"]
+        assert engine.prompt_tokens(msgs) <= engine.max_context - SETTINGS["max_new_tokens"]
 
 
 @pytest.mark.parametrize("bad", ["", "   \n\t ", "\x00\x01\x02", "\ud800\udfff", None, 42])
