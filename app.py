@@ -2,7 +2,10 @@
 
 Run: ``python app.py`` (profile ``auto``: offline when the Hub is unreachable). Options: ``--profile``, ``--host``,
 ``--port``, ``--share``. Env: ``MEDADAPT_PROFILE``, ``MEDADAPT_DATA_DIR``, ``MEDADAPT_PUBLIC``, ``MEDADAPT_ADMIN_PASSWORD``,
-``MEDADAPT_SETUP=off`` (no automatic first-run setup of the index and adapters). On a Hugging Face Space
+``MEDADAPT_SETUP=off`` (no automatic first-run setup of the index and adapters), ``MEDADAPT_ENGINE=openai`` with
+``MEDADAPT_OPENAI_BASE_URL`` / ``MEDADAPT_OPENAI_API_KEY`` (generate on an OpenAI-compatible server such as vLLM,
+:mod:`medadapt.remote`), ``MEDADAPT_BATCHING=off`` (the in-process engine answers one question at a time),
+``MEDADAPT_CONCURRENT_ASKS`` (questions generating at once, default 16). On a Hugging Face Space
 (``SPACE_ID``) the hardware picks the profile and persistent storage (``/data``) keeps runs, index and results
 (:mod:`medadapt.space`).
 """
@@ -11,6 +14,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+
+QUEUE_CONCURRENCY = 4  # the light events (votes, exports, refreshes); Compare sets its own (engine_api.concurrent_generations)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -43,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_preload:
         state.pipeline.engine  # load the base model (and adapters) before the first user arrives
     demo = build_demo(state)
-    demo.queue(default_concurrency_limit=1, max_size=64)
+    demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY, max_size=64)  # Compare questions: their own, higher limit
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options(cfg, demo))
 
 

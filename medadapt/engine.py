@@ -14,7 +14,6 @@ Implements :class:`medadapt.engine_api.TextEngine`; the chat template is :func:`
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medadapt.adapters import AdapterLoadError, resolve_adapter
-from medadapt.engine_api import BASE, GenSettings, PromptTooLongError, Request, RowState, UnknownAdapterError
+from medadapt.engine_api import (BASE, GenSettings, PromptTooLongError, Request, RowState, UnknownAdapterError,
+                                 batching_enabled)
 from medadapt.prompts import render_chat, special_token_strings
 
 if TYPE_CHECKING:
@@ -32,11 +32,6 @@ __all__ = ["BASE", "Engine", "GenSettings", "PromptTooLongError", "RowState", "U
 
 log = logging.getLogger(__name__)
 BACKENDS = ("gathered", "peft")
-
-
-def batching_enabled() -> bool:
-    """Continuous batching, unless ``MEDADAPT_BATCHING`` is 0/false/no/off (the serial baseline)."""
-    return os.environ.get("MEDADAPT_BATCHING", "on").strip().lower() not in ("0", "false", "no", "off")
 
 
 class Engine:

@@ -88,6 +88,20 @@ class TextEngine(Protocol):
         ...
 
 
+def batching_enabled() -> bool:
+    """Continuous batching in the in-process engine, unless ``MEDADAPT_BATCHING`` is 0/false/no/off (then one
+    generation at a time: the serial baseline of ``bench/serve_load.py``)."""
+    return os.environ.get("MEDADAPT_BATCHING", "on").strip().lower() not in ("0", "false", "no", "off")
+
+
+def concurrent_generations() -> int:
+    """How many questions may generate at once: 1 on the serial path, else ``MEDADAPT_CONCURRENT_ASKS`` (default
+    16; the in-process batch then holds up to 64 rows)."""
+    if engine_kind() == "local" and not batching_enabled():
+        return 1
+    return max(1, int(os.environ.get("MEDADAPT_CONCURRENT_ASKS", "16")))
+
+
 def engine_kind() -> str:
     kind = os.environ.get(ENGINE_ENV, "local").strip().lower() or "local"
     if kind not in ENGINES:

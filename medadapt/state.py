@@ -13,9 +13,9 @@ NO_ADAPTER = "none"  # the Compare dropdown's "(none)" choice; "" is "the newest
 
 def _engine_factory(cfg: AppConfig):
     def make():
-        from medadapt.engine import Engine
+        from medadapt.engine_api import make_engine
 
-        return Engine.from_config(cfg)
+        return make_engine(cfg)  # in-process (continuous batching) or a remote server (MEDADAPT_ENGINE=openai)
 
     return make
 

@@ -19,7 +19,7 @@ from medadapt.config import load_config
 from medadapt.pipeline import DISCLAIMER
 from medadapt.ui import guard
 from medadapt.ui.guard import SESSIONS_PER_WINDOW, WHAT
-from medadapt.ui.inflight import Limits
+from medadapt.ui.inflight import GENERATE, Limits
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "app_data"
 LIMIT_KINDS = ["address", "session", "gen-address", "gen-session"]
@@ -75,11 +75,16 @@ def wait_until(condition, timeout: float = 60) -> None:
         time.sleep(0.02)
 
 
+def gate(app):
+    """Held, it stops every generation between decode steps (the engine's model lock; questions stay running)."""
+    return app["state"].pipeline.engine._model_lock
+
+
 @pytest.fixture
 def app(public_app):
     """The public app with default limits; afterwards the lock is free and every event has finished."""
     yield public_app
-    lock = public_app["state"].pipeline._lock
+    lock = gate(public_app)
     if lock.locked():
         lock.release()
     wait_until(lambda: not public_app["demo"]._queue.event_ids_to_events)
@@ -88,7 +93,7 @@ def app(public_app):
 
 
 def test_a_flooding_client_is_refused_while_another_is_answered(app):
-    lock = app["state"].pipeline._lock
+    lock = gate(app)
     lock.acquire()  # the first question holds the generation slot until released
     flooder = QueueClient(app["url"], "127.0.0.2")
     replies = [flooder.join(app["compare"], QUESTION, session=f"flood{i}")[0] for i in range(12)]
@@ -111,7 +116,7 @@ def test_a_flooding_client_is_refused_while_another_is_answered(app):
 
 def test_a_client_refused_again_and_again_is_refused_before_its_body_is_read(app, monkeypatch):
     monkeypatch.setattr(guard, "TARPIT_S", 0.5)
-    lock = app["state"].pipeline._lock
+    lock = gate(app)
     lock.acquire()
     flooder = QueueClient(app["url"], "127.0.0.9")
     assert flooder.join(app["compare"], QUESTION)[0].status == 200
@@ -134,7 +139,7 @@ def test_each_in_flight_limit_counts_queued_and_running_events(app, kind):
              "gen-session": "generations_per_session"}[kind]
     app["inflight"].limits = Limits(**{k: 50 for k in ("per_session", "per_address", "generations_per_session",
                                                        "generations_per_address")} | {small: 2})
-    lock = app["state"].pipeline._lock
+    lock = gate(app)
     lock.acquire()
     client = QueueClient(app["url"], f"127.0.1.{LIMIT_KINDS.index(kind) + 1}")  # a fresh address: fresh session ration
     sessions = [client.session] * 4 if kind.endswith("session") else [f"s{kind}{i}" for i in range(4)]
@@ -150,7 +155,9 @@ def test_each_in_flight_limit_counts_queued_and_running_events(app, kind):
 
 def test_full_queue_says_when_to_retry(app, monkeypatch):
     app["demo"]._queue.max_size = 2
-    lock = app["state"].pipeline._lock
+    line = app["demo"]._queue.event_queue_per_concurrency_id[GENERATE]
+    monkeypatch.setattr(line, "concurrency_limit", 1)  # one question generating, so the others wait in line
+    lock = gate(app)
     lock.acquire()
     for i in (11, 12, 13):  # one running, two waiting: the queue is full
         assert QueueClient(app["url"], f"127.0.0.{i}").join(app["compare"], QUESTION)[0].status == 200

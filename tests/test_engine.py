@@ -214,3 +214,105 @@ def test_prompt_rendering_and_limits(engine, model_dir):
     (state,) = list(r1.stream([(Q, BASE)], GenSettings(max_new_tokens=500)))[-1]
     assert state.n_tokens <= 60 - r1.count_tokens(r1.render(Q))
     assert state.finish_reason == "length" or state.finish_reason == "eos"
+
+
+# ---------------------------------------------------------------- continuous batching
+
+
+def consume(generation, until: int | None = None) -> list:
+    """Iterate a generation (at most ``until`` snapshots); the last snapshot."""
+    last = []
+    for i, last in enumerate(generation, 1):
+        if until is not None and i >= until:
+            break
+    return last
+
+
+def steps_of(engine: Engine, requests: list, settings: GenSettings) -> tuple[list[str], int]:
+    before = engine._batcher.steps
+    texts = [s.text for s in consume(engine.start(requests, settings))]
+    return texts, engine._batcher.steps - before
+
+
+def test_concurrent_requests_share_one_batch_and_equal_single_runs(engine):
+    """Three users' requests, the later two joining while the first is decoding: each gets exactly the tokens it
+    gets alone (greedy), and together they take fewer decode steps than one after another."""
+    import threading
+
+    jobs = [MIXED, [(RAG, "a2"), (Q, "a1")], [(Q, BASE), (RAG, "a1"), (Q, "a2")]]
+    alone = [steps_of(engine, reqs, GREEDY) for reqs in jobs]
+    before = engine._batcher.steps
+    first = engine.start(jobs[0], GREEDY)
+    it = iter(first)
+    next(it), next(it)  # the first user is decoding now
+    results: dict[int, list[str]] = {}
+
+    def user(k: int) -> None:
+        results[k] = [s.text for s in consume(engine.start(jobs[k], GREEDY))]
+
+    threads = [threading.Thread(target=user, args=(k,)) for k in (1, 2)]
+    for t in threads:
+        t.start()
+    last = []
+    for last in it:
+        pass
+    for t in threads:
+        t.join()
+    results[0] = [s.text for s in last]
+    together = engine._batcher.steps - before
+    assert [results[k] for k in range(3)] == [texts for texts, _ in alone]
+    assert together < sum(steps for _, steps in alone) - 5, (together, [s for _, s in alone])
+    assert not engine._batcher.live  # every row left the batch
+
+
+def test_stopping_one_request_stops_only_its_rows(engine):
+    long = GenSettings(max_new_tokens=30)
+    engine.eos_ids, eos = set(), engine.eos_ids  # no early EOS: every row runs its 30 tokens
+    try:
+        want = [s.text for s in consume(engine.start(MIXED, long))]
+        stopped = engine.start(MIXED, long)
+        other = engine.start(MIXED, long)
+        consume(stopped, until=3)
+        stopped.close()
+        steps_at_stop = engine._batcher.steps
+        got = [s.text for s in consume(other)]
+        events_after = stopped.job.events.qsize()
+    finally:
+        engine.eos_ids = eos
+    assert got == want
+    assert engine._batcher.steps - steps_at_stop >= 20  # the other request decoded on ...
+    assert events_after <= 3  # ... while the stopped one got at most the steps already under way
+
+
+def test_eos_rows_leave_and_others_keep_their_tokens(engine):
+    """A row that ends early (EOS) leaves the batch; the rows still decoding are unaffected."""
+    short, long = GenSettings(max_new_tokens=2), GenSettings(max_new_tokens=14)
+    want = [s.text for s in consume(engine.start(MIXED, long))]
+    a, b = engine.start(MIXED, long), engine.start([(Q, "a1")], short)
+    assert [s.text for s in consume(a)] == want
+    assert len(consume(b)[0].text) > 0
+
+
+def test_serial_path_gives_the_same_tokens(model_dir, adapters, engine):
+    serial = make_engine(model_dir, adapters, "gathered")
+    serial._batcher = None
+    serial._serial = __import__("threading").Lock()
+    args = ([m for m, _ in MIXED], [a for _, a in MIXED], GREEDY)
+    assert serial.generate_batch(*args) == engine.generate_batch(*args)
+
+
+def test_loading_an_adapter_while_others_decode(model_dir, adapters):
+    engine = make_engine(model_dir, {"a1": adapters["a1"]}, "gathered")
+    long = GenSettings(max_new_tokens=20)
+    want = engine.generate_batch([Q, RAG], ["a1", BASE], long)
+    running = engine.start([(Q, "a1"), (RAG, BASE)], long)
+    it = iter(running)
+    next(it)
+    engine.load_adapter("a2", adapters["a2"])  # waits for the current step, never breaks the running rows
+    late = engine.generate_batch([Q], ["a2"], GREEDY)
+    last = []
+    for last in it:
+        pass
+    assert [s.text for s in last] == want
+    fresh = make_engine(model_dir, {"a2": adapters["a2"]}, "gathered")
+    assert late == fresh.generate_batch([Q], ["a2"], GREEDY)

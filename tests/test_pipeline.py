@@ -22,6 +22,7 @@ class ScriptedEngine:
     def __init__(self):
         self.adapters: dict[str, Path] = {}
         self.requests = None
+        self.failing: dict[str, str] = {}  # adapter -> the error its rows end with after one word
 
     def count_tokens(self, text):
         return len(text.split())
@@ -53,7 +54,9 @@ class ScriptedEngine:
     def _rows(self, requests):
         words = ["<think>why</think>", "Aspirin", "[1]."]
         for step in range(1, len(words) + 1):
-            yield [RowState(a, " ".join(words[:step]), step, 0.01, 0.02 * step, step == len(words),
+            yield [RowState(a, " ".join(words[:step]), step, 0.01, 0.02 * step, True, "error", self.failing[a])
+                   if a in self.failing and step > 1 else
+                   RowState(a, " ".join(words[:step]), step, 0.01, 0.02 * step, step == len(words),
                             "eos" if step == len(words) else None) for _, a in requests]
 
 
@@ -181,3 +184,30 @@ def test_huge_question_is_capped_before_any_work(cfg):
     assert retriever.queries and all(len(q) <= MAX_QUESTION_CHARS for q in retriever.queries)
     assert len(final.question) <= MAX_QUESTION_CHARS
     assert all(sum(len(m["content"]) for m in msgs) < MAX_QUESTION_CHARS + 2000 for msgs, _ in engine.requests)
+
+
+def test_concurrent_compares_run_side_by_side_and_keep_used_adapters(cfg, trained_runs):
+    """A second question starts and finishes while the first is still streaming (no generation lock); it does not
+    unload the adapters the first one is using; once both ended, unused adapters go."""
+    pipe, engine, _ = make(cfg)
+    first = pipe.compare("Q1?", SETTINGS, trained_runs)
+    next(first)  # started: its rows are generating
+    in_use = set(engine.adapters)
+    assert len(in_use) == 2
+    second = list(pipe.compare("Q2?", SETTINGS, {"sft": None, "msft": None}))[-1]
+    assert second.done and second.answers["base"].status == "done"
+    assert set(engine.adapters) == in_use  # still loaded: the first question uses them
+    final = list(first)[-1]
+    assert final.done and final.answers["sft"].answer == "Aspirin [1]."
+    list(pipe.compare("Q3?", SETTINGS, {"sft": None, "msft": None}))
+    assert not engine.adapters
+
+
+def test_a_failing_row_is_an_error_in_its_column_only(cfg, trained_runs):
+    pipe, engine, _ = make(cfg)
+    engine.adapters["sft"] = trained_runs["sft"]
+    engine.failing["sft"] = "the model server was too slow: no token for 5 s after 1 tokens"
+    final = list(pipe.compare("Q?", SETTINGS, trained_runs))[-1]
+    assert final.answers["sft"].status == "error" and "too slow" in final.answers["sft"].message
+    assert {v: a.status for v, a in final.answers.items() if v != "sft"} == {"base": "done", "rag": "done",
+                                                                             "msft": "done"}

@@ -11,7 +11,7 @@ import gradio as gr
 from medadapt.config import GenerationConfig, RagConfig, setting
 from medadapt.variants import VARIANTS, variant_label
 from medadapt.exports import new_export_dir
-from medadapt.pipeline import InputError, check_settings, checked
+from medadapt.pipeline import InputError, check_settings, checked, concurrent_generations
 from medadapt.space import zerogpu
 from medadapt.state import NO_ADAPTER, AppState
 from medadapt.ui import render
@@ -168,8 +168,10 @@ def _wire(state: AppState, c: dict[str, Any], shown: Callable[[str], str]) -> No
 
     inputs = [c["question"], c["max_new_tokens"], c["temperature"], c["top_p"], c["top_k"], c["rag_everywhere"],
               c["sft_adapter"], c["msft_adapter"], c["repetition_penalty"]]
+    # one concurrency group for both triggers (the in-flight limits count it): questions generate side by side, their
+    # rows batched together by the engine (serial path: one at a time)
     run = dict(fn=zerogpu(ask), inputs=inputs, outputs=outputs + [c["notices"], c["result"]], concurrency_id=GENERATE,
-               show_progress="minimal")
+               concurrency_limit=concurrent_generations(), show_progress="minimal")
     ev_click = c["ask"].click(api_name="compare", **run)
     ev_submit = c["question"].submit(api_name=False, **run)
     c["stop"].click(None, cancels=[ev_click, ev_submit])

@@ -1,0 +1,214 @@
+"""The remote engine against a real vLLM server (CPU build, own venv, started here by ``scripts/vllm_server.sh``).
+
+Skipped, with the reason printed, only when vLLM cannot be installed (no venv and ``setup`` fails, e.g. offline).
+Faults are real too: the server's port closed, and a loopback TCP proxy in front of the real server that cuts or
+stalls the streams of one adapter mid-answer.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from medadapt.config import REPO_ROOT
+from medadapt.engine_api import BASE, GenSettings
+from medadapt.pipeline import Pipeline
+from tests.conftest import make_random_adapter
+from tests.test_pipeline import SETTINGS, ScriptedRetriever
+
+pytestmark = pytest.mark.slow
+SCRIPT = REPO_ROOT / "scripts" / "vllm_server.sh"
+VENV = Path(os.environ.get("MEDADAPT_VLLM_VENV", Path.home() / ".cache" / "medadapt" / "vllm-venv"))
+Q = [{"role": "user", "content": "Which vitamin deficiency causes scurvy?"}]
+RAG = [{"role": "system", "content": "Context: [1] Scurvy results from a lack of ascorbic acid in the diet."},
+       {"role": "user", "content": "Which vitamin deficiency causes scurvy?"}]
+GREEDY = GenSettings(max_new_tokens=12)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def vllm_installed() -> str:
+    """'' when the venv imports vllm (installing it first if needed), else why not."""
+    ok = subprocess.run([str(VENV / "bin" / "python"), "-c", "import vllm"], capture_output=True).returncode == 0 \
+        if (VENV / "bin" / "python").exists() else False
+    if ok:
+        return ""
+    r = subprocess.run(["bash", str(SCRIPT), "setup"], capture_output=True, text=True, timeout=1800)
+    return "" if r.returncode == 0 else f"vLLM could not be installed ({SCRIPT.name} setup): {r.stderr[-500:]}"
+
+
+@pytest.fixture(scope="module")
+def lora_dirs(tmp_path_factory, smollm2_dir) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("vllm-adapters")
+    return {name: make_random_adapter(smollm2_dir, root / name, seed) for name, seed in
+            (("sft", 11), ("msft", 12), ("late", 13))}
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_dir, lora_dirs, tmp_path_factory) -> str:
+    why = vllm_installed()
+    if why:
+        print(f"SKIP: {why}")
+        pytest.skip(why)
+    port = free_port()
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    proc = subprocess.Popen(["bash", str(SCRIPT), "serve", smollm2_dir, str(port),
+                             f"sft={lora_dirs['sft']}", f"msft={lora_dirs['msft']}"],
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            assert proc.poll() is None, f"vLLM exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"vLLM not up after 600 s:\n{log.read_text()[-3000:]}"
+            try:
+                if httpx.get(url + "/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(2)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def engine_at(url: str, tokenizer: str, **kw):
+    from medadapt.remote import OpenAIEngine
+
+    return OpenAIEngine(url, tokenizer_path=tokenizer, **kw)
+
+
+class FaultProxy:
+    """Loopback TCP proxy to the real server; chat streams whose request names ``model`` are cut (``cut``) or
+    stalled (``stall``) after ``after`` response bytes. Everything else passes untouched."""
+
+    def __init__(self, upstream: str, model: str, mode: str, after: int = 1500) -> None:
+        self.up = (upstream.split("//")[1].split(":")[0], int(upstream.rsplit(":", 1)[1].split("/")[0]))
+        self.pattern = re.compile(rb'"model":\s*"' + model.encode() + rb'"')
+        self.mode, self.after = mode, after
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.up)
+            state = {"armed": False, "sent": 0}
+            threading.Thread(target=self._pump_up, args=(client, upstream, state), daemon=True).start()
+            threading.Thread(target=self._pump_down, args=(upstream, client, state), daemon=True).start()
+
+    def _pump_up(self, client, upstream, state) -> None:
+        try:
+            while data := client.recv(65536):
+                if self.pattern.search(data):
+                    state["armed"], state["sent"] = True, 0
+                upstream.sendall(data)
+        except OSError:
+            pass
+
+    def _pump_down(self, upstream, client, state) -> None:
+        try:
+            while data := upstream.recv(65536):
+                if state["armed"] and state["sent"] + len(data) > self.after:
+                    client.sendall(data[:max(0, self.after - state["sent"])])
+                    if self.mode == "stall":
+                        time.sleep(30)
+                    break
+                state["sent"] += len(data)
+                client.sendall(data)
+        except OSError:
+            pass
+        for s in (client, upstream):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_four_concurrent_streams_with_adapters_as_models(server, smollm2_dir, lora_dirs):
+    engine = engine_at(server, smollm2_dir)
+    assert engine.model == "base" and engine.max_context == 2048
+    assert engine.adapters == {"sft": lora_dirs["sft"], "msft": lora_dirs["msft"]}  # the server's --lora-modules
+    snaps = list(engine.start([(Q, BASE), (RAG, BASE), (Q, "sft"), (Q, "msft")], GREEDY))
+    final = snaps[-1]
+    assert all(s.finished and s.finish_reason in ("eos", "length") and not s.error for s in final), final
+    assert all(s.text and 0 < s.n_tokens <= GREEDY.max_new_tokens for s in final)
+    assert len(snaps) > 4, "tokens arrive as a stream, not in one piece"
+    assert max(s.first_token_s for s in final) < min(s.elapsed_s for s in final), "the four rows ran concurrently"
+    assert final[0].text != final[2].text != final[3].text, "each adapter changes the answer"
+
+
+def test_adapters_trained_later_are_loaded_on_the_server(server, smollm2_dir, lora_dirs):
+    """A run published after the server started (the Training tab's adapter) is loaded at run time by folder and
+    answers exactly like the same folder served from start-up; a name the server does not know gets a clear
+    message naming it."""
+    engine = engine_at(server, smollm2_dir)
+    engine.load_adapter("sft_late", lora_dirs["sft"])
+    engine.load_adapter("late", lora_dirs["late"])
+    assert {"sft_late", "late"} <= {m["id"] for m in httpx.get(server + "/models").json()["data"]}
+    final = list(engine.start([(Q, "sft"), (Q, "sft_late"), (Q, "late"), (Q, "nobody")], GREEDY))[-1]
+    assert final[0].text == final[1].text and not final[1].error
+    assert final[2].text and final[2].text != final[0].text
+    assert final[3].finish_reason == "error" and "does not know adapter 'nobody'" in final[3].error
+    engine.unload_adapter("late")
+    assert "late" not in {m["id"] for m in httpx.get(server + "/models").json()["data"]}
+
+
+def test_pipeline_over_the_server_loads_a_new_adapter_by_folder(server, smollm2_dir, lora_dirs, cfg):
+    engine = engine_at(server, smollm2_dir)
+    pipe = Pipeline(cfg, lambda: engine, lambda: ScriptedRetriever())
+    final = list(pipe.compare("Which vitamin deficiency causes scurvy?", SETTINGS,
+                              {"sft": lora_dirs["sft"], "msft": lora_dirs["late"]}))[-1]
+    assert {v: a.status for v, a in final.answers.items()} == dict.fromkeys(final.answers, "done")
+    assert final.answers["sft"].engine_adapter in ("sft", "sft_late")  # a module the server has, found by folder
+    assert final.answers["msft"].engine_adapter.startswith("msft_")  # loaded at run time
+    assert all(a.raw and a.n_tokens for a in final.answers.values())
+
+
+def test_server_down_each_column_says_so(smollm2_dir, cfg):
+    engine = engine_at(f"http://127.0.0.1:{free_port()}/v1", smollm2_dir)  # nothing listens there
+    pipe = Pipeline(cfg, lambda: engine, lambda: ScriptedRetriever())
+    final = list(pipe.compare("Q?", SETTINGS, {"sft": None, "msft": None}))[-1]
+    for v in ("base", "rag"):
+        assert final.answers[v].status == "error" and "unreachable" in final.answers[v].message
+    assert final.done
+
+
+@pytest.mark.parametrize("mode,words", [("cut", "failed after"), ("stall", "too slow")])
+def test_a_stream_failing_mid_answer_fails_only_its_column(server, smollm2_dir, lora_dirs, cfg, mode, words):
+    proxy = FaultProxy(server, "msft", mode)
+    try:
+        engine = engine_at(proxy.url, smollm2_dir, timeout_s=4)
+        pipe = Pipeline(cfg, lambda: engine, lambda: ScriptedRetriever())
+        final = list(pipe.compare("Which vitamin deficiency causes scurvy?", dict(SETTINGS, max_new_tokens=48),
+                                  {"sft": lora_dirs["sft"], "msft": lora_dirs["msft"]}))[-1]
+    finally:
+        proxy.close()
+    bad = final.answers["msft"]
+    assert bad.status == "error" and words in bad.message, bad.message
+    assert bad.n_tokens > 0 and bad.raw, "the tokens before the fault are kept"
+    assert all(final.answers[v].status == "done" for v in ("base", "rag", "sft"))
