@@ -117,6 +117,38 @@ def test_concurrent_users_all_answered(app):
     assert all(DISCLAIMER in o[0] and "tokens" in o[2] for o in outs)
 
 
+def test_stop_ends_only_that_users_rows(app):
+    """Two users generate together; one cancels (the Stop button's cancel): the other's answer completes, and the
+    cancelled rows leave the shared batch at once instead of decoding on to their 1,024 tokens."""
+    import time
+
+    from gradio_client import Client
+
+    engine = app["state"].pipeline.engine
+    batcher = engine._batcher
+    engine.eos_ids, eos = set(), engine.eos_ids  # rows run to their token limit
+    try:
+        stopper, other = Client(app["url"], verbose=False), Client(app["url"], verbose=False)
+        long = stopper.submit("What causes scurvy?", 1024, 0.0, 1.0, 2, False, "", "", api_name="/compare")
+        while batcher.steps < 3:
+            time.sleep(0.05)
+        short = other.submit("What causes rickets?", 96, 0.0, 1.0, 2, False, "", "", api_name="/compare")
+        while batcher.steps < 20:
+            time.sleep(0.05)
+        long.cancel()
+        out = short.result(timeout=120)
+        deadline = time.monotonic() + 10
+        while batcher.live and time.monotonic() < deadline:
+            time.sleep(0.05)
+        steps = batcher.steps
+        time.sleep(1.0)
+        assert not batcher.live and batcher.steps == steps, "the stopped user's rows kept decoding"
+        assert steps < 1024, steps
+    finally:
+        engine.eos_ids = eos
+    assert DISCLAIMER in out[0] and "**96** tokens" in out[2]
+
+
 def test_bad_inputs_through_the_app_then_it_still_serves(app):
     from gradio_client import Client
 

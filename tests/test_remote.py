@@ -212,3 +212,22 @@ def test_a_stream_failing_mid_answer_fails_only_its_column(server, smollm2_dir, 
     assert bad.status == "error" and words in bad.message, bad.message
     assert bad.n_tokens > 0 and bad.raw, "the tokens before the fault are kept"
     assert all(final.answers[v].status == "done" for v in ("base", "rag", "sft"))
+
+
+def test_a_servers_reasoning_field_reaches_the_projects_parser():
+    """vLLM with a reasoning parser streams the chain of thought in ``reasoning_content``: passed on as
+    ``<think>…</think>`` so :func:`medadapt.reasoning.split_reasoning` splits it like an in-process answer."""
+    from medadapt.reasoning import split_reasoning
+    from medadapt.remote import _Text
+
+    text = _Text()
+    text.add("Scurvy is ", "")
+    text.add("vitamin C deficiency.", "")
+    assert split_reasoning(text.value()).truncated  # still reasoning
+    text.add("", "Answer: vitamin C")
+    parsed = split_reasoning(text.value())
+    assert (parsed.reasoning, parsed.answer, parsed.truncated) == ("Scurvy is vitamin C deficiency.",
+                                                                   "Answer: vitamin C", False)
+    plain = _Text()
+    plain.add("", "<think>a</think>b")  # no reasoning field: the text is the model's own
+    assert split_reasoning(plain.value()).answer == "b"
