@@ -168,10 +168,18 @@ class Batcher:
                 self._emit(row, tok, out)
 
     def _drop(self) -> None:
-        """Remove finished rows and rows of cancelled jobs (the others move up in the cache)."""
-        keep = [i for i, r in enumerate(self.live) if not (r.done or r.job.cancelled)]
-        if len(keep) == len(self.live):
+        """Remove finished rows and rows of cancelled jobs; rows from the end of the batch take their places."""
+        gone = {i for i, r in enumerate(self.live) if r.done or r.job.cancelled}
+        if not gone:
             return
-        kept = [self.live[i] for i in keep]
-        self.cache.keep(keep, max((r.pos for r in kept), default=0))
-        self.live = kept
+        k = len(self.live) - len(gone)
+        if k == 0:
+            self.live = []
+            self.cache.clear()
+            return
+        holes = sorted(i for i in gone if i < k)
+        movers = [i for i in range(k, len(self.live)) if i not in gone]
+        self.cache.move(movers, holes, max(self.live[i].pos for i in movers) if movers else 0)
+        for h, m in zip(holes, movers):
+            self.live[h] = self.live[m]
+        self.live = self.live[:k]

@@ -8,7 +8,7 @@ padding), each group writing its rows' slots directly. The cache returns views o
 concatenation per step and attention only covers slots written so far; the 4D boolean mask hides the padding.
 
 :class:`RowCache`: rows are right-padded, live row ``i`` at batch index ``i``, each with its own length and position;
-a joining row is prefilled into slots ``[0, n)`` of its index, a leaving row's index is filled by compacting.
+a joining row is prefilled into slots ``[0, n)`` of its index, a leaving row's index is reused by a row from the end.
 
 The model is any HF causal LM whose attention calls ``cache.update(k, v, layer_idx)`` (Llama, Qwen2, Mistral, ...).
 """
@@ -209,7 +209,7 @@ class RowCache:
 
     Prefill (:meth:`prefill_rows`): a group of new rows writes slots ``[0, n)`` at their indices and attends only to
     its own prompt. Decode (:meth:`decode_positions`): every live row writes slot ``positions[i]`` and attends to
-    ``[0, span)``; the caller's mask hides each row's unwritten tail. Rows leave through :meth:`keep`."""
+    ``[0, span)``; the caller's mask hides each row's unwritten tail. Rows leave through :meth:`move`."""
 
     GROW = 256  # length capacity grows in these steps
 
@@ -238,17 +238,16 @@ class RowCache:
                 store[i] = new
         self.row_cap, self.len_cap = rows, length
 
-    def keep(self, indices: list[int], length: int) -> None:
-        """Keep only rows ``indices`` (in that order) at ``0..k-1``; ``length`` slots of each are in use."""
-        if not indices:
-            self.clear()
+    def move(self, src: list[int], dst: list[int], length: int) -> None:
+        """Copy rows ``src`` into rows ``dst`` (the first ``length`` slots): a leaving row's index is reused by a
+        row from the end, so only the rows that move are copied."""
+        if not src or not self.keys:
             return
-        if indices == list(range(len(indices))):
-            return
-        idx = torch.tensor(indices, device=self.keys[0].device) if self.keys else None
+        device = self.keys[0].device
+        s, d = torch.tensor(src, device=device), torch.tensor(dst, device=device)
         for store in (self.keys, self.values):
             for t in store:
-                t[:len(indices), :, :length] = t[idx, :, :length]
+                t[d, :, :length] = t[s, :, :length]
 
     def clear(self) -> None:
         """Free the memory (no rows left)."""
