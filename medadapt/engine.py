@@ -264,11 +264,16 @@ class LocalGeneration:
             return
         left = sum(1 for m in job.max_new if m > 0)
         while left:
-            event = job.events.get()
-            if isinstance(event, BaseException):
-                raise event
-            left -= sum(1 for _, _, reason in event if reason is not None)
-            yield event
+            events = [job.events.get()]
+            while not job.events.empty():  # a consumer that fell behind catches up in one snapshot
+                events.append(job.events.get())
+            merged = []
+            for event in events:
+                if isinstance(event, BaseException):
+                    raise event
+                merged += event
+            left -= sum(1 for _, _, reason in merged if reason is not None)
+            yield merged
 
     def __iter__(self) -> Iterator[list[RowState]]:
         engine = self.engine
@@ -278,15 +283,18 @@ class LocalGeneration:
             if self.closed:
                 return
             now = time.perf_counter() - self.start
+            changed = set()
             for row, tok, reason in event:
                 st = states[row]
                 if tok not in engine.eos_ids:
                     tokens[row].append(tok)
-                    st.text = engine.tokenizer.decode(tokens[row], skip_special_tokens=True)
+                    changed.add(row)
                 st.n_tokens = len(tokens[row])
                 st.first_token_s = now if st.first_token_s is None else st.first_token_s
                 st.finished, st.finish_reason = reason is not None, reason
                 st.elapsed_s = now
+            for row in changed:
+                states[row].text = engine.tokenizer.decode(tokens[row], skip_special_tokens=True)
             for st in states:
                 if not st.finished:
                     st.elapsed_s = now
