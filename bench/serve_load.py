@@ -107,6 +107,7 @@ def user(url: str, n: int, max_new: int, timeout: float, uid: int) -> list[tuple
             print(f"user {uid} q{i}: {type(e).__name__}: {e}", file=sys.stderr)
             ok, answers = False, []
         out.append((ok, time.perf_counter() - t0, answers))
+        print(f"  user {uid} q{i}: {'ok' if ok else 'FAILED'} in {out[-1][1]:.1f}s", flush=True)
     return out
 
 
