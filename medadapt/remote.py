@@ -107,7 +107,10 @@ class OpenAIEngine:
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Make the server serve the adapter folder ``path`` as ``name`` (vLLM runtime LoRA loading)."""
         path = Path(path)
-        r = self._call("POST", "/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)})
+        try:
+            r = self._call("POST", "/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)})
+        except RemoteError as e:  # the column says so; the others still answer
+            raise AdapterLoadError(f"adapter {name!r}: {e}") from e
         if r.status_code in (404, 405):
             raise AdapterLoadError(
                 f"adapter {name!r}: the model server does not load adapters at run time (start vLLM with "
@@ -145,6 +148,11 @@ class OpenAIEngine:
     # ------------------------------------------------------------------ generation
 
     def start(self, requests: list[Request], settings: GenSettings) -> RemoteGeneration:
+        if not self.model:  # the server was down when this engine was made
+            try:
+                self.refresh()
+            except RemoteError:
+                pass  # every row will say the server is unreachable
         bodies = []
         for messages, adapter in requests:
             n = self.prompt_tokens(messages)

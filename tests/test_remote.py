@@ -189,13 +189,13 @@ def test_pipeline_over_the_server_loads_a_new_adapter_by_folder(server, smollm2_
     assert all(a.raw and a.n_tokens for a in final.answers.values())
 
 
-def test_server_down_each_column_says_so(smollm2_dir, cfg):
+def test_server_down_each_column_says_so(smollm2_dir, lora_dirs, cfg):
     engine = engine_at(f"http://127.0.0.1:{free_port()}/v1", smollm2_dir)  # nothing listens there
     pipe = Pipeline(cfg, lambda: engine, lambda: ScriptedRetriever())
-    final = list(pipe.compare("Q?", SETTINGS, {"sft": None, "msft": None}))[-1]
-    for v in ("base", "rag"):
-        assert final.answers[v].status == "error" and "unreachable" in final.answers[v].message
-    assert final.done
+    final = list(pipe.compare("Q?", SETTINGS, {"sft": lora_dirs["sft"], "msft": None}))[-1]
+    for v in ("base", "rag", "sft"):
+        assert final.answers[v].status == "error" and "unreachable" in final.answers[v].message, v
+    assert final.answers["msft"].status == "unavailable" and final.done
 
 
 @pytest.mark.parametrize("mode,words", [("cut", "failed after"), ("stall", "too slow")])
