@@ -24,7 +24,7 @@ from medadapt.pipeline import Pipeline
 from tests.conftest import make_random_adapter
 from tests.test_pipeline import SETTINGS, ScriptedRetriever
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # installing vLLM and starting it can be slow
 SCRIPT = REPO_ROOT / "scripts" / "vllm_server.sh"
 VENV = Path(os.environ.get("MEDADAPT_VLLM_VENV", Path.home() / ".cache" / "medadapt" / "vllm-venv"))
 Q = [{"role": "user", "content": "Which vitamin deficiency causes scurvy?"}]
