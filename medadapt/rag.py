@@ -23,8 +23,8 @@ from typing import Any
 from medadapt.config import AppConfig
 from medadapt.lance_async import AsyncLanceTable
 from medadapt.rag_index import (  # noqa: F401  (re-exported API)
-    TEXT_COLUMN, Embedder, IndexMismatchError, build_index, connect, index_names, index_path, load_embedder,
-    source_rows, table_exists, table_meta,
+    TEXT_COLUMN, CorpusLoadError, Embedder, IndexMismatchError, build_index, connect, failure_message, index_names,
+    index_path, load_embedder, source_report, source_rows, table_exists, table_meta,
 )
 
 log = logging.getLogger(__name__)
@@ -104,11 +104,14 @@ def _truncate(s: Snippet, cost: Callable[[str], int], budget: int) -> Snippet | 
 def index_status(cfg: AppConfig) -> dict[str, Any]:
     """The profile's table: ``built`` (queryable), ``complete`` (every source snippet in), rows, source rows, embedder.
 
-    A ``--limit`` build is built but not complete; an interrupted one is neither until it is resumed.
+    A ``--limit`` build is built but not complete; an interrupted one is neither until it is resumed; one whose last
+    build left a source out (``failed_sources``: source -> reason) is not complete until a build adds it.
     """
     db = connect(cfg)
+    failed = source_report(cfg).get("failed") or {}
     status = {"built": False, "complete": False, "rows": 0, "source_rows": source_rows(cfg),
-              "embedder": cfg.rag.embedder, "dim": 0, "table": cfg.rag.table, "path": str(index_path(cfg))}
+              "embedder": cfg.rag.embedder, "dim": 0, "table": cfg.rag.table, "path": str(index_path(cfg)),
+              "failed_sources": failed}
     if not table_exists(db, cfg.rag.table):
         return status
     tbl = db.open_table(cfg.rag.table)
@@ -116,7 +119,7 @@ def index_status(cfg: AppConfig) -> dict[str, Any]:
     rows = tbl.count_rows()
     built = bool(rows) and "FTS" in index_names(tbl)
     status.update(rows=rows, embedder=meta.get("embedder", "?"), dim=int(meta.get("dim", 0)), built=built,
-                  complete=built and (status["source_rows"] is None or rows >= status["source_rows"]))
+                  complete=built and not failed and (status["source_rows"] is None or rows >= status["source_rows"]))
     return status
 
 
@@ -268,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows = build_index(cfg, progress, args.limit, rebuild=args.rebuild)
             bar.close()
             print(f"{rows} rows in {cfg.rag.table} at {index_path(cfg)} ({time.perf_counter() - start:.1f} s)")
+            failed = source_report(cfg).get("failed") or {}
+            if failed:
+                print(f"warning: {failure_message(failed)}", file=sys.stderr)
         else:
             start = time.perf_counter()
             retriever = Retriever.open(cfg)
