@@ -2,7 +2,8 @@
 
 Modes: ``dense`` (cosine over the embedder's vectors), ``fts`` (LanceDB native BM25 full-text search) and
 ``hybrid`` (LanceDB's hybrid query: both, fused by its reciprocal-rank-fusion reranker). Queries are the bare question; callers leave the options and the
-instructions out. :func:`fit_to_budget` keeps retrieved text inside a token budget. The index itself is built by
+instructions out. :func:`fit_to_budget` (defined in :mod:`medadapt.prompts`, re-exported here) keeps retrieved text
+inside a token budget. The index itself is built by
 :func:`build_index` (see :mod:`medadapt.rag_index`)::
 
     python -m medadapt.rag build [--profile offline] [--limit N] [--rebuild]
@@ -15,13 +16,13 @@ import logging
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medadapt.config import AppConfig
 from medadapt.lance_async import AsyncLanceTable
+from medadapt.prompts import fit_to_budget, snippet_text  # noqa: F401  (re-exported: the one snippet budget)
 from medadapt.rag_index import (  # noqa: F401  (re-exported API)
     TEXT_COLUMN, CorpusLoadError, Embedder, IndexMismatchError, build_index, connect, failure_message, index_names,
     index_path, load_embedder, source_report, source_rows, table_exists, table_meta,
@@ -48,55 +49,6 @@ class IndexNotBuiltError(RuntimeError):
 def not_built_message(cfg: AppConfig) -> str:
     return (f"the retrieval index {cfg.rag.table!r} is not built in {index_path(cfg)}: run "
             f"`python -m medadapt.rag build --profile {cfg.profile}` or press Build index")
-
-
-# ---------------------------------------------------------------- pure helpers
-
-def snippet_text(s: Snippet) -> str:
-    """The text of a snippet that counts against the budget (title line + content)."""
-    return f"{s.title}\n{s.content}"
-
-
-def fit_to_budget(snippets: list[Snippet], count_tokens: Callable[[str], int], budget_tokens: int,
-                  overhead_tokens: int = 0, min_tokens: int = 24) -> list[Snippet]:
-    """Snippets in rank order whose ``snippet_text`` tokens (+ ``overhead_tokens`` each) total at most the budget.
-
-    The first snippet that does not fit whole is cut at a word boundary (ending in "…") when at least
-    ``min_tokens`` remain, else dropped; everything after it is dropped. Pure: no I/O, inputs untouched.
-    """
-    out: list[Snippet] = []
-    left = budget_tokens
-    for s in snippets:
-        cost = count_tokens(snippet_text(s)) + overhead_tokens
-        if cost <= left:
-            out.append(s)
-            left -= cost
-            continue
-        if left - overhead_tokens >= min_tokens:
-            cut = _truncate(s, lambda t: count_tokens(t) + overhead_tokens, left)
-            if cut is not None:
-                out.append(cut)
-        break
-    return out
-
-
-def _truncate(s: Snippet, cost: Callable[[str], int], budget: int) -> Snippet | None:
-    """The longest word prefix of ``s.content`` (+ " …") whose cost fits ``budget``; None if not even one word."""
-    words = s.content.split(" ")
-
-    def cut(n: int) -> Snippet:
-        return replace(s, content=" ".join(words[:n]).rstrip() + " …")
-
-    lo, hi = 0, len(words)  # invariant: cut(lo) fits or lo == 0
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if cost(snippet_text(cut(mid))) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    while lo > 0 and cost(snippet_text(cut(lo))) > budget:  # tokenizers are not perfectly monotone
-        lo -= 1
-    return cut(lo) if lo > 0 else None
 
 
 # ---------------------------------------------------------------- index status and retrieval
