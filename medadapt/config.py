@@ -419,7 +419,8 @@ def load_config(profile: str | None = None, overrides: dict[str, Any] | None = N
     """Load a profile (``offline``, ``reference``, ``auto`` or a YAML path), then env and explicit overrides.
 
     On a Space (``SPACE_ID``) ``auto`` follows the hardware, CPU and ZeroGPU Spaces index a demo slice of Hub
-    corpora (their setup jobs embed on the CPU), and runs, index and results default to persistent storage when it
+    corpora (their setup jobs embed on the CPU), and so does a GPU Space without ``rag.index_repo`` (a Space never
+    embeds the full 460K-snippet corpus at start: ``python -m medadapt.rag publish`` pushes a built index for it), and runs, index and results default to persistent storage when it
     is mounted. A profile's data dir that does not exist (and was not set by ``MEDADAPT_DATA_DIR`` or ``overrides``)
     means no data dir: Hub datasets instead.
     """
@@ -445,8 +446,6 @@ def load_config(profile: str | None = None, overrides: dict[str, Any] | None = N
     storage = space.persistent_dir()
     if storage is not None:
         paths.update(space.persistent_paths(storage))
-    if hardware in space.SLICED:
-        data.setdefault("rag", {}).setdefault("corpus_limit", space.CPU_CORPUS_LIMIT)
     for var, (section, key, typ) in ENV_OVERRIDES.items():
         if os.environ.get(var):
             try:
@@ -454,6 +453,9 @@ def load_config(profile: str | None = None, overrides: dict[str, Any] | None = N
             except ValueError as e:
                 raise ConfigError(f"{var}={os.environ[var]!r} is not a valid {typ.__name__}") from e
     data = merge(data, overrides or {})
+    rag = data.setdefault("rag", {})
+    if hardware in space.SLICED or (hardware and not rag.get("index_repo")):  # a Space never embeds 460K at start:
+        rag.setdefault("corpus_limit", space.CPU_CORPUS_LIMIT)  # a demo slice unless it pulls a prebuilt index
     data["hub_available"] = hub
     data.update(reason=reason, hardware=hardware, storage=str(storage or ""))
     data["public"] = env_flag("MEDADAPT_PUBLIC") or bool(os.environ.get("SPACE_ID")) or data.get("public", False)

@@ -8,6 +8,7 @@ inside a token budget. The index itself is built by
 
     python -m medadapt.rag build [--profile offline] [--limit N] [--rebuild]
     python -m medadapt.rag status | query "question" [--mode hybrid] [--k 5]
+    python -m medadapt.rag publish USER/medadapt-index [--private]   (then set rag.index_repo / MEDADAPT_INDEX_REPO)
 """
 from __future__ import annotations
 
@@ -186,7 +187,10 @@ def make_parser() -> argparse.ArgumentParser:
     q.add_argument("question")
     q.add_argument("--k", type=int, default=None)
     q.add_argument("--mode", choices=MODES, default=None)
-    for s in (b, st, q):
+    pub = sub.add_parser("publish", help="push the built index to a Hub dataset repo (needs HF_TOKEN)")
+    pub.add_argument("repo", help="dataset repo id, e.g. USER/medadapt-index")
+    pub.add_argument("--private", action="store_true")
+    for s in (b, st, q, pub):
         s.add_argument("--profile", default=argparse.SUPPRESS, help="as above")
     return p
 
@@ -198,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from medadapt.config import ConfigError, load_config
     from medadapt.data import DataNotFoundError
+    from medadapt.index_pull import PublishError
     from medadapt.joblock import JobLockError
 
     try:
@@ -205,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "status":
             for key, value in index_status(cfg).items():
                 print(f"{key}: {value}")
+        elif args.cmd == "publish":
+            from medadapt.index_pull import publish_index
+
+            url = publish_index(cfg, args.repo, args.private)
+            print(f"published {cfg.rag.table} to {url}; point MEDADAPT_INDEX_REPO={args.repo} (rag.index_repo) at it")
         elif args.cmd == "build":
             from tqdm import tqdm
 
@@ -233,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(hits)} snippets in {time.perf_counter() - start:.2f} s (incl. loading the embedder)")
             for i, s in enumerate(hits, 1):
                 print(f"[{i}] {s.score:.4f} {s.id} ({s.source}): {s.content[:160]}")
-    except (IndexNotBuiltError, IndexMismatchError, ConfigError, DataNotFoundError, JobLockError) as e:
+    except (IndexNotBuiltError, IndexMismatchError, ConfigError, DataNotFoundError, JobLockError, PublishError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
