@@ -65,6 +65,15 @@ class Weights:
         return self._where[name].get_tensor(name)
 
 
+def tied_embeddings(folder: str | Path) -> bool:
+    """The model's ``lm_head`` shares the input embedding (``tie_word_embeddings`` in its config)."""
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(cfg.get("tie_word_embeddings", cfg.get("text_config", {}).get("tie_word_embeddings", False)))
+
+
 def is_full_model(path: str | Path) -> bool:
     """A local folder with a ``config.json`` and safetensors weights (not a PEFT adapter)."""
     p = Path(path)
@@ -143,8 +152,18 @@ def extract_delta(base: str | Path, tuned: str | Path, out: str | Path, rank: in
         for name in tuned_w.names():
             if _module(name) == module:
                 tensors[f"{PREFIX}{name}"] = tuned_w.get(name).to(store)
+    embed = next((m for m in full if m.endswith("embed_tokens")), None)
+    if embed and tied_embeddings(tuned) and "lm_head.weight" not in tuned_w:  # the output layer shares the changed
+        tensors[f"{PREFIX}lm_head.weight"] = tuned_w.get(f"{embed}.weight").to(store).clone()  # embedding: copy it
+        full.append("lm_head")
     if not tensors:
         raise DeltaError(f"{tuned} does not differ from {base}")
+    if not targets:  # only whole copies changed: PEFT needs one LoRA target, so a zero pair on the first linear
+        name = next(_linear_weights(base_w, tuned_w))
+        out_f, in_f = tuned_w.get(name).shape
+        tensors[f"{PREFIX}{_module(name)}.lora_A.weight"] = torch.zeros(rank, in_f, dtype=store)
+        tensors[f"{PREFIX}{_module(name)}.lora_B.weight"] = torch.zeros(out_f, rank, dtype=store)
+        targets.add(_module(name).rsplit(".", 1)[-1])
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": rank, "lora_dropout": 0.0,
               "use_rslora": False, "bias": "none", "target_modules": sorted(targets),
               "modules_to_save": sorted(set(full)) or None, "base_model_name_or_path": str(base),
