@@ -147,3 +147,38 @@ def test_reference_keeps_the_project_recipe():
     ref = load_train_config(REPO_ROOT / "configs" / "reference" / "sft.yaml")
     assert (ref.prompt, ref.split, ref.optim) == ("app", "shuffle", "auto")
     assert Path(SEED / "sft.yaml").read_text() != Path(REPO_ROOT / "configs" / "reference" / "sft.yaml").read_text()
+
+
+def test_seed_msft_job_merges_cpt_trains_a_fresh_lora_and_publishes_the_delta(cfg, tmp_path, monkeypatch):
+    """The seed's MSFT shape end to end on the tiny model: CPT adapter merged into the base, a fresh LoRA (of the SFT
+    config's rank, not the CPT's) on the merged model, merged again, and adapter/ = its delta against the base."""
+    import json
+
+    import medadapt.data.sft as sft_data
+    from medadapt.data.sft import SftRow
+    from medadapt.delta import fidelity
+    from medadapt.multilora import read_adapter
+    from trainers import msft
+
+    rows = [SftRow(f"medical_o1:{i}", "medical_o1", f"Question {i} about anaphylaxis?", "Epinephrine first.",
+                   "Intramuscular epinephrine.") for i in range(12)]
+    monkeypatch.setattr(sft_data, "load_sft_rows", lambda cfg, datasets=(): list(rows))
+    run_dir = tmp_path / "msft"
+    small = {"max_length": 64, "per_device_batch_size": 2, "gradient_accumulation_steps": 1, "max_steps": 2,
+             "eval_fraction": 0.2, "max_eval_samples": 2, "eval_steps": 100, "save_steps": 50, "warmup_steps": 0,
+             "logging_steps": 1}
+    t = load_train_config(SEED / "msft.yaml", {
+        **small, "profile": "offline", "max_samples": 0, "report_to": "none", "output_dir": str(run_dir),
+        "lora": {"r": 4, "alpha": 8},
+        "cpt": {**small, "dataset": ["local:medrag_textbooks"], "max_samples": 40, "optim": "adamw_torch",
+                "lora": {"r": 2, "alpha": 4, "use_rslora": True, "modules_to_save": []}}})
+    status = msft.run(t, cfg)
+    assert status["status"] == "finished" and status["steps"] == 4
+    assert (run_dir / "cpt_merged" / ".merged").exists() and (run_dir / "merged" / ".merged").exists()
+    sft_cfg = json.loads((run_dir / "sft_adapter" / "adapter_config.json").read_text())
+    assert sft_cfg["r"] == 4 and sft_cfg["use_rslora"] and sft_cfg["lora_dropout"] == 0.05  # fresh, seed-shaped
+    meta = json.loads((run_dir / "adapter" / "medadapt.json").read_text())
+    assert meta["job"] == "msft" and meta["data"]["delta"]["rank"] == 6 and len(meta["lineage"]) == 4
+    assert read_adapter("msft", run_dir / "adapter").lora  # an adapter the engine serves on the unchanged base
+    fid = fidelity(cfg.model.name_or_path, run_dir / "merged", run_dir / "adapter", ["Epinephrine treats"])
+    assert fid["agree"] == 1.0 and fid["kl"] < 1e-5
