@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 
 from medadapt.config import AppConfig, to_dict
 from medadapt.data.benchmarks import BenchItem, benchmark, item_ids
-from eval.prompting import continuations, fit_snippets, item_messages, loglik_prompt
+from medadapt.prompts import fit_to_budget
+from eval.prompting import continuations, item_messages, loglik_prompt
 from eval.calibration import CONTENT_FREE, calibrate, content_free_items, content_free_snippets, letter_prior
 from eval.scoring import choose, option_probs
 from eval.views import LOGLIK_VIEWS
@@ -75,7 +76,7 @@ def _loglik_variant(cfg, model, tok, variant, samples, snippets, progress, shoul
 
     def request(it: BenchItem, snips):
         targets = {t: continuations(it, t) for t in ("letter", "text")}
-        return encode_multi(tok, loglik_prompt(it, ec.prompt_style, render, snips), targets,
+        return encode_multi(tok, loglik_prompt(it, ec.prompt_style, render, snips, cfg.model.system_prompt), targets,
                             ec.prompt_style == "plain", cfg.model.max_context)
 
     preds, timing, priors = {}, {}, {}
@@ -87,7 +88,7 @@ def _loglik_variant(cfg, model, tok, variant, samples, snippets, progress, shoul
         k = cfg.rag.top_k
         reqs = [request(cf, content_free_snippets(cf.question, k) if variant.rag else None) for cf in free]
         for it in items:
-            reqs.append(request(it, fit_snippets(snippets[name][it.id], count, cfg.rag.context_tokens)
+            reqs.append(request(it, fit_to_budget(snippets[name][it.id], count, cfg.rag.context_tokens)
                                 if variant.rag else None))
 
         def on_batch(rows_done: int, rows_total: int, _base=done, _n=len(items), _name=name) -> None:
@@ -122,7 +123,8 @@ def _loglik_variant(cfg, model, tok, variant, samples, snippets, progress, shoul
 
 
 def _generator(cfg: AppConfig, variants: list[Variant]):
-    """``(generate(messages_list, variant) -> texts, opens_think)`` on the app's engine, adapters loaded by name."""
+    """``(generate(messages_list, variant) -> texts, opens_think, count_tokens)`` on the app's engine, adapters loaded
+    by name; decoding as ``cfg.eval`` says (R1 on the reference profile: temperature 0.6, top-p 0.95, 4,096 tokens)."""
     from medadapt.engine import BASE, Engine, GenSettings
 
     ec, m = cfg.eval, cfg.model
@@ -131,7 +133,7 @@ def _generator(cfg: AppConfig, variants: list[Variant]):
     for v in variants:
         if v.adapter and not v.skipped and not engine.has_adapter(v.peft_name):
             engine.load_adapter(v.peft_name, v.adapter)
-    settings = GenSettings(max_new_tokens=ec.max_new_tokens, temperature=0.0)
+    settings = GenSettings(max_new_tokens=ec.max_new_tokens, temperature=ec.temperature, top_p=ec.top_p, seed=ec.seed)
 
     def gen(msgs: list, v: Variant, should_stop: Callable[[], bool] = lambda: False) -> list[str]:
         final: list = []
@@ -140,10 +142,10 @@ def _generator(cfg: AppConfig, variants: list[Variant]):
                 raise StopRequested(f"stopped during {v.name}")
         return [st.text for st in final]
 
-    return gen, engine.prompt_opens_think()
+    return gen, engine.prompt_opens_think(), engine.count_tokens
 
 
-def _cot_variant(cfg, gen, opens_think, variant, samples, snippets, progress, should_stop) -> tuple[dict, dict]:
+def _cot_variant(cfg, gen, opens_think, count, variant, samples, snippets, progress, should_stop) -> tuple[dict, dict]:
     preds, timing = {}, {}
     total = sum(len(v) for v in samples.values())
     done = 0
@@ -156,7 +158,8 @@ def _cot_variant(cfg, gen, opens_think, variant, samples, snippets, progress, sh
             if should_stop():
                 raise StopRequested(f"stopped during {variant.name}/{name}")
             chunk = items[b:b + bs]
-            msgs = [item_messages(it, snippets[name][it.id] if variant.rag else None) for it in chunk]
+            msgs = [item_messages(it, fit_to_budget(snippets[name][it.id], count, cfg.rag.context_tokens)
+                                  if variant.rag else None, cfg.model.system_prompt) for it in chunk]
             for it, text in zip(chunk, gen(msgs, variant, should_stop)):
                 letter, how = spec.read_answer(text, it, opens_think)
                 view = {"pred": letter, "correct": letter == it.answer, "invalid": letter is None}
@@ -198,7 +201,7 @@ def evaluate(cfg: AppConfig, variants: list[Variant], samples: dict[str, list[Be
     if mode == "loglik":
         model, tok = load_for_variants(cfg, todo)
     else:
-        gen, opens_think = _generator(cfg, todo)
+        gen, opens_think, count = _generator(cfg, todo)
     results["load_s"] = round(time.perf_counter() - t_load, 2)
     for v in todo:
         entry = results["variants"][v.name]
@@ -208,7 +211,7 @@ def evaluate(cfg: AppConfig, variants: list[Variant], samples: dict[str, list[Be
             preds, timing, entry["calibration"] = _loglik_variant(cfg, model, tok, v, samples, snippets, progress,
                                                                   should_stop)
         else:
-            preds, timing = _cot_variant(cfg, gen, opens_think, v, samples, snippets, progress, should_stop)
+            preds, timing = _cot_variant(cfg, gen, opens_think, count, v, samples, snippets, progress, should_stop)
         wall = time.perf_counter() - t0
         n = sum(len(p) for p in preds.values())
         entry.update(status="ok", predictions=preds, timing={"wall_s": round(wall, 2), "per_benchmark_s": timing,

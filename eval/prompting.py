@@ -23,9 +23,10 @@ from medadapt.prompts import build_messages
 ANSWER_PREFIX = "Answer:"
 
 
-def item_messages(item: BenchItem, snippets: Sequence | None = None) -> list[dict[str, str]]:
+def item_messages(item: BenchItem, snippets: Sequence | None = None, system_role: bool = True) -> list[dict[str, str]]:
+    """``system_role=False``: the instructions in the user turn (``ModelConfig.system_prompt``, DeepSeek-R1)."""
     return build_messages(item.question, item.options, snippets=snippets or None, context=item.context or None,
-                          context_label=benchmark(item.benchmark).context_label)
+                          context_label=benchmark(item.benchmark).context_label, system_role=system_role)
 
 
 def plain_prompt(item: BenchItem, snippets: Sequence | None = None) -> str:
@@ -41,13 +42,13 @@ def plain_prompt(item: BenchItem, snippets: Sequence | None = None) -> str:
 
 
 def loglik_prompt(item: BenchItem, style: str, apply_template: Callable[[list[dict[str, str]]], str],
-                  snippets: Sequence | None = None) -> str:
+                  snippets: Sequence | None = None, system_role: bool = True) -> str:
     """The text before the continuation; ``apply_template`` renders messages with the generation prompt."""
     if style == "plain":
         return plain_prompt(item, snippets)
     if style != "chat":
         raise ValueError(f"unknown prompt style {style!r}; use chat or plain")
-    return apply_template(item_messages(item, snippets)) + ANSWER_PREFIX
+    return apply_template(item_messages(item, snippets, system_role)) + ANSWER_PREFIX
 
 
 def continuations(item: BenchItem, target: str) -> list[str]:
@@ -57,24 +58,3 @@ def continuations(item: BenchItem, target: str) -> list[str]:
     if target == "text":
         return [f" {v}" for v in item.options.values()]
     raise ValueError(f"unknown loglik target {target!r}; use letter or text")
-
-
-def fit_snippets(snippets: Sequence, count_tokens: Callable[[str], int], budget: int) -> list:
-    """Snippets in rank order, the last ones cut so their contents fit ``budget`` tokens (empty ones dropped)."""
-    from dataclasses import replace
-
-    out, left = [], budget
-    for s in snippets:
-        if left <= 0:
-            break
-        words = s.content.split()
-        n = count_tokens(s.content)
-        if n > left:
-            keep = max(0, int(len(words) * left / n) - 1)
-            if keep == 0:
-                break
-            s = replace(s, content=" ".join(words[:keep]) + " …")
-            n = left
-        out.append(s)
-        left -= n
-    return out

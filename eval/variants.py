@@ -1,7 +1,9 @@
 """Which variants to evaluate and how: the base model once, every adapter attached by name with peft.
 
-A variant spec is ``base``, ``rag`` (base + retrieved snippets), ``sft`` / ``msft`` (the configured adapter, by
-default the newest finished run of that kind), ``NAME=PATH`` (any PEFT adapter folder), and any of those with a
+A variant spec is ``base``, ``rag`` (base + retrieved snippets), ``sft`` / ``msft`` / ``cpt`` (the configured
+adapter, by default the newest finished run of that kind), ``NAME=SOURCE`` (a PEFT adapter folder, a full fine-tuned
+model folder or a Hub model id such as the seed's ``MilyaShams/DeepSeek-R1-Distill-Qwen-1.5B-medical-sft-merged``:
+a full model is evaluated as its low-rank delta against the base, :mod:`medadapt.delta`), and any of those with a
 ``+rag`` suffix (adapter + snippets, e.g. ``sft+rag``). A variant whose adapter is missing is *skipped* with a
 reason, not an error, so one missing training run does not stop the evaluation of the others.
 """
@@ -13,7 +15,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medadapt.adapters import is_adapter_dir, resolve_adapter
+from medadapt.adapters import is_adapter_dir, resolve_adapter, resolve_source
 from medadapt.config import AppConfig
 
 
@@ -39,7 +41,11 @@ def _adapter_meta(path: Path) -> dict:
         meta = json.loads((path / "medadapt.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
-    return {k: meta.get(k) for k in ("job", "base_model", "lineage", "steps", "wall_s", "data") if k in meta}
+    out = {k: meta.get(k) for k in ("job", "base_model", "lineage", "steps", "wall_s", "data", "source", "delta")
+           if k in meta}
+    if isinstance(out.get("delta"), dict):  # a full model's delta: its summary, not the per-layer energies
+        out["delta"] = {k: v for k, v in out["delta"].items() if k != "energy_kept"}
+    return out
 
 
 def resolve_variant(cfg: AppConfig, spec: str) -> Variant:
@@ -53,10 +59,11 @@ def resolve_variant(cfg: AppConfig, spec: str) -> Variant:
         return Variant(spec, rag=rag)
     if "=" in core:
         name, path = core.split("=", 1)
-        p = Path(path).expanduser()
         name = name + ("+rag" if rag else "")
-        if not is_adapter_dir(p):
-            return Variant(name, str(p), rag, skipped=f"{p} is not a PEFT adapter folder (no adapter_config.json)")
+        p = resolve_source(cfg, name.removesuffix("+rag"), path)
+        if p is None or not is_adapter_dir(p):
+            return Variant(name, path, rag, skipped=f"{path} is neither a PEFT adapter folder, a full model folder nor "
+                                                    "a reachable Hub model id (see the log)")
         return Variant(name, str(p.resolve()), rag, meta=_adapter_meta(p))
     if core in ("sft", "msft", "cpt"):
         p = resolve_adapter(cfg, core)

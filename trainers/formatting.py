@@ -4,6 +4,12 @@ Labels are built here rather than with TRL's ``assistant_only_loss`` (which need
 template, and most templates, SmolLM2's and DeepSeek-R1's included, lack it): the prompt is rendered with the model's
 own template and ``add_generation_prompt=True``; the completion is ``<think>\\n{cot}\\n</think>\\n\\n{answer}`` plus the
 template's end-of-turn text; prompt tokens get label -100.
+
+Prompt shapes (``TrainConfig.prompt``): ``bare`` (the question alone as the user turn, the template's own system
+text), ``app`` (:func:`medadapt.prompts.build_messages`, exactly what Compare and the evaluation send: the same
+instructions, and for the DeepSeek-R1 family no system message, ``ModelConfig.system_prompt``), ``seed`` (the seed
+notebooks' plain ``### Instruction / ### Question / ### Response`` text, no chat template, loss on every token,
+truncated at the max length as Unsloth's trainer did: :func:`seed_example`).
 """
 from __future__ import annotations
 
@@ -12,6 +18,22 @@ from typing import Any
 
 IGNORE = -100
 _MARK = "\u2063MEDADAPT_ASSISTANT\u2063"
+PROMPTS = ("bare", "app", "seed")
+# The seed's SFT text (notebooks/sft_training.ipynb and msft_training.ipynb), character for character.
+SEED_TEMPLATE = """
+### Instruction:
+You are a medical expert with advanced knowledge in clinical reasoning, diagnostics, and treatment planning. 
+Please answer the following medical question. 
+
+### Question:
+{}
+
+### Response:
+<think>
+{}
+</think>
+{}
+"""
 
 
 class TemplateError(ValueError):
@@ -34,16 +56,36 @@ def completion_text(cot: str, answer: str, prompt: str = "") -> str:
     return ("" if opened else "<think>\n") + f"{cot.strip()}\n</think>\n\n{answer.strip()}"
 
 
+def prompt_messages(question: str, prompt: str = "bare", system: str | None = None,
+                    system_role: bool = True) -> list[dict[str, str]]:
+    """The chat messages of a training prompt of shape ``prompt`` (``bare`` or ``app``, see the module doc)."""
+    if prompt == "app":
+        from medadapt.prompts import build_messages
+
+        return build_messages(question, system=system, system_role=system_role)
+    if prompt != "bare":
+        raise ValueError(f"prompt must be one of {PROMPTS} (seed rows use seed_example), not {prompt!r}")
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+
+
 def sft_example(tokenizer: Any, question: str, cot: str, answer: str, system: str | None = None,
-                eot: str | None = None) -> dict[str, list[int]]:
+                eot: str | None = None, prompt: str = "bare", system_role: bool = True) -> dict[str, list[int]]:
     """``input_ids``/``attention_mask``/``labels`` for one Q-CoT-A row; labels mask the prompt with -100."""
-    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    msgs = prompt_messages(question, prompt, system, system_role)
     prompt = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     completion = completion_text(cot, answer, prompt) + (end_of_turn(tokenizer) if eot is None else eot)
     p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     ids = p_ids + c_ids
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [IGNORE] * len(p_ids) + c_ids}
+
+
+def seed_example(tokenizer: Any, question: str, cot: str, answer: str, max_length: int) -> dict[str, list[int]]:
+    """The seed's SFT example: :data:`SEED_TEMPLATE` + EOS tokenized with the tokenizer's special tokens (BOS),
+    cut at ``max_length``, labels on every token (TRL's text-field SFT, as the notebooks trained)."""
+    text = SEED_TEMPLATE.format(question, cot, answer) + (tokenizer.eos_token or "")
+    ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)}
 
 
 def pack_blocks(token_lists: Iterable[Sequence[int]], eos_id: int, block: int) -> list[list[int]]:
@@ -59,10 +101,16 @@ def pack_blocks(token_lists: Iterable[Sequence[int]], eos_id: int, block: int) -
     return out
 
 
-def cpt_examples(tokenizer: Any, texts: Sequence[str], max_length: int, packing: bool) -> list[dict[str, list[int]]]:
-    """CPT examples: packed ``max_length`` blocks, or one (truncated) example per text with EOS when unpacked."""
-    enc = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+def cpt_examples(tokenizer: Any, texts: Sequence[str], max_length: int, packing: bool,
+                 seed: bool = False) -> list[dict[str, list[int]]]:
+    """CPT examples: packed ``max_length`` blocks, or one (truncated) example per text with EOS when unpacked;
+    ``seed``: the seed's text + EOS tokenized with the special tokens (BOS), cut at ``max_length``, one per text."""
     eos = tokenizer.eos_token_id
+    if seed:
+        enc = tokenizer([t + (tokenizer.eos_token or "") for t in texts], truncation=True,
+                        max_length=max_length)["input_ids"]
+        return [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)} for ids in enc]
+    enc = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     if packing:
         blocks = pack_blocks(enc, eos, max_length)
     else:

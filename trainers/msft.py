@@ -7,6 +7,11 @@ TrainConfig defaults; ``profile``, ``base_model``, ``seed``, ``load_in_4bit``, `
 one PEFT adapter on the unchanged base model (the engine can serve it next to the SFT adapter); its LoRA shape is
 therefore the CPT stage's. The intermediate adapter is published to ``<run>/cpt_adapter/``; ``--resume`` skips a
 finished CPT stage. Set ``cpt_adapter: <folder>`` to skip CPT and start from an existing CPT adapter.
+
+``msft_stage2: merge`` (the seed's recipe, ``configs/seed/msft.yaml``): the CPT adapter is merged into the base
+(``<run>/cpt_merged/``), a fresh LoRA of the SFT config's shape is trained on that model, merged in turn
+(``<run>/merged/``, the full MSFT model as the seed published it), and the job's ``adapter/`` is that model's
+low-rank delta against the base (rank = CPT rank + SFT rank, so exact up to rounding), served like any adapter.
 """
 from __future__ import annotations
 
@@ -83,6 +88,12 @@ def train_msft(ctx: Context) -> Outcome:
         raise FileNotFoundError(f"cpt_adapter {cpt_adapter} is not a PEFT adapter folder")
     cpt_info = read_json(cpt_adapter / "medadapt.json")
     cpt_steps = int(cpt_info.get("steps") or 0)
+    if tcfg.msft_stage2 == "merge":
+        return _merged_stage2(ctx, cpt_adapter, cpt_info, sft_data)
+    if tcfg.msft_stage2 != "continue":
+        from medadapt.config import ConfigError
+
+        raise ConfigError(f"msft_stage2 must be continue or merge, not {tcfg.msft_stage2!r}")
     tcfg.cpt_adapter = str(cpt_adapter)
     tcfg.lora = adapter_lora(cpt_adapter, tcfg.lora)
     ctx.run.write_config(to_dict(tcfg))
@@ -99,6 +110,48 @@ def train_msft(ctx: Context) -> Outcome:
                    f"cpt: {cpt_adapter} ({cpt_steps} steps on {', '.join(cpt_info.get('data', {}).get('sources', []))},"
                    f" final loss {cpt_info.get('final_loss')})",
                    f"sft: {out.steps} steps on {', '.join(sft_info.get('sources', []))}, continuing the CPT adapter"]
+    out.steps += cpt_steps
+    return out
+
+
+def _merged_stage2(ctx: Context, cpt_adapter: Path, cpt_info: dict[str, Any], sft_data: tuple) -> Outcome:
+    """The seed's stage 2: merge CPT into the base, train a fresh SFT LoRA on it, publish the merged model's delta."""
+    from medadapt.delta import extract_delta
+    from trainers.merge import FolderModel, merge_adapter
+    from trainers.publish import publish_adapter
+    from trainers.sft import train_sft
+
+    tcfg, run = ctx.tcfg, ctx.run.path
+    tcfg.cpt_adapter = str(cpt_adapter)
+    ctx.run.write_config(to_dict(tcfg))
+    cpt_steps = int(cpt_info.get("steps") or 0)
+    merged_cpt = merge_adapter(ctx.model_path, cpt_adapter, run / "cpt_merged")
+    log.info("SFT stage: a fresh r=%d LoRA on the merged CPT model %s", tcfg.lora.r, merged_cpt)
+    out = train_sft(dataclasses.replace(ctx, model_path=str(merged_cpt)), stage="sft", ckpt_stage="sft",
+                    step_offset=cpt_steps, data=sft_data)
+    if out.stopped:
+        return out
+    sft_adapter = publish_adapter(out.model, out.tokenizer, run / "sft_adapter",
+                                  {"job": "sft", "base_model": str(merged_cpt), "steps": out.steps,
+                                   "config": to_dict(tcfg), "data": out.data})
+    out.model = None
+    gc.collect()
+    merged = merge_adapter(merged_cpt, sft_adapter, run / "merged")
+    rank = int(cpt_info.get("config", {}).get("lora", {}).get("r") or 0) + tcfg.lora.r
+    delta = run / "delta"
+    report = extract_delta(ctx.model_path, merged, delta, rank, dtype="float32", source=str(merged), kind="msft")
+    sft_info = out.data
+    out.model = FolderModel(delta)
+    out.data = {"sources": list(cpt_info.get("data", {}).get("sources", [])) + list(sft_info.get("sources", [])),
+                "train_examples": f"cpt {cpt_info.get('data', {}).get('train_examples')} examples + "
+                                  f"sft {sft_info.get('train_examples')} rows",
+                "eval_examples": sft_info.get("eval_examples"), "cpt": cpt_info.get("data", {}), "sft": sft_info,
+                "delta": {k: v for k, v in report["delta"].items() if k != "energy_kept"}}
+    out.lineage = [f"base: {ctx.model_path}",
+                   f"cpt: {cpt_adapter} ({cpt_steps} steps), merged into {merged_cpt}",
+                   f"sft: a fresh r={tcfg.lora.r} LoRA, {out.steps} steps on {', '.join(sft_info.get('sources', []))},"
+                   f" merged into {merged}",
+                   f"adapter: the rank-{rank} delta of {merged} against the base"]
     out.steps += cpt_steps
     return out
 

@@ -21,18 +21,24 @@ def build_sft_data(tcfg: TrainConfig, app: AppConfig, tok: Any) -> tuple[list, l
     """(train examples, eval examples, data info): tokenized rows with assistant-only labels, over-long rows dropped."""
     from collections import Counter
 
-    from medadapt.data.sft import load_sft_rows
-    from trainers.common import split_eval
-    from trainers.formatting import end_of_turn, sft_example
+    from medadapt.data.sft import load_sft_rows, source_id
+    from trainers.common import split_rows
+    from trainers.formatting import PROMPTS, end_of_turn, seed_example, sft_example
 
     if tcfg.packing:
         raise ConfigError("packing is only supported for continual pretraining (cpt); set packing: false for SFT")
+    if tcfg.prompt not in PROMPTS:
+        raise ConfigError(f"prompt must be one of {', '.join(PROMPTS)}, not {tcfg.prompt!r}")
     rows = load_sft_rows(app, tcfg.dataset)
-    train_rows, eval_rows = split_eval(rows, tcfg)
-    eot = end_of_turn(tok)
+    positions = [int(source_id(r.id)) if source_id(r.id).isdigit() else i for i, r in enumerate(rows)]
+    train_rows, eval_rows = split_rows(rows, tcfg, positions)
+    eot = end_of_turn(tok) if tcfg.prompt != "seed" else ""
 
     def encode(rs: list) -> tuple[list, int]:
-        out = [sft_example(tok, r.question, r.cot, r.answer, tcfg.system_prompt or None, eot) for r in rs]
+        if tcfg.prompt == "seed":  # cut at max_length as the seed's trainer did, none dropped
+            return [seed_example(tok, r.question, r.cot, r.answer, tcfg.max_length) for r in rs], 0
+        out = [sft_example(tok, r.question, r.cot, r.answer, tcfg.system_prompt or None, eot, tcfg.prompt,
+                           app.model.system_prompt) for r in rs]
         kept = [e for e in out if len(e["input_ids"]) <= tcfg.max_length]
         return kept, len(out) - len(kept)
 
@@ -42,7 +48,7 @@ def build_sft_data(tcfg: TrainConfig, app: AppConfig, tok: Any) -> tuple[list, l
         raise ConfigError(f"no SFT example fits max_length={tcfg.max_length}")
     info = {"sources": sorted({r.source for r in rows}), "rows_by_source": dict(Counter(r.source for r in train_rows)),
             "train_examples": len(train), "eval_examples": len(evals),
-            "dropped_too_long": dropped_train + dropped_eval,
+            "dropped_too_long": dropped_train + dropped_eval, "prompt": tcfg.prompt, "split": tcfg.split,
             "excluded_eval_items": {"benchmarks": list(app.eval.benchmarks), "n": app.eval.n, "seed": app.eval.seed}}
     log.info("SFT data: %s", info)
     return train, evals, info

@@ -3,12 +3,35 @@
 Every loader has a Hub path and a local path under the configurable data dir (``MEDADAPT_DATA_DIR``, default
 ``../shared/data``). The offline profile reads the data dir when there is one and the Hub datasets when there is
 none (``AppConfig.hub_data``, e.g. on a Space); the reference profile reads the Hub.
+
+Every Hub dataset is read through :func:`load_hub` (``datasets.load_dataset``). ``MEDADAPT_HUB_DATASETS_DIR`` names a
+folder of local copies laid out as the Hub repos are (``<owner>/<name>/`` with the repo's README ``configs`` and data
+files): a repo found there is loaded from that folder by the same ``load_dataset`` call (air-gapped machines, tests).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from medadapt.config import AppConfig
+
+
+HUB_DATASETS_DIR_ENV = "MEDADAPT_HUB_DATASETS_DIR"
+
+
+def hub_dataset_path(repo: str) -> str:
+    """``repo``, or its local copy under ``$MEDADAPT_HUB_DATASETS_DIR`` when that folder holds one."""
+    root = os.environ.get(HUB_DATASETS_DIR_ENV)
+    if root and (Path(root).expanduser() / repo).is_dir():
+        return str(Path(root).expanduser() / repo)
+    return repo
+
+
+def load_hub(repo: str, config: str | None = None, split: str = "train", streaming: bool = False):
+    """``datasets.load_dataset`` of a Hub dataset repo (or its local copy, see :func:`hub_dataset_path`)."""
+    from datasets import load_dataset
+
+    return load_dataset(hub_dataset_path(repo), config, split=split, streaming=streaming)
 
 
 class DataNotFoundError(FileNotFoundError):

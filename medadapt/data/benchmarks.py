@@ -24,17 +24,20 @@ import random
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from medadapt.config import AppConfig
-from medadapt.data import DataNotFoundError, data_file, read_json, read_jsonl
+from medadapt.data import data_file, load_hub, read_json, read_jsonl
 from medadapt.reasoning import extract_answer
 
 MMLU_SUBJECTS = (
     "anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics", "professional_medicine",
 )
 LETTERS = "ABCD"  # the option letters of the four-option benchmarks
-PUBMEDQA_TEST_HUB = ("bigbio/pubmed_qa", "pubmed_qa_labeled_fold0_source", "test")  # the official 500-id test split
+# The official PQA-L test split: its 500 PMIDs (test_ground_truth.json of github.com/pubmedqa/pubmedqa, MIT licence),
+# shipped with the project so no script dataset is needed (datasets 5.x refuses bigbio/pubmed_qa's loading script).
+PUBMEDQA_TEST_IDS = Path(__file__).with_name("pubmedqa_test_ids.json")
 
 
 class UnknownBenchmarkError(ValueError):
@@ -94,10 +97,8 @@ def pubmedqa_item(pmid: str, question: str, contexts: list[str], decision: str) 
 
 def hub_rows(name: str, config: str | None = None) -> Any:
     """The rows of benchmark ``name``'s Hub dataset (``config`` overrides the definition's, e.g. an MMLU subject)."""
-    from datasets import load_dataset
-
     repo, default_config, split = benchmark(name).hub
-    return load_dataset(repo, config or default_config, split=split)
+    return load_hub(repo, config or default_config, split)
 
 
 def _medmcqa_local(cfg: AppConfig) -> list[BenchItem]:
@@ -129,17 +130,10 @@ def _mmlu_hub() -> list[BenchItem]:
             for subject in MMLU_SUBJECTS for i, r in enumerate(hub_rows("mmlu_medical", subject))]
 
 
-def pubmedqa_test_ids(cfg: AppConfig) -> list[str]:
-    """The official 500-PMID PQA-L test split (data dir file; on the Hub: bigbio/pubmed_qa fold0 test)."""
-    try:
-        return list(read_json(data_file(cfg, "pubmedqa", "test_ground_truth.json")))
-    except DataNotFoundError:
-        if not cfg.hub_data:
-            raise
-    from datasets import load_dataset
-
-    repo, config, split = PUBMEDQA_TEST_HUB
-    return [str(r["QUESTION_ID"]) for r in load_dataset(repo, config, split=split)]
+def pubmedqa_test_ids(cfg: AppConfig | None = None) -> list[str]:
+    """The official 500-PMID PQA-L test split, from the id list shipped with the project (the same ids as the data
+    dir's ``pubmedqa/test_ground_truth.json``); ``cfg`` is accepted for the loaders' common signature."""
+    return [str(i) for i in read_json(PUBMEDQA_TEST_IDS)]
 
 
 # ---------------------------------------------------------------- the definitions

@@ -1,19 +1,27 @@
 """Corpus snippets in MedRAG format (``id``, ``title``, ``content``, ``contents``) with their source as a column.
 
 ``local:<folder>`` reads ``<data_dir>/<folder>/*.jsonl`` (one file per book), or its Hub twin when there is no data
-dir; any other name is a Hub dataset (``MedRAG/textbooks``, ``MedRAG/statpearls``) read with ``datasets.load_dataset``,
-the first ``rag.corpus_limit`` snippets of each when that is set.
+dir; any other name is a Hub dataset (``MedRAG/textbooks``, ``MilyaShams/MedRAG_statpearls``) read with
+:func:`medadapt.data.load_hub`, the first ``rag.corpus_limit`` snippets of each when that is set. ``MedRAG/statpearls``
+is empty on the Hub (MedRAG does not redistribute StatPearls): the seed's processed copy is
+``MilyaShams/MedRAG_statpearls``, and ``python -m medadapt.data prepare statpearls`` builds the same chunks from
+the NCBI archive into ``<data_dir>/statpearls/`` (``local:statpearls``).
+
+:func:`corpus_sources` gives one loader per configured corpus, so an index build can load each on its own and go on
+without one that fails (:mod:`medadapt.rag_index`).
 """
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from medadapt.config import AppConfig
 from medadapt.data import DataNotFoundError, data_file
 
-HUB_TWINS = {"medrag_textbooks": "MedRAG/textbooks"}  # local corpus folder -> the Hub dataset it was cut from
+HUB_TWINS = {"medrag_textbooks": "MedRAG/textbooks",
+             "statpearls": "MilyaShams/MedRAG_statpearls"}  # local corpus folder -> the Hub dataset it was cut from
 
 
 @dataclass(frozen=True)
@@ -66,18 +74,27 @@ def hub_name(name: str) -> str:
 
 def iter_hub(name: str, limit: int = 0) -> Iterator[CorpusDoc]:
     """Snippets of a Hub corpus, streamed (the first ``limit`` when it is set)."""
-    from datasets import load_dataset
+    from medadapt.data import load_hub
 
-    rows = load_dataset(name, split="train", streaming=True)
+    rows = load_hub(name, split="train", streaming=True)
     for row in rows.take(limit) if limit > 0 else rows:
         doc_id, title = str(row["id"]), row.get("title", "")
         yield CorpusDoc(doc_id, title, row["content"], hub_source(name, doc_id, title))
 
 
+def iter_source(cfg: AppConfig, name: str) -> Iterator[CorpusDoc]:
+    """The snippets of one corpus name (``local:<folder>`` or a Hub dataset)."""
+    if name.startswith("local:") and not cfg.hub_data:
+        return iter_local(cfg, name.removeprefix("local:"))
+    return iter_hub(hub_name(name), cfg.rag.corpus_limit)
+
+
+def corpus_sources(cfg: AppConfig, names: list[str] | None = None) -> list[tuple[str, Callable[[], Iterator[CorpusDoc]]]]:
+    """``(name, loader)`` per configured corpus (``cfg.rag.corpus`` unless ``names`` is given), in config order."""
+    return [(name, functools.partial(iter_source, cfg, name)) for name in names or cfg.rag.corpus]
+
+
 def iter_corpus(cfg: AppConfig, names: list[str] | None = None) -> Iterator[CorpusDoc]:
     """All snippets of the configured corpora (``cfg.rag.corpus`` unless ``names`` is given), in a stable order."""
-    for name in names or cfg.rag.corpus:
-        if name.startswith("local:") and not cfg.hub_data:
-            yield from iter_local(cfg, name.removeprefix("local:"))
-        else:
-            yield from iter_hub(hub_name(name), cfg.rag.corpus_limit)
+    for _name, load in corpus_sources(cfg, names):
+        yield from load()

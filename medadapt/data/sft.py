@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from medadapt.config import AppConfig
-from medadapt.data import data_file, read_json, read_jsonl
+from medadapt.data import data_file, load_hub, read_json, read_jsonl
 from medadapt.data.benchmarks import DEFINITIONS, evaluated_items, hub_rows, pubmedqa_test_ids
 
 HUB_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
@@ -154,11 +154,9 @@ def trained_overlap(cfg: AppConfig, data_meta: dict[str, Any], samples: dict[str
     return check_disjoint(trained, samples)
 
 
-def load_hub_rows(name: str = HUB_DATASET, config: str = "en") -> list[SftRow]:
-    from datasets import load_dataset
-
-    ds = load_dataset(name, config, split="train")
-    return [o1_row(n, r) for n, r in enumerate(ds)]
+def load_hub_rows(name: str = HUB_DATASET, config: str = "en", split: str = "train") -> list[SftRow]:
+    """Rows of a medical-o1-style Hub dataset (``split="train[:20000]"``: the seed's first 20K rows)."""
+    return [o1_row(n, r) for n, r in enumerate(load_hub(name, config, split))]
 
 
 def exclude_overlaps(rows: list[SftRow], eval_items: dict[str, Sequence[Any]]) -> tuple[list[SftRow], list[Overlap]]:
