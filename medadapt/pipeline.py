@@ -199,7 +199,8 @@ class Pipeline:
 
         with self._adapter_lock:  # load what this call needs; never unload what a running call uses
             self._sync_adapters(engine, answers, self._in_use)
-            requests, order = self._requests(engine, text, answers, settings["max_new_tokens"], result)
+            requests, order = self._requests(engine, text, answers, settings["max_new_tokens"], result,
+                                             self.cfg.model.system_prompt)
             gen = GenSettings(settings["max_new_tokens"], settings["temperature"], settings["top_p"],
                               self.cfg.generation.seed,
                               settings.get("repetition_penalty", self.cfg.generation.repetition_penalty))
@@ -251,23 +252,26 @@ class Pipeline:
                 engine.unload_adapter(name)
 
     @staticmethod
-    def _requests(engine: Any, text: str, answers: dict[str, Answer], max_new: int,
-                  result: CompareResult) -> tuple[list[tuple[list[dict], str]], list[str]]:
-        """Messages and adapter name per runnable variant, the question cut to fit the context window."""
+    def _requests(engine: Any, text: str, answers: dict[str, Answer], max_new: int, result: CompareResult,
+                  system_role: bool = True) -> tuple[list[tuple[list[dict], str]], list[str]]:
+        """Messages and adapter name per runnable variant, the question cut to fit the context window.
+
+        ``system_role=False`` (``model.system_prompt``; the DeepSeek-R1 family): the instructions open the user turn."""
         from medadapt.engine_api import BASE
 
         requests, order = [], []
         for v, ans in answers.items():
             if ans.status in ("unavailable", "error"):
                 continue
-            overhead = engine.prompt_tokens(build_messages("", snippets=ans.snippets))
+            overhead = engine.prompt_tokens(build_messages("", snippets=ans.snippets, system_role=system_role))
             q, cut = truncate_question(text, engine.count_tokens, engine.max_context - max_new - overhead)
             if cut and TRUNCATED_NOTICE not in result.notices:
                 result.notices.append(TRUNCATED_NOTICE)
             if len(q) < min(len(text), MIN_QUESTION_TOKENS):
                 ans.status, ans.message = "error", "Not enough room in the context window; lower max new tokens."
                 continue
-            requests.append((build_messages(q, snippets=ans.snippets), ans.engine_adapter or BASE))
+            requests.append((build_messages(q, snippets=ans.snippets, system_role=system_role),
+                             ans.engine_adapter or BASE))
             order.append(v)
             ans.status = "streaming"
         return requests, order

@@ -174,7 +174,7 @@ def test_compare_serves_a_full_model_as_a_delta_on_the_one_base(r1_cfg, tuned_di
     from medadapt.prompts import build_messages
 
     tok = pipe.engine.tokenizer
-    prompt = pipe.engine.render(build_messages("Which vitamin is only in animal food?"))  # what Compare sends today
+    prompt = pipe.engine.render(build_messages("Which vitamin is only in animal food?", system_role=False))  # R1: none
     ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
     full = AutoModelForCausalLM.from_pretrained(tuned_dir).eval()
     with torch.no_grad():
