@@ -244,6 +244,9 @@ class TrainConfig(Validated):
     cpt_adapter: str = ""  # MSFT: adapter from the CPT stage (filled in by trainers.msft)
     cpt: dict[str, Any] = field(default_factory=dict)  # MSFT: overrides for its CPT stage
     system_prompt: str = ""  # SFT: system message for the chat template (empty: the template's default)
+    deepspeed: str = ""  # several processes: zero2 | zero3 (configs/accelerate/deepspeed_<name>.json) | a DeepSpeed JSON
+    fsdp: str = ""  # several processes: TrainingArguments.fsdp, e.g. "full_shard auto_wrap"
+    fsdp_config: dict[str, Any] = field(default_factory=dict)  # TrainingArguments.fsdp_config
 
 
 @dataclass
