@@ -134,6 +134,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         samples = evaluated_items(cfg)
     out = Path(args.out) if args.out else default_out(cfg, "lmeval" if lmeval else mode)
     todo = [v.name for v in variants if not v.skipped]
+    if lmeval:
+        from eval.lmeval import SUFFIX
+
+        todo = [v.name + SUFFIX for v in variants if not v.skipped and not v.rag]
     run = Progress(args.output_dir, todo, sum(len(v) for v in samples.values()))
     for v in variants:
         if v.skipped:
