@@ -37,7 +37,8 @@ class Launcher:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Launcher:
         data = data or {}
-        return cls(str(data.get("kind") or "single"), int(data.get("num_processes") or 1),
+        n = data.get("num_processes")
+        return cls(str(data.get("kind") or "single"), 1 if n is None else int(n),
                    str(data.get("config_file") or DEFAULT_CONFIG))
 
     def to_dict(self) -> dict[str, Any]:

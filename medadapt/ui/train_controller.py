@@ -57,7 +57,7 @@ class TrainController:
         """The launcher inputs that follow the form fields: kind, processes, accelerate config (absent: one process)."""
         kind, nproc, config = (list(values[len(FIELDS):]) + [None, None, None])[:3]
         try:
-            n = int(nproc or 1)
+            n = 1 if nproc in (None, "") else int(nproc)
         except (TypeError, ValueError):
             n = 0
         return Launcher.from_dict({"kind": kind or "single", "num_processes": n if kind == "accelerate" else 1,
