@@ -167,10 +167,13 @@ def test_planned_steps_count_every_rank():
 def test_shipped_accelerate_configs_name_their_deepspeed_files():
     names = [Path(p).name for p in accelerate_configs()]
     assert names[0] == "ddp.yaml" and {"deepspeed_zero2.yaml", "deepspeed_zero3.yaml", "fsdp.yaml"} <= set(names)
+    from accelerate.commands.config.config_args import load_config_from_file
+
     kinds = {}
     for rel in accelerate_configs():
         data = yaml.safe_load((REPO_ROOT / rel).read_text())
         kinds[Path(rel).stem] = data["distributed_type"]
+        assert load_config_from_file(str(REPO_ROOT / rel)).distributed_type == data["distributed_type"]
         ds = data.get("deepspeed_config", {}).get("deepspeed_config_file")
         if ds:
             stage = json.loads((REPO_ROOT / ds).read_text())["zero_optimization"]["stage"]
