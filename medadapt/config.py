@@ -257,7 +257,7 @@ class EvalConfig(Validated):
     mode: str = "loglik"  # loglik | cot
     batch_size: int = 8
     max_new_tokens: int = 512
-    prompt_style: str = "chat"  # loglik prompt: chat (chat template, assistant turn "Answer:") | plain (harness text)
+    prompt_style: str = "chat"  # loglik prompt: chat (chat template, assistant turn "Answer:") | plain (lm-eval's default prompt per benchmark)
 
 
 @dataclass
