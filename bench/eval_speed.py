@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.lmeval and args.only in ("all", "lmeval"):
         side = lmeval_side_by_side(cfg, model, tok, args.lmeval, args.batch_size, args.dtype)
     lm_keys = (f" lmeval_ratio={side['project'] / side['lmeval']:.2f} project_items_per_s={side['project']:.2f} "
-               f"lmeval_items_per_s={side['lmeval']:.2f} lmeval_items={side['n']} lmeval_max_abs_diff={side['diff']:.1e}"
-               f" threads={torch.get_num_threads()}") if side else ""
+               f"lmeval_items_per_s={side['lmeval']:.2f} lmeval_items={side['n']} "
+               f"lmeval_max_abs_diff={side['diff']:.1e} threads={torch.get_num_threads()}") if side else ""
     if args.only == "lmeval":
         print("RESULT" + lm_keys)
         return 0

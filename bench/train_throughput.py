@@ -11,7 +11,8 @@ Run: ``python bench/train_throughput.py [--tiny] [--steps 6] [--batch 4] [--max_
 with 2 processes (configs/accelerate/ddp.yaml; gloo on CPU), the same global batch (``--batch`` rows per step: one
 process with all of them, each of the two with half) and ``--steps`` optimizer steps; tokens/s is the trainer's own
 (``log.jsonl``: input tokens of all ranks / training seconds). On a 2-core machine the point is correctness (the same
-steps and loss), not speed. Last line: ``RESULT ddp_tokens_ratio=<2 processes / 1> tokens_per_s_1p=… tokens_per_s_2p=…``.
+steps and loss), not speed. Last line: ``RESULT ddp_tokens_ratio=<2 processes / 1> tokens_per_s_1p=…
+tokens_per_s_2p=…``.
 """
 from __future__ import annotations
 
@@ -60,8 +61,8 @@ def trainer_tokens_per_s(model: str, processes: int, steps: int, batch: int, max
         raise SystemExit(f"{launcher.command(plain)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     last = [x for x in lines if x.get("tokens_per_s")][-1]
-    print(f"{processes} process(es): {last['step']} steps, {last['tokens_per_s']:.0f} tokens/s, loss {last['loss']:.4f},"
-          f" wall {wall:.0f} s  ({launcher.command(plain)[:100]}…)")
+    print(f"{processes} process(es): {last['step']} steps, {last['tokens_per_s']:.0f} tokens/s, "
+          f"loss {last['loss']:.4f}, wall {wall:.0f} s  ({launcher.command(plain)[:100]}…)")
     return {"tokens_per_s": last["tokens_per_s"], "loss": last["loss"], "steps": last["step"]}
 
 

@@ -62,7 +62,8 @@ def task_specs(items: list[BenchItem], manager: Any) -> dict[str, dict[str, Any]
             cfg = {**entry.cfg, **{k: v for k, v in cfg.items() if k != "include"}}
         rows = [lm_doc(it) for it in its]
         cfg.update(task=name, dataset_path=None, dataset_name=None, dataset_kwargs=None,
-                   custom_dataset=lambda _rows=rows, **_: datasets.DatasetDict({"test": datasets.Dataset.from_list(_rows)}),
+                   custom_dataset=lambda _rows=rows, **_: datasets.DatasetDict(
+                       {"test": datasets.Dataset.from_list(_rows)}),
                    training_split=None, validation_split=None, fewshot_split=None, test_split="test",
                    num_fewshot=0, metric_list=METRICS)
         for key in ("fewshot_config", "tag", "group"):

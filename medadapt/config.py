@@ -244,7 +244,7 @@ class TrainConfig(Validated):
     cpt_adapter: str = ""  # MSFT: adapter from the CPT stage (filled in by trainers.msft)
     cpt: dict[str, Any] = field(default_factory=dict)  # MSFT: overrides for its CPT stage
     system_prompt: str = ""  # SFT: system message for the chat template (empty: the template's default)
-    deepspeed: str = ""  # several processes: zero2 | zero3 (configs/accelerate/deepspeed_<name>.json) | a DeepSpeed JSON
+    deepspeed: str = ""  # several processes: zero2 | zero3 (configs/accelerate/deepspeed_<name>.json) | a JSON path
     fsdp: str = ""  # several processes: TrainingArguments.fsdp, e.g. "full_shard auto_wrap"
     fsdp_config: dict[str, Any] = field(default_factory=dict)  # TrainingArguments.fsdp_config
 
@@ -257,7 +257,7 @@ class EvalConfig(Validated):
     mode: str = "loglik"  # loglik | cot
     batch_size: int = 8
     max_new_tokens: int = 512
-    prompt_style: str = "chat"  # loglik prompt: chat (chat template, assistant turn "Answer:") | plain (lm-eval's default prompt per benchmark)
+    prompt_style: str = "chat"  # loglik prompt: chat (template, assistant turn "Answer:") | plain (lm-eval's prompts)
 
 
 @dataclass

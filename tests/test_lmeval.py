@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
-from medadapt.data.benchmarks import BenchItem, evaluated_items  # noqa: E402
+from medadapt.data.benchmarks import BenchItem, evaluated_items  # noqa: E402,I001
 from tests.conftest import DATA_DIR  # noqa: E402
 
 N_AGREE = 20
@@ -95,11 +95,12 @@ def test_cli_lm_eval_backend_writes_results_the_benchmarks_tab_reads(tmp_path, m
                      "MEDADAPT_RESULTS_DIR": str(tmp_path / "results"), "MEDADAPT_DATA_DIR": str(DATA_DIR)}.items():
         monkeypatch.setenv(var, val)
     adapter = tmp_path / "adapter"
-    get_peft_model(load_model(tiny_model_dir, device="cpu"),
-                   LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).save_pretrained(adapter)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(load_model(tiny_model_dir, device="cpu"), lora).save_pretrained(adapter)
     out = tmp_path / "results" / "offline" / "lmeval-test.json"
-    assert main(["run", "--backend", "lm-eval", "--variants", f"base,rag,mine={adapter}", "--n", "2",
-                 "--benchmarks", "medqa,pubmedqa", "--profile", "offline", "--out", str(out), "--threads", "1"]) == 0
+    argv = ["run", "--backend", "lm-eval", "--variants", f"base,rag,mine={adapter}", "--n", "2", "--benchmarks",
+            "medqa,pubmedqa", "--profile", "offline", "--out", str(out), "--threads", "1"]
+    assert main(argv) == 0
     res = json.loads(out.read_text())
     v = res["variants"]
     assert res["backend"] == "lm-eval" and res["lm_eval"]["model"] == "hf" and res["views"] == ["letter", "text_norm"]
@@ -111,7 +112,7 @@ def test_cli_lm_eval_backend_writes_results_the_benchmarks_tab_reads(tmp_path, m
     assert res["item_ids"]["medqa"] == [it.id for it in evaluated_items(_env_cfg(), ["medqa"], n=2)["medqa"]]
     pub = v["base@lm-eval"]["predictions"]["pubmedqa"][0]
     assert set(pub["views"]) == {"letter", "text_norm"} and len(pub["logprobs"]["text"]) == 3
-    header, rows = summary_table(res)
+    _, rows = summary_table(res)
     assert [r[0] for r in rows][:2] == ["base@lm-eval", "mine@lm-eval"]
     assert any("lmeval-test.json" in label for label, _ in list_results(tmp_path / "results"))
 
