@@ -6,6 +6,13 @@ non-pad fraction of every batch; the last line is ``RESULT tokens_speedup=<x> no
 
 Run: ``python bench/train_throughput.py [--tiny] [--steps 6] [--batch 4] [--max_length 512]``
 (default model: the offline SmolLM2-135M-Instruct; ``--tiny``: a 2-layer random Llama with its tokenizer).
+
+``--ddp``: instead, the real CPT trainer (``python -m trainers.cpt``) in one process and under ``accelerate launch``
+with 2 processes (configs/accelerate/ddp.yaml; gloo on CPU), the same global batch (``--batch`` rows per step: one
+process with all of them, each of the two with half) and ``--steps`` optimizer steps; tokens/s is the trainer's own
+(``log.jsonl``: input tokens of all ranks / training seconds). On a 2-core machine the point is correctness (the same
+steps and loss), not speed. Last line: ``RESULT ddp_tokens_ratio=<2 processes / 1> tokens_per_s_1p=…
+tokens_per_s_2p=…``.
 """
 from __future__ import annotations
 
@@ -27,7 +34,54 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=4, help="rows per batch (packed blocks or snippets)")
     p.add_argument("--max_length", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ddp", action="store_true", help="1 process vs accelerate launch with 2 processes (the trainer)")
     return p
+
+
+def trainer_tokens_per_s(model: str, processes: int, steps: int, batch: int, max_length: int, out: Path) -> dict:
+    """Run the CPT trainer; its last log line's tokens/s and loss, and the run's wall time."""
+    import json
+    import subprocess
+
+    from medadapt.config import REPO_ROOT
+    from medadapt.launcher import Launcher
+
+    launcher = Launcher("accelerate", processes) if processes > 1 else Launcher()
+    plain = [sys.executable, "-m", "trainers.cpt", "--config", "configs/offline/cpt.yaml",
+             "--output_dir", str(out), f"base_model={model}", f"max_steps={steps}",
+             f"per_device_batch_size={batch // processes}", "gradient_accumulation_steps=1",
+             f"max_length={max_length}", "eval_fraction=0", "save_steps=100000", "report_to=none",
+             f"max_samples={batch * steps * 4}"]
+    argv = launcher.wrap(plain)
+    t0 = time.perf_counter()
+    done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // processes))})
+    wall = time.perf_counter() - t0
+    if done.returncode:
+        raise SystemExit(f"{launcher.command(plain)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    last = [x for x in lines if x.get("tokens_per_s")][-1]
+    print(f"{processes} process(es): {last['step']} steps, {last['tokens_per_s']:.0f} tokens/s, "
+          f"loss {last['loss']:.4f}, wall {wall:.0f} s  ({launcher.command(plain)[:100]}…)")
+    return {"tokens_per_s": last["tokens_per_s"], "loss": last["loss"], "steps": last["step"]}
+
+
+def ddp_main(args) -> int:
+    import tempfile
+
+    from medadapt.config import load_config
+    from medadapt.models import base_model_path
+
+    path = base_model_path(load_config("offline"))
+    tmp = Path(tempfile.mkdtemp(prefix="ddp-bench-"))
+    if args.tiny:
+        path = tiny_model(path, tmp / "tiny")
+    one = trainer_tokens_per_s(path, 1, args.steps, args.batch, args.max_length, tmp / "one")
+    two = trainer_tokens_per_s(path, 2, args.steps, args.batch, args.max_length, tmp / "two")
+    print(f"RESULT ddp_tokens_ratio={two['tokens_per_s'] / one['tokens_per_s']:.2f} "
+          f"tokens_per_s_1p={one['tokens_per_s']:.0f} tokens_per_s_2p={two['tokens_per_s']:.0f} "
+          f"steps={one['steps']}/{two['steps']} loss_1p={one['loss']:.4f} loss_2p={two['loss']:.4f}")
+    return 0
 
 
 def tiny_model(path: str, out: Path) -> str:
@@ -66,6 +120,8 @@ def step(model, opt, batch: dict) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    if args.ddp:
+        return ddp_main(args)
     import tempfile
 
     import torch

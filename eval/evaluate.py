@@ -15,8 +15,8 @@ from medadapt.prompts import fit_to_budget
 from eval.prompting import continuations, item_messages, loglik_prompt
 from eval.calibration import CONTENT_FREE, calibrate, content_free_items, content_free_snippets, letter_prior
 from eval.scoring import choose, option_probs
-from eval.views import LOGLIK_VIEWS
-from eval.variants import Variant, activate, load_for_variants, model_folder
+from eval.views import LOGLIK_VIEWS, TEXT_NORM_UNIT, text_norm_view
+from eval.variants import Variant, activate, load_for_variants, model_folder, set_threads
 
 SCHEMA = 1
 Progress = Callable[..., None]  # progress(done=, total=, variant=, benchmark=)
@@ -34,6 +34,7 @@ def new_results(cfg: AppConfig, mode: str, samples: dict[str, list[BenchItem]], 
         "profile": cfg.profile,
         "mode": mode,
         "views": list(LOGLIK_VIEWS) if mode == "loglik" else ["cot"],
+        "text_norm_unit": TEXT_NORM_UNIT,
         "model": {"name_or_path": cfg.model.name_or_path, "display_name": cfg.model.display_name,
                   "dtype": cfg.model.dtype},
         "config": {"eval": to_dict(cfg.eval), "rag": to_dict(cfg.rag)},
@@ -75,7 +76,7 @@ def _loglik_variant(cfg, model, tok, variant, samples, snippets, progress, shoul
     render = lambda msgs: tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)  # noqa: E731
 
     def request(it: BenchItem, snips):
-        targets = {t: continuations(it, t) for t in ("letter", "text")}
+        targets = {t: continuations(it, t, ec.prompt_style) for t in ("letter", "text")}
         return encode_multi(tok, loglik_prompt(it, ec.prompt_style, render, snips, cfg.model.system_prompt), targets,
                             ec.prompt_style == "plain", cfg.model.max_context)
 
@@ -106,12 +107,11 @@ def _loglik_variant(cfg, model, tok, variant, samples, snippets, progress, shoul
         rows = []
         for it, req, lps in zip(items, reqs[len(free):], scores[len(free):]):
             letters = list(it.options)
-            nbytes = [len(c.encode("utf-8")) for c in continuations(it, "text")]
             picks = {"letter": choose(lps["letter"]),
-                     "letter_cal": choose(calibrate(lps["letter"], prior)) if len(prior) == len(letters) else None,
-                     "text_norm": choose(lps["text"], nbytes)}
+                     "letter_cal": choose(calibrate(lps["letter"], prior)) if len(prior) == len(letters) else None}
             views = {v: {"pred": letters[i], "correct": letters[i] == it.answer, "invalid": False}
                      for v, i in picks.items() if i is not None}
+            views["text_norm"] = text_norm_view(lps["text"], it.options, it.answer)
             probs = option_probs(lps["letter"])
             rows.append({"id": it.id, **views["letter"], "views": views, "prompt_tokens": len(req.context),
                          "logprobs": {t: [round(x, 4) for x in v] for t, v in lps.items()},
@@ -199,6 +199,7 @@ def evaluate(cfg: AppConfig, variants: list[Variant], samples: dict[str, list[Be
         return results
     t_load = time.perf_counter()
     if mode == "loglik":
+        set_threads(cfg)
         model, tok = load_for_variants(cfg, todo)
     else:
         gen, opens_think, count = _generator(cfg, todo)

@@ -6,6 +6,8 @@ Run::
                        [--profile offline] [--out PATH] [--output_dir RUN_DIR] [--ids OLD_RESULTS.json]
     python -m eval summary results/offline/loglik-*.json
     python -m eval merge A.json B.json --out C.json
+    python -m eval rescore RESULTS.json [--out NEW.json]   # text_norm from the stored log-probs (eval.rescore)
+    python -m eval run --backend lm-eval --variants base,sft --n 200    # lm-evaluation-harness scores (eval.lmeval)
 
 Results go to ``<results_dir>/<profile>/<mode>-<YYYYmmdd-HHMMSS>.json`` (rewritten after each variant, so a long run
 keeps what it has). Progress lines ``{"done", "total", "variant", "benchmark", "elapsed_s", "eta_s"}`` go to stdout
@@ -49,11 +51,18 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="inference dtype (default: model.dtype)")
     r.add_argument("--out", help="results JSON path (default: <results_dir>/<profile>/<mode>-<timestamp>.json)")
     r.add_argument("--output_dir", help="run dir for log.jsonl and status.json (UI jobs)")
+    r.add_argument("--backend", choices=["project", "lm-eval"], default="project",
+                   help="project: this package's batched scorer; lm-eval: lm-evaluation-harness (HFLM with the PEFT "
+                        "adapter, vLLM on a GPU) on the same items and its default prompts, loglik only")
+    r.add_argument("--threads", type=int, help="torch CPU threads (default: model.num_threads; 0: torch's default)")
     s = sub.add_parser("summary", help="print the accuracy table and paired tests of a results JSON")
     s.add_argument("files", nargs="+")
     m = sub.add_parser("merge", help="combine the variants and views of results files into one")
     m.add_argument("files", nargs="+", help="results JSONs; FILE:base,rag takes only those variants of FILE")
     m.add_argument("--out", required=True)
+    rs = sub.add_parser("rescore", help="re-score text_norm (acc_norm per character) from a file's stored log-probs")
+    rs.add_argument("file")
+    rs.add_argument("--out", help="write here (default: rewrite FILE in place)")
     return p
 
 
@@ -93,7 +102,7 @@ def default_out(cfg, mode: str) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from medadapt.config import load_config
+    from medadapt.config import ConfigError, load_config
     from medadapt.data.benchmarks import evaluated_items, select_ids
     from eval.evaluate import StopRequested, evaluate
     from eval.report import add_summaries
@@ -107,6 +116,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["model"] = {"name_or_path": args.model, "display_name": Path(args.model).name}
     if args.dtype:
         overrides.setdefault("model", {})["dtype"] = args.dtype
+    if args.threads is not None:
+        overrides.setdefault("model", {})["num_threads"] = args.threads
+    lmeval = args.backend == "lm-eval"
+    if lmeval:
+        if (args.mode or "loglik") != "loglik" or (args.prompt_style or "plain") != "plain":
+            raise ConfigError("--backend lm-eval scores log-likelihoods on lm-eval's own prompts: "
+                              "--mode loglik --prompt_style plain")
+        overrides["eval"].update(mode="loglik", prompt_style="plain")
     cfg = load_config(args.profile, overrides)
     mode = cfg.eval.mode
     variants = resolve_variants(cfg, [s for s in args.variants.split(",") if s.strip()])
@@ -115,8 +132,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         samples = select_ids(cfg, {b: ids for b, ids in saved.items() if b in cfg.eval.benchmarks})
     else:
         samples = evaluated_items(cfg)
-    out = Path(args.out) if args.out else default_out(cfg, mode)
+    out = Path(args.out) if args.out else default_out(cfg, "lmeval" if lmeval else mode)
     todo = [v.name for v in variants if not v.skipped]
+    if lmeval:
+        from eval.lmeval import SUFFIX
+
+        todo = [v.name + SUFFIX for v in variants if not v.skipped and not v.rag]
     run = Progress(args.output_dir, todo, sum(len(v) for v in samples.values()))
     for v in variants:
         if v.skipped:
@@ -131,7 +152,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         write_json_atomic(out, results)
 
     try:
-        results = evaluate(cfg, variants, samples, mode, run.progress, run.should_stop, save)
+        if lmeval:
+            from eval.lmeval import evaluate_lmeval
+
+            results = evaluate_lmeval(cfg, variants, samples, run.progress, run.should_stop, save)
+        else:
+            results = evaluate(cfg, variants, samples, mode, run.progress, run.should_stop, save)
         save(results)
         for name, entry in results["variants"].items():
             if entry.get("seen_in_training"):
@@ -158,6 +184,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                      steps=run.per_variant * len(todo))
     print_summary(results)
     print(f"results written to {out}", flush=True)
+    return 0
+
+
+def cmd_rescore(args: argparse.Namespace) -> int:
+    from eval.rescore import rescore_text_norm
+
+    path = Path(args.file)
+    results = json.loads(path.read_text(encoding="utf-8"))
+    stats = rescore_text_norm(results)
+    if not stats["rows"]:
+        print(f"error: {path} has no rows with stored option-text log-probabilities", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else path
+    write_json_atomic(out, results)
+    print(f"text_norm re-scored per character on {stats['rows']} rows: {stats['changed']} predictions changed "
+          f"{json.dumps(stats['by_variant'])}; written to {out}")
     return 0
 
 
@@ -298,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, DataNotFoundError, VariantSpecError, KeyError, JobLockError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+    if args.command == "rescore":
+        return cmd_rescore(args)
     loaded = [read_results_arg(f) for f in args.files]
     if args.command == "summary":
         for res in loaded:

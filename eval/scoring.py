@@ -20,3 +20,9 @@ def option_probs(logprobs: Sequence[float]) -> list[float]:
     exps = [math.exp(x - m) for x in logprobs]
     total = sum(exps)
     return [e / total for e in exps]
+
+
+def norm_lengths(option_texts: Sequence[str]) -> list[int]:
+    """acc_norm's denominators as lm-evaluation-harness computes them: each choice's characters (the option text,
+    without the space its continuation starts with; not UTF-8 bytes)."""
+    return [len(t) for t in option_texts]

@@ -91,6 +91,14 @@ def model_folder(cfg: AppConfig) -> str:
     return resolve_model_path(cfg.model.name_or_path, cfg.paths.resolve("cache_dir"), "float32")
 
 
+def set_threads(cfg: AppConfig) -> None:
+    """torch's CPU threads for scoring: ``model.num_threads`` (0: leave torch's default), as the engine does."""
+    import torch
+
+    if cfg.model.num_threads and cfg.model.num_threads > 0:
+        torch.set_num_threads(cfg.model.num_threads)
+
+
 def load_for_variants(cfg: AppConfig, variants: list[Variant], device: str | None = None):
     """``(model, tokenizer)``: the base loaded once, each evaluated variant's adapter attached under its name."""
     from medadapt.models import load_model, load_tokenizer

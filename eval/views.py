@@ -23,13 +23,14 @@ VIEWS: dict[str, ViewSpec] = {
                        "score; it rewards a model that learned which letter to say)"),
     "letter_cal": ViewSpec("letter_cal", "letter, calibrated", "the same letter scores divided by the model's own "
                            "prior over letters, measured on content-free inputs (Zhao et al. 2021)"),
-    "text_norm": ViewSpec("text_norm", "option text (acc_norm)", "log-likelihood of each option's text per byte, "
-                          "no letter involved"),
+    "text_norm": ViewSpec("text_norm", "option text (acc_norm)", "log-likelihood of each option's text per "
+                          "character (lm-evaluation-harness's acc_norm), no letter involved"),
     "cot": ViewSpec("cot", "chain of thought", "generated reasoning, then the parsed “Answer: X”"),
 }
 LOGLIK_VIEWS = ("letter", "letter_cal", "text_norm")
 MODE_VIEW = {"loglik": "letter", "cot": "cot"}  # the one view of a file written before views existed
 INVALID = "invalid"
+TEXT_NORM_UNIT = "chars"  # what text_norm divides by (files from before lm-eval's acc_norm divided by UTF-8 bytes)
 
 
 def view_label(name: str) -> str:
@@ -64,3 +65,13 @@ def row_view(row: dict, view: str | None, results: dict) -> dict | None:
 def prediction_counts(rows: list[dict]) -> dict[str, int]:
     """How often each answer was predicted (``invalid`` for rows without one)."""
     return dict(Counter(r.get("pred") or INVALID for r in rows))
+
+
+def text_norm_view(text_logprobs: list[float], options: dict[str, str], answer: str) -> dict:
+    """The ``text_norm`` view of one item from its options' total log-probabilities (`` <text>`` each, in option
+    order): the highest per character of the option text, as lm-evaluation-harness's acc_norm."""
+    from eval.scoring import choose, norm_lengths
+
+    letters = list(options)
+    pred = letters[choose(text_logprobs, norm_lengths(list(options.values())))]
+    return {"pred": pred, "correct": pred == answer, "invalid": False}

@@ -265,6 +265,9 @@ class TrainConfig(Validated):
     optim: str = "auto"  # auto: paged_adamw_8bit when 4-bit, else adamw_torch; or any TrainingArguments optim
     embedding_learning_rate: float = 0.0  # > 0: the learning rate of modules_to_save (embed_tokens, lm_head)
     msft_stage2: str = "continue"  # MSFT: continue (train the CPT adapter on) | merge (merge CPT, fresh SFT LoRA)
+    deepspeed: str = ""  # several processes: zero2 | zero3 (configs/accelerate/deepspeed_<name>.json) | a JSON path
+    fsdp: str = ""  # several processes: TrainingArguments.fsdp, e.g. "full_shard auto_wrap"
+    fsdp_config: dict[str, Any] = field(default_factory=dict)  # TrainingArguments.fsdp_config
 
 
 @dataclass
@@ -277,7 +280,7 @@ class EvalConfig(Validated):
     max_new_tokens: int = 512  # cot mode's budget per answer (the reference profile: 4096, as the seed)
     temperature: float = 0.0  # cot mode: 0 greedy; DeepSeek-R1 family: 0.6 (its model card: 0.5-0.7)
     top_p: float = 1.0  # cot mode (R1: 0.95)
-    prompt_style: str = "chat"  # loglik prompt: chat (chat template, assistant turn "Answer:") | plain (harness text)
+    prompt_style: str = "chat"  # loglik prompt: chat (chat template, assistant turn "Answer:") | plain (lm-eval's prompts)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 The web server never imports trainer code (LlamaBoard-runner style): a job is ``python -m trainers.<job> --config
 <run>/launch.yaml --output_dir <run>`` (or ``python -m eval run ... --output_dir <run>``) in its own process group,
-its stdout/stderr appended to ``<run>/stdout.log``. Progress comes from the files of the run directory contract,
+its stdout/stderr appended to ``<run>/stdout.log``. A training job may run under ``accelerate launch`` with N processes
+(:class:`medadapt.launcher.Launcher`, recorded in ``launch.json`` so a resume relaunches it the same way). Progress comes from the files of the run directory contract,
 read and written through :mod:`medadapt.rundir`. One job runs at a
 time per :class:`JobManager`; the state lives here, not in a browser session, so any page re-attaches to it.
 """
@@ -23,8 +24,9 @@ import yaml
 
 from medadapt.config import REPO_ROOT, AppConfig, TrainConfig, to_dict
 from medadapt.joblock import lock_holder
+from medadapt.launcher import Launcher
 from medadapt.rundir import (FINAL, INDEX_JOB, TRAIN_JOBS, LogReader, RunDir, RunSnapshot, file_sig, new_run_dir,
-                             pid_alive, runs_root, summarize, tail, write_json_atomic)
+                             pid_alive, read_json, runs_root, summarize, tail, write_json_atomic)
 
 LISTED_JOBS = (*TRAIN_JOBS, INDEX_JOB)  # the runs the Training tab lists
 
@@ -132,10 +134,15 @@ class JobManager:
         if busy is not None:
             raise JobBusyError(f"a job is already running ({busy.name}); stop it or wait until it finishes")
 
-    def start(self, tcfg: TrainConfig, source: str = "", output_dir: str | Path | None = None) -> Path:
-        """Launch trainer ``tcfg.job`` on ``tcfg`` in a new run dir (or ``output_dir``); returns the run dir."""
+    def start(self, tcfg: TrainConfig, source: str = "", output_dir: str | Path | None = None,
+              launcher: Launcher | None = None) -> Path:
+        """Launch trainer ``tcfg.job`` on ``tcfg`` in a new run dir (or ``output_dir``), in one process or under
+        ``launcher`` (accelerate with N processes); returns the run dir."""
         if tcfg.job not in TRAIN_JOBS:
             raise JobError(f"unknown job {tcfg.job!r}; expected one of {', '.join(TRAIN_JOBS)}")
+        launcher = launcher or Launcher()
+        if launcher.problems():
+            raise JobError("; ".join(launcher.problems()))
         with self._lock:
             self._refuse_if_busy()
             run_dir = Path(output_dir) if output_dir else self.new_run_dir(tcfg.job)
@@ -146,7 +153,7 @@ class JobManager:
                 launch = RunDir(run_dir).launch_yaml
                 launch.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
                 argv = [*self.commands[tcfg.job], "--config", str(launch), "--output_dir", str(run_dir)]
-                self._spawn(run_dir, tcfg.job, argv, source)
+                self._spawn(run_dir, tcfg.job, launcher.wrap(argv), source, launcher)
             return run_dir
 
     def start_eval(self, args: list[str], output_dir: str | Path | None = None) -> Path:
@@ -190,13 +197,20 @@ class JobManager:
             if config is None:
                 raise JobError(f"{run_dir.name} has no launch.yaml or config.yaml")
             argv = [*self.commands[snap.job], "--config", str(config), "--output_dir", str(run_dir), "--resume"]
-            self._spawn(run_dir, snap.job, argv, snap.config)
+            launcher = self.launcher_of(run_dir)
+            self._spawn(run_dir, snap.job, launcher.wrap(argv), snap.config, launcher)
             return run_dir
 
-    def _spawn(self, run_dir: Path, job: str, argv: list[str], source: str) -> None:
+    @staticmethod
+    def launcher_of(run_dir: Path) -> Launcher:
+        """How ``run_dir`` was launched (``launch.json``; single process when it names none)."""
+        return Launcher.from_dict(read_json(RunDir(run_dir).launch_json).get("launcher"))
+
+    def _spawn(self, run_dir: Path, job: str, argv: list[str], source: str, launcher: Launcher | None = None) -> None:
         run = RunDir(run_dir)
         run.stop_file.unlink(missing_ok=True)
-        write_json_atomic(run.launch_json, {"job": job, "config": source, "argv": argv, "launched": time.time()})
+        write_json_atomic(run.launch_json, {"job": job, "config": source, "argv": argv, "launched": time.time(),
+                                            "launcher": (launcher or Launcher()).to_dict()})
         with open(run.stdout_file, "ab") as out:
             out.write(f"=== {datetime.now():%Y-%m-%d %H:%M:%S} $ {' '.join(argv)}\n".encode())
             out.flush()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import re
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import yaml
 
 from medadapt.config import (REPO_ROOT, ConfigError, Setting, TrainConfig, check_value, from_dict, merge, read_yaml,
                              setting, to_dict)
+from medadapt.launcher import Launcher
 from medadapt.rundir import TRAIN_JOBS
 
 JOBS = TRAIN_JOBS  # the jobs the form can launch
@@ -174,8 +174,10 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
-def cli_command(tcfg: TrainConfig, base_path: Path | None, base: dict[str, Any]) -> str:
-    """``python -m trainers.<job> --config <base> --set k=v ...`` for the form keys that differ from ``base``."""
+def cli_command(tcfg: TrainConfig, base_path: Path | None, base: dict[str, Any],
+                launcher: Launcher | None = None) -> str:
+    """``python -m trainers.<job> --config <base> --set k=v ...`` for the form keys that differ from ``base``; under
+    an accelerate ``launcher``: ``accelerate launch --config_file … --num_processes N -m trainers.<job> …``."""
     data = to_dict(tcfg)
     base_cfg = to_dict(from_dict(TrainConfig, merge(base, {"job": tcfg.job})))
     sets = [f"{f.key}={yaml_scalar(get_key(data, f.key))}" for f in FIELDS
@@ -184,7 +186,7 @@ def cli_command(tcfg: TrainConfig, base_path: Path | None, base: dict[str, Any])
              display_path(base_path) if base_path else f"configs/{tcfg.profile}/{tcfg.job}.yaml"]
     for s in sets:
         parts += ["--set", s]
-    return " ".join(shlex.quote(p) for p in parts)
+    return (launcher or Launcher()).command(parts)
 
 
 # ---------------------------------------------------------------- config files

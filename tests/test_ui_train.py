@@ -110,6 +110,14 @@ def test_controller_handlers_work_without_a_page(tmp_path):
     msg = ctl.preview("sft", SFT_YAML, *form(values, learning_rate=5.0))[2]
     assert "Learning rate: must be between 1e-07 and 0.1 (got 5)" in msg
     assert "no run named" in ctl.show_run("../x")[1] and ctl.runs_table() == []
+    # the launcher inputs follow the form fields: accelerate with N processes shows the exact command
+    _, cli, msg = ctl.preview("sft", SFT_YAML, *form(values), "accelerate", 2, "configs/accelerate/fsdp.yaml")
+    assert msg == "" and cli.startswith("accelerate launch --config_file configs/accelerate/fsdp.yaml "
+                                        "--num_processes 2 -m trainers.sft --config configs/offline/sft.yaml")
+    assert ctl.preview("sft", SFT_YAML, *form(values), "single", 2, "configs/accelerate/ddp.yaml")[1].startswith(
+        "python -m trainers.sft")
+    assert "processes must be between 1 and 64" in ctl.preview("sft", SFT_YAML, *form(values), "accelerate", 0,
+                                                               "configs/accelerate/ddp.yaml")[2]
 
 
 def test_launch_progress_stop_resume_finish_via_client(fake_app, monkeypatch):

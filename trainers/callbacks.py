@@ -2,6 +2,10 @@
 
 transformers is imported only when a callback class is first used (:func:`__getattr__`): a trainer process imports
 this module before it decides on Unsloth, which must be imported before transformers to patch it.
+
+Under ``accelerate launch`` rank 0 alone reads the STOP file and writes the log; a stop request (STOP on rank 0, or
+SIGTERM on any rank) is agreed across ranks at the end of every step (:func:`trainers.dist.any_rank`), so every rank
+saves the same checkpoint and stops on the same step.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import time
 from typing import Any
 
 from medadapt.rundir import RunDir
+from trainers import dist
 
 
 class StopRequest:
@@ -30,7 +35,8 @@ class StopRequest:
 
     @property
     def requested(self) -> bool:
-        return self.signalled or self.run.stop_requested()
+        """This rank's view: its own signal, and (rank 0 only) the STOP file."""
+        return self.signalled or (dist.is_main() and self.run.stop_requested())
 
 
 def __getattr__(name: str) -> Any:
@@ -56,7 +62,7 @@ class _StopCallback:
         self.stopped_at: int | None = None
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.stop.requested:
+        if dist.any_rank(self.stop.requested):
             control.should_save = True
             control.should_training_stop = True
             self.stopped_at = state.global_step
@@ -84,7 +90,7 @@ class _JsonlLogCallback:
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
-        if "loss" not in logs and "eval_loss" not in logs:
+        if not state.is_world_process_zero or ("loss" not in logs and "eval_loss" not in logs):
             return
         now = time.time()
         elapsed = now - self.t0

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medadapt.config import AppConfig, ConfigError, TrainConfig, load_config
+from trainers import dist
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class StageResult:
     steps: int
     final_loss: float | None
     final_eval_loss: float | None
+    state_dict: dict | None = None  # DeepSpeed / FSDP: the gathered weights, to publish from rank 0
 
 
 def app_config(tcfg: TrainConfig) -> AppConfig:
@@ -96,7 +98,7 @@ def load_trainable(tcfg: TrainConfig, model_path: str, rt: Runtime, adapter: str
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=kwargs["dtype"])
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": dist.local_rank()}  # each rank on its own GPU
     tok = load_tokenizer(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     if rt.quantized:
@@ -154,11 +156,13 @@ def report_to(tcfg: TrainConfig, run_dir: Path) -> str:
     return choice
 
 
-def planned_steps(tcfg: TrainConfig, n_train: int) -> int:
-    """Optimizer steps the Trainer will run: ``max_steps``, else epochs x ceil(batches / accumulation)."""
+def planned_steps(tcfg: TrainConfig, n_train: int, world: int | None = None) -> int:
+    """Optimizer steps the Trainer will run: ``max_steps``, else epochs x ceil(batches / accumulation); each of the
+    ``world`` ranks (default: this launch's) sees ``ceil(n_train / world)`` examples."""
     if tcfg.max_steps and tcfg.max_steps > 0:
         return tcfg.max_steps
-    batches = math.ceil(n_train / max(1, tcfg.per_device_batch_size))
+    per_rank = math.ceil(n_train / max(1, world or dist.world_size()))
+    batches = math.ceil(per_rank / max(1, tcfg.per_device_batch_size))
     return max(1, math.ceil(math.ceil(batches / max(1, tcfg.gradient_accumulation_steps)) * tcfg.num_epochs))
 
 
@@ -239,7 +243,7 @@ def training_args(tcfg: TrainConfig, ckpt_dir: Path, rt: Runtime, has_eval: bool
         gradient_checkpointing_kwargs={"use_reentrant": False} if rt.cuda and not rt.unsloth else None,
         optim=optimizer_name(tcfg, rt), remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, disable_tqdm=True,
-        save_only_model=False,
+        save_only_model=False, **dist.trainer_kwargs(tcfg, rt.cuda),
     )
 
 
@@ -298,12 +302,16 @@ def train_stage(tcfg: TrainConfig, model: Any, tok: Any, train: list, evals: lis
                       callbacks=[logcb, stopcb])
     if resume:  # steps logged after the last checkpoint are trained (and logged) again: drop the old lines
         done = int(Path(last).name.rsplit("-", 1)[1]) if last else 0
-        dropped = run.truncate_log(step_offset + done)
+        dropped = run.truncate_log(step_offset + done) if dist.is_main() else 0
         log.info("resuming from %s (%d log lines past it dropped)", last or "the start of this stage", dropped)
     trainer.train(resume_from_checkpoint=last)
     stopped = stopcb.stopped_at is not None
     step = trainer.state.global_step
     if evals and not stopped and not any(h.get("step") == step and "eval_loss" in h for h in trainer.state.log_history):
         trainer.evaluate()
-    return StageResult(stopped, trainer.state.global_step, logcb.last.get("loss"), logcb.last.get("eval_loss"))
+    state_dict = None
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:  # sharded weights: gathered (every rank takes part)
+        state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    return StageResult(stopped, trainer.state.global_step, logcb.last.get("loss"), logcb.last.get("eval_loss"),
+                       state_dict)
 

@@ -55,7 +55,7 @@ def train_cpt(ctx: Context, *, stage: str = "", ckpt_stage: str = "", extra_tota
     train, evals, info = build_cpt_data(ctx.tcfg, ctx.app, tok)
     res = train_stage(ctx.tcfg, model, tok, train, evals, ctx.run.checkpoints(ckpt_stage), ctx.rt, ctx.run, ctx.stop,
                       stage=stage, extra_total=extra_total, resume=ctx.resume)
-    return Outcome(res.stopped, res.steps, res.final_loss, res.final_eval_loss, model, tok, info,
+    return Outcome(res.stopped, res.steps, res.final_loss, res.final_eval_loss, model, tok, res.state_dict, info,
                    [f"base: {ctx.model_path}", f"cpt: {', '.join(info['sources'])} ({res.steps} steps)"])
 
 

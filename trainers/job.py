@@ -1,6 +1,8 @@
 """One training job end to end: run dir, status.json lifecycle, stop handling, adapter publish, optional Hub push.
 
 Each job module (``sft``, ``cpt``, ``msft``) supplies a ``body(ctx) -> Outcome``; :func:`execute` does the rest.
+Under ``accelerate launch`` every rank runs :func:`execute`; rank 0 alone picks the run dir (broadcast to the others),
+holds the job lock, writes the status, config and adapter and pushes (:mod:`trainers.dist`).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any
 from medadapt.config import OFFLINE_MODEL, OFFLINE_MODEL_HUB_ID, AppConfig, ConfigError, TrainConfig, to_dict
 from medadapt.joblock import JobLockError, hold_job_lock
 from medadapt.rundir import RunDir, latest_unfinished, new_run_dir, runs_root
+from trainers import dist
 from trainers.publish import publish_adapter
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ class Outcome:
     final_eval_loss: float | None
     model: Any = None
     tokenizer: Any = None
+    state_dict: dict | None = None  # DeepSpeed ZeRO-3 / FSDP: the weights gathered onto rank 0 (None: the model's)
     data: dict[str, Any] = field(default_factory=dict)
     lineage: list[str] = field(default_factory=list)
 
@@ -62,23 +66,29 @@ def execute(tcfg: TrainConfig, body: Callable[[Context], Outcome], app: AppConfi
     from trainers.callbacks import StopRequest
     from trainers.common import app_config, base_model, runtime
 
+    dist.init()
+    main = dist.is_main()
     app = app or app_config(tcfg)
-    path = run_dir_for(tcfg, app, resume)
+    path = Path(_agreed(lambda: str(run_dir_for(tcfg, app, resume))))
     tcfg.output_dir = str(path)
+    _single_process_options(tcfg)
     run = RunDir(path).create()
     prev_wall = float(run.status().get("wall_s") or 0.0) if resume else 0.0
-    if resume:  # a STOP left by the stopped session; a fresh run honours a STOP created before it started
+    if resume and main:  # a STOP left by the stopped session; a fresh run honours a STOP created before it started
         run.stop_file.unlink(missing_ok=True)
-    run.write_config(to_dict(tcfg))
     started = time.time()
-    run.update_status(status="running", job=tcfg.job, pid=os.getpid(), started=started, ended=None, error=None,
-                      adapter=None, run_dir=str(path))
+    if main:
+        run.write_config(to_dict(tcfg))
+        run.update_status(status="running", job=tcfg.job, pid=os.getpid(), started=started, ended=None, error=None,
+                          adapter=None, run_dir=str(path), world_size=dist.world_size())
+    dist.barrier()  # the other ranks start once the STOP of a stopped session is gone
     stop = StopRequest(run)
     stop.install()
     lock, locked = hold_job_lock(app, path, tcfg.job), False
     try:
-        lock.__enter__()  # one job per runs dir, across processes (medadapt.joblock)
-        locked = True
+        if main:
+            lock.__enter__()  # one job per runs dir, across processes (medadapt.joblock)
+            locked = True
         rt = runtime(tcfg)
         model_path = base_model(tcfg, app)
         out = body(Context(tcfg, app, run, stop, rt, model_path, resume))
@@ -86,24 +96,52 @@ def execute(tcfg: TrainConfig, body: Callable[[Context], Outcome], app: AppConfi
         fields: dict[str, Any] = {"final_loss": out.final_loss, "final_eval_loss": out.final_eval_loss,
                                   "steps": out.steps, "wall_s": round(wall, 1)}
         if out.stopped:
-            return run.update_status(status="stopped", ended=time.time(), **fields)
+            return run.update_status(status="stopped", ended=time.time(), **fields) if main else fields
         meta = {"job": tcfg.job, "base_model": model_path, "base_model_id": base_model_id(tcfg, app),
                 "lineage": out.lineage or [f"base: {model_path}"],
                 "steps": out.steps, "final_loss": out.final_loss, "final_eval_loss": out.final_eval_loss,
                 "losses": {"train": out.final_loss, "eval": out.final_eval_loss}, "wall_s": round(wall, 1),
                 "data": out.data, "device": rt.device, "quantized": rt.quantized, "unsloth": rt.unsloth,
                 "run_dir": str(path), "created": time.time(), "config": to_dict(tcfg)}
-        adapter = publish_adapter(out.model, out.tokenizer, run.adapter, meta)
+        adapter = publish_adapter(out.model, out.tokenizer, run.adapter, meta, out.state_dict)
+        if not main:
+            return fields
         if tcfg.push_to_hub:
             push_to_hub(adapter, tcfg.push_to_hub)
         return run.update_status(status="finished", ended=time.time(), adapter=str(adapter), **fields)
     except BaseException as e:
+        if not main:
+            raise
         run.update_status(status="failed", ended=time.time(), wall_s=round(prev_wall + time.time() - started, 1),
                           error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
         raise
     finally:
         if locked:
             lock.__exit__(None, None, None)
+
+
+def _agreed(decide: Callable[[], str]) -> str:
+    """Rank 0's answer on every rank; its ConfigError is raised on every rank."""
+    answer: tuple[str, str] = ("", "")
+    if dist.is_main():
+        try:
+            answer = (decide(), "")
+        except ConfigError as e:
+            answer = ("", str(e))
+    value, error = dist.broadcast(answer)
+    if error:
+        raise ConfigError(error)
+    return value
+
+
+def _single_process_options(tcfg: TrainConfig) -> None:
+    """Unsloth trains on one GPU only: ``use_unsloth=auto`` falls back to PEFT under several ranks."""
+    if not dist.distributed():
+        return
+    if str(tcfg.use_unsloth).lower() == "true":
+        raise ConfigError("use_unsloth=true trains on one process only; set use_unsloth=auto or false for "
+                          f"{dist.world_size()} processes")
+    tcfg.use_unsloth = "false"
 
 
 def base_model_id(tcfg: TrainConfig, app: AppConfig) -> str:
@@ -137,6 +175,8 @@ def cli_main(job: str, description: str, body: Callable[[Context], Outcome], arg
     except (ConfigError, FileNotFoundError, ValueError, JobLockError) as e:
         print(f"error: {e}")
         return 1
+    if not dist.is_main():
+        return 0
     print(f"{job}: {status['status']} after {status.get('steps')} steps in {status.get('wall_s')} s; "
           f"loss {status.get('final_loss')} eval_loss {status.get('final_eval_loss')}; "
           f"adapter {status.get('adapter') or '-'} (run dir {status.get('run_dir')})")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from medadapt.config import AppConfig, LoraConfig, TrainConfig, from_dict, to_dict
+from trainers import dist
 from trainers.job import Context, Outcome, cli_main
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def train_msft(ctx: Context) -> Outcome:
                     "final_loss": out.final_loss, "final_eval_loss": out.final_eval_loss, "data": out.data,
                     "wall_s": round(time.time() - t0, 1), "config": to_dict(ccfg), "device": ctx.rt.device,
                     "quantized": ctx.rt.quantized, "unsloth": ctx.rt.unsloth}
-        cpt_adapter = publish_adapter(out.model, out.tokenizer, cpt_dir, cpt_info)
+        cpt_adapter = publish_adapter(out.model, out.tokenizer, cpt_dir, cpt_info, out.state_dict)
         del out
         gc.collect()
     elif not is_adapter_dir(cpt_adapter):
@@ -96,7 +97,8 @@ def train_msft(ctx: Context) -> Outcome:
         raise ConfigError(f"msft_stage2 must be continue or merge, not {tcfg.msft_stage2!r}")
     tcfg.cpt_adapter = str(cpt_adapter)
     tcfg.lora = adapter_lora(cpt_adapter, tcfg.lora)
-    ctx.run.write_config(to_dict(tcfg))
+    if dist.is_main():
+        ctx.run.write_config(to_dict(tcfg))
     log.info("SFT stage on top of %s (LoRA shape from the CPT adapter; lora.* of the SFT config is not used)",
              cpt_adapter)
     out = train_sft(ctx, adapter=str(cpt_adapter), stage="sft", ckpt_stage="sft", step_offset=cpt_steps,

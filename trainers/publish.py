@@ -1,6 +1,6 @@
 """Publish a trained adapter into its run dir: PEFT weights, tokenizer, ``medadapt.json`` and a README.md model card,
 written to ``adapter.tmp-*`` and renamed (:func:`medadapt.rundir.publish_dir`), so an ``adapter/`` folder is always
-complete.
+complete. Under several ranks rank 0 writes it and the others wait until it is there.
 """
 from __future__ import annotations
 
@@ -11,18 +11,26 @@ from typing import Any
 import yaml
 
 from medadapt.rundir import publish_dir
+from trainers import dist
 
 
-def publish_adapter(model: Any, tokenizer: Any, dest: Path, meta: dict[str, Any]) -> Path:
-    """Save a PEFT model's adapter + tokenizer + card + medadapt.json to ``dest`` atomically (tmp dir, rename)."""
+def publish_adapter(model: Any, tokenizer: Any, dest: Path, meta: dict[str, Any],
+                    state_dict: dict | None = None) -> Path:
+    """Save a PEFT model's adapter + tokenizer + card + medadapt.json to ``dest`` atomically (tmp dir, rename).
+
+    ``state_dict``: the full weights gathered from a sharded model (DeepSpeed ZeRO-3, FSDP); PEFT keeps the adapter's.
+    """
     def fill(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         (tmp / "medadapt.json").write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
         (tmp / "README.md").write_text(model_card(meta), encoding="utf-8")
 
-    return publish_dir(dest, fill)
+    if dist.is_main():
+        publish_dir(dest, fill)
+    dist.barrier()
+    return Path(dest)
 
 
 def model_card(meta: dict[str, Any]) -> str:

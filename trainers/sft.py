@@ -63,7 +63,7 @@ def train_sft(ctx: Context, *, adapter: str | None = None, stage: str = "", ckpt
     train, evals, info = data or build_sft_data(ctx.tcfg, ctx.app, tok)
     res = train_stage(ctx.tcfg, model, tok, train, evals, ctx.run.checkpoints(ckpt_stage), ctx.rt, ctx.run, ctx.stop,
                       stage=stage, step_offset=step_offset, resume=ctx.resume)
-    return Outcome(res.stopped, res.steps, res.final_loss, res.final_eval_loss, model, tok, info,
+    return Outcome(res.stopped, res.steps, res.final_loss, res.final_eval_loss, model, tok, res.state_dict, info,
                    [f"base: {ctx.model_path}", f"sft: {', '.join(info['sources'])} ({res.steps} steps)"])
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import gradio as gr
 
 from medadapt.charts import loss_figure
+from medadapt.launcher import DEFAULT_CONFIG, KIND_LABELS, accelerate_configs
 from medadapt.train_form import FIELDS, JOB_LABELS, JOBS
 from medadapt.ui import train_view as view
 from medadapt.ui.common import is_public
@@ -37,7 +38,8 @@ def build_train_tab(state: Any) -> dict[str, Any]:
         gr.Markdown(PUBLIC_NOTE)
     c["secret"] = gr.Textbox(label="Admin secret", type="password", visible=public, max_lines=1,
                              placeholder="MEDADAPT_ADMIN_PASSWORD")
-    gr.Markdown(f"Train LoRA adapters from the browser. Each job runs as its own process (`python -m trainers.<job>`) "
+    gr.Markdown(f"Train LoRA adapters from the browser. Each job runs as its own process (`python -m trainers.<job>`, "
+                "or `accelerate launch` over N processes) "
                 f"with its output in `{shown(str(jobs.runs_root))}/`; a finished adapter shows up in the **Compare** tab's "
                 "choices. Closing or reloading this page does not stop a job.", elem_classes="ma-train-intro")
     first_configs = ctl.config_choices("sft")
@@ -65,6 +67,14 @@ def build_train_tab(state: Any) -> dict[str, Any]:
                                                    info=f_pack.info))
                     c["fields"].append(gr.Textbox(defaults[f_data.key], label=f_data.label, info=f_data.info,
                                                   scale=3, max_lines=1))
+            with gr.Row(equal_height=True):
+                c["launcher"] = gr.Radio([(lbl, k) for k, lbl in KIND_LABELS.items()], value="single",
+                                         label="Launcher", scale=3,
+                                         info="accelerate: DDP / DeepSpeed / FSDP over N processes (GPUs; gloo on CPU)")
+                c["nproc"] = gr.Number(2, label="Processes", precision=0, minimum=1, maximum=64, min_width=90,
+                                       scale=1)
+                c["accel_config"] = gr.Dropdown(accelerate_configs(), value=DEFAULT_CONFIG, label="accelerate config",
+                                                scale=2, allow_custom_value=True)
             c["form_message"] = gr.Markdown()
             with gr.Accordion("YAML and equivalent command", open=True):
                 c["cli"] = gr.Code(init_cli, label="Equivalent CLI command", language="shell", lines=2, max_lines=4,
@@ -105,11 +115,12 @@ def build_train_tab(state: Any) -> dict[str, Any]:
     c["timer"] = gr.Timer(POLL_S)
 
     # ---------------------------------------------------------------- events
-    form = [c["job"], c["config"], *c["fields"]]
+    launch = [c["launcher"], c["nproc"], c["accel_config"]]
+    form = [c["job"], c["config"], *c["fields"], *launch]
     c["job"].change(ctl.on_job, c["job"], c["config"], api_name="configs")
-    c["config"].change(ctl.on_config, [c["job"], c["config"]], [*c["fields"], c["yaml"], c["cli"], c["form_message"]],
-                       api_name="load_config")
-    for comp in c["fields"]:
+    c["config"].change(ctl.on_config, [c["job"], c["config"], *launch],
+                       [*c["fields"], c["yaml"], c["cli"], c["form_message"]], api_name="load_config")
+    for comp in [*c["fields"], *launch]:
         comp.input(ctl.preview, form, [c["yaml"], c["cli"], c["form_message"]], api_name=False, show_progress="hidden")
     c["preview_btn"] = gr.Button(visible=False)
     c["preview_btn"].click(ctl.preview, form, [c["yaml"], c["cli"], c["form_message"]], api_name="preview")

@@ -14,6 +14,7 @@ import gradio as gr
 
 from medadapt.charts import loss_figure
 from medadapt.jobs import JobError
+from medadapt.launcher import Launcher
 from medadapt.rundir import RunDir
 from medadapt.train_form import (FIELDS, FormError, cli_command, config_to_form, config_yaml, form_to_config,
                                  list_configs, load_base, save_config)
@@ -51,25 +52,41 @@ class TrainController:
         tcfg = form_to_config(job, dict(zip((f.key for f in FIELDS), values)), base, self.data_dir, self.runs_dir)
         return tcfg, base
 
+    @staticmethod
+    def launcher(values: tuple[Any, ...]) -> Launcher:
+        """The launcher inputs that follow the form fields: kind, processes, accelerate config (absent: one process)."""
+        kind, nproc, config = (list(values[len(FIELDS):]) + [None, None, None])[:3]
+        try:
+            n = 1 if nproc in (None, "") else int(nproc)
+        except (TypeError, ValueError):
+            n = 0
+        return Launcher.from_dict({"kind": kind or "single", "num_processes": n if kind == "accelerate" else 1,
+                                   "config_file": config})
+
     def preview(self, job: str, config_path: str, *values: Any) -> tuple[str, str, str]:
+        launcher = self.launcher(values)
         try:
             tcfg, base = self._build_config(job, config_path, values)
+            if launcher.problems():
+                raise FormError(launcher.problems())
         except FormError as e:
             return gr.skip(), gr.skip(), self.bullet(e.messages)
-        return config_yaml(tcfg), cli_command(tcfg, Path(config_path) if config_path else None, base), ""
+        return config_yaml(tcfg), cli_command(tcfg, Path(config_path) if config_path else None, base, launcher), ""
 
     def on_job(self, job: str):
         choices = self.config_choices(job)
         return gr.update(choices=choices, value=choices[0][1] if choices else None)
 
-    def on_config(self, job: str, config_path: str):
+    def on_config(self, job: str, config_path: str, *launch: Any):
         try:
             base = load_base(config_path, self.cfg.profile, self.runs_dir)
             tcfg = form_to_config(job, {}, base, self.data_dir, self.runs_dir)
         except FormError as e:
             return [gr.skip()] * (len(FIELDS) + 2) + [self.bullet(e.messages)]
         values = config_to_form(tcfg)
-        cli = cli_command(tcfg, Path(config_path) if config_path else None, base)
+        launcher = self.launcher((None,) * len(FIELDS) + launch)
+        cli = cli_command(tcfg, Path(config_path) if config_path else None, base,
+                          None if launcher.problems() else launcher)
         return [values[f.key] for f in FIELDS] + [config_yaml(tcfg), cli, ""]
 
     def on_save(self, request: gr.Request, secret: str, name: str, job: str, config_path: str, *values: Any):
@@ -92,7 +109,7 @@ class TrainController:
             return "**Fix these values first:**\n\n" + self.bullet(e.messages)
         label = next((lbl for lbl, p in self.config_choices(job) if p == config_path), "")
         try:
-            run = self.jobs.start(tcfg, source=label)
+            run = self.jobs.start(tcfg, source=label, launcher=self.launcher(values))
         except JobError as e:
             gr.Warning(self.shown(str(e)))
             return f"⛔ {self.shown(str(e))}"

@@ -1,0 +1,47 @@
+"""Re-score the ``text_norm`` view of a results file from its stored log-probabilities, without running a model.
+
+Every loglik row stores ``logprobs = {"letter": [...], "text": [...]}``; ``text`` holds each option's total
+log-probability of `` <option text>`` (summed over its tokens, rounded to 4 decimals). Files written before
+``text_norm`` followed lm-evaluation-harness's acc_norm divided those sums by the UTF-8 bytes of `` <option text>``;
+:func:`rescore_text_norm` divides by the option text's characters instead (:func:`eval.views.text_norm_view`), using
+the options stored in the file's ``items``, and recomputes the summaries. Run::
+
+    python -m eval rescore results/offline/views-20261128.json [--out NEW.json]
+
+(without ``--out`` the file is rewritten in place, atomically).
+"""
+from __future__ import annotations
+
+from eval.views import TEXT_NORM_UNIT, default_view, text_norm_view
+
+
+def rescore_text_norm(results: dict) -> dict:
+    """Recompute every row's ``text_norm`` view in place; returns ``{"rows", "changed", "by_variant": {v: {bench:
+    changed}}}``. Rows without stored option-text log-probabilities (cot runs) are left as they are."""
+    from eval.report import add_summaries
+
+    items = {b: {it["id"]: it for it in its} for b, its in results.get("items", {}).items()}
+    first = default_view(results)
+    rows = changed = 0
+    by_variant: dict[str, dict[str, int]] = {}
+    for name, entry in results.get("variants", {}).items():
+        for bench, preds in entry.get("predictions", {}).items():
+            for r in preds:
+                text = (r.get("logprobs") or {}).get("text")
+                item = items.get(bench, {}).get(r.get("id"))
+                if not text or item is None or len(text) != len(item["options"]):
+                    continue
+                view = text_norm_view(text, item["options"], item["answer"])
+                old = r.setdefault("views", {}).get("text_norm", {})
+                rows += 1
+                if old.get("pred") != view["pred"]:
+                    changed += 1
+                    by_variant.setdefault(name, {}).setdefault(bench, 0)
+                    by_variant[name][bench] += 1
+                r["views"]["text_norm"] = {**old, **view}
+                if first == "text_norm":
+                    r.update(view)
+    if rows:
+        results["text_norm_unit"] = TEXT_NORM_UNIT
+        add_summaries(results)
+    return {"rows": rows, "changed": changed, "by_variant": by_variant}
