@@ -30,13 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-QUESTIONS = [
-    "What is the first-line treatment for anaphylaxis?",
-    "Which vitamin deficiency causes megaloblastic anemia with neurological signs?",
-    "What is the mechanism of action of metformin?",
-    "Most common cause of community-acquired pneumonia in adults?",
-    "What does a patent foramen ovale allow?",
-]
+from bench.load import QUESTIONS, percentile  # noqa: E402  (the load test's questions and p95)
+
 MODES = ("serial", "batched", "remote")
 
 
@@ -109,11 +104,6 @@ def user(url: str, n: int, max_new: int, timeout: float, uid: int) -> list[tuple
         out.append((ok, time.perf_counter() - t0, answers))
         print(f"  user {uid} q{i}: {'ok' if ok else 'FAILED'} in {out[-1][1]:.1f}s", flush=True)
     return out
-
-
-def percentile(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
 
 
 def run_mode(mode: str, args, tmp: Path, adapters: dict[str, Path]) -> dict:

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from medadapt.rundir import write_dir_atomic
 
 log = logging.getLogger(__name__)
 
@@ -174,18 +173,10 @@ def extract_delta(base: str | Path, tuned: str | Path, out: str | Path, rank: in
         "energy_kept_min": round(min(kept), 6) if kept else None,
         "energy_kept_mean": round(sum(kept) / len(kept), 6) if kept else None,
         "full_copies": sorted(set(full)), "unrepresented": unrepresented, "energy_kept": energy}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-    try:
+    with write_dir_atomic(out) as tmp:
         save_file(tensors, str(tmp / "adapter_model.safetensors"))
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
         (tmp / "medadapt.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if unrepresented:
         log.warning("delta of %s: not represented: %s", source or tuned, "; ".join(unrepresented[:5]))
     return report

@@ -9,11 +9,11 @@ LoRA ranks together); :class:`FolderModel` lets the job's usual publish step cop
 """
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from medadapt.rundir import write_dir_atomic
 
 DONE = ".merged"  # marker written last: a folder without it was cut short
 
@@ -35,18 +35,10 @@ def merge_adapter(base: str | Path, adapter: str | Path, out: Path, dtype: str =
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=getattr(torch, dtype)).to(device)
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-    try:
+    with write_dir_atomic(out) as tmp:
         merged.to("cpu").save_pretrained(tmp, safe_serialization=True)
         load_tokenizer(str(base)).save_pretrained(tmp)
         (tmp / DONE).write_text(f"base: {base}\nadapter: {adapter}\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
