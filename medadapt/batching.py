@@ -111,7 +111,7 @@ class Batcher:
                         self._drop()
             except Exception as e:  # a broken step fails the jobs in it, never the loop
                 log.exception("decode step failed")
-                for job in {r.job for r in self.live} | set(admitted):
+                for job in {r.job for r in self.live} | set(admitted) | set(out):  # out: rows that ended in it
                     job.events.put(e)
                 self.live = []
                 self.cache.clear()

@@ -75,9 +75,24 @@ def wait_until(condition, timeout: float = 60) -> None:
         time.sleep(0.02)
 
 
-def gate(app):
-    """Held, it stops every generation between decode steps (the engine's model lock; questions stay running)."""
-    return app["state"].pipeline.engine._model_lock
+class Gate:
+    """The engine's model lock, held by a test: it stops every generation between decode steps (questions stay
+    running). It remembers whether the test holds it, so a teardown never releases the decode loop's hold."""
+
+    def __init__(self, lock) -> None:
+        self.lock, self.held = lock, False
+
+    def acquire(self) -> None:
+        self.lock.acquire()
+        self.held = True
+
+    def release(self) -> None:
+        self.held = False
+        self.lock.release()
+
+
+def gate(app) -> Gate:
+    return app.setdefault("gate", Gate(app["state"].pipeline.engine._model_lock))
 
 
 @pytest.fixture
@@ -85,7 +100,7 @@ def app(public_app):
     """The public app with default limits; afterwards the lock is free and every event has finished."""
     yield public_app
     lock = gate(public_app)
-    if lock.locked():
+    if lock.held:
         lock.release()
     wait_until(lambda: not public_app["demo"]._queue.event_ids_to_events)
     public_app["inflight"].limits = Limits()

@@ -293,6 +293,33 @@ def test_eos_rows_leave_and_others_keep_their_tokens(engine):
     assert len(consume(b)[0].text) > 0
 
 
+def test_a_failed_step_reaches_every_job_in_it_and_the_loop_goes_on(engine, monkeypatch):
+    """A step that breaks after a job's last token (its rows already left the batch, the job admitted in an earlier
+    step) still ends that job with the error instead of leaving its consumer waiting forever; the loop goes on."""
+    batcher, real_drop, calls = engine._batcher, engine._batcher._drop, []
+    three = GenSettings(max_new_tokens=3)
+    engine.eos_ids, eos = set(), engine.eos_ids  # the row runs its 3 tokens
+    try:
+        want = engine.generate_batch([Q], [BASE], three)
+
+        def drop_then_break() -> None:
+            real_drop()
+            calls.append(1)
+            if len(calls) > 2 and not batcher.live:  # the drop after the step that gave the last token
+                raise RuntimeError("step broke")
+
+        monkeypatch.setattr(batcher, "_drop", drop_then_break)
+        job = engine.start([(Q, BASE)], three).job
+        events = [job.events.get(timeout=60)]
+        while not isinstance(events[-1], BaseException):
+            events.append(job.events.get(timeout=60))
+        assert "step broke" in str(events[-1])
+        monkeypatch.setattr(batcher, "_drop", real_drop)
+        assert engine.generate_batch([Q], [BASE], three) == want
+    finally:
+        engine.eos_ids = eos
+
+
 def test_serial_path_gives_the_same_tokens(model_dir, adapters, engine):
     serial = make_engine(model_dir, adapters, "gathered")
     serial._batcher = None
