@@ -117,8 +117,6 @@ def test_concurrent_users_all_answered(app):
     assert all(DISCLAIMER in o[0] and "tokens" in o[2] for o in outs)
 
 
-@pytest.mark.xfail(reason="known bug (issue 14, open): a gradio_client cancel does not close the Compare generator "
-                   "on the server, so the cancelled user's rows decode on to their limit", strict=False)
 def test_stop_ends_only_that_users_rows(app):
     """Two users generate together; one cancels (the Stop button's cancel): the other's answer completes, and the
     cancelled rows leave the shared batch at once instead of decoding on to their 1,024 tokens."""
@@ -139,7 +137,7 @@ def test_stop_ends_only_that_users_rows(app):
             time.sleep(0.05)
         long.cancel()
         out = short.result(timeout=120)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while batcher.live and time.monotonic() < deadline:
             time.sleep(0.05)
         steps = batcher.steps
