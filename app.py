@@ -15,7 +15,7 @@ import argparse
 import logging
 import os
 
-QUEUE_CONCURRENCY = 4  # the light events (votes, exports, refreshes); Compare sets its own (engine_api.concurrent_generations)
+QUEUE_CONCURRENCY = 4  # the light events (votes, exports, refreshes); Compare sets its own (engine_choice.concurrent_generations)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medadapt.adapters import AdapterLoadError, resolve_adapter
-from medadapt.engine_api import (BASE, GenSettings, PromptTooLongError, Request, RowState, UnknownAdapterError,
-                                 batching_enabled)
+from medadapt.engine_api import BASE, GenSettings, PromptTooLongError, Request, RowState, UnknownAdapterError
+from medadapt.engine_choice import batching_enabled
 from medadapt.prompts import render_chat, special_token_strings
 
 if TYPE_CHECKING:

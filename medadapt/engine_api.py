@@ -1,25 +1,19 @@
-"""The engine protocol the pipeline depends on, its records, and the one place that picks an engine.
+"""The engine protocol the pipeline depends on, and its records.
 
 Two engines implement :class:`TextEngine`: :class:`medadapt.engine.Engine` (the model in this process, continuous
 batching) and :class:`medadapt.remote.OpenAIEngine` (an OpenAI-compatible server such as vLLM, one streaming chat
-request per row). ``MEDADAPT_ENGINE`` picks one (``local``, the default, or ``openai``). Chat messages go in; the
+request per row). Chat messages go in; the
 chat template is applied by the engine's model (``medadapt.prompts.render_chat`` locally, the server remotely) and
-``<think>`` is split by :mod:`medadapt.reasoning`, never by an engine.
+``<think>`` is split by :mod:`medadapt.reasoning`, never by an engine. :mod:`medadapt.engine_choice` picks one.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from medadapt.config import AppConfig
+from typing import Protocol
 
 BASE = "__base__"  # the adapter name of a row without an adapter
-ENGINE_ENV = "MEDADAPT_ENGINE"
-ENGINES = ("local", "openai")
 
 Request = tuple[list[dict], str]  # (chat messages, adapter name or BASE)
 
@@ -86,35 +80,3 @@ class TextEngine(Protocol):
     def start(self, requests: list[Request], settings: GenSettings) -> Generation:
         """Begin generating every row now (validated and queued before returning)."""
         ...
-
-
-def batching_enabled() -> bool:
-    """Continuous batching in the in-process engine, unless ``MEDADAPT_BATCHING`` is 0/false/no/off (then one
-    generation at a time: the serial baseline of ``bench/serve_load.py``)."""
-    return os.environ.get("MEDADAPT_BATCHING", "on").strip().lower() not in ("0", "false", "no", "off")
-
-
-def concurrent_generations() -> int:
-    """How many questions may generate at once: 1 on the serial path, else ``MEDADAPT_CONCURRENT_ASKS`` (default
-    16; the in-process batch then holds up to 64 rows)."""
-    if engine_kind() == "local" and not batching_enabled():
-        return 1
-    return max(1, int(os.environ.get("MEDADAPT_CONCURRENT_ASKS", "16")))
-
-
-def engine_kind() -> str:
-    kind = os.environ.get(ENGINE_ENV, "local").strip().lower() or "local"
-    if kind not in ENGINES:
-        raise ValueError(f"{ENGINE_ENV} must be one of {ENGINES}, got {kind!r}")
-    return kind
-
-
-def make_engine(cfg: AppConfig) -> TextEngine:
-    """The engine ``MEDADAPT_ENGINE`` names, set up from ``cfg`` (and, for ``openai``, its env variables)."""
-    if engine_kind() == "openai":
-        from medadapt.remote import OpenAIEngine
-
-        return OpenAIEngine.from_config(cfg)
-    from medadapt.engine import Engine
-
-    return Engine.from_config(cfg)

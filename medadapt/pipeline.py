@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from medadapt.config import AppConfig, ConfigError, GenerationConfig, check_value
-from medadapt.engine_api import concurrent_generations  # noqa: F401  (the Compare tab's concurrency)
 from medadapt.variants import VARIANTS
 from medadapt.prompts import build_messages, truncate_question
 from medadapt.reasoning import cited_numbers, split_reasoning

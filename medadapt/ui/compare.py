@@ -11,7 +11,8 @@ import gradio as gr
 from medadapt.config import GenerationConfig, RagConfig, setting
 from medadapt.variants import VARIANTS, variant_label
 from medadapt.exports import new_export_dir
-from medadapt.pipeline import InputError, check_settings, checked, concurrent_generations
+from medadapt.engine_choice import concurrent_generations
+from medadapt.pipeline import InputError, check_settings, checked
 from medadapt.space import zerogpu
 from medadapt.state import NO_ADAPTER, AppState
 from medadapt.ui import render
