@@ -77,7 +77,13 @@ def start_app(model: str, tmp: Path) -> tuple[str, object]:
     return f"http://127.0.0.1:{port}/", demo
 
 
-def user(url: str, n_questions: int, max_new: int, timeout: float, uid: int) -> list[tuple[bool, float]]:
+def user(url: str, n_questions: int, max_new: int, timeout: float, uid: int,
+         strict: bool = False) -> list[tuple[bool, float, list[str]]]:
+    """One gradio_client user asking ``n_questions`` in turn: ``(answered, seconds, the four answers)`` each.
+
+    Answered: every column carries the disclaimer and the first column its token count; ``strict`` (a real model
+    with its adapters) also wants every column's token count and no column's warning.
+    """
     from gradio_client import Client
 
     from medadapt.pipeline import DISCLAIMER
@@ -88,13 +94,18 @@ def user(url: str, n_questions: int, max_new: int, timeout: float, uid: int) -> 
         q = QUESTIONS[(uid + i) % len(QUESTIONS)]
         t0 = time.perf_counter()
         try:
-            job = client.submit(q, max_new, 0.0, 1.0, 3, False, "", "", api_name="/compare")
-            res = job.result(timeout=timeout)
-            ok = all(DISCLAIMER in res[k * 4] for k in range(4)) and "tokens" in res[2]
+            res = client.submit(q, max_new, 0.0, 1.0, 3, False, "", "", api_name="/compare").result(timeout=timeout)
+            answers = [res[k * 4] for k in range(4)]
+            counted = range(4) if strict else range(1)
+            ok = (all(DISCLAIMER in a for a in answers) and all("tokens" in res[k * 4 + 2] for k in counted)
+                  and not (strict and any("⚠️" in a for a in answers)))
+            if not ok:
+                print(f"user {uid} q{i}: not answered: {[a[:120] for a in answers]}", file=sys.stderr)
         except Exception as e:  # a lost or failed request counts as not answered
             print(f"user {uid} q{i}: {type(e).__name__}: {e}", file=sys.stderr)
-            ok = False
-        out.append((ok, time.perf_counter() - t0))
+            ok, answers = False, []
+        out.append((ok, time.perf_counter() - t0, answers))
+        print(f"  user {uid} q{i}: {'ok' if ok else 'FAILED'} in {out[-1][1]:.1f}s", flush=True)
     return out
 
 

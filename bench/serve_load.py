@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.load import QUESTIONS, percentile  # noqa: E402  (the load test's questions and p95)
+from bench.load import percentile, user  # noqa: E402  (the load test's users and p95)
 
 MODES = ("serial", "batched", "remote")
 
@@ -81,31 +81,6 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def user(url: str, n: int, max_new: int, timeout: float, uid: int) -> list[tuple[bool, float, list[str]]]:
-    from gradio_client import Client
-
-    from medadapt.pipeline import DISCLAIMER
-
-    client = Client(url, verbose=False)
-    out = []
-    for i in range(n):
-        q = QUESTIONS[(uid + i) % len(QUESTIONS)]
-        t0 = time.perf_counter()
-        try:
-            res = client.submit(q, max_new, 0.0, 1.0, 3, False, "", "", api_name="/compare").result(timeout=timeout)
-            answers = [res[k * 4] for k in range(4)]
-            ok = all(DISCLAIMER in a and "⚠️" not in a for a in answers) and all("tokens" in res[k * 4 + 2]
-                                                                                for k in range(4))
-            if not ok:
-                print(f"user {uid} q{i}: not answered: {[a[:120] for a in answers]}", file=sys.stderr)
-        except Exception as e:  # a lost or failed request counts as not answered
-            print(f"user {uid} q{i}: {type(e).__name__}: {e}", file=sys.stderr)
-            ok, answers = False, []
-        out.append((ok, time.perf_counter() - t0, answers))
-        print(f"  user {uid} q{i}: {'ok' if ok else 'FAILED'} in {out[-1][1]:.1f}s", flush=True)
-    return out
-
-
 def run_mode(mode: str, args, tmp: Path, adapters: dict[str, Path]) -> dict:
     env = {"MEDADAPT_SETUP": "off", "MEDADAPT_PROFILE": "offline", "OMP_NUM_THREADS": os.environ.get(
         "OMP_NUM_THREADS", "2")}
@@ -132,11 +107,11 @@ def run_mode(mode: str, args, tmp: Path, adapters: dict[str, Path]) -> dict:
     try:
         url = f"http://127.0.0.1:{port}/"
         wait_http(url, app, log)
-        user(url, 1, 16, args.timeout, 0)  # warm-up (first prompts, adapters, retrieval)
+        user(url, 1, 16, args.timeout, 0, strict=True)  # warm-up (first prompts, adapters, retrieval)
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
         with ThreadPoolExecutor(args.users) as pool:
-            futures = [pool.submit(user, url, args.questions, args.max_new_tokens, args.timeout, u)
+            futures = [pool.submit(user, url, args.questions, args.max_new_tokens, args.timeout, u, True)
                        for u in range(args.users)]
             results = [r for f in futures for r in f.result()]
         wall = time.perf_counter() - t0
