@@ -133,7 +133,8 @@ def _generator(cfg: AppConfig, variants: list[Variant]):
     for v in variants:
         if v.adapter and not v.skipped and not engine.has_adapter(v.peft_name):
             engine.load_adapter(v.peft_name, v.adapter)
-    settings = GenSettings(max_new_tokens=ec.max_new_tokens, temperature=ec.temperature, top_p=ec.top_p, seed=ec.seed)
+    settings = GenSettings(max_new_tokens=ec.max_new_tokens, temperature=ec.temperature, top_p=ec.top_p, seed=ec.seed,
+                          repetition_penalty=ec.repetition_penalty)
 
     def gen(msgs: list, v: Variant, should_stop: Callable[[], bool] = lambda: False) -> list[str]:
         final: list = []

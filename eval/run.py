@@ -45,6 +45,9 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--ids", help="reuse the exact items of an earlier results JSON")
     r.add_argument("--batch_size", type=int, help="rows per forward / generations per batch (default: eval.batch_size)")
     r.add_argument("--max_new_tokens", type=int, help="cot: generation budget (default: eval.max_new_tokens)")
+    r.add_argument("--temperature", type=float, help="cot: sampling temperature, 0 = greedy (default: eval.temperature)")
+    r.add_argument("--top_p", type=float, help="cot: nucleus sampling (default: eval.top_p)")
+    r.add_argument("--repetition_penalty", type=float, help="cot: 1 = off (default: eval.repetition_penalty)")
     r.add_argument("--prompt_style", choices=["chat", "plain"], help="loglik prompt (default: eval.prompt_style)")
     r.add_argument("--profile", help="offline | reference | auto | a YAML path (default: MEDADAPT_PROFILE or auto)")
     r.add_argument("--model", help="base model override (Hub id or folder)")
@@ -110,7 +113,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     overrides: dict = {"eval": {k: v for k, v in {
         "n": args.n, "seed": args.seed, "mode": args.mode, "batch_size": args.batch_size,
-        "max_new_tokens": args.max_new_tokens, "prompt_style": args.prompt_style,
+        "max_new_tokens": args.max_new_tokens, "prompt_style": args.prompt_style, "temperature": args.temperature,
+        "top_p": args.top_p, "repetition_penalty": args.repetition_penalty,
         "benchmarks": args.benchmarks.split(",") if args.benchmarks else None}.items() if v is not None}}
     if args.model:
         overrides["model"] = {"name_or_path": args.model, "display_name": Path(args.model).name}

@@ -170,17 +170,22 @@ class AdapterConfig:
     delta_rank: int = 64  # rank of the delta extracted from a full model (per linear layer)
 
 
+Temperature = Annotated[float, Field(ge=0.0, le=1.5, title="Temperature")]  # 0 means greedy
+TopP = Annotated[float, Field(ge=0.05, le=1.0, title="Top-p")]
+# > 1 discourages a token the answer already used (a guard against loops); 1: off
+RepetitionPenalty = Annotated[float, Field(ge=1.0, le=2.0, title="Repetition penalty")]
+
+
 @dataclass
 class GenerationConfig(Validated):
     """Decoding defaults and bounds of the Compare tab's settings (the upper bound of max new tokens also depends on
     the model: :attr:`AppConfig.max_new_tokens_limit`)."""
 
     max_new_tokens: Annotated[int, Field(ge=16, le=32768, title="Max new tokens")] = 256
-    temperature: Annotated[float, Field(ge=0.0, le=1.5, title="Temperature")] = 0.0  # 0 means greedy
-    top_p: Annotated[float, Field(ge=0.05, le=1.0, title="Top-p")] = 1.0
+    temperature: Temperature = 0.0
+    top_p: TopP = 1.0
     seed: int = 0
-    # > 1 discourages a token the answer already used (a guard against loops); 1: off
-    repetition_penalty: Annotated[float, Field(ge=1.0, le=2.0, title="Repetition penalty")] = 1.0
+    repetition_penalty: RepetitionPenalty = 1.0
 
 
 @dataclass
@@ -278,8 +283,9 @@ class EvalConfig(Validated):
     mode: str = "loglik"  # loglik | cot
     batch_size: int = 8
     max_new_tokens: int = 512  # cot mode's budget per answer (the reference profile: 4096, as the seed)
-    temperature: float = 0.0  # cot mode: 0 greedy; DeepSeek-R1 family: 0.6 (its model card: 0.5-0.7)
-    top_p: float = 1.0  # cot mode (R1: 0.95)
+    temperature: Temperature = 0.0  # cot mode: 0 greedy; DeepSeek-R1 family: 0.6 (its model card: 0.5-0.7)
+    top_p: TopP = 1.0  # cot mode (R1: 0.95)
+    repetition_penalty: RepetitionPenalty = 1.0  # cot mode; 1 = off (the app's offline default: 1.1)
     prompt_style: str = "chat"  # loglik prompt: chat (chat template, assistant turn "Answer:") | plain (lm-eval's prompts)
 
 

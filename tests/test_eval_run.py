@@ -167,6 +167,29 @@ def test_cli_cot_rag_skipped_without_index_and_merge(cli_env, capsys):
     assert {"base", "sft", "extra"} <= set(merged["summary"])
 
 
+def test_cli_cot_decoding_flags_reach_the_engine_and_the_results(cli_env, monkeypatch, capsys):
+    """--temperature/--top_p/--repetition_penalty drive the cot decode and are recorded; out of bounds is refused."""
+    from eval.run import main
+    from medadapt.engine import Engine
+
+    seen, real = [], Engine.stream
+
+    def stream(self, requests, settings):
+        seen.append(settings)
+        return real(self, requests, settings)
+
+    monkeypatch.setattr(Engine, "stream", stream)
+    out = cli_env / "cot-sampled.json"
+    args = ["run", "--variants", "base", "--mode", "cot", "--n", "1", "--benchmarks", "pubmedqa",
+            "--max_new_tokens", "4", "--profile", "offline", "--out", str(out)]
+    assert main(args + ["--temperature", "0.7", "--top_p", "0.9", "--repetition_penalty", "1.3"]) == 0
+    assert seen and all((s.temperature, s.top_p, s.repetition_penalty) == (0.7, 0.9, 1.3) for s in seen)
+    recorded = json.loads(out.read_text())["config"]["eval"]
+    assert (recorded["temperature"], recorded["top_p"], recorded["repetition_penalty"]) == (0.7, 0.9, 1.3)
+    assert main(args + ["--repetition_penalty", "0.5"]) != 0
+    assert "Repetition penalty: must be between 1 and 2" in capsys.readouterr().err
+
+
 def test_merge_unions_items_and_pairs_on_common_ones():
     from eval.report import paired_tests, summarize
     from eval.run import merge_results
