@@ -2,8 +2,9 @@
 
 ``MEDADAPT_ENGINE=openai`` with ``MEDADAPT_OPENAI_BASE_URL`` (default ``http://127.0.0.1:8000/v1``) and, when the
 server wants one, the API key in ``MEDADAPT_OPENAI_API_KEY``; ``MEDADAPT_OPENAI_MODEL`` names the base model (default:
-the server's first model that is not an adapter); ``MEDADAPT_OPENAI_TIMEOUT_S`` is how long a row waits for the next
-token (default 120). A LoRA adapter is the request's ``model``: adapters the server was started with
+the server's first model that is not an adapter); ``MEDADAPT_OPENAI_FIRST_TOKEN_TIMEOUT_S`` is how long a row waits for
+its first token (default 600: a loaded server queues requests and prefills them, which is normal) and
+``MEDADAPT_OPENAI_TIMEOUT_S`` how long for each next one (default 120: a stall). A LoRA adapter is the request's ``model``: adapters the server was started with
 (vLLM ``--lora-modules name=path``) are reused by folder, others (e.g. finished in the Training tab) are loaded at run
 time with vLLM's ``POST /v1/load_lora_adapter`` (server started with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``; the
 folder must be readable by the server). The server's reasoning field (``reasoning_content``/``reasoning``), where it
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -47,12 +49,14 @@ class OpenAIEngine:
 
     def __init__(self, base_url: str = DEFAULT_URL, api_key: str = "", model: str = "", tokenizer_path: str = "",
                  max_context: int = 2048, reasoning_template: bool = False, timeout_s: float = 120.0,
-                 connect_timeout_s: float = 5.0) -> None:
+                 connect_timeout_s: float = 5.0, first_token_timeout_s: float = 600.0) -> None:
         from transformers import AutoTokenizer
 
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self.timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)  # server-state calls; a stall mid-answer
+        # a stream's reads may wait this long (its first token); later stalls are cut by RemoteGeneration's watchdog
+        self.stream_timeout = httpx.Timeout(max(first_token_timeout_s, timeout_s), connect=connect_timeout_s)
         self.client = httpx.Client(base_url=self.base_url, headers=headers, timeout=self.timeout,
                                    limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
@@ -72,7 +76,8 @@ class OpenAIEngine:
         env = os.environ.get
         return cls(env("MEDADAPT_OPENAI_BASE_URL", DEFAULT_URL), env("MEDADAPT_OPENAI_API_KEY", ""),
                    env("MEDADAPT_OPENAI_MODEL", ""), base_model_path(cfg), cfg.model.max_context,
-                   cfg.model.reasoning_template, float(env("MEDADAPT_OPENAI_TIMEOUT_S", "120")))
+                   cfg.model.reasoning_template, float(env("MEDADAPT_OPENAI_TIMEOUT_S", "120")),
+                   first_token_timeout_s=float(env("MEDADAPT_OPENAI_FIRST_TOKEN_TIMEOUT_S", "600")))
 
     # ------------------------------------------------------------------ server state
 
@@ -169,7 +174,11 @@ class OpenAIEngine:
 
 
 class RemoteGeneration:
-    """The rows of one :meth:`OpenAIEngine.start`, streamed by one thread each; snapshots as chunks arrive."""
+    """The rows of one :meth:`OpenAIEngine.start`, streamed by one thread each; snapshots as chunks arrive.
+
+    A watchdog cuts a row's stream when its next token is later than the engine's stall timeout (its first token may
+    take up to the stream timeout); ``close()`` cuts every stream at once, so the server drops those requests.
+    """
 
     def __init__(self, engine: OpenAIEngine, adapters: list[str], bodies: list[dict]) -> None:
         self.engine, self.bodies = engine, bodies
@@ -177,14 +186,39 @@ class RemoteGeneration:
         self.states = [RowState(a, "", 0, None, 0.0, False, None) for a in adapters]
         self.updates: queue.SimpleQueue = queue.SimpleQueue()
         self.stopped = threading.Event()
+        n = len(bodies)
+        self.sockets: list[socket.socket | None] = [None] * n  # each open stream's socket (cut to stop a read)
+        self.last_token: list[float | None] = [None] * n  # monotonic time of each row's latest token
+        self.stalled, self.ended = [False] * n, [False] * n
         self.threads = [threading.Thread(target=self._row, args=(i,), daemon=True, name=f"medadapt-remote-{i}")
-                        for i in range(len(bodies))]
+                        for i in range(n)]
         for t in self.threads:
             t.start()
+        threading.Thread(target=self._watch, daemon=True, name="medadapt-remote-watchdog").start()
 
     def close(self) -> None:
-        """Stop this generation's requests (each closes its stream at its next chunk)."""
+        """Stop this generation's requests now (their streams are cut; the other generations go on)."""
         self.stopped.set()
+        for i in range(len(self.sockets)):
+            self._cut(i)
+
+    def _cut(self, i: int) -> None:
+        sock = self.sockets[i]
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the row's blocked read, unlike close()
+            except OSError:
+                pass
+
+    def _watch(self) -> None:
+        stall = self.engine.timeout.read
+        while not self.stopped.is_set() and not all(self.ended):
+            now = time.monotonic()
+            for i, last in enumerate(self.last_token):
+                if last is not None and not self.ended[i] and now - last > stall:
+                    self.stalled[i] = True
+                    self._cut(i)
+            self.stopped.wait(min(1.0, stall / 4))
 
     def __iter__(self) -> Iterator[list[RowState]]:
         left = len(self.states)
@@ -210,7 +244,12 @@ class RemoteGeneration:
         text = _Text()
         n, first = 0, None
         try:
-            with self.engine.client.stream("POST", "/chat/completions", json=body) as r:
+            with self.engine.client.stream("POST", "/chat/completions", json=body,
+                                           timeout=self.engine.stream_timeout) as r:
+                stream = r.extensions.get("network_stream")
+                self.sockets[i] = stream.get_extra_info("socket") if stream is not None else None
+                if self.stopped.is_set():
+                    return
                 if r.status_code != 200:
                     r.read()
                     raise RemoteError(_status_message(r, body["model"], st.adapter))
@@ -235,26 +274,37 @@ class RemoteGeneration:
                             text.add(*piece)
                             n += 1
                             first = first if first is not None else time.perf_counter() - self.t0
+                            self.last_token[i] = time.monotonic()
                             self.updates.put((i, {"text": text.value(), "n_tokens": n, "first_token_s": first}))
                         reason = choice.get("finish_reason") or reason
-                if reason is None:
+                if reason is None and not self.stalled[i]:
                     raise RemoteError("the model server closed the stream before the answer finished")
+            if self.stalled[i]:
+                raise httpx.ReadTimeout("stalled")
             self._finish(i, text.value(), n, first, FINISH.get(reason, "eos"), "")
-        except RemoteError as e:
-            self._finish(i, text.value(), n, first, "error", str(e))
-        except httpx.TimeoutException:
-            self._finish(i, text.value(), n, first, "error",
-                         f"the model server was too slow: no token for {self.engine.timeout.read:.0f} s "
-                         f"after {n} tokens")
-        except (httpx.TransportError, httpx.StreamError) as e:
+        except Exception as e:
+            if self.stopped.is_set():
+                return
+            self._finish(i, text.value(), n, first, "error", self._error_message(i, e, n))
+
+    def _error_message(self, i: int, e: Exception, n: int) -> str:
+        """What row ``i``'s column says when its request failed with ``e`` after ``n`` tokens."""
+        eng = self.engine
+        if self.stalled[i]:
+            return f"the model server was too slow: no token for {eng.timeout.read:.0f} s after {n} tokens"
+        if isinstance(e, RemoteError):
+            return str(e)
+        if isinstance(e, httpx.TimeoutException):
+            return (f"the model server was too slow: no first token in {eng.stream_timeout.read:.0f} s "
+                    "(it may be overloaded; MEDADAPT_OPENAI_FIRST_TOKEN_TIMEOUT_S sets the wait)")
+        if isinstance(e, (httpx.TransportError, httpx.StreamError)):
             where = f"after {n} tokens" if n else "before the first token"
             what = "is unreachable" if isinstance(e, httpx.ConnectError) else f"failed {where}"
-            self._finish(i, text.value(), n, first, "error",
-                         f"the model server at {self.engine.base_url} {what} ({type(e).__name__})")
-        except Exception as e:  # e.g. a malformed chunk: this row fails, the app and the other rows go on
-            self._finish(i, text.value(), n, first, "error", f"unexpected answer from the model server: {e!r}")
+            return f"the model server at {eng.base_url} {what} ({type(e).__name__})"
+        return f"unexpected answer from the model server: {e!r}"  # e.g. a malformed chunk: only this row fails
 
     def _finish(self, i: int, text: str, n: int, first: float | None, reason: str, error: str) -> None:
+        self.ended[i] = True
         self.updates.put((i, {"text": text, "n_tokens": n, "first_token_s": first, "finished": True,
                               "finish_reason": reason, "error": error,
                               "elapsed_s": time.perf_counter() - self.t0}))
