@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 
 from medadapt.adapters import AdapterLoadError, resolve_adapter
 from medadapt.engine_api import BASE, GenSettings, PromptTooLongError, Request, RowState, UnknownAdapterError
-from medadapt.engine_choice import batching_enabled
 from medadapt.prompts import render_chat, special_token_strings
 
 if TYPE_CHECKING:
@@ -85,7 +84,6 @@ class Engine:
 
         m = cfg.model
         kwargs.setdefault("num_threads", getattr(m, "num_threads", 0) or None)
-        kwargs.setdefault("batching", batching_enabled())
         engine = cls(base_model_path(cfg), m.dtype, m.reasoning_template, trust_remote_code=m.trust_remote_code,
                      max_context=m.max_context, **kwargs)
         for kind in ("sft", "msft"):

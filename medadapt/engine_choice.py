@@ -43,4 +43,4 @@ def make_engine(cfg: AppConfig) -> TextEngine:
         return OpenAIEngine.from_config(cfg)
     from medadapt.engine import Engine
 
-    return Engine.from_config(cfg)
+    return Engine.from_config(cfg, batching=batching_enabled())

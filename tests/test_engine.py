@@ -203,6 +203,18 @@ def test_from_config_loads_the_adapters_that_exist(cfg, adapters):
     assert engine.max_context == cfg.model.max_context
 
 
+@pytest.mark.parametrize("setting,batched,asks", [("off", False, 1), ("on", True, 16)])
+def test_the_batching_setting_picks_the_serial_or_batched_engine(cfg, monkeypatch, setting, batched, asks):
+    from medadapt.engine_choice import concurrent_generations, make_engine
+
+    monkeypatch.setenv("MEDADAPT_BATCHING", setting)
+    monkeypatch.delenv("MEDADAPT_ENGINE", raising=False)
+    monkeypatch.delenv("MEDADAPT_CONCURRENT_ASKS", raising=False)
+    engine = make_engine(cfg)
+    assert (engine._batcher is not None, engine._serial is None) == (batched, batched)
+    assert concurrent_generations() == asks
+
+
 def test_prompt_rendering_and_limits(engine, model_dir):
     text = engine.render(Q)
     assert Q[0]["content"] in text and not engine.prompt_opens_think()
