@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medadapt.config import AppConfig, ConfigError, TrainConfig, load_config
+from medadapt.config import AppConfig, ConfigError, LoraConfig, TrainConfig, load_config
 from trainers import dist
 
 log = logging.getLogger(__name__)
@@ -135,11 +135,24 @@ def _load_unsloth(tcfg: TrainConfig, model_path: str, adapter: str | None) -> tu
     return model, tok
 
 
+def adapter_lora(adapter: Path, fallback: LoraConfig) -> LoraConfig:
+    """The LoRA shape of a saved PEFT adapter (what the SFT stage really trains), for the config and model card."""
+    from medadapt.rundir import read_json
+
+    ac = read_json(adapter / "adapter_config.json")
+    if not ac:
+        return fallback
+    targets = ac.get("target_modules") or fallback.target_modules
+    return LoraConfig(r=ac.get("r", fallback.r), alpha=ac.get("lora_alpha", fallback.alpha),
+                      dropout=ac.get("lora_dropout", fallback.dropout),
+                      target_modules=sorted(targets) if isinstance(targets, (list, set)) else [targets],
+                      use_rslora=ac.get("use_rslora", fallback.use_rslora),
+                      modules_to_save=list(ac.get("modules_to_save") or []))
+
+
 def adapter_lora_config(adapter: str, tcfg: TrainConfig) -> TrainConfig:
     """``tcfg`` with the LoRA shape of a saved adapter (what continuing it trains)."""
     import dataclasses
-
-    from trainers.msft import adapter_lora
 
     return dataclasses.replace(tcfg, lora=adapter_lora(Path(adapter), tcfg.lora))
 

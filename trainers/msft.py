@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medadapt.config import AppConfig, LoraConfig, TrainConfig, from_dict, to_dict
+from medadapt.config import AppConfig, TrainConfig, from_dict, to_dict
 from trainers import dist
 from trainers.job import Context, Outcome, cli_main
 
@@ -38,25 +38,10 @@ def cpt_stage_config(tcfg: TrainConfig) -> TrainConfig:
     return from_dict(TrainConfig, {**base, **dict(tcfg.cpt), "job": "cpt"}, "msft.cpt")
 
 
-def adapter_lora(adapter: Path, fallback: LoraConfig) -> LoraConfig:
-    """The LoRA shape of a saved PEFT adapter (what the SFT stage really trains), for the config and model card."""
-    from medadapt.rundir import read_json
-
-    ac = read_json(adapter / "adapter_config.json")
-    if not ac:
-        return fallback
-    targets = ac.get("target_modules") or fallback.target_modules
-    return LoraConfig(r=ac.get("r", fallback.r), alpha=ac.get("lora_alpha", fallback.alpha),
-                      dropout=ac.get("lora_dropout", fallback.dropout),
-                      target_modules=sorted(targets) if isinstance(targets, (list, set)) else [targets],
-                      use_rslora=ac.get("use_rslora", fallback.use_rslora),
-                      modules_to_save=list(ac.get("modules_to_save") or []))
-
-
 def train_msft(ctx: Context) -> Outcome:
     from medadapt.adapters import is_adapter_dir
     from medadapt.models import load_tokenizer
-    from trainers.common import planned_steps
+    from trainers.common import adapter_lora, planned_steps
     from trainers.cpt import train_cpt
     from trainers.job import base_model_id
     from medadapt.rundir import read_json
