@@ -277,10 +277,8 @@ class RemoteGeneration:
                             self.last_token[i] = time.monotonic()
                             self.updates.put((i, {"text": text.value(), "n_tokens": n, "first_token_s": first}))
                         reason = choice.get("finish_reason") or reason
-                if reason is None and not self.stalled[i]:
+                if reason is None or self.stalled[i]:  # _error_message names a stall first
                     raise RemoteError("the model server closed the stream before the answer finished")
-            if self.stalled[i]:
-                raise httpx.ReadTimeout("stalled")
             self._finish(i, text.value(), n, first, FINISH.get(reason, "eos"), "")
         except Exception as e:
             if self.stopped.is_set():
