@@ -18,6 +18,17 @@ def test_medmcqa_row_uses_explanation_as_cot_and_1_based_cop():
 def test_medmcqa_row_without_explanation_is_skipped():
     assert medmcqa_row({**MCQ, "exp": None}) is None
     assert medmcqa_row({**MCQ, "exp": "  "}) is None
+    assert medmcqa_row({**MCQ, "exp": "Ans. is 'c' i.e., c1"}) is None  # nothing but the answer key
+
+
+def test_the_answer_key_an_explanation_opens_with_is_not_reasoning():
+    """MedMCQA explanations often open with their key ("Ans. is 'c' i.e., c1", "Answer- C. c1"); the reasoning
+    keeps what follows, and the key is stated once, in the answer after </think>."""
+    for exp in ("Ans. is 'c' i.e., c1Because c1 works.", "Answer- C. c1 Because c1 works.", "Ans: c. Because c1 works.",
+                "Ans-c. c1. Because c1 works."):
+        assert medmcqa_row({**MCQ, "exp": exp}).cot == "Because c1 works.", exp
+    for exp in ("Answer is clear from the mechanism: c1.", "Anserine bursitis: c1."):  # no key: kept as written
+        assert medmcqa_row({**MCQ, "exp": exp}).cot == exp
 
 
 def test_pubmedqa_row_has_context_question_long_answer_and_decision():
@@ -47,3 +58,22 @@ def test_local_rows_from_data_dir(cfg):
     assert len(by["pubmedqa"]) == 500  # the non-test half of PQA-L
     assert len(by["medmcqa"]) > 1000 and all(r.cot for r in by["medmcqa"])
     assert len({r.id for r in rows}) == len(rows)
+
+
+def test_app_prompt_shape_poses_a_row_exactly_as_the_evaluation_poses_its_item():
+    """Training with ``prompt: app`` sees the messages Compare and the eval send for the same question: options
+    under "Options:", the multiple-choice instructions, PubMedQA's abstract under its label with yes/no/maybe."""
+    from eval.prompting import item_messages
+    from medadapt.data.benchmarks import BenchItem, pubmedqa_item
+    from trainers.formatting import prompt_messages
+
+    row = medmcqa_row(MCQ)
+    item = BenchItem("medmcqa", "u1", MCQ["question"], {"A": "a1", "B": "b1", "C": "c1", "D": "d1"}, "C")
+    assert prompt_messages(row.question, "app", posed=row.posed) == item_messages(item)
+    assert prompt_messages(row.question, "bare", posed=row.posed) == [{"role": "user", "content": row.question}]
+    rec = {"QUESTION": "Does A cause B?", "CONTEXTS": ["ctx one", "ctx two"], "LONG_ANSWER": "A causes B.",
+           "final_decision": "maybe"}
+    row = pubmedqa_row("123", rec)
+    item = pubmedqa_item("123", rec["QUESTION"], rec["CONTEXTS"], "maybe")
+    assert prompt_messages(row.question, "app", posed=row.posed) == item_messages(item)
+    assert prompt_messages(row.question, "app", system_role=False, posed=row.posed) == item_messages(item, None, False)

@@ -7,7 +7,8 @@ template's end-of-turn text; prompt tokens get label -100.
 
 Prompt shapes (``TrainConfig.prompt``): ``bare`` (the question alone as the user turn, the template's own system
 text), ``app`` (:func:`medadapt.prompts.build_messages`, exactly what Compare and the evaluation send: the same
-instructions, and for the DeepSeek-R1 family no system message, ``ModelConfig.system_prompt``), ``seed`` (the seed
+instructions, the options and abstract laid out as they lay them out (a row's ``posed`` arguments), and for the
+DeepSeek-R1 family no system message, ``ModelConfig.system_prompt``), ``seed`` (the seed
 notebooks' plain ``### Instruction / ### Question / ### Response`` text, no chat template, loss on every token,
 truncated at the max length as Unsloth's trainer did: :func:`seed_example`).
 """
@@ -57,21 +58,24 @@ def completion_text(cot: str, answer: str, prompt: str = "") -> str:
 
 
 def prompt_messages(question: str, prompt: str = "bare", system: str | None = None,
-                    system_role: bool = True) -> list[dict[str, str]]:
-    """The chat messages of a training prompt of shape ``prompt`` (``bare`` or ``app``, see the module doc)."""
+                    system_role: bool = True, posed: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    """The chat messages of a training prompt of shape ``prompt`` (``bare`` or ``app``, see the module doc);
+    ``posed``: ``build_messages`` arguments (question, options, context) the ``app`` shape uses instead of
+    ``question``."""
     if prompt == "app":
         from medadapt.prompts import build_messages
 
-        return build_messages(question, system=system, system_role=system_role)
+        return build_messages(**(posed or {"question": question}), system=system, system_role=system_role)
     if prompt != "bare":
         raise ValueError(f"prompt must be one of {PROMPTS} (seed rows use seed_example), not {prompt!r}")
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
 
 
 def sft_example(tokenizer: Any, question: str, cot: str, answer: str, system: str | None = None,
-                eot: str | None = None, prompt: str = "bare", system_role: bool = True) -> dict[str, list[int]]:
+                eot: str | None = None, prompt: str = "bare", system_role: bool = True,
+                posed: dict[str, Any] | None = None) -> dict[str, list[int]]:
     """``input_ids``/``attention_mask``/``labels`` for one Q-CoT-A row; labels mask the prompt with -100."""
-    msgs = prompt_messages(question, prompt, system, system_role)
+    msgs = prompt_messages(question, prompt, system, system_role, posed)
     prompt = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     completion = completion_text(cot, answer, prompt) + (end_of_turn(tokenizer) if eot is None else eot)
     p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]

@@ -38,7 +38,7 @@ def build_sft_data(tcfg: TrainConfig, app: AppConfig, tok: Any) -> tuple[list, l
         if tcfg.prompt == "seed":  # cut at max_length as the seed's trainer did, none dropped
             return [seed_example(tok, r.question, r.cot, r.answer, tcfg.max_length) for r in rs], 0
         out = [sft_example(tok, r.question, r.cot, r.answer, tcfg.system_prompt or None, eot, tcfg.prompt,
-                           app.model.system_prompt) for r in rs]
+                           app.model.system_prompt, r.posed) for r in rs]
         kept = [e for e in out if len(e["input_ids"]) <= tcfg.max_length]
         return kept, len(out) - len(kept)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from medadapt.config import AppConfig
@@ -31,6 +31,9 @@ class SftRow:
     question: str
     cot: str
     answer: str
+    # how Compare and the evaluation pose the same question: ``medadapt.prompts.build_messages`` keyword arguments
+    # (question alone, options, abstract); the SFT prompt shape ``app`` trains on it. Empty: ``question`` as is.
+    posed: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -75,23 +78,50 @@ def check_disjoint(rows: Iterable[SftRow], eval_items: dict[str, Sequence[Any]] 
 
 # ---------------------------------------------------------------- row builders (pure)
 
+# "Ans-a.", "Answer- A.", "Ans: C:", "Ans. is 'd' i.e., ": the key that half the MedMCQA explanations open with
+ANSWER_LEAD = re.compile(r"""^\W*(?:ans(?:wer)?|correct\s+(?:answer|option))\b(?:\s*(?:is|:|-|\.|=|–))*\s*(?:option\s*)?"""
+                         r"""[('"‘’]?\s*[a-d]\s*[)'"‘’]?(?![a-z0-9])\s*(?:[.,:;)\-–]\s*)*(?:i\.?\s*e\.?\s*[,:.\-–]*\s*)?""",
+                         re.IGNORECASE)
+
+
+def reasoning_of(exp: str, key_text: str) -> str:
+    """A MedMCQA explanation as reasoning: without the answer key it opens with (and the key's option text right
+    after it), so the key is stated once, after ``</think>``, as the R1 convention and the answer parser expect;
+    "" when the explanation is nothing but the key."""
+    m = ANSWER_LEAD.match(exp)
+    if not m:
+        return exp
+    rest = exp[m.end():]
+    if key_text.strip() and rest.lower().startswith(key_text.strip().lower()):
+        rest = rest[len(key_text.strip()):].lstrip(" .,:;-–")
+    return rest.strip()
+
+
 def medmcqa_row(rec: dict[str, Any]) -> SftRow | None:
-    """A MedMCQA record with an explanation as a Q-CoT-A row (None without one)."""
+    """A MedMCQA record with an explanation as a Q-CoT-A row (None without one beyond its answer key)."""
     exp = (rec.get("exp") or "").strip()
     if not exp or rec.get("cop") not in (1, 2, 3, 4):
         return None
     letters = DEFINITIONS["medmcqa"].letters
     opts = [rec[f"op{L.lower()}"] for L in letters]
+    exp = reasoning_of(exp, opts[rec["cop"] - 1])
+    if not exp:
+        return None
     question = rec["question"].strip() + "\n\n" + "\n".join(f"{L}. {o}" for L, o in zip(letters, opts))
     letter = letters[rec["cop"] - 1]
-    return SftRow(f"medmcqa:{rec['id']}", "medmcqa", question, exp, f"The answer is {letter}. {opts[rec['cop'] - 1]}")
+    posed = {"question": rec["question"].strip(), "options": dict(zip(letters, opts))}
+    return SftRow(f"medmcqa:{rec['id']}", "medmcqa", question, exp, f"The answer is {letter}. {opts[rec['cop'] - 1]}",
+                  posed)
 
 
 def pubmedqa_row(pmid: str, rec: dict[str, Any]) -> SftRow:
     context = "\n".join(rec["CONTEXTS"])
     question = f"Context: {context}\n\nQuestion: {rec['QUESTION']}\nAnswer with yes, no or maybe."
+    bench = DEFINITIONS["pubmedqa"]
+    posed = {"question": rec["QUESTION"], "options": dict(bench.choices), "context": "\n".join(rec["CONTEXTS"]),
+             "context_label": bench.context_label}
     return SftRow(f"pubmedqa:{pmid}", "pubmedqa", question, rec["LONG_ANSWER"].strip(),
-                  f"The answer is {rec['final_decision']}.")
+                  f"The answer is {rec['final_decision']}.", posed)
 
 
 def o1_row(n: int, rec: dict[str, Any]) -> SftRow:
