@@ -70,6 +70,26 @@ def test_assistant_only_labels_mask_the_prompt(tok):
     assert "Which vitamin" in tok.decode(ex["input_ids"][:n_prompt])
 
 
+def test_app_shaped_example_is_trained_on_the_prompt_the_eval_renders(tok):
+    """``prompt: app`` with a row's ``posed`` arguments: the masked prompt is, token for token, what the evaluation
+    (and Compare) render for the same MedMCQA item; only the completion carries labels."""
+    from eval.prompting import item_messages
+    from medadapt.data.benchmarks import BenchItem
+    from medadapt.data.sft import medmcqa_row
+    from medadapt.prompts import render_chat
+
+    rec = {"id": "m1", "question": "Drug of choice for anaphylaxis?", "opa": "Epinephrine", "opb": "Atropine",
+           "opc": "Insulin", "opd": "Heparin", "cop": 1, "exp": "Ans. is 'a' i.e., Epinephrine. It reverses shock."}
+    row = medmcqa_row(rec)
+    ex = sft_example(tok, row.question, row.cot, row.answer, None, None, "app", True, row.posed)
+    item = BenchItem("medmcqa", "m1", rec["question"], {"A": "Epinephrine", "B": "Atropine", "C": "Insulin",
+                                                          "D": "Heparin"}, "A")
+    served = tok(render_chat(tok, item_messages(item)), add_special_tokens=False)["input_ids"]
+    assert ex["input_ids"][:len(served)] == served
+    assert ex["labels"][:len(served)] == [IGNORE] * len(served) and ex["labels"][len(served)] != IGNORE
+    assert tok.decode(ex["input_ids"][len(served):]).startswith("<think>\nIt reverses shock.\n</think>\n\nThe answer is A.")
+
+
 def test_completion_skips_think_tag_the_template_opened():
     assert completion_text("cot", "ans", "<|Assistant|><think>\n").startswith("cot\n</think>")
     assert completion_text("cot", "ans", "<|im_start|>assistant\n").startswith("<think>\ncot")
