@@ -36,8 +36,7 @@ ANSWER_PREFIX = "Answer:"
 
 def item_messages(item: BenchItem, snippets: Sequence | None = None, system_role: bool = True) -> list[dict[str, str]]:
     """``system_role=False``: the instructions in the user turn (``ModelConfig.system_prompt``, DeepSeek-R1)."""
-    return build_messages(item.question, item.options, snippets=snippets or None, context=item.context or None,
-                          context_label=benchmark(item.benchmark).context_label, system_role=system_role)
+    return build_messages(**item.posed(), snippets=snippets or None, system_role=system_role)
 
 
 LMEVAL_TASKS = {"medmcqa": "medmcqa", "medqa": "medqa_4options", "mmlu_medical": "mmlu_{subject}",

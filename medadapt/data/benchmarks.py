@@ -58,6 +58,12 @@ class BenchItem:
     def answer_text(self) -> str:
         return self.options.get(self.answer, "")
 
+    def posed(self) -> dict[str, object]:
+        """How Compare, the evaluation and ``prompt: app`` training pose this item: the
+        ``medadapt.prompts.build_messages`` arguments (question, options, the context under its benchmark's label)."""
+        return {"question": self.question, "options": self.options, "context": self.context or None,
+                "context_label": DEFINITIONS[self.benchmark].context_label}
+
 
 def benchmark(name: str) -> Benchmark:
     """The definition of benchmark ``name`` (:class:`UnknownBenchmarkError` for any other name)."""

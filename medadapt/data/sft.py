@@ -15,7 +15,8 @@ from typing import Any
 
 from medadapt.config import AppConfig
 from medadapt.data import data_file, load_hub, read_json, read_jsonl
-from medadapt.data.benchmarks import DEFINITIONS, evaluated_items, hub_rows, pubmedqa_test_ids
+from medadapt.data.benchmarks import (DEFINITIONS, evaluated_items, hub_rows, medmcqa_item, pubmedqa_item,
+                                      pubmedqa_test_ids)
 
 HUB_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
 
@@ -79,9 +80,9 @@ def check_disjoint(rows: Iterable[SftRow], eval_items: dict[str, Sequence[Any]] 
 # ---------------------------------------------------------------- row builders (pure)
 
 # "Ans-a.", "Answer- A.", "Ans: C:", "Ans. is 'd' i.e., ": the key that half the MedMCQA explanations open with
-ANSWER_LEAD = re.compile(r"""^\W*(?:ans(?:wer)?|correct\s+(?:answer|option))\b(?:\s*(?:is|:|-|\.|=|–))*\s*(?:option\s*)?"""
-                         r"""[('"‘’]?\s*[a-d]\s*[)'"‘’]?(?![a-z0-9])\s*(?:[.,:;)\-–]\s*)*(?:i\.?\s*e\.?\s*[,:.\-–]*\s*)?""",
-                         re.IGNORECASE)
+ANSWER_LEAD = re.compile(r"""^\W*(?:ans(?:wer)?|correct\s+(?:answer|option))\b(?:\s*(?:is|:|-|\.|=|–))*\s*"""
+                         rf"""(?:option\s*)?[('"‘’]?\s*[{DEFINITIONS['medmcqa'].letters}]\s*[)'"‘’]?(?![a-z0-9])\s*"""
+                         r"""(?:[.,:;)\-–]\s*)*(?:i\.?\s*e\.?\s*[,:.\-–]*\s*)?""", re.IGNORECASE)
 
 
 def reasoning_of(exp: str, key_text: str) -> str:
@@ -102,26 +103,20 @@ def medmcqa_row(rec: dict[str, Any]) -> SftRow | None:
     exp = (rec.get("exp") or "").strip()
     if not exp or rec.get("cop") not in (1, 2, 3, 4):
         return None
-    letters = DEFINITIONS["medmcqa"].letters
-    opts = [rec[f"op{L.lower()}"] for L in letters]
-    exp = reasoning_of(exp, opts[rec["cop"] - 1])
+    item = medmcqa_item(rec, one_based=True)
+    exp = reasoning_of(exp, item.answer_text)
     if not exp:
         return None
-    question = rec["question"].strip() + "\n\n" + "\n".join(f"{L}. {o}" for L, o in zip(letters, opts))
-    letter = letters[rec["cop"] - 1]
-    posed = {"question": rec["question"].strip(), "options": dict(zip(letters, opts))}
-    return SftRow(f"medmcqa:{rec['id']}", "medmcqa", question, exp, f"The answer is {letter}. {opts[rec['cop'] - 1]}",
-                  posed)
+    question = rec["question"].strip() + "\n\n" + "\n".join(f"{L}. {o}" for L, o in item.options.items())
+    return SftRow(f"medmcqa:{rec['id']}", "medmcqa", question, exp, f"The answer is {item.answer}. {item.answer_text}",
+                  item.posed())
 
 
 def pubmedqa_row(pmid: str, rec: dict[str, Any]) -> SftRow:
-    context = "\n".join(rec["CONTEXTS"])
-    question = f"Context: {context}\n\nQuestion: {rec['QUESTION']}\nAnswer with yes, no or maybe."
-    bench = DEFINITIONS["pubmedqa"]
-    posed = {"question": rec["QUESTION"], "options": dict(bench.choices), "context": "\n".join(rec["CONTEXTS"]),
-             "context_label": bench.context_label}
+    item = pubmedqa_item(pmid, rec["QUESTION"], rec["CONTEXTS"], rec["final_decision"])
+    question = f"Context: {item.context}\n\nQuestion: {rec['QUESTION']}\nAnswer with yes, no or maybe."
     return SftRow(f"pubmedqa:{pmid}", "pubmedqa", question, rec["LONG_ANSWER"].strip(),
-                  f"The answer is {rec['final_decision']}.", posed)
+                  f"The answer is {rec['final_decision']}.", item.posed())
 
 
 def o1_row(n: int, rec: dict[str, Any]) -> SftRow:
