@@ -237,6 +237,9 @@ class TrainConfig(Validated):
     lora: LoraConfig = field(default_factory=LoraConfig)
     load_in_4bit: bool = False  # bitsandbytes 4-bit (QLoRA); used on CUDA
     use_unsloth: str = "auto"  # auto | true | false
+    # auto: bf16 where the device computes it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), fp16 on older
+    # GPUs, else fp32 | bf16 | fp16 | fp32. Half precision: frozen base weights in it, trained weights in fp32
+    precision: str = "auto"
     max_length: Annotated[int, Field(ge=32, le=32768, title="Max sequence length", description="tokens")] = 1024
     packing: Annotated[bool, Field(title="Packing")] = False
     per_device_batch_size: Annotated[int, Field(ge=1, le=512, title="Batch size")] = 2

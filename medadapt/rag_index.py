@@ -61,9 +61,9 @@ def pick_dtype(requested: str, device: str) -> str:
         return requested
     if device == "cuda":
         return "float16"
-    import torch
+    from medadapt.precision import cpu_bf16
 
-    return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+    return "bfloat16" if cpu_bf16() else "float32"
 
 
 # Embedding batch size per device when ``rag.embed_batch_size`` is 0. On CPU small batches keep each layer's

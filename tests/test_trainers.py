@@ -174,6 +174,43 @@ def test_sft_loss_goes_down_when_overfitting_a_tiny_set(cfg, fixed_rows, tmp_pat
     assert sum(loss[-3:]) / 3 < loss[0] - 0.3, loss  # a random 10.8-nat start; overfitting drops it clearly
 
 
+def test_cpu_bf16_mixed_precision_trains_fp32_lora_on_a_bf16_base(cfg, fixed_rows, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from trainers import sft
+    from trainers.common import Runtime, load_trainable, training_args
+
+    t = tcfg("sft", tmp_path / "bf16", precision="bf16", lora={"r": 4, "alpha": 8, "modules_to_save": ["lm_head"]})
+    rt = Runtime(cuda=False, quantized=False, unsloth=False, precision="bf16")
+    model, _ = load_trainable(t, cfg.model.name_or_path, rt)
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    trained = {p.dtype for p in model.parameters() if p.requires_grad}
+    assert frozen == {torch.bfloat16} and trained == {torch.float32}  # modules_to_save too, not only LoRA
+    args = training_args(t, tmp_path / "ckpt", rt, False, "none", "t")
+    assert args.bf16 and not args.fp16 and args.use_cpu
+    status = sft.run(tcfg("sft", tmp_path / "run", precision="bf16"), cfg)
+    meta = json.loads((tmp_path / "run" / "adapter" / "medadapt.json").read_text())
+    assert status["status"] == "finished" and meta["precision"] == "bf16"
+    weights = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    assert {w.dtype for w in weights.values()} == {torch.float32}
+    assert all(x["loss"] == x["loss"] for x in losses(tmp_path / "run") if "loss" in x)  # finite, no NaN
+
+
+def test_precision_setting_is_checked(monkeypatch):
+    import medadapt.precision as precision
+    from medadapt.precision import train_precision
+
+    assert train_precision("fp32", cuda=False) == "fp32" and train_precision("bf16", cuda=False) == "bf16"
+    for native, expected in ((True, "bf16"), (False, "fp32")):  # auto: bf16 only where the CPU computes it natively
+        monkeypatch.setattr(precision, "cpu_bf16", lambda native=native: native)
+        assert train_precision("auto", cuda=False) == expected
+    with pytest.raises(ConfigError, match="needs CUDA"):
+        train_precision("fp16", cuda=False)
+    with pytest.raises(ConfigError, match="auto, bf16, fp16, fp32"):
+        train_precision("fp8", cuda=False)
+
+
 def test_stop_file_then_resume_continues_from_checkpoint(cfg, fixed_rows, tmp_path):
     from trainers import sft
 

@@ -1,8 +1,8 @@
 """Model, quantization and LoRA setup from a :class:`TrainConfig`, plus the HF Trainer loop every job shares.
 
 CUDA: 4-bit QLoRA through bitsandbytes when ``load_in_4bit``, Unsloth when ``use_unsloth`` is ``auto``/``true`` and
-importable (imported lazily, before transformers' trainer). CPU: fp32, no quantization, no bf16, no gradient
-checkpointing, ``use_cpu``.
+importable (imported lazily, before transformers' trainer). CPU: no quantization, no gradient checkpointing,
+``use_cpu``; bf16 mixed precision where the CPU computes bf16 natively (``precision: auto``), else fp32.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class Runtime:
     cuda: bool
     quantized: bool
     unsloth: bool
+    precision: str = "fp32"  # bf16 | fp16 | fp32 (medadapt.precision.train_precision)
 
     @property
     def device(self) -> str:
@@ -70,7 +71,10 @@ def runtime(tcfg: TrainConfig) -> Runtime:
     unsloth = has and want in ("auto", "true")
     if unsloth:
         import unsloth  # noqa: F401  (patches transformers/peft/trl)
-    return Runtime(cuda=cuda, quantized=cuda and bool(tcfg.load_in_4bit), unsloth=unsloth)
+    from medadapt.precision import train_precision
+
+    return Runtime(cuda=cuda, quantized=cuda and bool(tcfg.load_in_4bit), unsloth=unsloth,
+                   precision=train_precision(tcfg.precision, cuda))
 
 
 def lora_kwargs(tcfg: TrainConfig) -> dict[str, Any]:
@@ -89,9 +93,9 @@ def load_trainable(tcfg: TrainConfig, model_path: str, rt: Runtime, adapter: str
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
-    if rt.cuda:
-        kwargs["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    from medadapt.precision import TORCH_DTYPE
+
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, TORCH_DTYPE[rt.precision])}
     if rt.quantized:
         from transformers import BitsAndBytesConfig
 
@@ -107,6 +111,10 @@ def load_trainable(tcfg: TrainConfig, model_path: str, rt: Runtime, adapter: str
         model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
     else:
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(tcfg)))
+    if not rt.quantized:  # mixed precision: what trains keeps fp32 weights (PEFT does so for LoRA, not modules_to_save)
+        for p in model.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()
     return model, tok
 
 
@@ -238,10 +246,8 @@ def optimizer_name(tcfg: TrainConfig, rt: Runtime) -> str:
 
 
 def training_args(tcfg: TrainConfig, ckpt_dir: Path, rt: Runtime, has_eval: bool, report: str, run_name: str):
-    import torch
     from transformers import TrainingArguments
 
-    bf16 = rt.cuda and torch.cuda.is_bf16_supported()
     return TrainingArguments(
         output_dir=str(ckpt_dir), run_name=run_name, seed=tcfg.seed, data_seed=tcfg.seed,
         per_device_train_batch_size=tcfg.per_device_batch_size, per_device_eval_batch_size=tcfg.per_device_batch_size,
@@ -252,7 +258,7 @@ def training_args(tcfg: TrainConfig, ckpt_dir: Path, rt: Runtime, has_eval: bool
         logging_steps=tcfg.logging_steps, save_strategy="steps", save_steps=tcfg.save_steps,
         save_total_limit=tcfg.save_total_limit, eval_strategy="steps" if has_eval else "no",
         eval_steps=tcfg.eval_steps if has_eval else None, report_to=report, use_cpu=not rt.cuda,
-        bf16=bf16, fp16=rt.cuda and not bf16, gradient_checkpointing=rt.cuda and not rt.unsloth,
+        bf16=rt.precision == "bf16", fp16=rt.precision == "fp16", gradient_checkpointing=rt.cuda and not rt.unsloth,
         gradient_checkpointing_kwargs={"use_reentrant": False} if rt.cuda and not rt.unsloth else None,
         optim=optimizer_name(tcfg, rt), remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding", dataloader_num_workers=0, disable_tqdm=True,

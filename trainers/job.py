@@ -102,7 +102,7 @@ def execute(tcfg: TrainConfig, body: Callable[[Context], Outcome], app: AppConfi
                 "steps": out.steps, "final_loss": out.final_loss, "final_eval_loss": out.final_eval_loss,
                 "losses": {"train": out.final_loss, "eval": out.final_eval_loss}, "wall_s": round(wall, 1),
                 "data": out.data, "device": rt.device, "quantized": rt.quantized, "unsloth": rt.unsloth,
-                "run_dir": str(path), "created": time.time(), "config": to_dict(tcfg)}
+                "precision": rt.precision, "run_dir": str(path), "created": time.time(), "config": to_dict(tcfg)}
         adapter = publish_adapter(out.model, out.tokenizer, run.adapter, meta, out.state_dict)
         if not main:
             return fields
