@@ -237,8 +237,8 @@ class TrainConfig(Validated):
     lora: LoraConfig = field(default_factory=LoraConfig)
     load_in_4bit: bool = False  # bitsandbytes 4-bit (QLoRA); used on CUDA
     use_unsloth: str = "auto"  # auto | true | false
-    # auto: bf16 where the device computes it natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), fp16 on older
-    # GPUs, else fp32 | bf16 | fp16 | fp32. Half precision: frozen base weights in it, trained weights in fp32
+    # auto (CUDA: bf16 where the GPU has it, else fp16; CPU: fp32) | bf16 | fp16 | fp32. Half precision: frozen base
+    # weights in it, trained weights in fp32. CPU bf16 (mixed precision, native on AVX512-BF16/AMX) is opt-in
     precision: str = "auto"
     max_length: Annotated[int, Field(ge=32, le=32768, title="Max sequence length", description="tokens")] = 1024
     packing: Annotated[bool, Field(title="Packing")] = False

@@ -2,7 +2,7 @@
 
 CUDA: 4-bit QLoRA through bitsandbytes when ``load_in_4bit``, Unsloth when ``use_unsloth`` is ``auto``/``true`` and
 importable (imported lazily, before transformers' trainer). CPU: no quantization, no gradient checkpointing,
-``use_cpu``; bf16 mixed precision where the CPU computes bf16 natively (``precision: auto``), else fp32.
+``use_cpu``, fp32 (``precision: bf16`` opts into bf16 mixed precision).
 """
 from __future__ import annotations
 
