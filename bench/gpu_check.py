@@ -104,13 +104,13 @@ def check_qlora(path: str, unsloth: bool, steps: int) -> str:
     import torch
 
     from medadapt.config import TrainConfig
-    from trainers.common import Runtime, load_trainable, runtime
+    from trainers.common import load_trainable, runtime
 
     name = "unsloth" if unsloth else "qlora"
     tcfg = TrainConfig(job="sft", load_in_4bit=True, use_unsloth="true" if unsloth else "false", max_length=512,
                        base_model=path)
     try:
-        rt = runtime(tcfg) if unsloth else Runtime(cuda=True, quantized=True, unsloth=False)
+        rt = runtime(tcfg)  # CUDA, 4-bit, Unsloth as asked; precision auto: bf16 where the GPU has it
         torch.cuda.reset_peak_memory_stats()
         model, tok = load_trainable(tcfg, path, rt)
         import bitsandbytes as bnb
