@@ -18,8 +18,8 @@ def cpu_bf16() -> bool:
 
 def train_precision(requested: str, cuda: bool) -> str:
     """``bf16``/``fp16``/``fp32`` for a training job. ``auto``: bf16 on CUDA GPUs that have it, else fp16; fp32 on
-    the CPU. CPU bf16 is a choice, not the default: on the 2-core AMX box it ran 1.28x fp32's step rate in one sitting
-    and 0.85x in another (docs/PERFORMANCE.md). Half precision keeps the frozen base in it and the trained weights in
+    the CPU. CPU bf16 is a choice, not the default: on the 2-core AMX box it ran 1.28x fp32's step rate in two sittings
+    and 0.85x in a third, and changing it would change the offline adapters (docs/PERFORMANCE.md). Half precision keeps the frozen base in it and the trained weights in
     fp32 (standard mixed precision)."""
     from medadapt.config import ConfigError
 
