@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -47,6 +48,7 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=1500)
     p.add_argument("--every", type=float, default=10.0)
     args = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `kill` still stops the app and its jobs (finally)
     from gradio_client import Client
 
     tmp = Path(args.runs_dir) if args.runs_dir else Path(tempfile.mkdtemp(prefix="medadapt-first-run-"))
