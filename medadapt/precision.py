@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+from medadapt.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -18,11 +20,9 @@ def cpu_bf16() -> bool:
 
 def train_precision(requested: str, cuda: bool) -> str:
     """``bf16``/``fp16``/``fp32`` for a training job. ``auto``: bf16 on CUDA GPUs that have it, else fp16; fp32 on
-    the CPU. CPU bf16 is a choice, not the default: on the 2-core AMX box it ran 1.28x fp32's step rate in two sittings
-    and 0.85x in a third, and changing it would change the offline adapters (docs/PERFORMANCE.md). Half precision keeps the frozen base in it and the trained weights in
-    fp32 (standard mixed precision)."""
-    from medadapt.config import ConfigError
-
+    the CPU. CPU bf16 is a choice, not the default: on the 2-core AMX box it ran 1.28x fp32's step rate in two
+    sittings and 0.85x in a third, and changing it would change the offline adapters (docs/PERFORMANCE.md). Half
+    precision keeps the frozen base in it and the trained weights in fp32 (standard mixed precision)."""
     if requested not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {requested!r}")
     if requested == "auto":

@@ -87,7 +87,8 @@ def test_app_shaped_example_is_trained_on_the_prompt_the_eval_renders(tok):
     served = tok(render_chat(tok, item_messages(item)), add_special_tokens=False)["input_ids"]
     assert ex["input_ids"][:len(served)] == served
     assert ex["labels"][:len(served)] == [IGNORE] * len(served) and ex["labels"][len(served)] != IGNORE
-    assert tok.decode(ex["input_ids"][len(served):]).startswith("<think>\nIt reverses shock.\n</think>\n\nThe answer is A.")
+    completion = tok.decode(ex["input_ids"][len(served):])
+    assert completion.startswith("<think>\nIt reverses shock.\n</think>\n\nThe answer is A.")
 
 
 def test_completion_skips_think_tag_the_template_opened():

@@ -34,6 +34,11 @@ class Runtime:
     def device(self) -> str:
         return "cuda" if self.cuda else "cpu"
 
+    def record(self) -> dict[str, Any]:
+        """What an adapter's ``medadapt.json`` says about how it was trained."""
+        return {"device": self.device, "quantized": self.quantized, "unsloth": self.unsloth,
+                "precision": self.precision}
+
 
 @dataclass
 class StageResult:

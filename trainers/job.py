@@ -101,8 +101,8 @@ def execute(tcfg: TrainConfig, body: Callable[[Context], Outcome], app: AppConfi
                 "lineage": out.lineage or [f"base: {model_path}"],
                 "steps": out.steps, "final_loss": out.final_loss, "final_eval_loss": out.final_eval_loss,
                 "losses": {"train": out.final_loss, "eval": out.final_eval_loss}, "wall_s": round(wall, 1),
-                "data": out.data, "device": rt.device, "quantized": rt.quantized, "unsloth": rt.unsloth,
-                "precision": rt.precision, "run_dir": str(path), "created": time.time(), "config": to_dict(tcfg)}
+                "data": out.data, **rt.record(), "run_dir": str(path), "created": time.time(),
+                "config": to_dict(tcfg)}
         adapter = publish_adapter(out.model, out.tokenizer, run.adapter, meta, out.state_dict)
         if not main:
             return fields

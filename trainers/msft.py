@@ -2,11 +2,12 @@
 
 Run: ``python -m trainers.msft --config configs/offline/msft.yaml [--output_dir D] [--resume] [key=value ...]``.
 The YAML's top-level keys configure the SFT stage; its ``cpt:`` mapping configures the CPT stage (on top of the
-TrainConfig defaults; ``profile``, ``base_model``, ``seed``, ``load_in_4bit``, ``use_unsloth``, ``precision``, ``report_to``
-and ``logging_steps`` are inherited). The SFT stage continues training the CPT adapter, so the published MSFT adapter is
-one PEFT adapter on the unchanged base model (the engine can serve it next to the SFT adapter); its LoRA shape is
-therefore the CPT stage's. The intermediate adapter is published to ``<run>/cpt_adapter/``; ``--resume`` skips a
-finished CPT stage. Set ``cpt_adapter: <folder>`` to skip CPT and start from an existing CPT adapter.
+TrainConfig defaults; ``profile``, ``base_model``, ``seed``, ``load_in_4bit``, ``use_unsloth``, ``precision``,
+``report_to`` and ``logging_steps`` are inherited). The SFT stage continues training the CPT adapter, so the
+published MSFT adapter is one PEFT adapter on the unchanged base model (the engine can serve it next to the SFT
+adapter); its LoRA shape is therefore the CPT stage's. The intermediate adapter is published to
+``<run>/cpt_adapter/``; ``--resume`` skips a finished CPT stage. Set ``cpt_adapter: <folder>`` to skip CPT and start
+from an existing CPT adapter.
 
 ``msft_stage2: merge`` (the seed's recipe, ``configs/seed/msft.yaml``): the CPT adapter is merged into the base
 (``<run>/cpt_merged/``), a fresh LoRA of the SFT config's shape is trained on that model, merged in turn
@@ -66,8 +67,7 @@ def train_msft(ctx: Context) -> Outcome:
         cpt_info = {"job": "cpt", "base_model": ctx.model_path, "base_model_id": base_model_id(ctx.tcfg, ctx.app),
                     "lineage": out.lineage, "steps": out.steps,
                     "final_loss": out.final_loss, "final_eval_loss": out.final_eval_loss, "data": out.data,
-                    "wall_s": round(time.time() - t0, 1), "config": to_dict(ccfg), "device": ctx.rt.device,
-                    "quantized": ctx.rt.quantized, "unsloth": ctx.rt.unsloth, "precision": ctx.rt.precision}
+                    "wall_s": round(time.time() - t0, 1), "config": to_dict(ccfg), **ctx.rt.record()}
         cpt_adapter = publish_adapter(out.model, out.tokenizer, cpt_dir, cpt_info, out.state_dict)
         del out
         gc.collect()
