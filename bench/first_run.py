@@ -1,11 +1,17 @@
 """Out of the box: time from ``python app.py`` on a fresh machine until RAG answers and until all four columns do.
 
 Starts ``python app.py`` (offline profile, the first-run setup on) as a subprocess with empty runs, index and
-results dirs, then asks one question through the app's own API (gradio_client, ``/compare``, 4 new tokens so the
-probes cost little) every ``--every`` seconds until every column answers or ``--timeout`` passes. The converted
-model in the cache dir is reused (converting the packaged GGUF takes ~20 s once per machine); nothing else is.
+results dirs, then asks one question through the app's own API (gradio_client, ``/compare``, 16 new tokens, the
+least the app allows) until every column answers or ``--timeout`` passes. A probe makes every column that is
+ready generate, on the same CPU cores the setup trains on, so the probes slow what they measure:
+``--probe on-change`` (default) reads the setup's state file (``<runs>/offline/setup.json``) every second and asks
+only while a column it has not seen answer may have become ready (from the start until Base answers, and after
+each setup step ends), every ``--every`` seconds until that column answers; ``--probe every`` asks every
+``--every`` seconds from start to end (what the earlier figures used). Either way a column counts as ready when
+``/compare`` returns its answer. The converted model in the cache dir is reused (converting the packaged GGUF takes
+~20 s once per machine); nothing else is.
 
-    python bench/first_run.py [--runs-dir DIR] [--timeout 1500] [--every 10]
+    python bench/first_run.py [--runs-dir DIR] [--timeout 1500] [--every 10] [--probe on-change|every]
 
 ``--runs-dir`` keeps the trained adapters (default: a temp dir, removed). Last line:
 ``RESULT rag_ready_s=<s> all_ready_s=<s> columns=<k>/4``.
@@ -25,7 +31,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from medadapt.rundir import running_pids  # noqa: E402
+from medadapt.rundir import read_json, running_pids  # noqa: E402
+from medadapt.setup_chain import STATE_FILE, VARIANT  # noqa: E402
 from medadapt.variants import VARIANTS  # noqa: E402
 
 QUESTION = "Which vitamin deficiency causes megaloblastic anemia with neurological symptoms?"
@@ -42,11 +49,20 @@ def answered(out: tuple) -> set[str]:
     return {v for i, v in enumerate(VARIANTS) if "tokens" in str(out[i * 4 + 2])}
 
 
+def finished_steps(runs: Path) -> set[str]:
+    """The Compare columns whose setup step has ended (done, skipped or failed), from the setup's state file."""
+    steps = (read_json(runs / "offline" / STATE_FILE) or {}).get("steps", {})
+    return {VARIANT[s] for s, rec in steps.items() if s in VARIANT and (rec or {}).get("status") in
+            ("done", "skipped", "failed")}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs-dir", default=None, help="where runs and the index go (kept); default a temp dir")
     p.add_argument("--timeout", type=float, default=1500)
     p.add_argument("--every", type=float, default=10.0)
+    p.add_argument("--probe", choices=("on-change", "every"), default="on-change",
+                   help="ask only while a column may have become ready (default), or every --every seconds")
     args = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `kill` still stops the app and its jobs (finally)
     from gradio_client import Client
@@ -63,18 +79,24 @@ def main() -> int:
                            stderr=subprocess.STDOUT, start_new_session=True)
     ready: dict[str, float] = {}
     client = None
+    next_probe = 0.0
     try:
         while time.time() - t0 < args.timeout and len(ready) < 4:
             if app.poll() is not None:
                 print(f"app exited with code {app.returncode}; see {tmp / 'app.log'}")
                 break
+            # a column may be ready: Base not seen yet, or a setup step ended whose column has not answered yet
+            due = args.probe == "every" or "base" not in ready or bool(finished_steps(tmp / "runs") - set(ready))
+            if not due or time.time() < next_probe:
+                time.sleep(1.0)
+                continue
+            next_probe = time.time() + args.every
             try:
                 client = client or Client(f"http://127.0.0.1:{port}/", verbose=False)
                 out = client.predict(QUESTION, 16, 0.0, 1.0, 3, False, "", "", 1.0, api_name="/compare")
             except Exception as e:  # not up yet
                 if client is not None:
                     print(f"{time.time() - t0:7.1f} s  probe failed: {type(e).__name__}: {str(e)[:120]}")
-                time.sleep(args.every)
                 continue
             now = time.time() - t0
             for v in answered(out) - set(ready):
@@ -82,8 +104,6 @@ def main() -> int:
             states = {v: ("ready" if v in ready else str(out[i * 4])[:70].replace("\n", " "))
                       for i, v in enumerate(VARIANTS)}
             print(f"{now:7.1f} s  " + " | ".join(f"{v}: {s}" for v, s in states.items()), flush=True)
-            if len(ready) < 4:
-                time.sleep(args.every)
     finally:
         os.killpg(app.pid, 15)
         try:

@@ -111,6 +111,29 @@ def test_packed_batches_contain_no_padding(tok):
     assert not unpacked["attention_mask"].all()  # the seed's unpacked batches waste tokens on padding
 
 
+def test_head_on_targets_only_gives_the_same_loss_and_gradients(tok, tiny_model_dir):
+    """The collator's ``targets_only`` batch runs the LM head on the answer tokens only: same loss, same gradients,
+    fewer logits; the Trainer's token count (``shift_labels``) is the number of trained tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    rows = [sft_example(tok, r.question, r.cot, r.answer, None, end_of_turn(tok)) for r in ROWS[:3]]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    results = []
+    for targets_only in (False, True):
+        batch = PadCollator(tok.pad_token_id, targets_only)(rows)
+        trained = int((batch["labels"][:, 1:] != IGNORE).sum())
+        model.zero_grad()
+        out = model(**batch, num_items_in_batch=torch.tensor(trained))
+        out.loss.backward()
+        results.append((out.loss.detach(), out.logits.shape, [p.grad.clone() for p in model.parameters()], batch))
+    (full_loss, full_shape, full_grads, _), (loss, shape, grads, batch) = results
+    assert shape[0] == len(batch["shift_labels"]) == int(batch["logits_to_keep"].sum()) < full_shape[0] * full_shape[1]
+    assert batch["logits_to_keep"].shape == batch["input_ids"].shape and (batch["shift_labels"] != IGNORE).all()
+    assert torch.allclose(loss, full_loss, atol=1e-6)
+    assert all(torch.allclose(g, f, atol=1e-6) for g, f in zip(grads, full_grads))
+
+
 def test_overrides_parse_dotted_yaml_values():
     assert parse_overrides(["lora.r=8", "packing=true", "learning_rate=3e-4", "dataset=[a, b]"]) == {
         "lora": {"r": 8}, "packing": True, "learning_rate": 3e-4, "dataset": ["a", "b"]}

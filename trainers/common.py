@@ -322,7 +322,8 @@ def train_stage(tcfg: TrainConfig, model: Any, tok: Any, train: list, evals: lis
     args = training_args(tcfg, ckpt_dir, rt, bool(evals), report_to(tcfg, run.path), run_name or run.path.name)
     trainer_cls = embedding_lr_trainer(Trainer, tcfg.embedding_learning_rate) if tcfg.embedding_learning_rate else Trainer
     trainer = trainer_cls(model=model, args=args, train_dataset=train, eval_dataset=evals or None,
-                      data_collator=PadCollator(tok.pad_token_id), processing_class=tok,
+                      data_collator=PadCollator(tok.pad_token_id, targets_only=not rt.unsloth),
+                      processing_class=tok,
                       callbacks=[logcb, stopcb])
     if resume:  # steps logged after the last checkpoint are trained (and logged) again: drop the old lines
         done = int(Path(last).name.rsplit("-", 1)[1]) if last else 0

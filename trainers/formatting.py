@@ -123,10 +123,18 @@ def cpt_examples(tokenizer: Any, texts: Sequence[str], max_length: int, packing:
 
 
 class PadCollator:
-    """Right-pads a batch to its longest row (labels with -100); packed rows of equal length get no padding."""
+    """Right-pads a batch to its longest row (labels with -100); packed rows of equal length get no padding.
 
-    def __init__(self, pad_id: int) -> None:
+    ``targets_only``: the LM head runs only where a label is trained. The batch also carries ``logits_to_keep`` (a
+    boolean mask of the positions whose next token has a label; transformers' ``slice_logits_to_keep`` keeps those
+    hidden states before the head) and ``shift_labels`` (those next tokens, in the same order), which the causal-LM
+    loss and the Trainer's token count use as they are. Same loss; for SFT, whose prompt tokens carry no label, the
+    vocabulary-wide head and its cross-entropy run on the answer tokens only.
+    """
+
+    def __init__(self, pad_id: int, targets_only: bool = False) -> None:
         self.pad_id = pad_id
+        self.targets_only = targets_only
 
     def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
         import torch
@@ -134,5 +142,10 @@ class PadCollator:
         width = max(len(r["input_ids"]) for r in rows)
         def pad(key: str, value: int) -> Any:
             return torch.tensor([list(r[key]) + [value] * (width - len(r[key])) for r in rows], dtype=torch.long)
-        return {"input_ids": pad("input_ids", self.pad_id), "attention_mask": pad("attention_mask", 0),
-                "labels": pad("labels", IGNORE)}
+        batch = {"input_ids": pad("input_ids", self.pad_id), "attention_mask": pad("attention_mask", 0),
+                 "labels": pad("labels", IGNORE)}
+        if self.targets_only:
+            following = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)
+            keep = following != IGNORE
+            batch["logits_to_keep"], batch["shift_labels"] = keep, following[keep]
+        return batch
