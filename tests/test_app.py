@@ -47,7 +47,7 @@ def app(tmp_path_factory, tiny_model_dir):
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 **launch_options(state.cfg, demo))
-    yield {"url": f"http://127.0.0.1:{port}/", "state": state, "cfg": cfg}
+    yield {"url": f"http://127.0.0.1:{port}/", "state": state, "cfg": cfg, "demo": demo}
     demo.close()
 
 
@@ -63,6 +63,16 @@ def test_compare_via_gradio_client(app):
         assert "tokens" in stats, v
     assert "Retrieved snippets" in cols["rag"][3] and "Hematology" in cols["rag"][3]
     assert cols["base"][3] == "" and "Not trained" not in cols["sft"][0]
+
+
+def test_idle_queue_polls_at_the_calmed_interval_and_still_serves(app):
+    """gradio's queue looks for work every 1 ms when idle (~8% of a core); the app's launch options slow that to
+    ``QUEUE_IDLE_POLL_S``, and questions are still taken from the queue (the test above and the one below)."""
+    from medadapt.ui.common import QUEUE_IDLE_POLL_S
+
+    queue = app["demo"]._queue
+    assert queue.sleep_when_free == QUEUE_IDLE_POLL_S > 0.001
+    assert not queue.stopped
 
 
 def test_empty_question_gets_message_and_app_keeps_serving(app):

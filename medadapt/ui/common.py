@@ -104,7 +104,8 @@ def unlocked(cfg: Any, secret: str | None, request: Any = None) -> bool:
 
 
 def launch_options(cfg: AppConfig, demo: Any = None) -> dict:
-    """Keyword arguments for ``demo.launch`` shared by the app, the tests and the benches.
+    """Keyword arguments for ``demo.launch`` shared by the app, the tests and the benches (``demo``'s queue is calmed:
+    :func:`calm_queue`).
 
     The request guard refuses uploads (the app has no file input) and, in public mode with ``demo`` given, bounds each
     client's queued and running events in ``demo``'s queue and rations its Compare generations
@@ -117,8 +118,24 @@ def launch_options(cfg: AppConfig, demo: Any = None) -> dict:
 
     public = is_public(cfg) and demo is not None
     guard = Middleware(RequestGuard, inflight=InFlight(demo) if public else None)
+    if demo is not None:
+        calm_queue(demo)
     return {"theme": THEME, "css": CSS, "ssr_mode": False, "show_error": True,
             "max_file_size": "5mb" if cfg.public else "200mb", "app_kwargs": {"middleware": [guard]}}
+
+
+QUEUE_IDLE_POLL_S = 0.01
+
+
+def calm_queue(demo: Any, poll_s: float = QUEUE_IDLE_POLL_S) -> None:
+    """Make ``demo``'s event queue look for work every ``poll_s`` seconds when it has none, not gradio's 1 ms on
+    Linux: that loop alone kept ~8% of a core busy in an idle app, taken from the first-run setup's training on a
+    2-core machine (docs/PERFORMANCE.md). An event then waits at most ``poll_s`` before it starts. Call after
+    ``demo.queue()`` (which makes a new queue); gradio has no public setting for this.
+    """
+    queue = getattr(demo, "_queue", None)
+    if queue is not None and getattr(queue, "sleep_when_free", poll_s) < poll_s:
+        queue.sleep_when_free = poll_s
 
 
 NO_STORAGE = ("No persistent storage: runs, the index, votes and results are lost when this Space restarts "
