@@ -14,7 +14,6 @@ Last line: ``RESULT idle_cpu_pct_gradio=<% of one core> idle_cpu_pct_app=<%> red
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import time
 from pathlib import Path
@@ -22,12 +21,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 GRADIO_POLL_S = 0.001  # gradio's Queue.sleep_when_free on Linux
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def idle_cpu_pct(seconds: float) -> float:
@@ -52,10 +45,9 @@ def main() -> int:
     cfg = load_config("offline")
     demo = build_demo(AppState.create(cfg))
     demo.queue(default_concurrency_limit=4, max_size=64)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+    demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True,  # gradio finds a free port
                 **launch_options(cfg, demo))
-    client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    client = Client(demo.local_url, verbose=False)
     seen: dict[str, list[float]] = {"gradio": [], "app": []}
     try:
         for r in range(args.rounds):
