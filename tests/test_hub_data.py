@@ -4,6 +4,7 @@ corpus source fails (and adds it on a later run)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -53,6 +54,19 @@ def test_hub_rows_come_through_the_same_load_dataset_call(monkeypatch):
     row = hub_rows("pubmedqa")[0]  # the Hub schema: an int pubid and a nested context
     assert isinstance(row["pubid"], int) and set(row["context"]) == {"contexts", "labels", "meshes"}
     assert set(hub_rows("mmlu_medical", "anatomy").features) == {"question", "subject", "choices", "answer"}
+
+
+def test_no_data_dir_and_no_hub_says_to_set_the_data_dir(tmp_path):
+    """A clone without the data dir reads the Hub; with the Hub unreachable the SFT data load says what to do."""
+    code = ("from medadapt.config import load_config; from medadapt.data.sft import load_sft_rows; "
+            "load_sft_rows(load_config('offline', {'paths': {'data_dir': ''}}), ['local:medmcqa'])")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("MEDADAPT_HUB_DATASETS_DIR", None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("medadapt.data.HubUnreachableError: the Hub dataset openlifescienceai/medmcqa is needed")
+    assert "set MEDADAPT_DATA_DIR" in last
 
 
 def test_statpearls_chunks_follow_the_seed_script(tmp_path):

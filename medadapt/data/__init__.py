@@ -27,15 +27,31 @@ def hub_dataset_path(repo: str) -> str:
     return repo
 
 
-def load_hub(repo: str, config: str | None = None, split: str = "train", streaming: bool = False):
-    """``datasets.load_dataset`` of a Hub dataset repo (or its local copy, see :func:`hub_dataset_path`)."""
-    from datasets import load_dataset
-
-    return load_dataset(hub_dataset_path(repo), config, split=split, streaming=streaming)
-
-
 class DataNotFoundError(FileNotFoundError):
     """A data file the loader needs is missing; the message says which and how to point at it."""
+
+
+class HubUnreachableError(DataNotFoundError):
+    """A Hub dataset is needed (no data dir) but the Hugging Face Hub cannot be reached from this machine."""
+
+
+def load_hub(repo: str, config: str | None = None, split: str = "train", streaming: bool = False):
+    """``datasets.load_dataset`` of a Hub dataset repo (or its local copy, see :func:`hub_dataset_path`); a failure
+    while the Hub is unreachable becomes a :class:`HubUnreachableError` that says how to use local data instead."""
+    from datasets import load_dataset
+
+    from medadapt.config import hub_reachable
+
+    path = hub_dataset_path(repo)
+    try:
+        return load_dataset(path, config, split=split, streaming=streaming)
+    except Exception as e:
+        if path != repo or hub_reachable():
+            raise
+        raise HubUnreachableError(
+            f"the Hub dataset {repo} is needed but the Hugging Face Hub cannot be reached ({type(e).__name__}); "
+            "set MEDADAPT_DATA_DIR to the folder holding the local data (default ../shared/data next to the repo) "
+            "so the offline profile reads it instead") from e
 
 
 def data_file(cfg: AppConfig, *parts: str) -> Path:
