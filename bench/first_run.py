@@ -22,7 +22,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,14 +33,9 @@ sys.path.insert(0, str(REPO))
 from medadapt.rundir import read_json, running_pids  # noqa: E402
 from medadapt.setup_chain import STATE_FILE, VARIANT  # noqa: E402
 from medadapt.variants import VARIANTS  # noqa: E402
+from tests.net import free_port  # noqa: E402
 
 QUESTION = "Which vitamin deficiency causes megaloblastic anemia with neurological symptoms?"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def answered(out: tuple) -> set[str]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.load import percentile, user  # noqa: E402  (the load test's users and p95)
+from tests.net import free_port  # noqa: E402
 
 MODES = ("serial", "batched", "remote")
 
@@ -44,12 +44,6 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default=None, help="runs dir holding the sft/msft adapters (default: the profile's)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds one request may take before it counts as lost")
     return p
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 900) -> None:

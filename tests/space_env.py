@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from medadapt.rundir import running_pids
 from medadapt.variants import VARIANTS
+from tests.net import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 QUESTION = "Which vitamin deficiency causes megaloblastic anemia with neurological symptoms?"
@@ -30,12 +30,6 @@ TINY_TRAIN = {"profile": "offline", "dataset": ["local:medmcqa"], "max_length": 
               "logging_steps": 1, "report_to": "none", "lora": {"r": 4, "alpha": 8}}
 TINY_CPT = {"max_length": 128, "packing": True, "per_device_batch_size": 2, "max_steps": 2, "max_samples": 40,
             "eval_fraction": 0.0, "save_steps": 2, "lora": {"r": 4, "alpha": 8}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_venv(venv: Path, app_dir: Path) -> float:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 from pathlib import Path
 
@@ -20,16 +19,11 @@ from medadapt.pipeline import DISCLAIMER
 from medadapt.ui import guard
 from medadapt.ui.guard import SESSIONS_PER_WINDOW, WHAT
 from medadapt.ui.inflight import GENERATE, Limits
+from tests.net import free_port
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "app_data"
 LIMIT_KINDS = ["address", "session", "gen-address", "gen-session"]
 QUESTION = ["What causes scurvy?", 16, 0.0, 1.0, 2, False, "none", "none", 1.0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

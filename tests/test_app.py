@@ -1,7 +1,6 @@
 """The whole app on loopback: driven by gradio_client, and by a real headless Chromium (Playwright)."""
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,12 +11,7 @@ from tests.conftest import DATA_DIR  # noqa: F401  (documents where the real dat
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "app_data"
 from medadapt.variants import VARIANTS  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.net import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from medadapt.engine_api import BASE, GenSettings
 from medadapt.pipeline import Pipeline
 from tests.conftest import make_random_adapter
 from tests.test_pipeline import SETTINGS, ScriptedRetriever
+from tests.net import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # installing vLLM and starting it can be slow
 SCRIPT = REPO_ROOT / "scripts" / "vllm_server.sh"
@@ -31,12 +32,6 @@ Q = [{"role": "user", "content": "Which vitamin deficiency causes scurvy?"}]
 RAG = [{"role": "system", "content": "Context: [1] Scurvy results from a lack of ascorbic acid in the diet."},
        {"role": "user", "content": "Which vitamin deficiency causes scurvy?"}]
 GREEDY = GenSettings(max_new_tokens=12)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def vllm_installed() -> str:

@@ -20,6 +20,7 @@ from tests.conftest import DATA_DIR
 
 FIXTURE_CORPUS = Path(__file__).parent / "fixtures" / "app_data" / "medrag_textbooks"
 from medadapt.variants import VARIANTS  # noqa: E402
+from tests.net import free_port  # noqa: E402
 
 STAGE = {"max_length": 1024, "per_device_batch_size": 2, "gradient_accumulation_steps": 1, "eval_fraction": 0.1,
          "max_eval_samples": 1, "eval_steps": 100, "save_steps": 2}
@@ -189,14 +190,6 @@ def test_setup_lock_is_exclusive(tmp_path):
     first.release()
     assert second.acquire()
     second.release()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_app_processes_run_one_setup(tmp_path, tiny_model_dir):

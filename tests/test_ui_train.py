@@ -3,7 +3,6 @@ Chromium clicks Start, and one run uses the real SFT trainer on the tiny model."
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import time
 import types
@@ -15,15 +14,10 @@ from medadapt.adapters import list_adapters
 from medadapt.config import REPO_ROOT, load_config, load_train_config
 from medadapt.jobs import JobManager
 from medadapt.train_form import FIELDS
+from tests.net import free_port
 
 FAKE = Path(__file__).parent / "fixtures" / "fake_trainer.py"
 SFT_YAML = str(REPO_ROOT / "configs" / "offline" / "sft.yaml")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch_tab(cfg, jobs: JobManager):
