@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from medadapt.rundir import read_json, running_pids  # noqa: E402
-from medadapt.setup_chain import STATE_FILE, VARIANT  # noqa: E402
+from medadapt.setup_chain import STATE_FILE, STEP_ENDED, VARIANT  # noqa: E402
 from medadapt.variants import VARIANTS  # noqa: E402
 from tests.net import free_port  # noqa: E402
 
@@ -44,10 +44,10 @@ def answered(out: tuple) -> set[str]:
 
 
 def finished_steps(runs: Path) -> set[str]:
-    """The Compare columns whose setup step has ended (done, skipped or failed), from the setup's state file."""
+    """The Compare columns whose setup step has ended (ready, failed or stopped), from the setup's state file."""
     steps = (read_json(runs / "offline" / STATE_FILE) or {}).get("steps", {})
     return {VARIANT[s] for s, rec in steps.items() if s in VARIANT and (rec or {}).get("status") in
-            ("done", "skipped", "failed")}
+            STEP_ENDED}
 
 
 def main() -> int:

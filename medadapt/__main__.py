@@ -24,7 +24,8 @@ def setup(profile: str | None) -> int:
 
     from medadapt.config import ConfigError, load_config
     from medadapt.jobs import JobManager
-    from medadapt.setup_chain import DOING, STEP_TITLES, SetupBusyError, SetupChain, what_to_do
+    from medadapt.setup_chain import (DOING, STEP_ENDED, STEP_TITLES, STEP_UNFINISHED, SetupBusyError, SetupChain,
+                                      what_to_do)
 
     try:
         cfg = load_config(profile)
@@ -46,7 +47,7 @@ def setup(profile: str | None) -> int:
         bar.update(max(0, rec.step - bar.n))
         if rec.stage:
             bar.set_postfix_str(rec.stage)
-        if rec.status in ("done", "skipped", "failed", "stopped"):
+        if rec.status in STEP_ENDED:
             bar.set_postfix_str(rec.status)
             bar.close()
 
@@ -64,7 +65,7 @@ def setup(profile: str | None) -> int:
         return 130
     for bar in bars.values():
         bar.close()
-    failed = {s: r for s, r in state.steps.items() if r.status in ("failed", "stopped")}
+    failed = {s: r for s, r in state.steps.items() if r.status in STEP_UNFINISHED}
     for step, rec in state.steps.items():
         where = f" ({rec.run_dir})" if rec.run_dir else ""
         print(f"{STEP_TITLES[step]}: {rec.status}{where}")

@@ -66,11 +66,18 @@ def what_to_do(step: str) -> str:
             "(finished steps are kept).")
 
 
+# A step's status (StepRecord.status), grouped by what it means for the chain and for the step's Compare column.
+STEP_OPEN = ("pending", "waiting", "running")  # still to come in this chain
+STEP_READY = ("done", "skipped")  # its column can answer (skipped: the index or adapter was already there)
+STEP_UNFINISHED = ("failed", "stopped")  # ended without its result; a retry (app restart, `medadapt setup`) resumes it
+STEP_ENDED = STEP_READY + STEP_UNFINISHED
+
+
 @dataclass
 class StepRecord:
     """One step of the chain as ``setup.json`` stores it."""
 
-    status: str = "pending"  # pending | waiting | running | done | skipped | failed | stopped
+    status: str = "pending"  # one of STEP_OPEN or STEP_ENDED
     run_dir: str = ""
     step: int = 0
     total_steps: int | None = None
@@ -163,13 +170,13 @@ class SetupChain:
         if rec.status == "stopped":
             return (f"Preparing paused: {DOING[step]} was stopped. Resume it in the Training tab, or restart the app "
                     "to continue the setup.")
-        if not running or rec.status in ("done", "skipped"):
+        if not running or rec.status in STEP_READY:
             return None
         if rec.status == "running":
             return "preparing: " + progress_text(step, rec)
         if rec.status == "waiting":
             return f"preparing: waiting for another job to finish before {DOING[step]}"
-        before = [DOING[s] for s in STEPS[:STEPS.index(step)] if st.steps[s].status in ("pending", "running", "waiting")]
+        before = [DOING[s] for s in STEPS[:STEPS.index(step)] if st.steps[s].status in STEP_OPEN]
         queued = f" (after {' and '.join(before)})" if before else ""
         return f"preparing: {DOING[step]} is queued{queued}; this column answers as soon as it is done"
 
@@ -204,7 +211,7 @@ class SetupChain:
             log.exception("first-run setup crashed")
             self._state.status, self._state.ended = "failed", time.time()
             for rec in self._state.steps.values():
-                if rec.status in ("pending", "running", "waiting"):
+                if rec.status in STEP_OPEN:
                     rec.status, rec.error = "failed", f"the setup crashed: {type(e).__name__}: {e}"
             self._save()
             return self._state

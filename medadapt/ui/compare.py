@@ -15,6 +15,7 @@ from medadapt.engine_choice import concurrent_generations
 from medadapt.pipeline import InputError, check_settings, checked
 from medadapt.space import zerogpu
 from medadapt.state import NO_ADAPTER, AppState
+from medadapt.setup_chain import STEP_READY
 from medadapt.ui import render
 from medadapt.ui.common import warn
 from medadapt.ui.inflight import GENERATE
@@ -201,7 +202,7 @@ def _wire(state: AppState, c: dict[str, Any], shown: Callable[[str], str]) -> No
         """The setup line; the adapter choices and index line are refreshed when a step finishes."""
         st = state.setup.state()
         text = shown(render.setup_markdown(st))
-        done = ",".join(s for s, r in st.steps.items() if r.status in ("done", "skipped"))
+        done = ",".join(s for s, r in st.steps.items() if r.status in STEP_READY)
         if done == seen:
             return text, gr.skip(), gr.skip(), gr.skip(), seen
         return text, *refresh(), index_status(), done
