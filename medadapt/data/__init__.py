@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from medadapt.config import AppConfig
+from medadapt.config import AppConfig, hub_reachable
 
 
 HUB_DATASETS_DIR_ENV = "MEDADAPT_HUB_DATASETS_DIR"
@@ -39,8 +39,6 @@ def load_hub(repo: str, config: str | None = None, split: str = "train", streami
     """``datasets.load_dataset`` of a Hub dataset repo (or its local copy, see :func:`hub_dataset_path`); a failure
     while the Hub is unreachable becomes a :class:`HubUnreachableError` that says how to use local data instead."""
     from datasets import load_dataset
-
-    from medadapt.config import hub_reachable
 
     path = hub_dataset_path(repo)
     try:
