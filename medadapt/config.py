@@ -272,6 +272,9 @@ class TrainConfig(Validated):
     warmup_steps: int = 0  # > 0: overrides warmup_ratio
     optim: str = "auto"  # auto: paged_adamw_8bit when 4-bit, else adamw_torch; or any TrainingArguments optim
     embedding_learning_rate: float = 0.0  # > 0: the learning rate of modules_to_save (embed_tokens, lm_head)
+    # > 0: token-level unlikelihood (trainers/unlikelihood.py) on the answer's own earlier tokens, this weight
+    unlikelihood: Annotated[float, Field(ge=0.0, le=10.0, title="Unlikelihood weight",
+                                         description="0: off; penalises repeating the answer's earlier tokens")] = 0.0
     msft_stage2: str = "continue"  # MSFT: continue (train the CPT adapter on) | merge (merge CPT, fresh SFT LoRA)
     deepspeed: str = ""  # several processes: zero2 | zero3 (configs/accelerate/deepspeed_<name>.json) | a JSON path
     fsdp: str = ""  # several processes: TrainingArguments.fsdp, e.g. "full_shard auto_wrap"

@@ -315,12 +315,18 @@ def train_stage(tcfg: TrainConfig, model: Any, tok: Any, train: list, evals: lis
 
     from trainers.callbacks import JsonlLogCallback, StopCallback
     from trainers.formatting import PadCollator
+    from trainers.unlikelihood import unlikelihood_trainer
 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     last = last_complete_checkpoint(ckpt_dir) if resume else None
     logcb, stopcb = JsonlLogCallback(run, stage, step_offset, extra_total), StopCallback(stop)
     args = training_args(tcfg, ckpt_dir, rt, bool(evals), report_to(tcfg, run.path), run_name or run.path.name)
     trainer_cls = embedding_lr_trainer(Trainer, tcfg.embedding_learning_rate) if tcfg.embedding_learning_rate else Trainer
+    if tcfg.unlikelihood:
+        if rt.unsloth:
+            raise ConfigError("unlikelihood needs the logits, which Unsloth's fused loss does not return; "
+                              "set use_unsloth: false")
+        trainer_cls = unlikelihood_trainer(trainer_cls, tcfg.unlikelihood)
     trainer = trainer_cls(model=model, args=args, train_dataset=train, eval_dataset=evals or None,
                       data_collator=PadCollator(tok.pad_token_id, targets_only=not rt.unsloth),
                       processing_class=tok,
