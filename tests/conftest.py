@@ -44,6 +44,14 @@ def tiny_model_dir(tmp_path_factory, smollm2_dir) -> str:
 
 
 @pytest.fixture
+def tok(tiny_model_dir):
+    """The tiny model's tokenizer (SmolLM2's, with its chat template)."""
+    from medadapt.models import load_tokenizer
+
+    return load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture
 def cfg(tmp_path, tiny_model_dir):
     """Offline config on the tiny model with runs, cache, index and results under ``tmp_path``."""
     return load_config("offline", {

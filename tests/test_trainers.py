@@ -30,13 +30,6 @@ ROWS = [SftRow(f"medical_o1:{i}", "medical_o1", q, c, a) for i, (q, c, a) in enu
 
 
 @pytest.fixture
-def tok(tiny_model_dir):
-    from medadapt.models import load_tokenizer
-
-    return load_tokenizer(tiny_model_dir)
-
-
-@pytest.fixture
 def fixed_rows(monkeypatch):
     """SFT rows are a fixed tiny set (the real loader is covered in test_data_sft / test_disjoint)."""
     import medadapt.data.sft as sft_data

@@ -5,7 +5,7 @@ import pytest
 
 from medadapt.config import REPO_ROOT, load_train_config
 from medadapt.data.sft import SftRow
-from tests.test_trainers import ROWS, fixed_rows, losses, tcfg, tok  # noqa: F401  (fixtures)
+from tests.test_trainers import ROWS, losses, tcfg
 from trainers.formatting import PadCollator, end_of_turn, sft_example
 from trainers.unlikelihood import previous_target_mask, trained_positions, unlikelihood_sum, unlikelihood_trainer
 
@@ -94,11 +94,13 @@ def test_training_with_the_term_puts_less_mass_on_repeating_itself(tok, tiny_mod
     assert mass[0.0] > 0.1 and mass[4.0] < 0.5 * mass[0.0], mass
 
 
-def test_an_sft_job_trains_with_the_weight(cfg, fixed_rows, tmp_path):
+def test_an_sft_job_trains_with_the_weight(cfg, tmp_path, monkeypatch):
     """The job's loss is the cross-entropy plus the term: the same first step (same seed, rows and start) logs a
     higher loss with the weight than without."""
+    import medadapt.data.sft as sft_data
     from trainers import sft
 
+    monkeypatch.setattr(sft_data, "load_sft_rows", lambda cfg, datasets=(): list(ROWS))
     first = {}
     for weight in (0.0, 4.0):
         out = tmp_path / f"ul{weight}"
