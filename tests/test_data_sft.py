@@ -1,7 +1,7 @@
 """SFT rows: builders on literal records and the offline loader on the data dir."""
 from __future__ import annotations
 
-from medadapt.data.sft import load_local_rows, medmcqa_row, normalize_question, o1_row, pubmedqa_row
+from medadapt.data.sft import CITATION_LEFT, load_local_rows, medmcqa_row, normalize_question, o1_row, pubmedqa_row
 
 MCQ = {"id": "u1", "question": "Drug of choice for X?", "opa": "a1", "opb": "b1", "opc": "c1", "opd": "d1",
        "cop": 3, "exp": "Because c1 works."}
@@ -31,6 +31,23 @@ def test_the_answer_key_an_explanation_opens_with_is_not_reasoning():
         assert medmcqa_row({**MCQ, "exp": exp}).cot == exp
 
 
+def test_textbook_citations_are_not_reasoning():
+    """The explanations' citations ("(Ref Harrison 19/e p2032)", a "Reference: …" line) are cut out; a row whose
+    citation cannot be cut out cleanly is dropped, and words that merely start with "ref" stay."""
+    cases = {
+        "Ans: C. c1(Ref: Harrison 19/e p2032, 18/e p2551)Because c1 works.": "Because c1 works.",
+        "Because c1 works [Ref. Park 24/e p87].": "Because c1 works .",
+        "Because c1 works.\n\nReference: Essentials of Medical Pharmacology 8th ed p94": "Because c1 works.",
+        "Ref - Robbins 9/e p180\nBecause c1 works.": "Because c1 works.",
+        "The refractory period refers to c1.": "The refractory period refers to c1.",
+    }
+    for exp, cot in cases.items():
+        assert medmcqa_row({**MCQ, "exp": exp}).cot == cot, exp
+    for exp in ("Because c1 works.Ref Harrison 19/e p2438 (Table 2", "See https://en.wikipedia.org/wiki/C1",
+                "Ans: C. c1 (Ref: Harrison 19/e p2032)"):
+        assert medmcqa_row({**MCQ, "exp": exp}) is None, exp
+
+
 def test_pubmedqa_row_has_context_question_long_answer_and_decision():
     rec = {"QUESTION": "Does A cause B?", "CONTEXTS": ["ctx one", "ctx two"], "LONG_ANSWER": "A causes B.",
            "final_decision": "maybe"}
@@ -57,6 +74,7 @@ def test_local_rows_from_data_dir(cfg):
     assert len(by["medical_o1"]) == 10
     assert len(by["pubmedqa"]) == 500  # the non-test half of PQA-L
     assert len(by["medmcqa"]) > 1000 and all(r.cot for r in by["medmcqa"])
+    assert not any(CITATION_LEFT.search(r.cot) for r in by["medmcqa"])
     assert len({r.id for r in rows}) == len(rows)
 
 

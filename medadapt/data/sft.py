@@ -98,13 +98,29 @@ def reasoning_of(exp: str, key_text: str) -> str:
     return rest.strip()
 
 
+# "(Ref Harrison 19/e p2032, 18/e p2551)", "[Ref: Park 24/e p87]", a "Ref: …" or "Reference - …" line: a textbook
+# citation (a quarter of the explanations carry one); CITATION_LEFT: one the two patterns cannot cut out cleanly
+_REF = r"ref(?:erence)?s?\b"
+CITATION = re.compile(r"[(\[]\s*" + _REF + r"[^()\[\]]*[)\]]|^[ \t*\-]*" + _REF + r"[^\n]*$", re.IGNORECASE | re.MULTILINE)
+CITATION_LEFT = re.compile(r"\bRefs?\b|\bREF\b|\bReferences?\s*[-:]|https?:|www\.")
+
+
+def without_citations(text: str) -> str:
+    """Reasoning without its textbook citations (book, edition, page lists): a small model cannot recall them, and
+    trained on them it opens its reasoning with an invented "(Ref: http://www.…" that it then repeats to the token
+    limit; "" when a citation is left that the patterns cannot cut out (the row is then dropped)."""
+    text = re.sub(r"[ \t]{2,}", " ", CITATION.sub(" ", text)).strip().lstrip(".,;:)- ").strip()
+    return "" if CITATION_LEFT.search(text) else text
+
+
 def medmcqa_row(rec: dict[str, Any]) -> SftRow | None:
-    """A MedMCQA record with an explanation as a Q-CoT-A row (None without one beyond its answer key)."""
+    """A MedMCQA record with an explanation as a Q-CoT-A row (None without one beyond its answer key and
+    citations, or with a citation that cannot be cut out)."""
     exp = (rec.get("exp") or "").strip()
     if not exp or rec.get("cop") not in (1, 2, 3, 4):
         return None
     item = medmcqa_item(rec, one_based=True)
-    exp = reasoning_of(exp, item.answer_text)
+    exp = without_citations(reasoning_of(exp, item.answer_text))
     if not exp:
         return None
     question = rec["question"].strip() + "\n\n" + "\n".join(f"{L}. {o}" for L, o in item.options.items())
