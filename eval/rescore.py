@@ -6,7 +6,7 @@ log-probability of `` <option text>`` (summed over its tokens, rounded to 4 deci
 :func:`rescore_text_norm` divides by the option text's characters instead (:func:`eval.views.text_norm_view`), using
 the options stored in the file's ``items``, and recomputes the summaries. Run::
 
-    python -m eval rescore results/offline/views-20261128.json [--out NEW.json]
+    python -m eval rescore results/offline/views-20261129.json [--out NEW.json]
 
 (without ``--out`` the file is rewritten in place, atomically).
 """
