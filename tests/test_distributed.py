@@ -55,7 +55,7 @@ def train_losses(lines: list[dict]) -> list[float]:
 
 
 @pytest.mark.parametrize("job, over", [
-    ("sft", {"max_steps": -1, "num_epochs": 1, "max_samples": 24, "max_length": 256}),
+    ("sft", {"max_steps": -1, "num_epochs": 1, "max_samples": 32, "max_length": 320}),
     ("cpt", {"max_steps": -1, "num_epochs": 1, "max_samples": 40, "max_length": 64}),
 ])
 def test_two_processes_train_like_one_with_the_same_global_batch(cfg, tmp_path, job, over):

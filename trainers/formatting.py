@@ -122,6 +122,13 @@ def cpt_examples(tokenizer: Any, texts: Sequence[str], max_length: int, packing:
     return [{"input_ids": b, "attention_mask": [1] * len(b), "labels": list(b)} for b in blocks]
 
 
+def next_token_labels(labels: Any) -> Any:
+    """(B, T) labels shifted left by one: at each position, the label of the token that follows it (IGNORE last)."""
+    import torch
+
+    return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)
+
+
 class PadCollator:
     """Right-pads a batch to its longest row (labels with -100); packed rows of equal length get no padding.
 
@@ -145,7 +152,7 @@ class PadCollator:
         batch = {"input_ids": pad("input_ids", self.pad_id), "attention_mask": pad("attention_mask", 0),
                  "labels": pad("labels", IGNORE)}
         if self.targets_only:
-            following = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)
+            following = next_token_labels(batch["labels"])
             keep = following != IGNORE
             batch["logits_to_keep"], batch["shift_labels"] = keep, following[keep]
         return batch

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-IGNORE = -100
+from trainers.formatting import IGNORE, next_token_labels
 
 
 def previous_target_mask(targets: Any, rows: Any, vocab: int) -> Any:
@@ -48,7 +48,7 @@ def trained_positions(inputs: dict[str, Any], logits: Any) -> tuple[Any, Any, An
     keep = inputs.get("logits_to_keep")
     if isinstance(keep, torch.Tensor) and keep.dtype == torch.bool and keep.ndim == 2:
         return logits, inputs["shift_labels"], keep.nonzero(as_tuple=True)[0]
-    following = torch.nn.functional.pad(inputs["labels"][:, 1:], (0, 1), value=IGNORE)
+    following = next_token_labels(inputs["labels"])
     mask = following != IGNORE
     return logits[mask], following[mask], mask.nonzero(as_tuple=True)[0]
 
