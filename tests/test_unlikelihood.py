@@ -12,6 +12,11 @@ from trainers.unlikelihood import previous_target_mask, trained_positions, unlik
 torch = pytest.importorskip("torch")
 
 
+def examples(tok, rows: list[SftRow]) -> list[dict]:
+    """Token examples of ``rows`` as the SFT job builds them (bare prompt, the template's end of turn)."""
+    return [sft_example(tok, r.question, r.cot, r.answer, None, end_of_turn(tok)) for r in rows]
+
+
 def test_candidates_are_the_rows_earlier_target_tokens_without_the_gold():
     targets = torch.tensor([5, 6, 5, 7, 1, 1, 2])
     rows = torch.tensor([0, 0, 0, 0, 1, 1, 1])
@@ -33,7 +38,7 @@ def test_the_term_is_minus_log_one_minus_p_summed_over_the_candidates():
 def test_full_and_targets_only_batches_give_the_same_term(tok, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    rows = [sft_example(tok, r.question, r.cot, r.answer, None, end_of_turn(tok)) for r in ROWS[:3]]
+    rows = examples(tok, ROWS[:3])
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     terms = []
     for targets_only in (False, True):
@@ -47,7 +52,7 @@ def test_full_and_targets_only_batches_give_the_same_term(tok, tiny_model_dir):
 def test_trainer_adds_the_term_in_training_and_reports_plain_cross_entropy_in_eval(tok, tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-    rows = [sft_example(tok, r.question, r.cot, r.answer, None, end_of_turn(tok)) for r in ROWS[:3]]
+    rows = examples(tok, ROWS[:3])
     batch = PadCollator(tok.pad_token_id, targets_only=True)(rows)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
@@ -80,7 +85,7 @@ def test_training_with_the_term_puts_less_mass_on_repeating_itself(tok, tiny_mod
     unlikelihood term it keeps far less probability on the earlier words that do not come next."""
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-    rows = [sft_example(tok, r.question, r.cot, r.answer, None, end_of_turn(tok)) for r in LOOPS[:4]]
+    rows = examples(tok, LOOPS[:4])
     collate = PadCollator(tok.pad_token_id, targets_only=True)
     mass = {}
     for weight in (0.0, 4.0):

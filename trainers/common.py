@@ -74,6 +74,9 @@ def runtime(tcfg: TrainConfig) -> Runtime:
     if want == "true" and not has:
         raise ConfigError("use_unsloth=true needs CUDA and the unsloth package (pip install -r requirements-gpu.txt)")
     unsloth = has and want in ("auto", "true")
+    if unsloth and tcfg.unlikelihood:
+        raise ConfigError("unlikelihood needs the logits, which Unsloth's fused loss does not return; "
+                          "set use_unsloth: false")
     if unsloth:
         import unsloth  # noqa: F401  (patches transformers/peft/trl)
     from medadapt.precision import train_precision
@@ -323,9 +326,6 @@ def train_stage(tcfg: TrainConfig, model: Any, tok: Any, train: list, evals: lis
     args = training_args(tcfg, ckpt_dir, rt, bool(evals), report_to(tcfg, run.path), run_name or run.path.name)
     trainer_cls = embedding_lr_trainer(Trainer, tcfg.embedding_learning_rate) if tcfg.embedding_learning_rate else Trainer
     if tcfg.unlikelihood:
-        if rt.unsloth:
-            raise ConfigError("unlikelihood needs the logits, which Unsloth's fused loss does not return; "
-                              "set use_unsloth: false")
         trainer_cls = unlikelihood_trainer(trainer_cls, tcfg.unlikelihood)
     trainer = trainer_cls(model=model, args=args, train_dataset=train, eval_dataset=evals or None,
                       data_collator=PadCollator(tok.pad_token_id, targets_only=not rt.unsloth),

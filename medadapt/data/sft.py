@@ -101,7 +101,8 @@ def reasoning_of(exp: str, key_text: str) -> str:
 # "(Ref Harrison 19/e p2032, 18/e p2551)", "[Ref: Park 24/e p87]", a "Ref: …" or "Reference - …" line: a textbook
 # citation (a quarter of the explanations carry one); CITATION_LEFT: one the two patterns cannot cut out cleanly
 _REF = r"ref(?:erence)?s?\b"
-CITATION = re.compile(r"[(\[]\s*" + _REF + r"[^()\[\]]*[)\]]|^[ \t*\-]*" + _REF + r"[^\n]*$", re.IGNORECASE | re.MULTILINE)
+CITATION = re.compile(r"[(\[]\s*" + _REF + r"[^()\[\]]*[)\]]|^[ \t*\-]*" + _REF + r"[^\n]*$",
+                      re.IGNORECASE | re.MULTILINE)
 CITATION_LEFT = re.compile(r"\bRefs?\b|\bREF\b|\bReferences?\s*[-:]|https?:|www\.")
 
 
