@@ -275,6 +275,14 @@ class TrainConfig(Validated):
     # > 0: token-level unlikelihood (trainers/unlikelihood.py) on the answer's own earlier tokens, this weight
     unlikelihood: Annotated[float, Field(ge=0.0, le=10.0, title="Unlikelihood weight",
                                          description="0: off; penalises repeating the answer's earlier tokens")] = 0.0
+    # > 0: sequence-level unlikelihood (trainers/unlikelihood.py): every seq_unlikelihood_every steps the model
+    # continues its batch's prompts greedily for seq_unlikelihood_tokens tokens; its repeated 4-grams get this weight
+    seq_unlikelihood: Annotated[float, Field(ge=0.0, le=10.0, title="Sequence unlikelihood weight",
+                                             description="0: off; penalises the loops of the model's own greedy "
+                                                         "continuations")] = 0.0
+    seq_unlikelihood_every: Annotated[int, Field(ge=1, le=1000, title="Sequence unlikelihood every (steps)")] = 2
+    seq_unlikelihood_tokens: Annotated[int, Field(ge=8, le=8192, title="Sequence unlikelihood continuation",
+                                                  description="tokens")] = 128
     msft_stage2: str = "continue"  # MSFT: continue (train the CPT adapter on) | merge (merge CPT, fresh SFT LoRA)
     deepspeed: str = ""  # several processes: zero2 | zero3 (configs/accelerate/deepspeed_<name>.json) | a JSON path
     fsdp: str = ""  # several processes: TrainingArguments.fsdp, e.g. "full_shard auto_wrap"

@@ -1,10 +1,15 @@
-"""Token-level unlikelihood training (Welleck et al., 2019, "Neural Text Generation with Unlikelihood Training").
+"""Unlikelihood training (Welleck et al., 2019, "Neural Text Generation with Unlikelihood Training").
 
-At every trained position the loss adds ``-alpha * sum_c log(1 - p(c))`` over the candidates ``c``: the tokens the
+Token level (setting ``unlikelihood``): at every trained position the loss adds ``-alpha * sum_c log(1 - p(c))`` over the candidates ``c``: the tokens the
 same row's target already produced before this position, minus the gold token. Maximum likelihood alone leaves a
 small model that repeats itself under greedy decoding; the unlikelihood term lowers the probability of repeating
 what the answer already said, where the data does not repeat it. Candidates come from the target (the trained
 tokens), not the prompt, so copying words of the question stays free.
+
+Sequence level (setting ``seq_unlikelihood``): every few steps the model continues the batch's own prompts greedily,
+as the evaluation decodes, and each token of a 4-gram it already produced in that continuation adds
+``-log(1 - p(token))``. The token-level term only sees the data, which rarely loops; this one penalises the loops the
+model itself falls into.
 """
 from __future__ import annotations
 
@@ -76,3 +81,114 @@ def unlikelihood_trainer(base: type, alpha: float) -> type:
             return (loss, outputs) if return_outputs else loss
 
     return UnlikelihoodTrainer
+
+
+REPEAT_NGRAM = 4  # Welleck et al.: a continuation token is a candidate when it is part of a repeated 4-gram
+
+
+def repeated_ngram_mask(tokens: list[int], n: int = REPEAT_NGRAM) -> list[bool]:
+    """For each token, whether it belongs to an ``n``-gram that already occurred earlier in ``tokens``."""
+    seen: set[tuple[int, ...]] = set()
+    mask = [False] * len(tokens)
+    for i in range(len(tokens) - n + 1):
+        gram = tuple(tokens[i:i + n])
+        if gram in seen:
+            mask[i:i + n] = [True] * n
+        seen.add(gram)
+    return mask
+
+
+def prompts_of(inputs: dict[str, Any]) -> list[list[int]]:
+    """Each row's prompt: its tokens before the first trained label (what the model is asked to continue)."""
+    out = []
+    for ids, labels in zip(inputs["input_ids"].tolist(), inputs["labels"].tolist()):
+        first = next((i for i, y in enumerate(labels) if y != IGNORE), len(labels))
+        out.append(ids[:first])
+    return out
+
+
+def greedy_continuations(model: Any, prompts: list[list[int]], pad_id: int, eos_ids: set[int],
+                         tokens: int) -> list[list[int]]:
+    """Greedy continuations of ``prompts`` (left-padded into one batch), each cut after its first end token."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                                 max_new_tokens=tokens, do_sample=False, pad_token_id=pad_id, use_cache=True)
+    finally:
+        model.train(was_training)
+    conts = []
+    for row in out[:, width:].tolist():
+        end = next((i for i, t in enumerate(row) if t in eos_ids), None)
+        conts.append(row if end is None else row[:end + 1])
+    return conts
+
+
+def sequence_unlikelihood(model: Any, prompts: list[list[int]], conts: list[list[int]], pad_id: int) -> tuple[Any, int]:
+    """(sum of ``-log(1 - p(t))`` over the continuation tokens ``t`` inside a repeated 4-gram, number of
+    continuation tokens). The model runs only when some continuation repeats itself; the head only at those tokens."""
+    import torch
+
+    marks = [repeated_ngram_mask(c) for c in conts]
+    total = sum(len(c) for c in conts)
+    if not any(any(m) for m in marks):
+        return None, total
+    rows = [p + c for p, c in zip(prompts, conts)]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
+    attn = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    keep = torch.zeros_like(ids, dtype=torch.bool)  # position t-1 predicts the marked token at t
+    targets = []
+    for b, (r, c, m) in enumerate(zip(rows, conts, marks)):
+        start = width - len(c)
+        for j, marked in enumerate(m):
+            if marked:
+                keep[b, start + j - 1] = True
+                targets.append(c[j])
+    device = next(model.parameters()).device
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids.to(device), attention_mask=attn.to(device), position_ids=position_ids.to(device),
+                   logits_to_keep=keep.to(device)).logits
+    logits = logits[keep.to(device)] if logits.ndim == 3 else logits  # a model that returned every position
+    logp = torch.log_softmax(logits.float(), dim=-1)[torch.arange(len(targets)), torch.tensor(targets, device=device)]
+    return -torch.log1p(-logp.exp().clamp(max=1 - 1e-6)).sum(), total
+
+
+def sequence_unlikelihood_trainer(base: type, alpha: float, every: int, tokens: int) -> type:
+    """A Trainer that, on every ``every``-th optimizer step, adds ``alpha`` times the sequence-level term (per
+    continuation token) of ``tokens``-token greedy continuations of the batch's prompts. Only in training."""
+
+    class SequenceUnlikelihoodTrainer(base):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+            if model.training and (self.state.global_step + 1) % every == 0 and any(prompts_of(inputs)):
+                tok, unwrapped = self.processing_class, self.accelerator.unwrap_model(model)
+                ends = unwrapped.generation_config.eos_token_id
+                ends = set(ends if isinstance(ends, list) else [ends]) | {tok.eos_token_id, tok.pad_token_id}
+                prompts = [p for p in prompts_of(inputs) if p]  # rows trained whole (CPT) have none to continue
+                conts = greedy_continuations(unwrapped, prompts, tok.pad_token_id, ends - {None}, tokens)
+                term, total = sequence_unlikelihood(model, prompts, conts, tok.pad_token_id)
+                self.repeated_share = sum(sum(repeated_ngram_mask(c)) for c in conts) / max(total, 1)
+                if term is not None:
+                    term = alpha * term / max(total, 1)
+                    if self.model_accepts_loss_kwargs and num_items_in_batch is not None:  # no division follows
+                        term = term / self.args.gradient_accumulation_steps
+                    loss = loss + term
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs, *args, **kwargs):
+            """Training logs carry ``repeated_share``: the share of the last greedy continuations' tokens that sat in a
+            repeated 4-gram (how much the model loops as it trains)."""
+            if "loss" in logs and getattr(self, "repeated_share", None) is not None:
+                logs = {**logs, "repeated_share": round(self.repeated_share, 4)}
+                self.repeated_share = None
+            return super().log(logs, *args, **kwargs)
+
+    return SequenceUnlikelihoodTrainer
