@@ -1,10 +1,10 @@
 """Unlikelihood training (Welleck et al., 2019, "Neural Text Generation with Unlikelihood Training").
 
-Token level (setting ``unlikelihood``): at every trained position the loss adds ``-alpha * sum_c log(1 - p(c))`` over the candidates ``c``: the tokens the
-same row's target already produced before this position, minus the gold token. Maximum likelihood alone leaves a
-small model that repeats itself under greedy decoding; the unlikelihood term lowers the probability of repeating
-what the answer already said, where the data does not repeat it. Candidates come from the target (the trained
-tokens), not the prompt, so copying words of the question stays free.
+Token level (setting ``unlikelihood``): at every trained position the loss adds ``-alpha * sum_c log(1 - p(c))``
+over the candidates ``c``: the tokens the same row's target already produced before this position, minus the gold
+token. Maximum likelihood alone leaves a small model that repeats itself under greedy decoding; the unlikelihood
+term lowers the probability of repeating what the answer already said, where the data does not repeat it.
+Candidates come from the target (the trained tokens), not the prompt, so copying words of the question stays free.
 
 Sequence level (setting ``seq_unlikelihood``): every few steps the model continues the batch's own prompts greedily,
 as the evaluation decodes, and each token of a 4-gram it already produced in that continuation adds
