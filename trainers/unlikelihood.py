@@ -132,13 +132,16 @@ def greedy_continuations(model: Any, prompts: list[list[int]], pad_id: int, eos_
 
 def sequence_unlikelihood(model: Any, prompts: list[list[int]], conts: list[list[int]], pad_id: int) -> tuple[Any, int]:
     """(sum of ``-log(1 - p(t))`` over the continuation tokens ``t`` inside a repeated 4-gram, number of
-    continuation tokens). The model runs only when some continuation repeats itself; the head only at those tokens."""
+    continuation tokens). The model runs only on the rows whose continuation repeats itself (none: no term), its
+    head only at the repeated tokens."""
     import torch
 
     marks = [repeated_ngram_mask(c) for c in conts]
     total = sum(len(c) for c in conts)
-    if not any(any(m) for m in marks):
+    looping = [i for i, m in enumerate(marks) if any(m)]
+    if not looping:
         return None, total
+    prompts, conts, marks = ([xs[i] for i in looping] for xs in (prompts, conts, marks))
     rows = [p + c for p, c in zip(prompts, conts)]
     width = max(len(r) for r in rows)
     ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
