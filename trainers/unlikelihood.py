@@ -177,7 +177,9 @@ def sequence_unlikelihood_trainer(base: type, alpha: float, every: int, tokens: 
                 ends = set(ends if isinstance(ends, list) else [ends]) | {tok.eos_token_id, tok.pad_token_id}
                 prompts = [p for p in prompts_of(inputs) if p]  # rows trained whole (CPT) have none to continue
                 conts = greedy_continuations(unwrapped, prompts, tok.pad_token_id, ends - {None}, tokens)
-                term, total = sequence_unlikelihood(model, prompts, conts, tok.pad_token_id)
+                # the unwrapped model: a DDP forward would add a buffer broadcast that ranks without a loop do not make;
+                # the gradients still reach DDP's all-reduce, whose hooks sit on the parameters
+                term, total = sequence_unlikelihood(unwrapped, prompts, conts, tok.pad_token_id)
                 self.repeated_share = sum(sum(repeated_ngram_mask(c)) for c in conts) / max(total, 1)
                 if term is not None:
                     term = alpha * term / max(total, 1)
