@@ -81,6 +81,17 @@ def test_two_processes_train_like_one_with_the_same_global_batch(cfg, tmp_path, 
     assert two["final_loss"] == pytest.approx(b[-1])
 
 
+def test_two_processes_train_with_sequence_unlikelihood(cfg, tmp_path):
+    """Each rank continues its own rows and runs the term on the unwrapped model: the ranks stay in step (no
+    collective that only one of them makes) and rank 0 logs how much its continuations loop."""
+    status, lines = train("sft", cfg, tmp_path, "two", TWO, per_device_batch_size=2, gradient_accumulation_steps=1,
+                          max_steps=4, max_samples=32, max_length=320, seq_unlikelihood=1.0, seq_unlikelihood_every=2,
+                          seq_unlikelihood_tokens=16)
+    assert status["status"] == "finished" and status["world_size"] == 2 and status["steps"] == 4
+    logged = [x for x in lines if x.get("loss") is not None]
+    assert [x["step"] for x in logged if "repeated_share" in x] == [2, 4]
+
+
 def wait_for(pred, timeout=240.0, every=0.2):
     deadline = time.time() + timeout
     while time.time() < deadline:
