@@ -6,7 +6,7 @@ import pytest
 
 from medadapt.config import REPO_ROOT, load_train_config
 from tests.test_trainers import ROWS, losses, tcfg
-from tests.test_unlikelihood import examples
+from tests.test_unlikelihood import examples, train_tiny
 from trainers.formatting import IGNORE, PadCollator
 from trainers.unlikelihood import (greedy_continuations, prompts_of, repeated_ngram_mask, sequence_unlikelihood,
                                    sequence_unlikelihood_trainer)
@@ -69,19 +69,11 @@ def repeated_share(model, tok, rows) -> float:
 
 def test_training_with_the_term_makes_the_model_loop_less(tok, tiny_model_dir, tmp_path):
     """Trained on the same rows, the model whose own greedy loops are penalised loops less on those prompts."""
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+    from transformers import Trainer
 
     rows = examples(tok, ROWS)
-    collate = PadCollator(tok.pad_token_id, targets_only=True)
-    share = {}
-    for weight in (0.0, 4.0):
-        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-        args = TrainingArguments(output_dir=str(tmp_path / str(weight)), report_to="none", use_cpu=True, seed=0,
-                                 per_device_train_batch_size=4, max_steps=32, learning_rate=1e-2, save_strategy="no",
-                                 remove_unused_columns=False, disable_tqdm=True)
-        trainer_cls = sequence_unlikelihood_trainer(Trainer, weight, 1, 48) if weight else Trainer
-        trainer_cls(model=model, args=args, train_dataset=rows, data_collator=collate, processing_class=tok).train()
-        share[weight] = repeated_share(model.eval(), tok, rows)
+    share = {weight: repeated_share(train_tiny(tiny_model_dir, tok, rows, cls, tmp_path / str(weight), 32), tok, rows)
+             for weight, cls in ((0.0, Trainer), (4.0, sequence_unlikelihood_trainer(Trainer, 4.0, 1, 48)))}
     assert share[0.0] > 0.2 and share[4.0] < 0.5 * share[0.0], share
 
 

@@ -83,20 +83,26 @@ def repeat_mass(model, batch) -> float:
 def test_training_with_the_term_puts_less_mass_on_repeating_itself(tok, tiny_model_dir, tmp_path):
     """Trained on answers that repeat a phrase, the plain model learns to expect any earlier word anywhere; with the
     unlikelihood term it keeps far less probability on the earlier words that do not come next."""
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+    from transformers import Trainer
 
     rows = examples(tok, LOOPS[:4])
-    collate = PadCollator(tok.pad_token_id, targets_only=True)
-    mass = {}
-    for weight in (0.0, 4.0):
-        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-        args = TrainingArguments(output_dir=str(tmp_path / str(weight)), report_to="none", use_cpu=True, seed=0,
-                                 per_device_train_batch_size=4, max_steps=20, learning_rate=1e-2, save_strategy="no",
-                                 remove_unused_columns=False, disable_tqdm=True)
-        trainer_cls = unlikelihood_trainer(Trainer, weight) if weight else Trainer
-        trainer_cls(model=model, args=args, train_dataset=rows, data_collator=collate).train()
-        mass[weight] = repeat_mass(model, collate(rows))
+    mass = {weight: repeat_mass(train_tiny(tiny_model_dir, tok, rows, cls, tmp_path / str(weight), 20),
+                                PadCollator(tok.pad_token_id, targets_only=True)(rows))
+            for weight, cls in ((0.0, Trainer), (4.0, unlikelihood_trainer(Trainer, 4.0)))}
     assert mass[0.0] > 0.1 and mass[4.0] < 0.5 * mass[0.0], mass
+
+
+def train_tiny(model_dir: str, tok, rows: list[dict], trainer_cls: type, out, steps: int):
+    """The tiny model trained on ``rows`` (batches of 4, lr 1e-2, seed 0) with ``trainer_cls``, in eval mode."""
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    args = TrainingArguments(output_dir=str(out), report_to="none", use_cpu=True, seed=0, per_device_train_batch_size=4,
+                             max_steps=steps, learning_rate=1e-2, save_strategy="no", remove_unused_columns=False,
+                             disable_tqdm=True)
+    trainer_cls(model=model, args=args, train_dataset=rows, processing_class=tok,
+                data_collator=PadCollator(tok.pad_token_id, targets_only=True)).train()
+    return model.eval()
 
 
 def test_an_sft_job_trains_with_the_weight(cfg, tmp_path, monkeypatch):
