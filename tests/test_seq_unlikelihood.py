@@ -95,8 +95,8 @@ def test_an_sft_job_trains_with_it_and_logs_how_much_it_loops(cfg, tmp_path, mon
 def test_its_settings_are_bounded_and_off_by_default():
     from medadapt.config import ConfigError
 
-    offline = load_train_config(REPO_ROOT / "configs" / "seed" / "sft.yaml")
-    assert offline.seq_unlikelihood == 0.0
+    for config in ("seed/sft.yaml", "offline/sft.yaml", "offline/msft.yaml"):  # off in every shipped recipe
+        assert load_train_config(REPO_ROOT / "configs" / config).seq_unlikelihood == 0.0
     for key, bad in (("seq_unlikelihood", -1), ("seq_unlikelihood_every", 0), ("seq_unlikelihood_tokens", 4)):
         with pytest.raises(ConfigError, match="Sequence unlikelihood"):
             load_train_config(REPO_ROOT / "configs" / "offline" / "sft.yaml", {key: bad})
