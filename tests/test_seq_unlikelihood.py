@@ -51,14 +51,16 @@ def test_the_term_is_minus_log_one_minus_p_of_the_repeated_tokens(tok, tiny_mode
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     prompts = [[1, 5, 9, 11], [3, 4]]
     conts = [[20, 21, 22, 23, 20, 21, 22, 23, 30], [40, 41, 42, 43, 44]]  # row 0 repeats a 4-gram, row 1 does not
+    marks = [repeated_ngram_mask(c) for c in conts]
+    assert [j for j, m in enumerate(marks[0]) if m] == [4, 5, 6, 7] and not any(marks[1])
     with torch.no_grad():
-        term, total = sequence_unlikelihood(model, prompts, conts, tok.pad_token_id)
+        term = sequence_unlikelihood(model, prompts, conts, marks, tok.pad_token_id)
         probs = model(input_ids=torch.tensor([prompts[0] + conts[0]])).logits[0].softmax(-1)
     start = len(prompts[0])
     expected = -sum(torch.log(1 - probs[start + j - 1, conts[0][j]]) for j in range(4, 8))
-    assert total == 14 and torch.allclose(term, expected, atol=1e-4)
-    none, total = sequence_unlikelihood(model, prompts[1:], conts[1:], tok.pad_token_id)
-    assert none is None and total == 5  # nothing repeated: no term and no forward pass
+    assert torch.allclose(term, expected, atol=1e-4)
+    # nothing repeated: no term, and no forward pass (there is no model to run)
+    assert sequence_unlikelihood(None, prompts[1:], conts[1:], marks[1:], tok.pad_token_id) is None
 
 
 def repeated_share(model, tok, rows) -> float:

@@ -107,14 +107,22 @@ def prompts_of(inputs: dict[str, Any]) -> list[list[int]]:
     return out
 
 
+def left_padded(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
+    """(input ids, attention mask) of ``rows`` left-padded to the longest, so every row ends at the last column."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    return (torch.tensor([[pad_id] * (width - len(r)) + r for r in rows]),
+            torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows]))
+
+
 def greedy_continuations(model: Any, prompts: list[list[int]], pad_id: int, eos_ids: set[int],
                          tokens: int) -> list[list[int]]:
     """Greedy continuations of ``prompts`` (left-padded into one batch), each cut after its first end token."""
     import torch
 
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    ids, mask = left_padded(prompts, pad_id)
+    width = ids.shape[1]
     was_training = model.training
     model.eval()
     try:
@@ -130,22 +138,20 @@ def greedy_continuations(model: Any, prompts: list[list[int]], pad_id: int, eos_
     return conts
 
 
-def sequence_unlikelihood(model: Any, prompts: list[list[int]], conts: list[list[int]], pad_id: int) -> tuple[Any, int]:
-    """(sum of ``-log(1 - p(t))`` over the continuation tokens ``t`` inside a repeated 4-gram, number of
-    continuation tokens). The model runs only on the rows whose continuation repeats itself (none: no term), its
-    head only at the repeated tokens."""
+def sequence_unlikelihood(model: Any, prompts: list[list[int]], conts: list[list[int]], marks: list[list[bool]],
+                          pad_id: int) -> Any:
+    """Sum of ``-log(1 - p(t))`` over the continuation tokens ``t`` that ``marks`` flags (``repeated_ngram_mask`` of
+    each continuation), or None when none is flagged. The model runs only on the rows whose continuation repeats
+    itself, its head only at the repeated tokens."""
     import torch
 
-    marks = [repeated_ngram_mask(c) for c in conts]
-    total = sum(len(c) for c in conts)
     looping = [i for i, m in enumerate(marks) if any(m)]
     if not looping:
-        return None, total
+        return None
     prompts, conts, marks = ([xs[i] for i in looping] for xs in (prompts, conts, marks))
     rows = [p + c for p, c in zip(prompts, conts)]
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
-    attn = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    ids, attn = left_padded(rows, pad_id)
+    width = ids.shape[1]
     keep = torch.zeros_like(ids, dtype=torch.bool)  # position t-1 predicts the marked token at t
     targets = []
     for b, (r, c, m) in enumerate(zip(rows, conts, marks)):
@@ -160,7 +166,7 @@ def sequence_unlikelihood(model: Any, prompts: list[list[int]], conts: list[list
                    logits_to_keep=keep.to(device)).logits
     logits = logits[keep.to(device)] if logits.ndim == 3 else logits  # a model that returned every position
     logp = torch.log_softmax(logits.float(), dim=-1)[torch.arange(len(targets)), torch.tensor(targets, device=device)]
-    return -torch.log1p(-logp.exp().clamp(max=1 - 1e-6)).sum(), total
+    return -torch.log1p(-logp.exp().clamp(max=1 - 1e-6)).sum()
 
 
 def sequence_unlikelihood_trainer(base: type, alpha: float, every: int, tokens: int) -> type:
@@ -168,21 +174,26 @@ def sequence_unlikelihood_trainer(base: type, alpha: float, every: int, tokens: 
     continuation token) of ``tokens``-token greedy continuations of the batch's prompts. Only in training."""
 
     class SequenceUnlikelihoodTrainer(base):
+        repeated_share: float | None = None  # of the last continuations, until the next training log carries it
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                                  num_items_in_batch=num_items_in_batch)
-            if model.training and (self.state.global_step + 1) % every == 0 and any(prompts_of(inputs)):
+            due = model.training and (self.state.global_step + 1) % every == 0
+            prompts = [p for p in prompts_of(inputs) if p] if due else []  # rows trained whole (CPT) have none
+            if prompts:
                 tok, unwrapped = self.processing_class, self.accelerator.unwrap_model(model)
                 ends = unwrapped.generation_config.eos_token_id
                 ends = set(ends if isinstance(ends, list) else [ends]) | {tok.eos_token_id, tok.pad_token_id}
-                prompts = [p for p in prompts_of(inputs) if p]  # rows trained whole (CPT) have none to continue
                 conts = greedy_continuations(unwrapped, prompts, tok.pad_token_id, ends - {None}, tokens)
+                marks = [repeated_ngram_mask(c) for c in conts]
+                total = max(sum(len(c) for c in conts), 1)
+                self.repeated_share = sum(map(sum, marks)) / total
                 # the unwrapped model: a DDP forward would add a buffer broadcast that ranks without a loop do not make;
                 # the gradients still reach DDP's all-reduce, whose hooks sit on the parameters
-                term, total = sequence_unlikelihood(unwrapped, prompts, conts, tok.pad_token_id)
-                self.repeated_share = sum(sum(repeated_ngram_mask(c)) for c in conts) / max(total, 1)
+                term = sequence_unlikelihood(unwrapped, prompts, conts, marks, tok.pad_token_id)
                 if term is not None:
-                    term = alpha * term / max(total, 1)
+                    term = alpha * term / total
                     if self.model_accepts_loss_kwargs and num_items_in_batch is not None:  # no division follows
                         term = term / self.args.gradient_accumulation_steps
                     loss = loss + term
@@ -191,7 +202,7 @@ def sequence_unlikelihood_trainer(base: type, alpha: float, every: int, tokens: 
         def log(self, logs, *args, **kwargs):
             """Training logs carry ``repeated_share``: the share of the last greedy continuations' tokens that sat in a
             repeated 4-gram (how much the model loops as it trains)."""
-            if "loss" in logs and getattr(self, "repeated_share", None) is not None:
+            if "loss" in logs and self.repeated_share is not None:
                 logs = {**logs, "repeated_share": round(self.repeated_share, 4)}
                 self.repeated_share = None
             return super().log(logs, *args, **kwargs)
