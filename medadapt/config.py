@@ -283,6 +283,11 @@ class TrainConfig(Validated):
     seq_unlikelihood_every: Annotated[int, Field(ge=1, le=1000, title="Sequence unlikelihood every (steps)")] = 2
     seq_unlikelihood_tokens: Annotated[int, Field(ge=8, le=8192, title="Sequence unlikelihood continuation",
                                                   description="tokens")] = 128
+    # SFT row quality filter (trainers/sft.py), applied before the split: rows whose reasoning has fewer words
+    # (headings, a restated answer), and with drop_repeating_reasoning rows whose reasoning repeats a word 4-gram
+    min_reasoning_words: Annotated[int, Field(ge=0, le=10_000, title="Min reasoning words",
+                                              description="0: keep all; shorter reasoning rows are dropped")] = 0
+    drop_repeating_reasoning: bool = False
     msft_stage2: str = "continue"  # MSFT: continue (train the CPT adapter on) | merge (merge CPT, fresh SFT LoRA)
     deepspeed: str = ""  # several processes: zero2 | zero3 (configs/accelerate/deepspeed_<name>.json) | a JSON path
     fsdp: str = ""  # several processes: TrainingArguments.fsdp, e.g. "full_shard auto_wrap"

@@ -84,6 +84,27 @@ def test_app_shaped_example_is_trained_on_the_prompt_the_eval_renders(tok):
     assert completion.startswith("<think>\nIt reverses shock.\n</think>\n\nThe answer is A.")
 
 
+def test_quality_filter_drops_short_and_self_repeating_reasoning_before_the_split(cfg, tok, monkeypatch):
+    import medadapt.data.sft as sft_data
+    from trainers.sft import build_sft_data, row_flaw
+
+    short = SftRow("medmcqa:901", "medmcqa", "Which test first?", "Non Stress Test", "The answer is D. Biophysical")
+    loop = SftRow("medmcqa:902", "medmcqa", "Which nerve?", "The score of the score of the score of the nerve is "
+                  "ulnar and the wrist flexors are spared here.", "The answer is B. Ulnar")
+    monkeypatch.setattr(sft_data, "load_sft_rows", lambda cfg, datasets=(): [*ROWS, short, loop])
+    on = {"eval_fraction": 0.0, "max_length": 512, "min_reasoning_words": 5, "drop_repeating_reasoning": True}
+    t = tcfg("sft", Path("unused"), **on)
+    assert [row_flaw(r.cot, t) for r in (ROWS[0], short, loop)] == ["", "short", "repeats"]
+    train, _, info = build_sft_data(t, cfg, tok)
+    assert (info["dropped_short_reasoning"], info["dropped_repeating_reasoning"]) == (1, 1)
+    assert len(train) == len(ROWS)
+    texts = [tok.decode(e["input_ids"]) for e in train]
+    assert not any("Non Stress Test" in x or "score of the score" in x for x in texts)
+    off = tcfg("sft", Path("unused"), eval_fraction=0.0, max_length=512)  # the defaults keep every row
+    train, _, info = build_sft_data(off, cfg, tok)
+    assert len(train) == len(ROWS) + 2 and info["dropped_short_reasoning"] == info["dropped_repeating_reasoning"] == 0
+
+
 def test_completion_skips_think_tag_the_template_opened():
     assert completion_text("cot", "ans", "<|Assistant|><think>\n").startswith("cot\n</think>")
     assert completion_text("cot", "ans", "<|im_start|>assistant\n").startswith("<think>\ncot")

@@ -17,6 +17,20 @@ log = logging.getLogger(__name__)
 DESCRIPTION = __doc__.split("\n")[0]
 
 
+def row_flaw(reasoning: str, tcfg: TrainConfig) -> str:
+    """Why the quality filter drops a row with this reasoning: ``"short"`` (fewer than ``min_reasoning_words``
+    words), ``"repeats"`` (a word 4-gram twice, with ``drop_repeating_reasoning``: "Repetition In, Repetition Out"),
+    or ``""`` to keep it."""
+    from trainers.unlikelihood import repeated_ngram_mask
+
+    words = reasoning.lower().split()
+    if len(words) < tcfg.min_reasoning_words:
+        return "short"
+    if tcfg.drop_repeating_reasoning and any(repeated_ngram_mask(words)):
+        return "repeats"
+    return ""
+
+
 def build_sft_data(tcfg: TrainConfig, app: AppConfig, tok: Any) -> tuple[list, list, dict[str, Any]]:
     """(train examples, eval examples, data info): tokenized rows with assistant-only labels, over-long rows dropped."""
     from collections import Counter
@@ -31,6 +45,8 @@ def build_sft_data(tcfg: TrainConfig, app: AppConfig, tok: Any) -> tuple[list, l
         raise ConfigError(f"prompt must be one of {', '.join(PROMPTS)}, not {tcfg.prompt!r}")
     rows = load_sft_rows(app, tcfg.dataset)
     positions = [int(source_id(r.id)) if source_id(r.id).isdigit() else i for i, r in enumerate(rows)]
+    verdicts = [row_flaw(r.cot, tcfg) for r in rows]
+    rows, positions = [r for r, v in zip(rows, verdicts) if not v], [p for p, v in zip(positions, verdicts) if not v]
     train_rows, eval_rows = split_rows(rows, tcfg, positions)
     eot = end_of_turn(tok) if tcfg.prompt != "seed" else ""
 
@@ -48,7 +64,8 @@ def build_sft_data(tcfg: TrainConfig, app: AppConfig, tok: Any) -> tuple[list, l
         raise ConfigError(f"no SFT example fits max_length={tcfg.max_length}")
     info = {"sources": sorted({r.source for r in rows}), "rows_by_source": dict(Counter(r.source for r in train_rows)),
             "train_examples": len(train), "eval_examples": len(evals),
-            "dropped_too_long": dropped_train + dropped_eval, "prompt": tcfg.prompt, "split": tcfg.split,
+            "dropped_too_long": dropped_train + dropped_eval,
+            "dropped_short_reasoning": verdicts.count("short"), "dropped_repeating_reasoning": verdicts.count("repeats"), "prompt": tcfg.prompt, "split": tcfg.split,
             "excluded_eval_items": {"benchmarks": list(app.eval.benchmarks), "n": app.eval.n, "seed": app.eval.seed}}
     log.info("SFT data: %s", info)
     return train, evals, info

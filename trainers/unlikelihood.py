@@ -13,6 +13,7 @@ model itself falls into.
 """
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 from trainers.formatting import IGNORE, next_token_labels
@@ -86,8 +87,8 @@ def unlikelihood_trainer(base: type, alpha: float) -> type:
 REPEAT_NGRAM = 4  # Welleck et al.: a continuation token is a candidate when it is part of a repeated 4-gram
 
 
-def repeated_ngram_mask(tokens: list[int], n: int = REPEAT_NGRAM) -> list[bool]:
-    """For each token, whether it belongs to an ``n``-gram that already occurred earlier in ``tokens``."""
+def repeated_ngram_mask(tokens: Sequence[Hashable], n: int = REPEAT_NGRAM) -> list[bool]:
+    """For each token (an id, or a word), whether it belongs to an ``n``-gram that already occurred earlier."""
     seen: set[tuple[int, ...]] = set()
     mask = [False] * len(tokens)
     for i in range(len(tokens) - n + 1):
