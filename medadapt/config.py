@@ -288,6 +288,9 @@ class TrainConfig(Validated):
     min_reasoning_words: Annotated[int, Field(ge=0, le=10_000, title="Min reasoning words",
                                               description="0: keep all; shorter reasoning rows are dropped")] = 0
     drop_repeating_reasoning: bool = False
+    # SFT: cut every source's answer classes (the option each row's answer commits to) to its rarest class's size,
+    # so the adapter cannot learn that one letter is right more often (MedMCQA's dev rows: A in 31%)
+    balance_answers: bool = False
     msft_stage2: str = "continue"  # MSFT: continue (train the CPT adapter on) | merge (merge CPT, fresh SFT LoRA)
     deepspeed: str = ""  # several processes: zero2 | zero3 (configs/accelerate/deepspeed_<name>.json) | a JSON path
     fsdp: str = ""  # several processes: TrainingArguments.fsdp, e.g. "full_shard auto_wrap"

@@ -31,6 +31,35 @@ def row_flaw(reasoning: str, tcfg: TrainConfig) -> str:
     return ""
 
 
+def answer_class(row: Any) -> str | None:
+    """``"<source>:<letter>"``: the option a row's answer commits to (read by the project's answer parser from the
+    options it is posed with); None for an open question."""
+    from medadapt.reasoning import extract_answer
+
+    options = row.posed.get("options") or {}
+    letter = extract_answer(row.answer, options)[0] if options else None
+    return f"{row.source}:{letter}" if letter else None
+
+
+def balanced(pairs: list, seed: int) -> list:
+    """``(row, example)`` pairs with every source's answer classes cut to the size of its rarest one (a seeded
+    choice, order kept), so no option letter is more often right in training than another; open rows all stay."""
+    import random
+    from collections import defaultdict
+
+    groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, (row, _) in enumerate(pairs):
+        key = answer_class(row)
+        if key:
+            groups[row.source][key].append(i)
+    rng, drop = random.Random(seed), set()
+    for classes in groups.values():
+        size = min(map(len, classes.values()))
+        for members in classes.values():
+            drop.update(rng.sample(members, len(members) - size))
+    return [p for i, p in enumerate(pairs) if i not in drop]
+
+
 def build_sft_data(tcfg: TrainConfig, app: AppConfig, tok: Any) -> tuple[list, list, dict[str, Any]]:
     """(train examples, eval examples, data info): tokenized rows with assistant-only labels, over-long rows dropped."""
     from collections import Counter
@@ -51,24 +80,30 @@ def build_sft_data(tcfg: TrainConfig, app: AppConfig, tok: Any) -> tuple[list, l
     eot = end_of_turn(tok) if tcfg.prompt != "seed" else ""
 
     def encode(rs: list) -> tuple[list, int]:
+        """(row, example) pairs of ``rs`` that fit ``max_length``, and how many did not."""
         if tcfg.prompt == "seed":  # cut at max_length as the seed's trainer did, none dropped
-            return [seed_example(tok, r.question, r.cot, r.answer, tcfg.max_length) for r in rs], 0
-        out = [sft_example(tok, r.question, r.cot, r.answer, tcfg.system_prompt or None, eot, tcfg.prompt,
-                           app.model.system_prompt, r.posed) for r in rs]
-        kept = [e for e in out if len(e["input_ids"]) <= tcfg.max_length]
+            return [(r, seed_example(tok, r.question, r.cot, r.answer, tcfg.max_length)) for r in rs], 0
+        out = [(r, sft_example(tok, r.question, r.cot, r.answer, tcfg.system_prompt or None, eot, tcfg.prompt,
+                               app.model.system_prompt, r.posed)) for r in rs]
+        kept = [(r, e) for r, e in out if len(e["input_ids"]) <= tcfg.max_length]
         return kept, len(out) - len(kept)
 
     train, dropped_train = encode(train_rows)
     evals, dropped_eval = encode(eval_rows)
     if not train:
         raise ConfigError(f"no SFT example fits max_length={tcfg.max_length}")
+    fitting = len(train)
+    if tcfg.balance_answers:
+        train = balanced(train, tcfg.seed)
     info = {"sources": sorted({r.source for r in rows}), "rows_by_source": dict(Counter(r.source for r in train_rows)),
             "train_examples": len(train), "eval_examples": len(evals),
-            "dropped_too_long": dropped_train + dropped_eval,
-            "dropped_short_reasoning": verdicts.count("short"), "dropped_repeating_reasoning": verdicts.count("repeats"), "prompt": tcfg.prompt, "split": tcfg.split,
+            "dropped_too_long": dropped_train + dropped_eval, "dropped_short_reasoning": verdicts.count("short"),
+            "dropped_repeating_reasoning": verdicts.count("repeats"), "dropped_to_balance": fitting - len(train),
+            "answers": dict(sorted(Counter(answer_class(r) or "open" for r, _ in train).items())),
+            "prompt": tcfg.prompt, "split": tcfg.split,
             "excluded_eval_items": {"benchmarks": list(app.eval.benchmarks), "n": app.eval.n, "seed": app.eval.seed}}
     log.info("SFT data: %s", info)
-    return train, evals, info
+    return [e for _, e in train], [e for _, e in evals], info
 
 
 def train_sft(ctx: Context, *, adapter: str | None = None, stage: str = "", ckpt_stage: str = "",
