@@ -89,7 +89,7 @@ REPEAT_NGRAM = 4  # Welleck et al.: a continuation token is a candidate when it 
 
 def repeated_ngram_mask(tokens: Sequence[Hashable], n: int = REPEAT_NGRAM) -> list[bool]:
     """For each token (an id, or a word), whether it belongs to an ``n``-gram that already occurred earlier."""
-    seen: set[tuple[int, ...]] = set()
+    seen: set[tuple[Hashable, ...]] = set()
     mask = [False] * len(tokens)
     for i in range(len(tokens) - n + 1):
         gram = tuple(tokens[i:i + n])
