@@ -107,10 +107,12 @@ def explain(results: dict, baseline: str = "base") -> str:
                 "also improves: evidence of knowledge." if _significant(text) else
                 "does not improve significantly." if text["diff"] >= 0 or text["p"] >= ALPHA else
                 "gets significantly worse."))
-        if "cot" in gs:
-            verdict.append("Generated answers (chain of thought) " + (
-                "improve significantly." if _significant(gs["cot"]) else
-                "get significantly worse." if gs["cot"]["p"] < ALPHA else "do not differ significantly."))
+        for view, what in (("cot", "Generated answers (chain of thought)"),
+                           ("cot_budget", "Generated answers under a thinking budget")):
+            if view in gs:
+                verdict.append(what + " " + (
+                    "improve significantly." if _significant(gs[view]) else
+                    "get significantly worse." if gs[view]["p"] < ALPHA else "do not differ significantly."))
         fav = _favourite_share(results, b, "letter") if "letter" in views else None
         if fav and fav[1] >= 0.6 * fav[2]:
             verdict.append(f"Under letter scoring {variant_label(b)} answers “{fav[0]}” on {fav[1]} of {fav[2]} items.")

@@ -15,7 +15,7 @@ from medadapt.prompts import fit_to_budget
 from eval.prompting import continuations, item_messages, loglik_prompt
 from eval.calibration import CONTENT_FREE, calibrate, content_free_items, content_free_snippets, letter_prior
 from eval.scoring import choose, option_probs
-from eval.views import LOGLIK_VIEWS, TEXT_NORM_UNIT, text_norm_view
+from eval.views import LOGLIK_VIEWS, TEXT_NORM_UNIT, cot_view, text_norm_view
 from eval.variants import Variant, activate, load_for_variants, model_folder, set_threads
 
 SCHEMA = 1
@@ -33,7 +33,7 @@ def new_results(cfg: AppConfig, mode: str, samples: dict[str, list[BenchItem]], 
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "profile": cfg.profile,
         "mode": mode,
-        "views": list(LOGLIK_VIEWS) if mode == "loglik" else ["cot"],
+        "views": list(LOGLIK_VIEWS) if mode == "loglik" else [cot_view(cfg.eval.think_budget)],
         "text_norm_unit": TEXT_NORM_UNIT,
         "model": {"name_or_path": cfg.model.name_or_path, "display_name": cfg.model.display_name,
                   "dtype": cfg.model.dtype},
@@ -134,14 +134,14 @@ def _generator(cfg: AppConfig, variants: list[Variant]):
         if v.adapter and not v.skipped and not engine.has_adapter(v.peft_name):
             engine.load_adapter(v.peft_name, v.adapter)
     settings = GenSettings(max_new_tokens=ec.max_new_tokens, temperature=ec.temperature, top_p=ec.top_p, seed=ec.seed,
-                          repetition_penalty=ec.repetition_penalty)
+                          repetition_penalty=ec.repetition_penalty, think_budget=ec.think_budget)
 
-    def gen(msgs: list, v: Variant, should_stop: Callable[[], bool] = lambda: False) -> list[str]:
+    def gen(msgs: list, v: Variant, should_stop: Callable[[], bool] = lambda: False) -> list:
         final: list = []
         for final in engine.stream([(m, v.peft_name if v.adapter else BASE) for m in msgs], settings):
             if should_stop():  # checked every decode step, so a stop does not wait for the whole batch
                 raise StopRequested(f"stopped during {v.name}")
-        return [st.text for st in final]
+        return final
 
     return gen, engine.prompt_opens_think(), engine.count_tokens
 
@@ -151,6 +151,7 @@ def _cot_variant(cfg, gen, opens_think, count, variant, samples, snippets, progr
     total = sum(len(v) for v in samples.values())
     done = 0
     bs = max(1, cfg.eval.batch_size)
+    view_name = cot_view(cfg.eval.think_budget)
     for name, items in samples.items():
         t0 = time.perf_counter()
         spec = benchmark(name)
@@ -161,10 +162,11 @@ def _cot_variant(cfg, gen, opens_think, count, variant, samples, snippets, progr
             chunk = items[b:b + bs]
             msgs = [item_messages(it, fit_to_budget(snippets[name][it.id], count, cfg.rag.context_tokens)
                                   if variant.rag else None, cfg.model.system_prompt) for it in chunk]
-            for it, text in zip(chunk, gen(msgs, variant, should_stop)):
-                letter, how = spec.read_answer(text, it, opens_think)
+            for it, row in zip(chunk, gen(msgs, variant, should_stop)):
+                letter, how = spec.read_answer(row.text, it, opens_think)
                 view = {"pred": letter, "correct": letter == it.answer, "invalid": letter is None}
-                rows.append({"id": it.id, **view, "views": {"cot": view}, "filter": how, "raw": text})
+                rows.append({"id": it.id, **view, "views": {view_name: view}, "filter": how, "raw": row.text,
+                             "budget_closed": row.budget_closed})
             progress(done=done + len(rows), total=total, variant=variant.name, benchmark=name)
         preds[name] = rows
         done += len(items)

@@ -215,11 +215,11 @@ def summary_table(results: dict, view: str | None = None) -> tuple[list[str], li
 
 def variant_timing(results: dict, variant: str, view: str | None = None) -> dict:
     """The timing of the run that scored ``view`` (a merged file keeps each mode's run under ``timing_by_mode``)."""
-    from eval.views import default_view
+    from eval.views import default_view, results_run, run_key
 
     entry = results["variants"][variant]
-    mode = "cot" if (view or default_view(results)) == "cot" else "loglik"
-    return entry.get("timing_by_mode", {}).get(mode) or (entry.get("timing", {}) if results.get("mode") == mode else {})
+    run = run_key(view or default_view(results))
+    return entry.get("timing_by_mode", {}).get(run) or (entry.get("timing", {}) if results_run(results) == run else {})
 
 
 def paper_reference(benchmarks: list[str]) -> dict[str, dict[str, float]]:

@@ -48,6 +48,8 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--temperature", type=float, help="cot: sampling temperature, 0 = greedy (default: eval.temperature)")
     r.add_argument("--top_p", type=float, help="cot: nucleus sampling (default: eval.top_p)")
     r.add_argument("--repetition_penalty", type=float, help="cot: 1 = off (default: eval.repetition_penalty)")
+    r.add_argument("--think_budget", type=int, help="cot: tokens inside <think> before </think> is forced; > 0 "
+                   "records the cot_budget view (default: eval.think_budget, 0 = off)")
     r.add_argument("--prompt_style", choices=["chat", "plain"], help="loglik prompt (default: eval.prompt_style)")
     r.add_argument("--profile", help="offline | reference | auto | a YAML path (default: MEDADAPT_PROFILE or auto)")
     r.add_argument("--model", help="base model override (Hub id or folder)")
@@ -114,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides: dict = {"eval": {k: v for k, v in {
         "n": args.n, "seed": args.seed, "mode": args.mode, "batch_size": args.batch_size,
         "max_new_tokens": args.max_new_tokens, "prompt_style": args.prompt_style, "temperature": args.temperature,
-        "top_p": args.top_p, "repetition_penalty": args.repetition_penalty,
+        "top_p": args.top_p, "repetition_penalty": args.repetition_penalty, "think_budget": args.think_budget,
         "benchmarks": args.benchmarks.split(",") if args.benchmarks else None}.items() if v is not None}}
     if args.model:
         overrides["model"] = {"name_or_path": args.model, "display_name": Path(args.model).name}
@@ -247,22 +249,23 @@ def _extend_variant(mine: dict, other: dict) -> None:
 def normalize_views(results: dict) -> dict:
     """Give every prediction row its ``views`` (files written before views had one view at the row's top level)
     and a generated view its own ``filter`` and ``raw``, so rows of different modes can share one row."""
-    from eval.views import mode_view, views_of
+    from eval.views import GENERATED_VIEWS, mode_view, views_of
 
     file_view = mode_view(results)
     for entry in results.get("variants", {}).values():
         for rows in entry.get("predictions", {}).values():
             for r in rows:
                 views = r.setdefault("views", {file_view: {k: r[k] for k in ("pred", "correct", "invalid") if k in r}})
-                if file_view == "cot" and "cot" in views:
-                    views["cot"].setdefault("filter", r.get("filter", ""))
-                    views["cot"].setdefault("raw", r.get("raw", ""))
+                for name in GENERATED_VIEWS:
+                    if name in views:
+                        views[name].setdefault("filter", r.get("filter", ""))
+                        views[name].setdefault("raw", r.get("raw", ""))
     results["views"] = views_of(results)
     return results
 
 
-def _add_views(mine: dict, other: dict, mine_mode: str, other_mode: str) -> None:
-    """Put ``other``'s views (another mode, same variant) into ``mine``'s rows of the same items."""
+def _add_views(mine: dict, other: dict, mine_run: str, other_run: str) -> None:
+    """Put ``other``'s views (another run, same variant) into ``mine``'s rows of the same items."""
     for b, rows in other.get("predictions", {}).items():
         by_id = {r["id"]: r for r in mine["predictions"].setdefault(b, [])}
         for r in rows:
@@ -271,8 +274,8 @@ def _add_views(mine: dict, other: dict, mine_mode: str, other_mode: str) -> None
                     by_id[r["id"]]["views"].setdefault(view, v)
             else:
                 mine["predictions"][b].append(r)
-    timing = mine.setdefault("timing_by_mode", {mine_mode: mine.get("timing", {})})
-    timing[other_mode] = other.get("timing_by_mode", {}).get(other_mode) or other.get("timing", {})
+    timing = mine.setdefault("timing_by_mode", {mine_run: mine.get("timing", {})})
+    timing[other_run] = other.get("timing_by_mode", {}).get(other_run) or other.get("timing", {})
 
 
 def merge_results(files: list[dict]) -> dict:
@@ -281,13 +284,16 @@ def merge_results(files: list[dict]) -> dict:
     Items are the union (a smaller seeded sample is a prefix of a larger one, so runs at different ``--n`` overlap);
     each variant keeps its own predictions and the paired tests use the items both variants answered. The same
     variant (same adapter and retrieval) finished in two files is extended with the items it lacked (same mode) or
-    gets the other file's scoring views on the same items (a cot run merged into a loglik run).
+    gets the other file's scoring views on the same items (a cot run merged into a loglik run; a run under a
+    thinking budget is another run than one without).
     """
     from eval.report import add_summaries
-    from eval.views import views_of
+    from eval.views import results_run, views_of
 
     base = normalize_views(json.loads(json.dumps(files[0])))
+    base_run = results_run(base)
     for other in files[1:]:
+        other_run = results_run(other)
         other = normalize_views(json.loads(json.dumps(other)))
         for b, ids in other["item_ids"].items():  # union of items; paired tests use the common ones
             known = set(base["item_ids"].get(b, []))
@@ -298,13 +304,13 @@ def merge_results(files: list[dict]) -> dict:
         for name, entry in other["variants"].items():
             mine = base["variants"].get(name)
             if _same_run_setup(mine, entry):
-                if other["mode"] == base["mode"]:
+                if other_run == base_run:
                     _extend_variant(mine, entry)  # the same variant on more items (e.g. the rest of a larger --n)
                 else:
-                    _add_views(mine, entry, base["mode"], other["mode"])
+                    _add_views(mine, entry, base_run, other_run)
             elif entry.get("status") == "ok" or mine is None:
-                if other["mode"] != base["mode"]:
-                    entry["timing_by_mode"] = {other["mode"]: entry.get("timing", {})}
+                if other_run != base_run:
+                    entry["timing_by_mode"] = {other_run: entry.get("timing", {})}
                     entry["timing"] = {}
                 base["variants"][name] = entry
         for b, per in other.get("retrieval", {}).get("snippets", {}).items():

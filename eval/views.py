@@ -26,11 +26,31 @@ VIEWS: dict[str, ViewSpec] = {
     "text_norm": ViewSpec("text_norm", "option text (acc_norm)", "log-likelihood of each option's text per "
                           "character (lm-evaluation-harness's acc_norm), no letter involved"),
     "cot": ViewSpec("cot", "chain of thought", "generated reasoning, then the parsed “Answer: X”"),
+    "cot_budget": ViewSpec("cot_budget", "chain of thought, thinking budget", "the same, but a reasoning still open "
+                           "after the budget is closed (</think>) and the model answers (budget forcing, s1)"),
 }
 LOGLIK_VIEWS = ("letter", "letter_cal", "text_norm")
+GENERATED_VIEWS = ("cot", "cot_budget")  # views of a cot run: its think budget decides which
 MODE_VIEW = {"loglik": "letter", "cot": "cot"}  # the one view of a file written before views existed
 INVALID = "invalid"
 TEXT_NORM_UNIT = "chars"  # what text_norm divides by (files from before lm-eval's acc_norm divided by UTF-8 bytes)
+
+
+def cot_view(think_budget: int) -> str:
+    """The view a cot run records: ``cot_budget`` under a thinking budget, else ``cot``."""
+    return "cot_budget" if think_budget > 0 else "cot"
+
+
+def run_key(view: str) -> str:
+    """The run a view comes from, as a merged file keys each run's timing: ``loglik`` or the generated view."""
+    return view if view in GENERATED_VIEWS else "loglik"
+
+
+def results_run(results: dict) -> str:
+    """The :func:`run_key` of the run that wrote a (not merged) results file."""
+    if (results.get("mode") or "loglik") == "loglik":
+        return "loglik"
+    return next((v for v in results.get("views") or [] if v in GENERATED_VIEWS), "cot")
 
 
 def view_label(name: str) -> str:

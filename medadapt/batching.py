@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from medadapt.decoding import RowCache, SamplingSettings, decode_step, pick_tokens, prefill
+from medadapt.think_budget import BudgetRows
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class Job:
     cancelled: bool = False
     generator: torch.Generator | None = None
     seen: torch.Tensor | None = None  # [rows, V]: tokens each row generated (repetition penalty)
+    budget: BudgetRows | None = None  # thinking budget: may replace a picked token by a forced one
 
 
 @dataclass(eq=False)
@@ -122,6 +124,8 @@ class Batcher:
 
     def _emit(self, row: _Row, token: int, out: dict[Job, Event]) -> None:
         job = row.job
+        if job.budget is not None:
+            token = job.budget.token(row.index, token)
         row.last, row.count = token, row.count + 1
         if job.seen is not None and token < job.seen.shape[1]:
             job.seen[row.index, token] = True

@@ -174,6 +174,8 @@ Temperature = Annotated[float, Field(ge=0.0, le=1.5, title="Temperature")]  # 0 
 TopP = Annotated[float, Field(ge=0.05, le=1.0, title="Top-p")]
 # > 1 discourages a token the answer already used (a guard against loops); 1: off
 RepetitionPenalty = Annotated[float, Field(ge=1.0, le=2.0, title="Repetition penalty")]
+# tokens a reasoning may run inside <think> before </think> is forced and the model answers (0: off)
+ThinkBudgetTokens = Annotated[int, Field(ge=0, le=32768, title="Thinking budget (tokens)")]
 
 
 @dataclass
@@ -186,6 +188,7 @@ class GenerationConfig(Validated):
     top_p: TopP = 1.0
     seed: int = 0
     repetition_penalty: RepetitionPenalty = 1.0
+    think_budget: ThinkBudgetTokens = 0  # medadapt.think_budget; counts only inside <think>
 
 
 @dataclass
@@ -308,6 +311,7 @@ class EvalConfig(Validated):
     temperature: Temperature = 0.0  # cot mode: 0 greedy; DeepSeek-R1 family: 0.6 (its model card: 0.5-0.7)
     top_p: TopP = 1.0  # cot mode (R1: 0.95)
     repetition_penalty: RepetitionPenalty = 1.0  # cot mode; 1 = off (the app's offline default: 1.1)
+    think_budget: ThinkBudgetTokens = 0  # cot mode; > 0: the view is cot_budget (eval.views.cot_view); 0 = off
     prompt_style: str = "chat"  # loglik prompt: chat (chat template, assistant turn "Answer:") | plain (lm-eval's prompts)
 
 

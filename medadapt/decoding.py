@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from medadapt.think_budget import BudgetRows
+
 
 @dataclass
 class SamplingSettings:
@@ -131,12 +133,14 @@ def decode(
     eos_ids: set[int],
     pad_id: int,
     route: Callable[[list[int]], dict],
+    think: BudgetRows | None = None,
 ) -> Iterator[list[tuple[int, int, str | None]]]:
     """Generate for all rows; yield ``[(row, token, finish_reason or None), ...]`` after each forward.
 
     ``route(rows)`` is called before every forward with the batch rows it covers and returns extra forward kwargs
     (the gathered backend sets its LoRA router and returns ``{}``; the PEFT backend returns ``adapter_names``).
     A row stops at an EOS id ("eos", the EOS token is yielded) or after ``max_new[row]`` tokens ("length").
+    ``think`` (a thinking budget's row state) may replace a picked token by a forced one.
     """
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
@@ -162,6 +166,8 @@ def decode(
     def emit(rows: list[int], tokens: torch.Tensor) -> list[tuple[int, int, str | None]]:
         out = []
         for b, tok in zip(rows, tokens.tolist()):
+            if think is not None:
+                tok = think.token(b, tok)
             last[b] = tok
             if seen is not None and tok < seen.shape[1]:
                 seen[b, tok] = True

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from medadapt.adapters import AdapterLoadError, resolve_adapter
 from medadapt.engine_api import BASE, GenSettings, PromptTooLongError, Request, RowState, UnknownAdapterError
 from medadapt.prompts import render_chat, special_token_strings
+from medadapt.think_budget import BudgetRows, ThinkBudget
 
 if TYPE_CHECKING:
     from medadapt.config import AppConfig
@@ -202,7 +203,9 @@ class Engine:
                 )
             max_new.append(min(settings.max_new_tokens, room))
         sampling = SamplingSettings(settings.temperature, settings.top_p, settings.seed, settings.repetition_penalty)
-        return LocalGeneration(self, prompts, max_new, names, sampling)
+        rule = (ThinkBudget.for_tokenizer(settings.think_budget, self.tokenizer, self.prompt_opens_think())
+                if settings.think_budget > 0 else None)
+        return LocalGeneration(self, prompts, max_new, names, sampling, rule.rows(len(prompts)) if rule else None)
 
     def stream(self, requests: list[Request], settings: GenSettings) -> Iterator[list[RowState]]:
         """Generate all ``(messages, adapter)`` rows; yield every row's state after each step."""
@@ -233,11 +236,11 @@ class LocalGeneration:
     """One :meth:`Engine.start` call: its rows in the shared batch (or, batching off, one fixed batch of its own)."""
 
     def __init__(self, engine: Engine, prompts: list[list[int]], max_new: list[int], names: list[str],
-                 sampling) -> None:
+                 sampling, budget: BudgetRows | None = None) -> None:
         from medadapt.batching import Job
 
-        self.engine, self.names = engine, names
-        self.job = Job(prompts, max_new, names, sampling)
+        self.engine, self.names, self.budget = engine, names, budget
+        self.job = Job(prompts, max_new, names, sampling, budget=budget)
         self.start = time.perf_counter()
         self.closed = False
         if engine._batcher is not None:
@@ -258,7 +261,8 @@ class LocalGeneration:
             pad = pad if pad is not None else min(engine.eos_ids, default=0)
             with engine._serial, engine._model_lock:
                 route = lambda rows: engine._route_names([self.names[r] for r in rows])  # noqa: E731
-                yield from decode(engine.model, job.prompts, job.max_new, job.sampling, engine.eos_ids, pad, route)
+                yield from decode(engine.model, job.prompts, job.max_new, job.sampling, engine.eos_ids, pad, route,
+                                  self.budget)
             return
         left = sum(1 for m in job.max_new if m > 0)
         while left:
@@ -293,6 +297,7 @@ class LocalGeneration:
                 st.elapsed_s = now
             for row in changed:
                 states[row].text = engine.tokenizer.decode(tokens[row], skip_special_tokens=True)
+                states[row].budget_closed = self.budget is not None and self.budget.forced[row]
             for st in states:
                 if not st.finished:
                     st.elapsed_s = now

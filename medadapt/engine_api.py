@@ -33,6 +33,7 @@ class GenSettings:
     top_p: float = 1.0
     seed: int = 0
     repetition_penalty: float = 1.0  # 1: off
+    think_budget: int = 0  # tokens inside <think> before </think> is forced (0: off; medadapt.think_budget)
 
 
 @dataclass
@@ -47,6 +48,7 @@ class RowState:
     finished: bool
     finish_reason: str | None  # "eos" | "length" | "error"
     error: str = ""  # why the row failed (finish_reason "error"): server down, too slow, broken stream, ...
+    budget_closed: bool = False  # the thinking budget closed this row's reasoning
 
 
 class Generation(Protocol):

@@ -47,6 +47,7 @@ class Answer:
     answer: str = ""
     truncated: bool = False  # stopped inside the chain of thought
     hit_limit: bool = False  # stopped at max_new_tokens
+    budget_closed: bool = False  # the thinking budget closed the chain of thought
     n_tokens: int = 0
     ttft_s: float | None = None
     total_s: float = 0.0
@@ -86,11 +87,14 @@ def clean_question(text: Any) -> str:
 
 
 def check_settings(cfg: AppConfig, max_new_tokens: Any, temperature: Any, top_p: Any,
-                   repetition_penalty: Any = None) -> dict[str, Any]:
+                   repetition_penalty: Any = None, think_budget: Any = None) -> dict[str, Any]:
     """Generation settings checked against their bounds in :class:`GenerationConfig` (max new tokens also against
-    :attr:`AppConfig.max_new_tokens_limit`), or InputError naming the bad value and its allowed range."""
+    :attr:`AppConfig.max_new_tokens_limit`), or InputError naming the bad value and its allowed range; the optional
+    ones default to the profile's."""
+    gen = cfg.generation
     raw = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-           "repetition_penalty": cfg.generation.repetition_penalty if repetition_penalty is None else repetition_penalty}
+           "repetition_penalty": gen.repetition_penalty if repetition_penalty is None else repetition_penalty,
+           "think_budget": gen.think_budget if think_budget is None else think_budget}
     return {k: checked(GenerationConfig, k, v, cfg.max_new_tokens_limit if k == "max_new_tokens" else None)
             for k, v in raw.items()}
 
@@ -202,7 +206,8 @@ class Pipeline:
                                              self.cfg.model.system_prompt)
             gen = GenSettings(settings["max_new_tokens"], settings["temperature"], settings["top_p"],
                               self.cfg.generation.seed,
-                              settings.get("repetition_penalty", self.cfg.generation.repetition_penalty))
+                              settings.get("repetition_penalty", self.cfg.generation.repetition_penalty),
+                              settings.get("think_budget", self.cfg.generation.think_budget))
             generation = engine.start(requests, gen) if requests else None
             pinned = [a for _, a in requests]
             self._in_use.update(pinned)
@@ -282,6 +287,7 @@ class Pipeline:
         ans.n_tokens, ans.ttft_s, ans.total_s = row.n_tokens, row.first_token_s, row.elapsed_s
         ans.truncated = parsed.truncated and row.finished
         ans.hit_limit = row.finished and row.finish_reason == "length"
+        ans.budget_closed = row.budget_closed
         if ans.snippets:
             ans.cited = cited_numbers(parsed.answer or row.text, len(ans.snippets))
         if row.finish_reason == "error":

@@ -169,6 +169,8 @@ class OpenAIEngine:
                     "top_p": settings.top_p, "seed": settings.seed, "stream_options": {"include_usage": True}}
             if settings.repetition_penalty != 1.0:
                 body["repetition_penalty"] = settings.repetition_penalty  # a vLLM/SGLang extension
+            if settings.think_budget > 0:  # vLLM's extension (a server started with --reasoning-config)
+                body["thinking_token_budget"] = settings.think_budget
             bodies.append(body)
         return RemoteGeneration(self, [a for _, a in requests], bodies)
 

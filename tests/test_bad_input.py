@@ -19,8 +19,8 @@ from medadapt.prompts import build_messages
 from medadapt.votes import VoteError, record_vote
 
 
-def settings(cfg, a, b, c, penalty=None):
-    return lambda: check_settings(cfg, a, b, c, penalty)
+def settings(cfg, a, b, c, penalty=None, think_budget=None):
+    return lambda: check_settings(cfg, a, b, c, penalty, think_budget)
 
 
 def write(tmp: Path, name: str, text: str) -> Path:
@@ -42,6 +42,10 @@ def cases(cfg, tmp: Path):
         ("zero-width characters only", lambda: clean_question("\u200b\u200c\u2060\ufeff"), InputError,
          "control or invalid"),
         ("repetition penalty out of range", settings(cfg, 64, 0.5, 0.9, 5.0), InputError, "Repetition penalty: must be between 1 and 2"),
+        ("negative thinking budget", settings(cfg, 64, 0.5, 0.9, None, -16), InputError,
+         "Thinking budget (tokens): must be between 0 and"),
+        ("non-numeric thinking budget", settings(cfg, 64, 0.5, 0.9, None, "lots"), InputError,
+         "Thinking budget (tokens): 'lots' is not a number"),
         ("invalid UTF-8 (lone surrogates)", lambda: clean_question("\udcff\ud800"), InputError, "invalid"),
         ("non-text question", lambda: clean_question({"q": 1}), InputError, "must be text"),
         ("non-numeric max tokens", settings(cfg, "many", 0.5, 0.9), InputError, "Max new tokens: 'many' is not a number"),

@@ -26,10 +26,10 @@ def model(tiny_model_dir):
 PROMPTS = [[1, 504, 2201, 318, 17, 905], [1, 88, 99], [1, 4000, 12, 13, 14, 15, 16, 17, 18, 19, 20]]
 
 
-def run(model, prompts, max_new, settings=GREEDY, eos_ids=frozenset()):
+def run(model, prompts, max_new, settings=GREEDY, eos_ids=frozenset(), budget=None):
     """All yielded events, merged into per-row token lists and finish reasons."""
     tokens, reasons, events = [[] for _ in prompts], [None] * len(prompts), 0
-    for event in decode(model, prompts, max_new, settings, set(eos_ids), 0, lambda rows: {}):
+    for event in decode(model, prompts, max_new, settings, set(eos_ids), 0, lambda rows: {}, budget):
         events += 1
         for row, tok, reason in event:
             assert reasons[row] is None, "no token after a row finished"
@@ -108,3 +108,17 @@ def test_repetition_penalty_breaks_loops_in_decode(tiny_model_dir):
     assert sum(len(set(t)) for t in guarded) > sum(len(set(t)) for t in plain)
     for row in range(len(PROMPTS)):  # each row's first token is unaffected (nothing generated yet)
         assert guarded[row][0] == plain[row][0]
+
+
+def test_think_budget_forces_the_closing_ids_and_the_model_goes_on_from_them(model):
+    """Prompts that open the reasoning, budget 4: every row's 5th to 7th tokens are the forced ids, the first four
+    and what follows are the model's own (the same as decoding alone from the forced prefix)."""
+    from medadapt.think_budget import ThinkBudget
+
+    forced = (7, 8, 9)
+    free, _, _ = run(model, PROMPTS, [12] * 3)
+    rows = ThinkBudget(4, forced, lambda ids: "", opened=True).rows(3)
+    got, reasons, _ = run(model, PROMPTS, [12] * 3, budget=rows)
+    assert [t[:4] for t in got] == [t[:4] for t in free] and all(t[4:7] == [7, 8, 9] for t in got)
+    assert [t[7:] for t in got] == [run(model, [p + t[:7]], [5])[0][0] for p, t in zip(PROMPTS, got)]
+    assert reasons == ["length"] * 3 and rows.forced == [True] * 3

@@ -355,3 +355,25 @@ def test_loading_an_adapter_while_others_decode(model_dir, adapters):
     assert [s.text for s in last] == want
     fresh = make_engine(model_dir, {"a2": adapters["a2"]}, "gathered")
     assert late == fresh.generate_batch([Q], ["a2"], GREEDY)
+
+
+def test_think_budget_on_the_batched_and_serial_paths(model_dir, adapters, engine):
+    """An R1-style prompt (it ends inside ``<think>``): with a budget of 5 every row's reasoning is closed after five
+    tokens and the row answers on; the batched and serial paths agree; a prompt without ``<think>`` is untouched."""
+    budget = GenSettings(max_new_tokens=20, think_budget=5)
+    plain = engine.generate_batch([m for m, _ in MIXED], [a for _, a in MIXED], GenSettings(max_new_tokens=20))
+    assert engine.generate_batch([m for m, _ in MIXED], [a for _, a in MIXED], budget) == plain
+    serial = make_engine(model_dir, adapters, "gathered")
+    serial._batcher, serial._serial = None, __import__("threading").Lock()
+    eos = engine.eos_ids
+    try:
+        for e in (engine, serial):
+            e.reasoning_template, e.eos_ids = True, set()
+        rows = consume(engine.start(MIXED, budget))
+        assert [(r.text, r.budget_closed) for r in consume(serial.start(MIXED, budget))] == \
+            [(r.text, r.budget_closed) for r in rows]
+    finally:
+        engine.reasoning_template, engine.eos_ids = False, eos
+    assert all(r.budget_closed and r.n_tokens == 20 and "</think>" in r.text for r in rows)
+    head = [len(engine.tokenizer(r.text.split("</think>")[0], add_special_tokens=False).input_ids) for r in rows]
+    assert all(4 <= n <= 6 for n in head), head  # five reasoning tokens (re-tokenized text may merge or split one)

@@ -188,6 +188,13 @@ def test_cli_cot_decoding_flags_reach_the_engine_and_the_results(cli_env, monkey
     assert (recorded["temperature"], recorded["top_p"], recorded["repetition_penalty"]) == (0.7, 0.9, 1.3)
     assert main(args + ["--repetition_penalty", "0.5"]) != 0
     assert "Repetition penalty: must be between 1 and 2" in capsys.readouterr().err
+    assert main(args + ["--think_budget", "2"]) == 0  # a thinking budget is its own view of the items
+    res = json.loads(out.read_text())
+    assert seen[-1].think_budget == 2 and res["config"]["eval"]["think_budget"] == 2 and res["views"] == ["cot_budget"]
+    row = res["variants"]["base"]["predictions"]["pubmedqa"][0]
+    assert set(row["views"]) == {"cot_budget"} and row["budget_closed"] is False  # SmolLM2's prompt opens no <think>
+    assert main(args + ["--think_budget", "-1"]) != 0
+    assert "must be between 0 and" in capsys.readouterr().err
 
 
 def test_merge_unions_items_and_pairs_on_common_ones():

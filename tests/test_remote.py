@@ -184,6 +184,14 @@ def test_pipeline_over_the_server_loads_a_new_adapter_by_folder(server, smollm2_
     assert all(a.raw and a.n_tokens for a in final.answers.values())
 
 
+def test_the_thinking_budget_goes_out_as_vllms_field(smollm2_dir):
+    engine = engine_at(f"http://127.0.0.1:{free_port()}/v1", smollm2_dir)  # nothing listens: the requests are read
+    budgeted, plain = (engine.start([(Q, BASE)], s) for s in (GenSettings(max_new_tokens=12, think_budget=5), GREEDY))
+    for g in (budgeted, plain):
+        g.close()
+    assert budgeted.bodies[0]["thinking_token_budget"] == 5 and "thinking_token_budget" not in plain.bodies[0]
+
+
 def test_server_down_each_column_says_so(smollm2_dir, lora_dirs, cfg):
     engine = engine_at(f"http://127.0.0.1:{free_port()}/v1", smollm2_dir)  # nothing listens there
     pipe = Pipeline(cfg, lambda: engine, lambda: ScriptedRetriever())

@@ -133,7 +133,7 @@ def test_decomposition_says_whether_a_gain_survives_calibration():
 
 
 def test_cot_run_merges_into_the_loglik_views_of_the_same_items():
-    from eval.report import drilldown, summarize
+    from eval.report import drilldown, summarize, variant_timing
     from eval.run import merge_results
     from eval.views import views_of
 
@@ -155,6 +155,17 @@ def test_cot_run_merges_into_the_loglik_views_of_the_same_items():
     by_view = {r["view"]: r for r in d["rows"]}
     assert by_view["cot"]["raw"].startswith("because") and by_view["cot"]["filter"] == "strict"
     assert set(merged["summary_by_view"]) == {"letter", "letter_cal", "text_norm", "cot"}
+    # a run under a thinking budget is another run: its view sits next to the plain cot view, timed on its own
+    budget = _results({"base": {"cot_budget": _mostly_right(4)[:10]}}, mode="cot", views=["cot_budget"])
+    for b in ("item_ids", "items"):
+        budget[b]["medqa"] = budget[b]["medqa"][:10]
+    budget["variants"]["base"]["timing"] = {"wall_s": 7.0}
+    both = merge_results([merged, budget])
+    assert views_of(both) == ["letter", "letter_cal", "text_norm", "cot", "cot_budget"]
+    assert summarize(both, "cot")["base"]["medqa"]["correct"] == 10  # the plain run's rows are kept
+    assert summarize(both, "cot_budget")["base"]["medqa"]["correct"] == 4
+    assert variant_timing(both, "base", "cot") == {"wall_s": 99.0}
+    assert variant_timing(both, "base", "cot_budget") == {"wall_s": 7.0}
 
 
 def test_files_without_views_read_as_their_mode():

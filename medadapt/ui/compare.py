@@ -81,6 +81,10 @@ def build_compare_tab(state: AppState) -> dict[str, Any]:
             c["repetition_penalty"] = _slider(GenerationConfig, "repetition_penalty", gen.repetition_penalty, 0.05,
                                               " (1 = off)",
                                               info="guards against loops; temperature 0 + penalty 1 = plain greedy")
+            c["think_budget"] = _slider(GenerationConfig, "think_budget", gen.think_budget, 16, " (0 = off)",
+                                        hi=state.cfg.max_new_tokens_limit,
+                                        info="a reasoning still open after this many tokens is closed (</think>) "
+                                             "and the model answers")
         with gr.Row():
             c["top_k"] = _slider(RagConfig, "top_k", state.cfg.rag.top_k, 1)
             c["rag_everywhere"] = gr.Checkbox(False, label="Add retrieval to SFT and MSFT too (ablation)")
@@ -147,9 +151,10 @@ def _wire(state: AppState, c: dict[str, Any], shown: Callable[[str], str]) -> No
     outputs = [c[f"{v}_{p}"] for v in VARIANTS for p in ("answer", "reasoning", "stats", "snippets")]
 
     def ask(question, max_new_tokens, temperature, top_p, top_k, rag_everywhere, sft_path, msft_path,
-            repetition_penalty=None):
+            repetition_penalty=None, think_budget=None):
         try:
-            settings = check_settings(state.cfg, max_new_tokens, temperature, top_p, repetition_penalty)
+            settings = check_settings(state.cfg, max_new_tokens, temperature, top_p, repetition_penalty,
+                                      think_budget)
             k = checked(RagConfig, "top_k", top_k)
             adapters = {k: state.checked_adapter(k, p) for k, p in (("sft", sft_path), ("msft", msft_path))}
             stream = state.pipeline.compare(question, settings, adapters, bool(rag_everywhere), k)
@@ -169,7 +174,7 @@ def _wire(state: AppState, c: dict[str, Any], shown: Callable[[str], str]) -> No
             yield *[gr.update()] * len(outputs), f"⚠️ Generation failed: {type(e).__name__}: {shown(str(e))}", gr.update()
 
     inputs = [c["question"], c["max_new_tokens"], c["temperature"], c["top_p"], c["top_k"], c["rag_everywhere"],
-              c["sft_adapter"], c["msft_adapter"], c["repetition_penalty"]]
+              c["sft_adapter"], c["msft_adapter"], c["repetition_penalty"], c["think_budget"]]
     # one concurrency group for both triggers (the in-flight limits count it): questions generate side by side, their
     # rows batched together by the engine (serial path: one at a time)
     run = dict(fn=zerogpu(ask), inputs=inputs, outputs=outputs + [c["notices"], c["result"]], concurrency_id=GENERATE,

@@ -54,6 +54,8 @@ def stats_markdown(ans: Answer) -> str:
     parts.append(f"total {ans.total_s:.1f} s")
     if ans.retrieval_s:
         parts.append(f"retrieval {ans.retrieval_s * 1000:.0f} ms")
+    if ans.budget_closed:
+        parts.append("reasoning closed at the thinking budget")
     if ans.truncated:
         parts.append("⚠ truncated")
     elif ans.hit_limit:
