@@ -316,6 +316,9 @@ def merge_results(files: list[dict]) -> dict:
         for b, per in other.get("retrieval", {}).get("snippets", {}).items():
             base.setdefault("retrieval", {}).setdefault("snippets", {}).setdefault(b, {}).update(per)
         base["views"] = views_of({"views": base["views"] + other["views"]})
+        configs = base.setdefault("config_by_run", {base_run: base.get("config", {})})
+        for run, config in (other.get("config_by_run") or {other_run: other.get("config", {})}).items():
+            configs.setdefault(run, config)  # e.g. the cot run's decoding and think budget next to the loglik run's
     base["merged_from"] = [f.get("created") for f in files]
     add_summaries(base)
     return base

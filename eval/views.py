@@ -53,6 +53,24 @@ def results_run(results: dict) -> str:
     return next((v for v in results.get("views") or [] if v in GENERATED_VIEWS), "cot")
 
 
+def decoding_note(results: dict, view: str) -> str:
+    """How a generated view was decoded, from its run's recorded config ("" for a loglik view or when unknown)."""
+    if view not in GENERATED_VIEWS:
+        return ""
+    own = results.get("config") if results_run(results) == view else None
+    ev = ((results.get("config_by_run") or {}).get(view) or own or {}).get("eval") or {}
+    if not ev:
+        return ""
+    temp = ev.get("temperature") or 0
+    parts = ["greedy" if temp <= 0 else f"temperature {temp:g}, top-p {ev.get('top_p', 1.0):g}"]
+    if ev.get("repetition_penalty", 1.0) != 1.0:
+        parts.append(f"repetition penalty {ev['repetition_penalty']:g}")
+    parts.append(f"{ev.get('max_new_tokens')} new tokens")
+    if ev.get("think_budget"):
+        parts.append(f"thinking budget {ev['think_budget']} tokens")
+    return ", ".join(parts)
+
+
 def view_label(name: str) -> str:
     spec = VIEWS.get(name)
     return spec.label if spec else name

@@ -225,3 +225,25 @@ def test_seed_model_ids_are_offered_on_the_reference_profile():
         "sft": ["MilyaShams/DeepSeek-R1-Distill-Qwen-1.5B-medical-sft-merged"],
         "msft": ["MilyaShams/DeepSeek-R1-Distill-Qwen-1.5B-medical-msft-merged"],
         "cpt": ["MilyaShams/DeepSeek-R1-Distill-Qwen-1.5B-medical-continual-pretrain-merged"]}
+
+
+def test_the_thinking_budget_closes_r1_reasoning_in_compare(r1_cfg):
+    """R1's template opens ``<think>``; with a budget of 4 every column's reasoning is closed after four tokens by
+    the single ``</think>`` token and the column says so; without a budget the tiny model never closes it."""
+    from medadapt.engine import Engine
+    from medadapt.pipeline import Pipeline, check_settings
+    from medadapt.rag import IndexNotBuiltError
+
+    def no_index():
+        raise IndexNotBuiltError("no index in this test")
+
+    pipe = Pipeline(r1_cfg, lambda: Engine.from_config(r1_cfg), no_index)
+    ask = lambda budget: list(pipe.compare("Which vitamin is only in animal food?",  # noqa: E731
+                                           check_settings(r1_cfg, 24, 0.0, 1.0, 1.0, budget),
+                                           {"sft": None, "msft": None}))[-1].answers["base"]
+    free, cut = ask(0), ask(4)
+    assert free.truncated and not free.budget_closed and "</think>" not in free.raw
+    assert cut.budget_closed and not cut.truncated and cut.raw.count("</think>") == 1 and cut.n_tokens == 24
+    tok = pipe.engine.tokenizer
+    assert len(tok(cut.raw.split("</think>")[0], add_special_tokens=False).input_ids) <= 5  # 4 tokens and the "\n"
+    assert free.raw.startswith(cut.raw.split("\n</think>")[0])  # the same greedy reasoning up to the budget

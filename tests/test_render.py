@@ -34,6 +34,7 @@ def test_stats_and_flags():
     assert "**12** tokens" in s and "TTFT 0.20 s" in s and "total 1.5 s" in s and "retrieval 4 ms" in s
     assert "truncated" in render.stats_markdown(done(truncated=True))
     assert "truncated" in render.reasoning_markdown(done(truncated=True))
+    assert "thinking budget" in render.stats_markdown(done(budget_closed=True)) and "budget" not in s
 
 
 def test_snippets_escaped_and_cited_marked():

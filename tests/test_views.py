@@ -135,7 +135,7 @@ def test_decomposition_says_whether_a_gain_survives_calibration():
 def test_cot_run_merges_into_the_loglik_views_of_the_same_items():
     from eval.report import drilldown, summarize, variant_timing
     from eval.run import merge_results
-    from eval.views import views_of
+    from eval.views import decoding_note, views_of
 
     half = _mostly_right(20)
     loglik = _results({"base": {"letter": half, "letter_cal": half, "text_norm": half}})
@@ -160,12 +160,17 @@ def test_cot_run_merges_into_the_loglik_views_of_the_same_items():
     for b in ("item_ids", "items"):
         budget[b]["medqa"] = budget[b]["medqa"][:10]
     budget["variants"]["base"]["timing"] = {"wall_s": 7.0}
+    budget["config"] = {"eval": {"think_budget": 448}}
     both = merge_results([merged, budget])
     assert views_of(both) == ["letter", "letter_cal", "text_norm", "cot", "cot_budget"]
     assert summarize(both, "cot")["base"]["medqa"]["correct"] == 10  # the plain run's rows are kept
     assert summarize(both, "cot_budget")["base"]["medqa"]["correct"] == 4
     assert variant_timing(both, "base", "cot") == {"wall_s": 99.0}
     assert variant_timing(both, "base", "cot_budget") == {"wall_s": 7.0}
+    assert both["config_by_run"]["cot_budget"]["eval"]["think_budget"] == 448  # each run's decoding is kept
+    budget["config"]["eval"].update(temperature=0.0, max_new_tokens=512)
+    assert decoding_note(merge_results([merged, budget]), "cot_budget") == "greedy, 512 new tokens, thinking budget 448 tokens"
+    assert decoding_note(both, "letter") == ""
 
 
 def test_files_without_views_read_as_their_mode():

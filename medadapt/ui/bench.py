@@ -23,7 +23,7 @@ from eval.decompose import decomposition, explain
 from eval.report import (ALL, answer_distribution, baselines, benchmarks_of, done_variants, drilldown,
                          favourite_baselines, paper_reference, significance_matrix, subject_breakdown, summarize,
                          summary_table)
-from eval.views import VIEWS, default_view, view_label, views_of
+from eval.views import VIEWS, decoding_note, default_view, view_label, views_of
 
 POLL_S = 3.0
 
@@ -218,7 +218,9 @@ def views_markdown(results: dict | None) -> str:
     """What each view in the file measures, and the generated summary of the comparisons."""
     if not results:
         return ""
-    what = "\n".join(f"- **{view_label(v)}**: {VIEWS[v].what}" for v in views_of(results) if v in VIEWS)
+    notes = {v: decoding_note(results, v) for v in views_of(results)}
+    what = "\n".join(f"- **{view_label(v)}**: {VIEWS[v].what}" + (f" ({notes[v]})" if notes[v] else "")
+                     for v in views_of(results) if v in VIEWS)
     return f"{what}\n\n**What this shows** (generated from the numbers below):\n\n{explain(results)}"
 
 
