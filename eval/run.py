@@ -258,8 +258,8 @@ def normalize_views(results: dict) -> dict:
                 views = r.setdefault("views", {file_view: {k: r[k] for k in ("pred", "correct", "invalid") if k in r}})
                 for name in GENERATED_VIEWS:
                     if name in views:
-                        views[name].setdefault("filter", r.get("filter", ""))
-                        views[name].setdefault("raw", r.get("raw", ""))
+                        for key, empty in (("filter", ""), ("raw", ""), ("budget_closed", False)):
+                            views[name].setdefault(key, r.get(key, empty))
     results["views"] = views_of(results)
     return results
 

@@ -161,6 +161,7 @@ def test_cot_run_merges_into_the_loglik_views_of_the_same_items():
         budget[b]["medqa"] = budget[b]["medqa"][:10]
     budget["variants"]["base"]["timing"] = {"wall_s": 7.0}
     budget["config"] = {"eval": {"think_budget": 448}}
+    budget["variants"]["base"]["predictions"]["medqa"][0]["budget_closed"] = True  # as eval writes a row
     both = merge_results([merged, budget])
     assert views_of(both) == ["letter", "letter_cal", "text_norm", "cot", "cot_budget"]
     assert summarize(both, "cot")["base"]["medqa"]["correct"] == 10  # the plain run's rows are kept
@@ -168,6 +169,8 @@ def test_cot_run_merges_into_the_loglik_views_of_the_same_items():
     assert variant_timing(both, "base", "cot") == {"wall_s": 99.0}
     assert variant_timing(both, "base", "cot_budget") == {"wall_s": 7.0}
     assert both["config_by_run"]["cot_budget"]["eval"]["think_budget"] == 448  # each run's decoding is kept
+    closed = [r["views"]["cot_budget"]["budget_closed"] for r in both["variants"]["base"]["predictions"]["medqa"][:10]]
+    assert closed == [True] + [False] * 9  # the row's flag travels with its view
     budget["config"]["eval"].update(temperature=0.0, max_new_tokens=512)
     assert decoding_note(merge_results([merged, budget]), "cot_budget") == "greedy, 512 new tokens, thinking budget 448 tokens"
     assert decoding_note(both, "letter") == ""
