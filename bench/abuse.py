@@ -64,7 +64,7 @@ def honest_phase(url: str, fn: int, users: int, questions: int, max_new: int, fi
         for i in range(questions):
             q = QUESTIONS[(u + i) % len(QUESTIONS)]
             try:
-                r = client.call(fn, [q, max_new, 0.0, 1.0, 3, False, "", "", 1.0])
+                r = client.call(fn, [q, max_new, 0.0, 1.0, 3, False, "", "", 1.0, 0])
                 ok = r.output is not None and DISCLAIMER in r.output[0] and "tokens" in r.output[2]
                 if not ok:
                     print(f"user {u} q{i}: {r.status} {r.error[:200]}", file=sys.stderr)
@@ -83,7 +83,7 @@ def hostile(url: str, compare_fn: int, cheap_fn: int, stop_file: str, workers: i
     """The hostile client (its own process): floods until ``stop_file`` exists, then prints its tallies as JSON."""
     import httpx
 
-    big = json.dumps({"data": [MB_QUESTION, 16, 0.0, 1.0, 3, False, "", "", 1.0], "fn_index": compare_fn,
+    big = json.dumps({"data": [MB_QUESTION, 16, 0.0, 1.0, 3, False, "", "", 1.0, 0], "fn_index": compare_fn,
                       "session_hash": "SESSION", "trigger_id": None}).encode()
     cheap = json.dumps({"data": [], "fn_index": cheap_fn, "session_hash": "SESSION", "trigger_id": None}).encode()
     statuses: Counter = Counter()
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         url = url.rstrip("/")
         fn, cheap = fn_index(demo, "compare"), fn_index(demo, "refresh_adapters")
         probe = QueueClient(url, "127.0.0.10").call(fn, [QUESTIONS[0], args.max_new_tokens, 0.0, 1.0, 3, False, "", "",
-                                                         1.0])  # first-call costs, not counted
+                                                         1.0, 0])  # first-call costs, not counted
         columns = [v for k, v in enumerate(("base", "rag", "sft", "msft"))
                    if probe.output and "tokens" in probe.output[4 * k + 2]]
         t0 = time.perf_counter()

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-COMPARE_DEFAULTS = (16, 0.0, 1.0, 2, False, "", "", 1.0)  # max new tokens .. repetition penalty, after the question
+COMPARE_DEFAULTS = (16, 0.0, 1.0, 2, False, "", "", 1.0, 0)  # max new tokens .. think budget, after the question
 
 
 @dataclass

@@ -23,7 +23,7 @@ from tests.net import free_port
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "app_data"
 LIMIT_KINDS = ["address", "session", "gen-address", "gen-session"]
-QUESTION = ["What causes scurvy?", 16, 0.0, 1.0, 2, False, "none", "none", 1.0]
+QUESTION = ["What causes scurvy?", 16, 0.0, 1.0, 2, False, "none", "none", 1.0, 0]
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +203,7 @@ def test_messages_show_no_absolute_server_paths(app):
     """The Compare columns (index not built, adapter that does not load) and the Training tab's errors."""
     tmp = str(app["tmp"])
     out = QueueClient(app["url"], "127.0.0.7").call(app["compare"], ["What causes scurvy?", 16, 0.0, 1.0, 2, False,
-                                                                     "", "none", 1.0]).output
+                                                                     "", "none", 1.0, 0]).output
     texts = [t for t in out if isinstance(t, str)]
     assert "not built in $MEDADAPT_INDEX_DIR" in out[4], out[4]  # the RAG column
     assert "could not be loaded" in out[8] and "$MEDADAPT_RUNS_DIR/offline/sft-20260101-000000/adapter" in out[8]

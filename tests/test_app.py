@@ -266,7 +266,7 @@ def test_public_app_answers_429_with_retry_after_past_the_limit(tmp_path, tiny_m
                 **launch_options(cfg, demo))
     try:
         client = QueueClient(f"http://127.0.0.1:{port}", "127.0.0.1")
-        ask, question = fn_index(demo, "compare"), ["Q?", 16, 0.0, 1.0, 2, False, "none", "none", 1.0]
+        ask, question = fn_index(demo, "compare"), ["Q?", 16, 0.0, 1.0, 2, False, "none", "none", 1.0, 0]
         assert client.call(ask, question).status == 200 and client.call(ask, question).status == 200
         refused = client.call(ask, question)
         assert refused.status == 429 and refused.retry_after > 0 and "Retry in" in refused.error
