@@ -30,6 +30,7 @@ import httpx
 
 from medadapt.adapters import AdapterLoadError
 from medadapt.engine_api import BASE, GenSettings, PromptTooLongError, Request, RowState
+from medadapt.env import env_flag
 from medadapt.prompts import render_chat, special_token_strings
 
 if TYPE_CHECKING:
@@ -49,7 +50,10 @@ class OpenAIEngine:
 
     def __init__(self, base_url: str = DEFAULT_URL, api_key: str = "", model: str = "", tokenizer_path: str = "",
                  max_context: int = 2048, reasoning_template: bool = False, timeout_s: float = 120.0,
-                 connect_timeout_s: float = 5.0, first_token_timeout_s: float = 600.0) -> None:
+                 connect_timeout_s: float = 5.0, first_token_timeout_s: float = 600.0,
+                 thinking_budget: bool = False) -> None:
+        """``thinking_budget``: send a thinking budget as vLLM's ``thinking_token_budget`` (the server must have been
+        started with a reasoning parser or config; vLLM refuses the field otherwise, so it is off by default)."""
         from transformers import AutoTokenizer
 
         self.base_url = base_url.rstrip("/")
@@ -62,6 +66,7 @@ class OpenAIEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
         self.specials = special_token_strings(self.tokenizer)
         self.reasoning_template, self.max_context, self.model = reasoning_template, max_context, model
+        self.thinking_budget = thinking_budget
         self.adapters: dict[str, Path] = {}  # served adapter name -> folder
         self._loaded: set[str] = set()  # the ones this engine loaded at run time (and may unload)
         try:
@@ -77,7 +82,8 @@ class OpenAIEngine:
         return cls(env("MEDADAPT_OPENAI_BASE_URL", DEFAULT_URL), env("MEDADAPT_OPENAI_API_KEY", ""),
                    env("MEDADAPT_OPENAI_MODEL", ""), base_model_path(cfg), cfg.model.max_context,
                    cfg.model.reasoning_template, float(env("MEDADAPT_OPENAI_TIMEOUT_S", "120")),
-                   first_token_timeout_s=float(env("MEDADAPT_OPENAI_FIRST_TOKEN_TIMEOUT_S", "600")))
+                   first_token_timeout_s=float(env("MEDADAPT_OPENAI_FIRST_TOKEN_TIMEOUT_S", "600")),
+                   thinking_budget=env_flag("MEDADAPT_OPENAI_THINKING_BUDGET"))
 
     # ------------------------------------------------------------------ server state
 
@@ -169,7 +175,7 @@ class OpenAIEngine:
                     "top_p": settings.top_p, "seed": settings.seed, "stream_options": {"include_usage": True}}
             if settings.repetition_penalty != 1.0:
                 body["repetition_penalty"] = settings.repetition_penalty  # a vLLM/SGLang extension
-            if settings.think_budget > 0:  # vLLM's extension (a server started with --reasoning-config)
+            if settings.think_budget > 0 and self.thinking_budget:  # vLLM's extension (see __init__)
                 body["thinking_token_budget"] = settings.think_budget
             bodies.append(body)
         return RemoteGeneration(self, [a for _, a in requests], bodies)

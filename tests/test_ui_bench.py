@@ -174,10 +174,11 @@ def test_shipped_offline_results_render_with_all_four_variants():
         assert {"Base", "RAG", "SFT", "MSFT"} <= {r[0].split(" ⚠")[0] for r in rows}, path
         assert all(summarize(res)[v][ALL]["n"] >= 200 for v in ("base", "rag", "sft", "msft")), path
         assert len(accuracy_figure(res).data) >= 4
-        full_views |= views_of(res) == ["letter", "letter_cal", "text_norm", "cot"]
+        full_views |= {"letter", "letter_cal", "text_norm", "cot"} <= set(views_of(res))
         n200 |= all(summarize(res)[v][ALL]["n"] >= 800 for v in ("base", "rag", "sft", "msft"))
     assert full_views and n200
-    assert len(decomposition_figure(read_results(files[0][1], REPO_ROOT / "results")).data) == 4  # opens on views
+    first = read_results(files[0][1], REPO_ROOT / "results")  # the tab opens on the file with the most views
+    assert len(decomposition_figure(first).data) == len(views_of(first)) >= 5 and "cot_budget" in views_of(first)
 
 def test_drilldown_escapes_every_value_from_a_results_file(results):
     """A crafted results file (option keys, answer, id, subject, snippets) cannot put markup into the page."""
