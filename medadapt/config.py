@@ -175,7 +175,7 @@ TopP = Annotated[float, Field(ge=0.05, le=1.0, title="Top-p")]
 # > 1 discourages a token the answer already used (a guard against loops); 1: off
 RepetitionPenalty = Annotated[float, Field(ge=1.0, le=2.0, title="Repetition penalty")]
 # tokens a reasoning may run inside <think> before </think> is forced and the model answers (0: off)
-ThinkBudgetTokens = Annotated[int, Field(ge=0, le=32768, title="Thinking budget (tokens)")]
+ThinkBudgetTokens = Annotated[int, Field(ge=0, le=32768, title="Thinking budget")]
 
 
 @dataclass

@@ -81,7 +81,7 @@ def build_compare_tab(state: AppState) -> dict[str, Any]:
             c["repetition_penalty"] = _slider(GenerationConfig, "repetition_penalty", gen.repetition_penalty, 0.05,
                                               " (1 = off)",
                                               info="guards against loops; temperature 0 + penalty 1 = plain greedy")
-            c["think_budget"] = _slider(GenerationConfig, "think_budget", gen.think_budget, 16, " (0 = off)",
+            c["think_budget"] = _slider(GenerationConfig, "think_budget", gen.think_budget, 16, " (tokens, 0 = off)",
                                         hi=state.cfg.max_new_tokens_limit,
                                         info="a reasoning still open after this many tokens is closed (</think>) "
                                              "and the model answers")
