@@ -14,8 +14,6 @@ from typing import Any
 
 import httpx
 
-COMPARE_DEFAULTS = (16, 0.0, 1.0, 2, False, "", "", 1.0, 0)  # max new tokens .. think budget, after the question
-
 
 @dataclass
 class Reply:

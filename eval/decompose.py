@@ -11,7 +11,7 @@ from __future__ import annotations
 from medadapt.variants import variant_label
 from eval.report import ALL, benchmarks_of, done_variants, scored_rows
 from eval.stats import paired_difference
-from eval.views import prediction_counts, view_label, views_of
+from eval.views import GENERATED_VIEWS, prediction_counts, view_label, views_of
 
 ALPHA = 0.05
 PAIRS_AFTER_BASE = (("sft", "msft"),)  # extra comparisons: what MSFT's continual pretraining adds over SFT
@@ -107,10 +107,9 @@ def explain(results: dict, baseline: str = "base") -> str:
                 "also improves: evidence of knowledge." if _significant(text) else
                 "does not improve significantly." if text["diff"] >= 0 or text["p"] >= ALPHA else
                 "gets significantly worse."))
-        for view, what in (("cot", "Generated answers (chain of thought)"),
-                           ("cot_budget", "Generated answers under a thinking budget")):
+        for view in GENERATED_VIEWS:
             if view in gs:
-                verdict.append(what + " " + (
+                verdict.append(f"Generated answers ({view_label(view)}) " + (
                     "improve significantly." if _significant(gs[view]) else
                     "get significantly worse." if gs[view]["p"] < ALPHA else "do not differ significantly."))
         fav = _favourite_share(results, b, "letter") if "letter" in views else None

@@ -163,7 +163,8 @@ def subject_figure(results: dict | None, benchmark: str, view: str | None = None
     return fig
 
 
-VIEW_COLORS = {"letter": "#94a3b8", "letter_cal": "#0f766e", "text_norm": "#7c3aed", "cot": "#ea580c", "cot_budget": "#b45309"}
+VIEW_COLORS = {"letter": "#94a3b8", "letter_cal": "#0f766e", "text_norm": "#7c3aed", "cot": "#ea580c",
+               "cot_budget": "#b45309"}
 
 
 def decomposition_figure(results: dict | None, benchmark: str = ALL) -> go.Figure:
