@@ -27,7 +27,7 @@ VIEWS: dict[str, ViewSpec] = {
                           "character (lm-evaluation-harness's acc_norm), no letter involved"),
     "cot": ViewSpec("cot", "chain of thought", "generated reasoning, then the parsed “Answer: X”"),
     "cot_budget": ViewSpec("cot_budget", "chain of thought, thinking budget", "the same, but a reasoning still open "
-                           "after the budget is closed (</think>) and the model answers (budget forcing, s1)"),
+                           "after the budget is closed (`</think>`) and the model answers (budget forcing, s1)"),
 }
 LOGLIK_VIEWS = ("letter", "letter_cal", "text_norm")
 GENERATED_VIEWS = ("cot", "cot_budget")  # views of a cot run: its think budget decides which
