@@ -307,6 +307,27 @@ def test_msft_runs_cpt_then_sft_and_records_lineage(cfg, fixed_rows, tmp_path):
     lines = [x for x in losses(run_dir) if "loss" in x]
     assert [(x["stage"], x["step"]) for x in lines] == [("cpt", 1), ("cpt", 2), ("sft", 3), ("sft", 4)]
     assert all(x["total_steps"] == 4 for x in lines)
+    held = json.loads((run_dir / "cpt_adapter" / "medadapt.json").read_text())["data"]["heldout"]
+    assert meta["data"]["cpt"]["heldout"] == held  # the MSFT adapter carries its CPT stage's held-out passages
+    assert len(held["split"]) == 2 and held["unsampled"] and not set(held["split"]) & set(held["unsampled"])
+
+
+def test_cpt_records_the_passages_it_never_trained_on(cfg):
+    """The held-out split and the unsampled snippets are disjoint from the training snippets, and reproducible."""
+    from medadapt.data.corpus import CorpusDoc
+    from trainers.cpt import UNSAMPLED_RECORDED, heldout_record, split_docs
+
+    docs = [CorpusDoc(f"Book_{i}", "t", f"text {i}", "Book") for i in range(1000)]
+    t = tcfg("cpt", Path("/tmp/unused"), max_samples=300, eval_fraction=0.1, max_eval_samples=8)
+    train, held = split_docs(t, docs)
+    rec = heldout_record(t, cfg, docs, train, held)
+    trained = {d.id for d in train}
+    assert len(rec["split"]) == 8 and len(train) == 292 and rec["unsampled_of"] == 700
+    assert len(rec["unsampled"]) == UNSAMPLED_RECORDED
+    assert not trained & set(rec["split"]) and not trained & set(rec["unsampled"])
+    assert rec == heldout_record(t, cfg, docs, *split_docs(t, docs))  # seeded: the same record again
+    whole = tcfg("cpt", Path("/tmp/unused"), max_samples=0, eval_fraction=0.1, max_eval_samples=0)
+    assert heldout_record(whole, cfg, docs, *split_docs(whole, docs))["unsampled"] == []
 
 
 def test_cpt_cli_killed_with_sigterm_then_resumed(cfg, tmp_path):
