@@ -160,8 +160,10 @@ def defuse_messages(messages: Sequence[dict[str, str]], specials: Sequence[str])
 
 
 def special_token_strings(tokenizer) -> list[str]:
-    """Every special-token string of a HF tokenizer (its named ones and the added tokens marked special)."""
-    added = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
+    """Every special-token string of a HF tokenizer: its named ones and every added token, whatever its ``special``
+    flag (an added token is matched whole in any text: R1's ``<think>``/``</think>`` are added but not special, and
+    a tokenizer.json may leave a turn marker such as ``<｜User｜>`` unflagged)."""
+    added = [t.content for t in tokenizer.added_tokens_decoder.values()]
     return sorted(set(tokenizer.all_special_tokens) | set(added))
 
 

