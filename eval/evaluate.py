@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from medadapt.config import AppConfig, to_dict
 from medadapt.data.benchmarks import BenchItem, benchmark, item_ids
 from medadapt.prompts import fit_to_budget
 from eval.prompting import continuations, item_messages, loglik_prompt
-from eval.calibration import CONTENT_FREE, calibrate, content_free_items, content_free_snippets, letter_prior
-from eval.scoring import choose, option_probs
-from eval.views import LOGLIK_VIEWS, TEXT_NORM_UNIT, cot_view, text_norm_view
+from eval.calibration import (CONTENT_FREE, CONTENT_FREE_FILL, content_free_items, content_free_snippets, label_space,
+                              letter_prior, prior_spread)
+from eval.scoring import option_probs
+from eval.views import LOGLIK_VIEWS, TEXT_NORM_UNIT, cot_view, loglik_row_views
 from eval.variants import Variant, activate, load_for_variants, model_folder, set_threads
 
 SCHEMA = 1
@@ -67,30 +69,61 @@ def seen_in_training(cfg: AppConfig, variant: Variant, samples: dict[str, list[B
     return sorted({f"{o.benchmark}/{o.item_id}" for o in trained_overlap(cfg, data, samples)})
 
 
+def loglik_requests(cfg, tok, items: list[BenchItem], snippets_of: Callable[[BenchItem], list | None],
+                    circular: bool = True) -> list:
+    """One :class:`eval.loglik.BranchRequest` per item: its prompt under every cyclic rotation of its options
+    (rotation 0 also scores the option texts), sharing the prompt's longest common token prefix (the system text,
+    snippets, abstract and question come before the options in every prompt style)."""
+    from eval.circular import rotate
+    from eval.loglik import encode_branches
+
+    ec = cfg.eval
+    render = lambda msgs: tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)  # noqa: E731
+    reqs = []
+    for it in items:
+        snips = snippets_of(it)
+        k = len(it.options) if circular else 1
+        contexts, targets = [], []
+        for r in range(k):
+            options, answer = rotate(it.options, it.answer, r)
+            rot = replace(it, options=options, answer=answer)
+            contexts.append(loglik_prompt(rot, ec.prompt_style, render, snips, cfg.model.system_prompt))
+            targets.append({"letter": continuations(rot, "letter", ec.prompt_style)} if r else
+                           {t: continuations(it, t, ec.prompt_style) for t in ("letter", "text")})
+        reqs.append(encode_branches(tok, contexts, targets, ec.prompt_style == "plain", cfg.model.max_context))
+    return reqs
+
+
+def content_free_request(cfg, tok, item: BenchItem, rag: bool):
+    """The content-free copies of a benchmark's first item as one request of branches (they share the template)."""
+    from eval.loglik import encode_branches
+
+    ec = cfg.eval
+    render = lambda msgs: tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)  # noqa: E731
+    free = content_free_items(item)
+    contexts = [loglik_prompt(cf, ec.prompt_style, render, content_free_snippets(cf.question, cfg.rag.top_k)
+                              if rag else None, cfg.model.system_prompt) for cf in free]
+    targets = [{"letter": continuations(cf, "letter", ec.prompt_style)} for cf in free]
+    return encode_branches(tok, contexts, targets, ec.prompt_style == "plain", cfg.model.max_context)
+
+
 def _loglik_variant(cfg, model, tok, variant, samples, snippets, progress, should_stop) -> tuple[dict, dict, dict]:
-    """Every item in the three loglik views (one pass over each prompt), plus the variant's content-free prior."""
-    from eval.loglik import encode_multi, score_multi
+    """Every item in every loglik view (one row per item: its rotations share the prompt's prefix), plus the
+    variant's content-free and batch priors."""
+    from eval.loglik import score_branches
 
     ec = cfg.eval
     count = lambda text: len(tok(text, add_special_tokens=False).input_ids)  # noqa: E731
-    render = lambda msgs: tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)  # noqa: E731
-
-    def request(it: BenchItem, snips):
-        targets = {t: continuations(it, t, ec.prompt_style) for t in ("letter", "text")}
-        return encode_multi(tok, loglik_prompt(it, ec.prompt_style, render, snips, cfg.model.system_prompt), targets,
-                            ec.prompt_style == "plain", cfg.model.max_context)
-
     preds, timing, priors = {}, {}, {}
     total = sum(len(v) for v in samples.values())
     done = 0
     for name, items in samples.items():
         t0 = time.perf_counter()
-        free = content_free_items(items[0])
-        k = cfg.rag.top_k
-        reqs = [request(cf, content_free_snippets(cf.question, k) if variant.rag else None) for cf in free]
-        for it in items:
-            reqs.append(request(it, fit_to_budget(snippets[name][it.id], count, cfg.rag.context_tokens)
-                                if variant.rag else None))
+
+        def snippets_of(it: BenchItem, _name=name):
+            return fit_to_budget(snippets[_name][it.id], count, cfg.rag.context_tokens) if variant.rag else None
+
+        reqs = [content_free_request(cfg, tok, items[0], variant.rag)] + loglik_requests(cfg, tok, items, snippets_of)
 
         def on_batch(rows_done: int, rows_total: int, _base=done, _n=len(items), _name=name) -> None:
             if should_stop():
@@ -99,22 +132,26 @@ def _loglik_variant(cfg, model, tok, variant, samples, snippets, progress, shoul
                      benchmark=_name)
 
         with activate(model, variant):
-            scores = score_multi(model, reqs, ec.batch_size, tok.pad_token_id, on_batch)
-        prior = letter_prior([s["letter"] for s in scores[:len(free)]])
+            scores = score_branches(model, reqs, ec.batch_size, tok.pad_token_id, on_batch)
+        free = [br["letter"] for br in scores[0]]
+        cf_prior = letter_prior(free)
+        item_lps = [{"letter": s[0]["letter"], "text": s[0]["text"], "rotations": [b["letter"] for b in s[1:]]}
+                    for s in scores[1:]]
+        batch = letter_prior([x["letter"] for x in item_lps])
         letters = list(items[0].options)
-        priors[name] = {"letters": letters, "prior": [round(p, 4) for p in prior],
-                        "content_free": list(CONTENT_FREE)}
+        priors[name] = {"letters": letters, "prior": [round(p, 4) for p in cf_prior],
+                        **{k: [round(x, 4) for x in v] for k, v in prior_spread(free).items()},
+                        "copies": len(free), "content_free": list(CONTENT_FREE), "fill": list(CONTENT_FREE_FILL),
+                        "label_space": label_space(items[0]), "batch_prior": [round(p, 4) for p in batch]}
         rows = []
-        for it, req, lps in zip(items, reqs[len(free):], scores[len(free):]):
+        for it, req, lps in zip(items, reqs[1:], item_lps):
             letters = list(it.options)
-            picks = {"letter": choose(lps["letter"]),
-                     "letter_cal": choose(calibrate(lps["letter"], prior)) if len(prior) == len(letters) else None}
-            views = {v: {"pred": letters[i], "correct": letters[i] == it.answer, "invalid": False}
-                     for v, i in picks.items() if i is not None}
-            views["text_norm"] = text_norm_view(lps["text"], it.options, it.answer)
+            views = loglik_row_views(lps, it.options, it.answer, cf_prior, batch)
             probs = option_probs(lps["letter"])
-            rows.append({"id": it.id, **views["letter"], "views": views, "prompt_tokens": len(req.context),
-                         "logprobs": {t: [round(x, 4) for x in v] for t, v in lps.items()},
+            rows.append({"id": it.id, **views["letter"], "views": views,
+                         "prompt_tokens": len(req.prefix) + len(req.branches[0].suffix),
+                         "logprobs": {t: [round(x, 4) for x in v] if t != "rotations" else
+                                      [[round(x, 4) for x in r] for r in v] for t, v in lps.items()},
                          "raw": "  ".join(f"{k}: {p:.2f}" for k, p in zip(letters, probs))})
         preds[name] = rows
         done += len(items)

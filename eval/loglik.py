@@ -182,3 +182,147 @@ def score_multi(model, requests: Sequence[MultiRequest], batch_size: int = 8, pa
         if on_batch:
             on_batch(done, len(requests))
     return out
+
+
+# ---------------------------------------------------------------- several prompts that share a prefix, one row
+
+@dataclass
+class Branch:
+    """One prompt of a :class:`BranchRequest`: the tokens after the shared prefix and its continuation targets."""
+
+    suffix: list[int]
+    targets: dict[str, list[list[int]]]  # target name -> one token list per option
+
+
+@dataclass
+class BranchRequest:
+    """Prompts that share a token prefix (an item under every rotation of its options, the content-free copies of
+    a benchmark): the prefix goes through the model once, each branch's suffix and continuations after it."""
+
+    prefix: list[int]
+    branches: list[Branch]
+
+
+def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix every sequence shares."""
+    n = min(len(s) for s in seqs)
+    first = seqs[0]
+    for i in range(n):
+        if any(s[i] != first[i] for s in seqs[1:]):
+            return i
+    return n
+
+
+def encode_branches(tokenizer, contexts: Sequence[str], targets: Sequence[dict[str, Sequence[str]]],
+                    add_special_tokens: bool, max_len: int) -> BranchRequest:
+    """Every context tokenized as :func:`encode_multi` does; their longest common token prefix becomes the shared
+    prefix (so "wherever the layout allows" is found from the tokens, not assumed). When the longest branch would
+    not fit ``max_len``, the prefix is cut from the left (and, if that is not enough, each suffix)."""
+    enc = [encode_multi(tokenizer, c, t, add_special_tokens, 1 << 30) for c, t in zip(contexts, targets)]
+    n = common_prefix([e.context for e in enc])
+    if len(enc) > 1 and n == min(len(e.context) for e in enc) and n > 0:
+        n -= 1  # keep one token in each branch when one context is a prefix of another (its anchor is its own)
+    prefix = enc[0].context[:n]
+    suffixes = [e.context[n:] for e in enc]
+    extra = max(len(s) + max(len(c) for cs in e.targets.values() for c in cs) for s, e in zip(suffixes, enc))
+    over = len(prefix) + extra - max_len
+    if over > 0:
+        cut = min(over, len(prefix))
+        prefix, over = prefix[cut:], over - cut
+        if over > 0:
+            suffixes = [s[min(over, len(s) - 1):] for s in suffixes]
+    return BranchRequest(prefix, [Branch(s, e.targets) for s, e in zip(suffixes, enc)])
+
+
+def _decoder_and_head(model):
+    """The transformer body and the LM head of a causal LM (through a PEFT wrapper: LoRA layers stay active)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.get_decoder(), inner.get_output_embeddings()
+
+
+def _branch_row(req: BranchRequest) -> tuple[list[int], list[int], list[tuple[int, int]], list]:
+    """One request laid out as a row: ids, position ids, attention spans and the scored slots.
+
+    ``spans``: per token, ``(start, own)``: it sees the prefix, then the slice ``start..own`` (itself included).
+    ``slots``: ``(branch, target, option, token index in the row, token id)`` for every continuation token."""
+    ids, pos, spans, slots = list(req.prefix), list(range(len(req.prefix))), [], []
+    n = len(req.prefix)
+    spans = [(0, i) for i in range(n)]
+    for j, br in enumerate(req.branches):
+        s0 = len(ids)
+        for i, t in enumerate(br.suffix):
+            ids.append(t)
+            pos.append(n + i)
+            spans.append((s0, s0 + i))
+        anchor = len(ids) - 1  # the branch's last prompt token predicts every continuation's first token
+        for name, conts in br.targets.items():
+            for o, cont in enumerate(conts):
+                slots.append((j, name, o, anchor, cont[0]))
+                c0 = len(ids)
+                for i, t in enumerate(cont[:-1]):
+                    ids.append(t)
+                    pos.append(n + len(br.suffix) + i)
+                    spans.append((s0, s0 + len(br.suffix) - 1, c0, c0 + i))
+                    slots.append((j, name, o, c0 + i, cont[i + 1]))
+    return ids, pos, spans, slots
+
+
+def score_branches(model, requests: Sequence[BranchRequest], batch_size: int = 8, pad_id: int = 0,
+                   on_batch: Callable[[int, int], None] | None = None) -> list[list[dict[str, list[float]]]]:
+    """Total log-probability of every continuation of every branch: ``[request][branch][target][option]``.
+
+    Each request is ONE row: the shared prefix once, then every branch's suffix, each followed by its longer
+    continuations (all but their last token) packed one after another. A 4D attention mask lets a branch's suffix see
+    the prefix and its own earlier tokens, a packed continuation the prefix, its branch's suffix and itself; position
+    ids restart after the prefix for every branch, so each branch is scored exactly as if its prompt stood alone.
+    The LM head runs only on the scored positions (hidden states gathered per row). Rows are sorted by length and
+    left-padded into batches of ``batch_size``.
+    """
+    import torch
+
+    decoder, head = _decoder_and_head(model)
+    layouts = [_branch_row(r) for r in requests]
+    order = sorted(range(len(requests)), key=lambda i: -len(layouts[i][0]))
+    out = [[{name: [0.0] * len(conts) for name, conts in br.targets.items()} for br in r.branches] for r in requests]
+    device = next(model.parameters()).device
+    done = 0
+    for b in range(0, len(order), max(1, batch_size)):
+        idx = order[b:b + batch_size]
+        width = max(len(layouts[i][0]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        pos = torch.zeros((len(idx), width), dtype=torch.long)
+        allow = torch.zeros((len(idx), width, width), dtype=torch.bool)
+        sel_row, sel_pos, sel_tok = [], [], []
+        for i, k in enumerate(idx):
+            row_ids, row_pos, spans, slots = layouts[k]
+            off = width - len(row_ids)
+            n = len(requests[k].prefix)
+            ids[i, off:] = torch.tensor(row_ids)
+            pos[i, off:] = torch.tensor(row_pos)
+            for t, span in enumerate(spans):
+                q = off + t
+                allow[i, q, off:off + min(n, t + 1)] = True  # the prefix (causal inside it)
+                if t >= n:
+                    allow[i, q, off + span[0]:off + span[1] + 1] = True  # its branch's suffix (so far)
+                    if len(span) == 4:
+                        allow[i, q, off + span[2]:off + span[3] + 1] = True  # its own continuation (so far)
+            for _, _, _, p, tok in slots:
+                sel_row.append(i)
+                sel_pos.append(off + p)
+                sel_tok.append(tok)
+        allow |= torch.eye(width, dtype=torch.bool)  # padding positions see themselves (no empty softmax)
+        with torch.inference_mode():
+            hidden = decoder(input_ids=ids.to(device), attention_mask=allow[:, None].to(device),
+                             position_ids=pos.to(device)).last_hidden_state
+            picked = hidden[torch.tensor(sel_row, device=device), torch.tensor(sel_pos, device=device)]
+            logp = torch.log_softmax(head(picked).float(), dim=-1)
+            vals = logp.gather(1, torch.tensor(sel_tok, device=device)[:, None])[:, 0].tolist()
+        m = 0
+        for k in idx:
+            for j, name, o, _, _ in layouts[k][3]:
+                out[k][j][name][o] += vals[m]
+                m += 1
+        done += len(idx)
+        if on_batch:
+            on_batch(done, len(requests))
+    return out

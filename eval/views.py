@@ -20,16 +20,30 @@ class ViewSpec:
 
 VIEWS: dict[str, ViewSpec] = {
     "letter": ViewSpec("letter", "letter", "log-likelihood of the option letter after “Answer:” (the usual MCQ "
-                       "score; it rewards a model that learned which letter to say)"),
-    "letter_cal": ViewSpec("letter_cal", "letter, calibrated", "the same letter scores divided by the model's own "
-                           "prior over letters, measured on content-free inputs (Zhao et al. 2021)"),
-    "text_norm": ViewSpec("text_norm", "option text (acc_norm)", "log-likelihood of each option's text per "
-                          "character (lm-evaluation-harness's acc_norm), no letter involved"),
+                       "score, lm-eval's acc; it rewards a model that learned which letter to say)"),
+    "letter_cal": ViewSpec("letter_cal", "letter, content-free calibrated", "the same letter scores divided by the "
+                           "model's prior over letters on content-free copies of the prompt that keep the label space "
+                           "(Zhao et al. 2021; 24 copies per benchmark, the prior's spread recorded)"),
+    "letter_batch_cal": ViewSpec("letter_batch_cal", "letter, batch-calibrated", "the same letter scores divided by "
+                                 "the model's mean letter distribution over the evaluated items of the benchmark "
+                                 "(batch calibration, Zhou et al. 2024; no labels used, no extra pass)"),
+    "circular": ViewSpec("circular", "circular", "right only if the letter score picks the gold option under every "
+                         "cyclic rotation of the options (MMBench's CircularEval); a letter prior cannot raise it"),
+    "debiased": ViewSpec("debiased", "debiased (all positions)", "the option whose letter log-probability averaged "
+                         "over the positions it takes in the rotations is highest (permutation debiasing, PriDe); a "
+                         "position prior cancels exactly"),
+    "text_norm": ViewSpec("text_norm", "option text per character (acc_norm)", "log-likelihood of each option's text "
+                          "divided by its characters (lm-evaluation-harness's acc_norm), no letter involved"),
+    "text_sum": ViewSpec("text_sum", "option text, summed (acc)", "total log-likelihood of each option's text, no "
+                         "length normalization (lm-evaluation-harness's acc on the option texts), no letter involved"),
     "cot": ViewSpec("cot", "chain of thought", "generated reasoning, then the parsed “Answer: X”"),
     "cot_budget": ViewSpec("cot_budget", "chain of thought, thinking budget", "the same, but a reasoning still open "
                            "after the budget is closed (`</think>`) and the model answers (budget forcing, s1)"),
 }
-LOGLIK_VIEWS = ("letter", "letter_cal", "text_norm")
+LOGLIK_VIEWS = ("letter", "letter_cal", "letter_batch_cal", "circular", "debiased", "text_norm", "text_sum")
+PRIOR_FREE_VIEWS = ("letter_batch_cal", "circular", "debiased")  # a letter prior cannot raise these
+PRIOR_SENSITIVE_VIEWS = ("letter", "letter_cal")  # a letter prior can move these: checked against the prior-free ones
+TEXT_VIEWS = ("text_norm", "text_sum")  # no letter involved
 GENERATED_VIEWS = ("cot", "cot_budget")  # views of a cot run: its think budget decides which
 MODE_VIEW = {"loglik": "letter", "cot": "cot"}  # the one view of a file written before views existed
 INVALID = "invalid"
@@ -103,6 +117,46 @@ def row_view(row: dict, view: str | None, results: dict) -> dict | None:
 def prediction_counts(rows: list[dict]) -> dict[str, int]:
     """How often each answer was predicted (``invalid`` for rows without one)."""
     return dict(Counter(r.get("pred") or INVALID for r in rows))
+
+
+def text_sum_view(text_logprobs: list[float], options: dict[str, str], answer: str) -> dict:
+    """The ``text_sum`` view: the option text with the highest total log-probability (lm-eval's acc)."""
+    from eval.scoring import choose
+
+    pred = list(options)[choose(text_logprobs)]
+    return {"pred": pred, "correct": pred == answer, "invalid": False}
+
+
+def loglik_row_views(logprobs: dict, options: dict[str, str], answer: str, cf_prior: list[float] | None,
+                     batch_prior: list[float] | None) -> dict[str, dict]:
+    """Every loglik view of one item from its stored log-probabilities (``letter``, ``text``, ``rotations``: the
+    letter log-probabilities under rotations 1..k-1) and the two priors; a view whose inputs are missing is left out."""
+    from eval.calibration import calibrate
+    from eval.circular import circular_view, debiased_view
+    from eval.scoring import choose
+
+    letters = list(options)
+    out: dict[str, dict] = {}
+
+    def pick(i: int) -> dict:
+        return {"pred": letters[i], "correct": letters[i] == answer, "invalid": False}
+
+    lps = logprobs.get("letter")
+    if lps and len(lps) == len(letters):
+        out["letter"] = pick(choose(lps))
+        if cf_prior and len(cf_prior) == len(letters):
+            out["letter_cal"] = pick(choose(calibrate(lps, cf_prior)))
+        if batch_prior and len(batch_prior) == len(letters):
+            out["letter_batch_cal"] = pick(choose(calibrate(lps, batch_prior)))
+        rot = logprobs.get("rotations")
+        if rot and len(rot) == len(letters) - 1:
+            out["circular"] = circular_view([lps, *rot], letters, answer)
+            out["debiased"] = debiased_view([lps, *rot], letters, answer)
+    text = logprobs.get("text")
+    if text and len(text) == len(letters):
+        out["text_norm"] = text_norm_view(text, options, answer)
+        out["text_sum"] = text_sum_view(text, options, answer)
+    return out
 
 
 def text_norm_view(text_logprobs: list[float], options: dict[str, str], answer: str) -> dict:

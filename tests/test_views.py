@@ -54,8 +54,12 @@ def test_calibration_math():
 
 
 def test_calibrated_view_divides_out_a_planted_letter_bias(cfg, tiny):  # noqa: F811
+    """A letter bias planted in the LM head: content-free calibration and debiasing cancel it, circular is not raised
+    by it, and the row records every rotation and both priors with their spread."""
+    from eval.calibration import letter_prior
     from eval.evaluate import _loglik_variant
     from eval.variants import Variant
+    from eval.views import LOGLIK_VIEWS
 
     model, tok = tiny
     samples = evaluated_items(cfg, ["medmcqa", "medqa", "mmlu_medical"], n=6)
@@ -77,9 +81,17 @@ def test_calibrated_view_divides_out_a_planted_letter_bias(cfg, tiny):  # noqa: 
     assert picks(biased, "letter_cal") == picks(clean, "letter_cal")  # calibration cancels the bias exactly
     assert set(picks(clean, "letter_cal")) != {"A"}
     assert picks(biased, "text_norm") == picks(clean, "text_norm")  # option texts do not start with " A"
+    assert picks(biased, "debiased") == picks(clean, "debiased")  # averaged over positions, the bias cancels
+    assert set(picks(biased, "circular")) == {"inconsistent"}  # "A" under every rotation is a different option
+    assert not any(r["views"]["circular"]["correct"] for rows in biased.values() for r in rows)
     for rows in biased.values():
         for r in rows:
-            assert set(r["views"]) == {"letter", "letter_cal", "text_norm"} and len(r["logprobs"]["text"]) == 4
+            assert set(r["views"]) == set(LOGLIK_VIEWS) and len(r["logprobs"]["text"]) == 4
+            assert len(r["logprobs"]["rotations"]) == 3 and all(len(x) == 4 for x in r["logprobs"]["rotations"])
+    for name, p in biased_prior.items():
+        assert p["copies"] == 24 and len(p["prior_sd"]) == 4 and max(p["prior_se"]) < 0.05
+        want = letter_prior([r["logprobs"]["letter"] for r in biased[name]])  # batch prior: the items' mean
+        assert p["batch_prior"] == pytest.approx(want, abs=1e-3)
 
 
 def _results(preds_by_variant: dict[str, dict[str, list[tuple[str, str | None]]]], mode="loglik", views=None) -> dict:
@@ -123,7 +135,7 @@ def test_decomposition_says_whether_a_gain_survives_calibration():
     msft_line = next(x for x in text.split("\n\n") if x.startswith("**MSFT vs Base**"))
     assert "does **not survive calibration**" in sft_line and "+45.0 points" in sft_line
     assert "**survives calibration** (89%" in msft_line and "also improves" in msft_line
-    assert "MSFT vs SFT" in text and "buys a significant gain under letter, calibrated" in text
+    assert "MSFT vs SFT" in text and "buys a significant gain under letter, content-free calibrated" in text
     rows = decomposition(res)
     assert {(r["a"], r["b"]) for r in rows} == {("base", "sft"), ("base", "msft"), ("sft", "msft")}
     assert len(rows) == 3 * 3 * 2  # comparisons x views x (medqa, all items)
