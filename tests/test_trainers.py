@@ -261,6 +261,42 @@ def test_cpu_bf16_mixed_precision_trains_fp32_lora_on_a_bf16_base(cfg, fixed_row
     assert all(x["loss"] == x["loss"] for x in losses(tmp_path / "run") if "loss" in x)  # finite, no NaN
 
 
+@pytest.mark.parametrize("job", ["sft", "cpt"])
+def test_a_new_lora_starts_from_the_seed_whatever_ran_before(cfg, tmp_path, job):
+    """The LoRA init (and a CPT run's modules_to_save copies) comes from ``seed``, not from the global RNG's state."""
+    import torch
+
+    from trainers.common import Runtime, load_trainable
+
+    rt = Runtime(cuda=False, quantized=False, unsloth=False)
+
+    def init(seed: int, noise: int) -> dict:
+        torch.manual_seed(noise)  # whatever the process drew before
+        torch.rand(noise)
+        t = tcfg(job, tmp_path / job, seed=seed, lora={"r": 4, "alpha": 8, "modules_to_save": ["lm_head"]})
+        model, _ = load_trainable(t, cfg.model.name_or_path, rt)
+        return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+
+    a, b, c = init(7, 1), init(7, 99), init(8, 1)
+    assert a.keys() == b.keys() and any("lora_A" in k for k in a) and any("modules_to_save" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a if "lora_A" in k)
+
+
+def test_two_sft_runs_with_one_seed_train_the_same_adapter(cfg, fixed_rows, tmp_path):
+    """End to end: the same seed twice in one process (the RNG moved on between them) gives the same adapter."""
+    from safetensors.torch import load_file
+
+    from trainers import sft
+
+    weights = []
+    for name in ("one", "two"):
+        assert sft.run(tcfg("sft", tmp_path / name, max_steps=1, seed=11), cfg)["status"] == "finished"
+        weights.append(load_file(str(tmp_path / name / "adapter" / "adapter_model.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    assert all((weights[0][k] == weights[1][k]).all() for k in weights[0])
+
+
 def test_precision_setting_is_checked(monkeypatch):
     import medadapt.precision as precision
     from medadapt.precision import train_precision

@@ -92,7 +92,8 @@ def lora_kwargs(tcfg: TrainConfig) -> dict[str, Any]:
 
 
 def load_trainable(tcfg: TrainConfig, model_path: str, rt: Runtime, adapter: str | None = None) -> tuple[Any, Any]:
-    """(PEFT model ready to train, tokenizer). ``adapter``: continue training that LoRA adapter instead of a new one."""
+    """(PEFT model ready to train, tokenizer). ``adapter``: continue training that LoRA adapter instead of a new one;
+    a new one is initialised from ``tcfg.seed``, so two runs with one seed start from the same weights."""
     from medadapt.models import load_tokenizer
 
     if rt.unsloth:
@@ -117,7 +118,10 @@ def load_trainable(tcfg: TrainConfig, model_path: str, rt: Runtime, adapter: str
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     if adapter:
         model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
-    else:
+    else:  # the LoRA init draws from the global RNG before the Trainer seeds it: seed it here (Unsloth: random_state)
+        from transformers import set_seed
+
+        set_seed(tcfg.seed)
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora_kwargs(tcfg)))
     if not rt.quantized:  # mixed precision: what trains keeps fp32 weights (PEFT does so for LoRA, not modules_to_save)
         for p in model.parameters():
