@@ -2,7 +2,7 @@
 
 Two engines implement :class:`TextEngine`: :class:`medadapt.engine.Engine` (the model in this process, continuous
 batching) and :class:`medadapt.remote.OpenAIEngine` (an OpenAI-compatible server such as vLLM, one streaming chat
-request per row). Chat messages go in; the
+request per row). Chat messages go in (or, for the study's evaluation protocol, a raw text prompt); the
 chat template is applied by the engine's model (``medadapt.prompts.render_chat`` locally, the server remotely) and
 ``<think>`` is split by :mod:`medadapt.reasoning`, never by an engine. :mod:`medadapt.engine_choice` picks one.
 """
@@ -15,7 +15,9 @@ from typing import Protocol
 
 BASE = "__base__"  # the adapter name of a row without an adapter
 
-Request = tuple[list[dict], str]  # (chat messages, adapter name or BASE)
+Prompt = list[dict] | str  # chat messages, or a raw text prompt (no chat template, the tokenizer's own special
+# tokens such as BOS added, as vLLM's completions endpoint does: the original study's eval prompts; never user input)
+Request = tuple[Prompt, str]  # (prompt, adapter name or BASE)
 
 
 class PromptTooLongError(ValueError):

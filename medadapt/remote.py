@@ -4,7 +4,8 @@
 server wants one, the API key in ``MEDADAPT_OPENAI_API_KEY``; ``MEDADAPT_OPENAI_MODEL`` names the base model (default:
 the server's first model that is not an adapter); ``MEDADAPT_OPENAI_FIRST_TOKEN_TIMEOUT_S`` is how long a row waits for
 its first token (default 600: a loaded server queues requests and prefills them, which is normal) and
-``MEDADAPT_OPENAI_TIMEOUT_S`` how long for each next one (default 120: a stall). A LoRA adapter is the request's ``model``: adapters the server was started with
+``MEDADAPT_OPENAI_TIMEOUT_S`` how long for each next one (default 120: a stall). A raw text prompt (the study's
+evaluation protocol, :mod:`eval.study`) goes to ``POST /v1/completions`` instead of the chat endpoint. A LoRA adapter is the request's ``model``: adapters the server was started with
 (vLLM ``--lora-modules name=path``) are reused by folder, others (e.g. finished in the Training tab) are loaded at run
 time with vLLM's ``POST /v1/load_lora_adapter`` (server started with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``; the
 folder must be readable by the server). The server's reasoning field (``reasoning_content``/``reasoning``), where it
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from medadapt.adapters import AdapterLoadError
-from medadapt.engine_api import BASE, GenSettings, PromptTooLongError, Request, RowState
+from medadapt.engine_api import BASE, GenSettings, Prompt, PromptTooLongError, Request, RowState
 from medadapt.env import env_flag
 from medadapt.prompts import render_chat, special_token_strings
 
@@ -150,7 +151,9 @@ class OpenAIEngine:
     def render(self, messages: list[dict]) -> str:
         return render_chat(self.tokenizer, messages, self.reasoning_template, self.specials)
 
-    def prompt_tokens(self, messages: list[dict]) -> int:
+    def prompt_tokens(self, messages: Prompt) -> int:
+        if isinstance(messages, str):  # a raw prompt: the server adds the tokenizer's special tokens (BOS)
+            return len(self.tokenizer(messages, add_special_tokens=True)["input_ids"])
         return self.count_tokens(self.render(messages))
 
     def prompt_opens_think(self) -> bool:
@@ -170,7 +173,8 @@ class OpenAIEngine:
             room = self.max_context - n
             if room < 1:
                 raise PromptTooLongError(f"the prompt has {n} tokens; the model's context is {self.max_context} tokens")
-            body = {"model": self.model if adapter == BASE else adapter, "messages": messages, "stream": True,
+            prompt = {"prompt": messages} if isinstance(messages, str) else {"messages": messages}  # raw: /completions
+            body = {"model": self.model if adapter == BASE else adapter, **prompt, "stream": True,
                     "max_tokens": min(settings.max_new_tokens, room), "temperature": settings.temperature,
                     "top_p": settings.top_p, "seed": settings.seed, "stream_options": {"include_usage": True}}
             if settings.repetition_penalty != 1.0:
@@ -252,8 +256,8 @@ class RemoteGeneration:
         text = _Text()
         n, first = 0, None
         try:
-            with self.engine.client.stream("POST", "/chat/completions", json=body,
-                                           timeout=self.engine.stream_timeout) as r:
+            path = "/completions" if "prompt" in body else "/chat/completions"
+            with self.engine.client.stream("POST", path, json=body, timeout=self.engine.stream_timeout) as r:
                 stream = r.extensions.get("network_stream")
                 self.sockets[i] = stream.get_extra_info("socket") if stream is not None else None
                 if self.stopped.is_set():
@@ -276,8 +280,9 @@ class RemoteGeneration:
                     if chunk.get("usage") and chunk["usage"].get("completion_tokens") is not None:
                         n = int(chunk["usage"]["completion_tokens"])
                     for choice in chunk.get("choices") or []:
-                        delta = choice.get("delta") or {}
-                        piece = (delta.get("reasoning_content") or delta.get("reasoning") or "", delta.get("content") or "")
+                        delta = choice.get("delta") or {}  # a completions chunk has the choice's "text" instead
+                        piece = (delta.get("reasoning_content") or delta.get("reasoning") or "",
+                                 delta.get("content") or choice.get("text") or "")
                         if any(piece):
                             text.add(*piece)
                             n += 1

@@ -111,3 +111,18 @@ def test_the_thinking_budget_on_r1_tokens(r1_tok, opened):
     head = lead + [word] * (3 - len(lead) // 2) + [198, 151649, 271]  # the model's "\n" counts as reasoning
     assert out[:len(head)] == head and set(out[len(head):]) == {word}
     assert rows.forced == [True]
+
+
+def test_a_raw_prompt_gets_bos_and_no_chat_template(tiny_r1_model_dir):
+    """A raw text prompt (the study's eval protocol) is tokenized as vLLM's completions endpoint does: the
+    tokenizer's BOS, no template, no turn markers; it generates like a chat row."""
+    from medadapt.engine import BASE, Engine, GenSettings
+
+    engine = Engine(tiny_r1_model_dir, "float32", reasoning_template=True)
+    raw = "\nQuestion: Which vitamin?\nOptions:\nA. C\nB. B12\n\nReasoning:\n    "
+    ids = engine._prompt_ids(raw)
+    assert ids[0] == 151646 and not set(ids[1:]) & set(range(151643, 151665))
+    assert engine.prompt_tokens(raw) == len(ids) < engine.prompt_tokens([{"role": "user", "content": raw}])
+    final = list(engine.stream([(raw, BASE), ([{"role": "user", "content": raw}], BASE)],
+                               GenSettings(max_new_tokens=5)))[-1]
+    assert [st.n_tokens for st in final] == [5, 5] and all(st.finished for st in final)
