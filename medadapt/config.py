@@ -324,6 +324,7 @@ class PathsConfig:
     runs_dir: str = "runs"
     index_dir: str = "~/.cache/medadapt/index"
     results_dir: str = "results"
+    shipped_dir: str = ""  # the profile's shipped release (adapters, index, manifest; medadapt.shipped); "": none
 
     def resolve(self, name: str) -> Path:
         p = Path(os.path.expandvars(os.path.expanduser(getattr(self, name))))
@@ -441,6 +442,7 @@ ENV_OVERRIDES = {
     "MEDADAPT_RUNS_DIR": ("paths", "runs_dir", str),
     "MEDADAPT_INDEX_DIR": ("paths", "index_dir", str),
     "MEDADAPT_RESULTS_DIR": ("paths", "results_dir", str),
+    "MEDADAPT_SHIPPED_DIR": ("paths", "shipped_dir", str),
     "MEDADAPT_MODEL": ("model", "name_or_path", str),
     "MEDADAPT_SFT_ADAPTER": ("adapters", "sft", str),
     "MEDADAPT_MSFT_ADAPTER": ("adapters", "msft", str),
