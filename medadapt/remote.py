@@ -32,7 +32,7 @@ import httpx
 from medadapt.adapters import AdapterLoadError
 from medadapt.engine_api import BASE, GenSettings, Prompt, PromptTooLongError, Request, RowState
 from medadapt.env import env_flag
-from medadapt.prompts import render_chat, special_token_strings
+from medadapt.prompts import defuse_messages, render_chat, special_token_strings
 
 if TYPE_CHECKING:
     from medadapt.config import AppConfig
@@ -173,7 +173,10 @@ class OpenAIEngine:
             room = self.max_context - n
             if room < 1:
                 raise PromptTooLongError(f"the prompt has {n} tokens; the model's context is {self.max_context} tokens")
-            prompt = {"prompt": messages} if isinstance(messages, str) else {"messages": messages}  # raw: /completions
+            # raw: /completions; chat messages go out defused, as the in-process engine's template sees them (the
+            # server's tokenizer would read "<|im_start|>" in a question as a control token)
+            prompt = {"prompt": messages} if isinstance(messages, str) else \
+                {"messages": defuse_messages(messages, self.specials)}
             body = {"model": self.model if adapter == BASE else adapter, **prompt, "stream": True,
                     "max_tokens": min(settings.max_new_tokens, room), "temperature": settings.temperature,
                     "top_p": settings.top_p, "seed": settings.seed, "stream_options": {"include_usage": True}}
