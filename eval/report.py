@@ -12,6 +12,7 @@ from itertools import combinations
 from eval.benchmarks import PAPER_REFERENCE, task_label
 from medadapt.variants import VARIANTS, variant_label
 from eval.stats import accuracy_summary, chance_baseline, majority_baseline, mcnemar_exact
+from eval.circular import INCONSISTENT
 from eval.views import INVALID, prediction_counts, row_view
 
 ALL = "average"
@@ -86,23 +87,38 @@ def baselines(results: dict) -> dict:
     return out
 
 
-def favourite_baselines(results: dict) -> dict[str, dict[str, dict]]:
-    """``{variant: {benchmark|average: {"letter", "acc"}}}``: always answering the variant's favourite letter, the
-    argmax of its content-free prior (recorded by loglik runs; see :mod:`eval.calibration`)."""
+def favourite_answer(results: dict, variant: str, bench: str, view: str | None = None) -> tuple[str, int, int] | None:
+    """The answer ``variant`` actually gives most often on ``bench`` in ``view`` (invalid and inconsistent answers
+    left out), how often, and out of how many scored items."""
+    rows = scored_rows(results, variant, bench, view)
+    counts = {k: c for k, c in prediction_counts(rows).items() if k in _answer_letters(results, bench)}
+    if not counts:
+        return None
+    top = max(counts, key=lambda k: (counts[k], -ord(k[0])))
+    return top, counts[top], len(rows)
+
+
+def _answer_letters(results: dict, bench: str) -> set[str]:
+    items = results.get("items", {}).get(bench, [])
+    return set(items[0]["options"]) if items else set()
+
+
+def favourite_baselines(results: dict, view: str | None = None) -> dict[str, dict[str, dict]]:
+    """``{variant: {benchmark|average: {"letter", "acc", "share"}}}``: always answering the variant's favourite
+    answer, its actual most frequent prediction on that benchmark in ``view`` (``share``: how often it gives it)."""
     out: dict = {}
     items = results.get("items", {})
     for v in done_variants(results):
-        cal = results["variants"][v].get("calibration") or {}
         per, hits, n = {}, 0, 0
-        for b, c in cal.items():
-            if b not in items or not c.get("prior"):
+        for b in benchmarks_of(results):
+            fav = favourite_answer(results, v, b, view)
+            if fav is None or not items.get(b):
                 continue
-            letter = c["letters"][max(range(len(c["prior"])), key=lambda i: c["prior"][i])]
-            k = sum(it["answer"] == letter for it in items[b])
-            per[b] = {"letter": letter, "acc": k / len(items[b]) if items[b] else 0.0}
+            k = sum(it["answer"] == fav[0] for it in items[b])
+            per[b] = {"letter": fav[0], "acc": k / len(items[b]), "share": fav[1] / fav[2] if fav[2] else 0.0}
             hits, n = hits + k, n + len(items[b])
         if per:
-            per[ALL] = {"letter": "per task", "acc": hits / n if n else 0.0}
+            per[ALL] = {"letter": "per task", "acc": hits / n if n else 0.0, "share": None}
             out[v] = per
     return out
 
@@ -116,7 +132,7 @@ def answer_distribution(results: dict, benchmark: str, view: str | None = None) 
     for v in done_variants(results):
         counts = prediction_counts(scored_rows(results, v, benchmark, view))
         if counts:
-            out[v] = {k: counts.get(k, 0) for k in letters + ([INVALID] if INVALID in counts else [])}
+            out[v] = {k: counts.get(k, 0) for k in letters + [x for x in (INVALID, INCONSISTENT) if x in counts]}
     return out
 
 

@@ -68,3 +68,30 @@ def paired_difference(a_correct: Sequence[bool], b_correct: Sequence[bool], z: f
     diff = (c - b) / n if n else 0.0
     se = math.sqrt(max(0.0, (b + c) - (c - b) ** 2 / n)) / n if n else 0.0
     return {**t, "diff": diff, "ci_low": diff - z * se, "ci_high": diff + z * se}
+
+
+def benjamini_hochberg(pvalues: Sequence[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p-values (q), in the input order: ``q_(i) = min_{j >= i} p_(j) * m / j``."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    q = [0.0] * m
+    running = 1.0
+    for rank in range(m, 0, -1):
+        i = order[rank - 1]
+        running = min(running, pvalues[i] * m / rank)
+        q[i] = min(1.0, running)
+    return q
+
+
+Z_80 = 0.8416212335729143  # the normal quantile for 80% power
+
+
+def detectable_difference(n: int, discordant: int, z: float = 1.959963984540054, z_power: float = Z_80) -> float:
+    """The smallest accuracy difference a paired test on ``n`` items detects with 80% power at two-sided 5%:
+    ``(z_a/2 + z_b) * sqrt(d / n)``, with ``d`` the share of items on which the two variants disagree in
+    correctness (McNemar's discordant pairs; at least one pair counted, so a pair that never disagrees still shows
+    what n allows)."""
+    if n <= 0:
+        return 1.0
+    share = max(discordant, 1) / n
+    return min(1.0, (z + z_power) * math.sqrt(share / n))

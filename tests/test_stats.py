@@ -44,3 +44,15 @@ def test_baselines_and_summary():
     assert s["ci_low"] < 0.5 < s["ci_high"]
 
 
+
+
+def test_benjamini_hochberg_and_detectable_difference():
+    from eval.stats import benjamini_hochberg, detectable_difference
+
+    # R's p.adjust(c(0.01, 0.04, 0.03, 0.005), "BH") = 0.02 0.04 0.04 0.02
+    assert benjamini_hochberg([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    assert benjamini_hochberg([0.5, 1.0]) == [1.0, 1.0] and benjamini_hochberg([]) == []
+    # the figures: ~10% discordant of 800 items -> ~3 points; 30% of 200 -> ~11 points
+    assert 100 * detectable_difference(800, 80) == pytest.approx(3.13, abs=0.01)
+    assert 100 * detectable_difference(200, 60) == pytest.approx(10.85, abs=0.01)
+    assert detectable_difference(800, 0) == detectable_difference(800, 1)  # never 0: what n allows at least

@@ -116,8 +116,9 @@ def _mostly_right(k: int) -> list[str]:
     return ["AB"[i % 2] if i < k else "BA"[i % 2] for i in range(40)]
 
 
-def test_decomposition_says_whether_a_gain_survives_calibration():
-    from eval.decompose import decomposition, explain, gain
+def test_decomposition_pairs_views_and_corrects_over_the_page():
+    """Each comparison x view x benchmark, paired, with its BH q over every comparison the page shows (all pairs)."""
+    from eval.decompose import decomposition, gain, page_tests
     from eval.report import favourite_baselines, summarize
 
     half = _mostly_right(20)
@@ -128,20 +129,16 @@ def test_decomposition_says_whether_a_gain_survives_calibration():
     })
     g = gain(res, "base", "sft", "letter")
     assert (g["n"], g["only_a"], g["only_b"]) == (40, 0, 18) and g["diff"] == pytest.approx(18 / 40)
-    assert g["p"] < 1e-4 and g["ci_low"] > 0
+    assert g["p"] < 1e-4 and g["ci_low"] > 0 and 0 < g["mdd"] < 1
     assert gain(res, "base", "sft", "letter_cal")["diff"] == 0
-    text = explain(res)
-    sft_line = next(x for x in text.split("\n\n") if x.startswith("**SFT vs Base**"))
-    msft_line = next(x for x in text.split("\n\n") if x.startswith("**MSFT vs Base**"))
-    assert "does **not survive calibration**" in sft_line and "+45.0 points" in sft_line
-    assert "**survives calibration** (89%" in msft_line and "also improves" in msft_line
-    assert "MSFT vs SFT" in text and "buys a significant gain under letter, content-free calibrated" in text
+    tests = page_tests(res)
+    assert len(tests) == 3 * 3 * 2 and all(t["family"] == 18 for t in tests.values())  # 3 pairs x 3 views x 2
+    assert all(t["q"] >= t["p"] for t in tests.values())
     rows = decomposition(res)
     assert {(r["a"], r["b"]) for r in rows} == {("base", "sft"), ("base", "msft"), ("sft", "msft")}
     assert len(rows) == 3 * 3 * 2  # comparisons x views x (medqa, all items)
     assert summarize(res, "letter")["sft"]["medqa"]["predicted"] == {"A": 20, "B": 20}
-    res["variants"]["sft"]["calibration"] = {"medqa": {"letters": ["A", "B"], "prior": [0.2, 0.8]}}
-    assert favourite_baselines(res)["sft"]["medqa"] == {"letter": "B", "acc": 0.5}
+    assert favourite_baselines(res, "letter")["sft"]["medqa"]["acc"] == 0.5
 
 
 def test_cot_run_merges_into_the_loglik_views_of_the_same_items():
@@ -219,17 +216,24 @@ def test_benchmarks_tab_draws_views_decomposition_and_distribution():
     res["variants"]["sft"]["calibration"] = {"medqa": {"letters": ["A", "B"], "prior": [0.9, 0.1]}}
     assert [v for _, v in view_choices(res)] == ["letter", "letter_cal", "text_norm"]
     fig = decomposition_figure(res)
-    assert [t.name for t in fig.data] == ["letter", "letter, calibrated", "option text (acc_norm)"]
+    assert [t.name for t in fig.data] == ["letter", "letter, content-free calibrated",
+                                          "option text per character (acc_norm)"]
     assert list(fig.data[2].x) == ["SFT − Base"] and fig.data[2].y[0] == pytest.approx(25.0)
-    assert fig.data[2].text[0].endswith("*")
+    assert fig.data[2].text[0].startswith("q=") and fig.data[2].text[0].endswith("*")  # q over the page's 6 tests
+    assert fig.data[2].customdata[0][3] > 0  # the detectable difference, in the hover
     dist = distribution_figure(res, "medqa", "letter")
     assert [t.name for t in dist.data] == ["gold answers", "Base", "SFT"] and list(dist.data[2].y) == [40, 0]
-    acc = accuracy_figure(res, show_paper=False, view="text_norm")
-    fav = next(t for t in acc.data if "favourite" in t.name)
+    acc = accuracy_figure(res, view="letter")
+    assert not any("seed paper" in t.name for t in acc.data)  # the paper's bars are off by default
+    fav = next(t for t in acc.data if t.name == "always SFT's favourite answer")
     assert fav.y[0] == pytest.approx(50.0) and fav.customdata[0] == "A" and fav.offsetgroup == "sft"
+    acc = accuracy_figure(res, show_paper=True, view="text_norm")
     assert next(t for t in acc.data if t.name == "SFT (this run)").y[0] == pytest.approx(75.0)
+    paper = [t for t in acc.data if "seed paper" in t.name]
+    assert paper and all("other model, items, prompt, parser" in t.name for t in paper)
+    assert "DeepSeek-R1-Distill-Qwen-1.5B" in paper[0].hovertemplate and "parser" in acc.layout.annotations[0].text
     md = views_markdown(res)
-    assert "What this shows" in md and "**SFT vs Base**" in md and "option text (acc_norm)" in md
+    assert "What this shows" in md and "**SFT vs Base**" in md and "option text per character (acc_norm)" in md
 
 
 def test_merge_cli_takes_chosen_variants_of_a_file(tmp_path):

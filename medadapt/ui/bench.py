@@ -17,9 +17,9 @@ import plotly.graph_objects as go
 from medadapt.ui.common import is_public, unlocked
 from medadapt.ui.redact import path_redactor
 
-from eval.benchmarks import has_breakdown, task_label
+from eval.benchmarks import PAPER_SETUP, has_breakdown, task_label
 from medadapt.variants import VARIANTS, variant_color, variant_label
-from eval.decompose import decomposition, explain
+from eval.decompose import ALPHA, decomposition, explain, page_tests
 from eval.report import (ALL, answer_distribution, baselines, benchmarks_of, done_variants, drilldown,
                          favourite_baselines, paper_reference, significance_matrix, subject_breakdown, summarize,
                          summary_table)
@@ -67,13 +67,34 @@ def read_results(path: str | None, root: Path | None = None) -> dict | None:
 
 # ---------------------------------------------------------------- pure figure builders
 
+def table_with_tests(results: dict, view: str | None = None) -> tuple[list[str], list[list]]:
+    """:func:`eval.report.summary_table` plus, per variant, its pooled difference from base in this view with q (BH
+    over the page) and the smallest difference the paired test detects at 80% power for this n."""
+    from medadapt.variants import variant_label as label
+
+    header, rows = summary_table(results, view)
+    view = view or default_view(results)
+    tests = page_tests(results)
+    extra = {}
+    for (a, b, v, bench), g in tests.items():
+        if a == "base" and v == view and bench == ALL:
+            extra[label(b)] = (f"{100 * g['diff']:+.1f}, q = {g['q']:.2g}" + (" *" if g["q"] < ALPHA else ""),
+                               f"±{100 * g['mdd']:.1f}")
+    out = []
+    for r in rows:
+        name = str(r[0]).split(" ⚠")[0]
+        out.append(r + list(extra.get(name, ("", ""))))
+    return header + ["vs base (points, q)", "detectable vs base (80% power)"], out
+
+
 def view_choices(results: dict | None) -> list[tuple[str, str]]:
     return [(view_label(v), v) for v in views_of(results)] if results else []
 
 
-def accuracy_figure(results: dict | None, show_paper: bool = True, view: str | None = None) -> go.Figure:
+def accuracy_figure(results: dict | None, show_paper: bool = False, view: str | None = None) -> go.Figure:
     """Grouped bars (variant per benchmark + average) in one scoring view, with Wilson 95% error bars, the chance
-    and majority lines, each variant's favourite-answer line (at its bar) and the paper's bars."""
+    and majority lines, each variant's favourite-answer line (at its bar: always giving its most frequent answer in
+    this view) and, when asked, the seed paper's bars labelled with what differs from this run."""
     fig = go.Figure()
     if not results:
         fig.update_layout(title="No results yet: run an evaluation", height=420)
@@ -92,13 +113,21 @@ def accuracy_figure(results: dict | None, show_paper: bool = True, view: str | N
                     error_y={"type": "data", "symmetric": False, "array": up, "arrayminus": down, "thickness": 1.2},
                     customdata=n, hovertemplate="%{x}: %{y:.1f}% (n=%{customdata})<extra>" + v + "</extra>")
     if show_paper:
+        differs = "; ".join(f"{k}: {v}" for k, v in PAPER_SETUP.items()) + (
+            f" (this run: {results.get('model', {}).get('display_name', '?')}, the items in this file, "
+            "the project's prompt and parser)")
         for i, (v, vals) in enumerate(paper_reference(benches).items()):
-            fig.add_bar(name=f"{variant_label(v)} — paper (seed, reported)", x=xlabels,
+            fig.add_bar(name=f"{variant_label(v)} — seed paper (other model, items, prompt, parser)", x=xlabels,
                         y=[100 * vals[c] if c in vals else None for c in cats], marker_color="rgba(0,0,0,0)",
                         marker_line={"color": variant_color(v, i), "width": 1.5}, marker_pattern_shape="/",
                         marker_pattern_fgcolor=variant_color(v, i), opacity=0.6, legendgroup="paper",
-                        offsetgroup=f"paper-{v}", hovertemplate="%{x}: %{y:.1f}% (paper)<extra>" + v + "</extra>")
-    for i, (v, per) in enumerate(favourite_baselines(results).items()):
+                        offsetgroup=f"paper-{v}",
+                        hovertemplate="%{x}: %{y:.1f}% (seed paper, reported; differs: " + html.escape(differs)
+                        + ")<extra>" + v + "</extra>")
+        fig.add_annotation(text="Hatched: the seed paper's reported numbers, not comparable: " + differs,
+                           xref="paper", yref="paper", x=0, y=1.0, showarrow=False, align="left",
+                           font={"size": 10, "color": "#475569"})
+    for i, (v, per) in enumerate(favourite_baselines(results, view).items()):
         if v not in summ:
             continue
         fig.add_scatter(x=xlabels, y=[100 * per[c]["acc"] if c in per else None for c in cats], mode="markers",
@@ -106,7 +135,8 @@ def accuracy_figure(results: dict | None, show_paper: bool = True, view: str | N
                         marker={"symbol": "line-ew-open", "size": 18, "color": variant_color(v, i),
                                 "line": {"width": 3, "color": variant_color(v, i)}},
                         customdata=[per[c]["letter"] if c in per else "" for c in cats],
-                        hovertemplate="always “%{customdata}”: %{y:.1f}%<extra>" + v + " prior</extra>")
+                        hovertemplate="always “%{customdata}” (its most frequent answer here): %{y:.1f}%<extra>" + v
+                        + "</extra>")
     base = baselines(results)
     for key, dash, label in (("chance", "dot", "chance"), ("majority", "dash", "majority class")):
         xs, ys = [], []
@@ -126,19 +156,26 @@ def accuracy_figure(results: dict | None, show_paper: bool = True, view: str | N
 
 
 def significance_figure(results: dict | None, benchmark: str = ALL, view: str | None = None) -> go.Figure:
-    """Heatmap of paired exact McNemar p-values between variants (same items)."""
+    """Heatmap of paired exact McNemar p-values between variants (same items), each with its Benjamini-Hochberg q
+    over every comparison the page shows; stars mark q < 0.05."""
     fig = go.Figure()
     if not results:
         return fig
     names, mat = significance_matrix(results, benchmark, view)
-    text = [["—" if p is None else f"{p:.3f}" + (" *" if p < 0.05 else "") for p in row] for row in mat]
+    view = view or default_view(results)
+    tests = page_tests(results)
+    qmat = [[None if i == j else (tests.get((a, b, view, benchmark)) or tests.get((b, a, view, benchmark)) or {}).get("q")
+             for j, b in enumerate(names)] for i, a in enumerate(names)]
+    text = [["—" if p is None else f"p {p:.3f}<br>q {q:.3f}" + (" *" if q is not None and q < ALPHA else "")
+             if q is not None else f"p {p:.3f}" for p, q in zip(row, qrow)] for row, qrow in zip(mat, qmat)]
     z = [[1.0 if p is None else p for p in row] for row in mat]
     labels = [variant_label(n) for n in names]
     fig.add_heatmap(z=z, x=labels, y=labels, text=text, texttemplate="%{text}", zmin=0, zmax=1,
                     colorscale=[[0, "#16a34a"], [0.05, "#bbf7d0"], [0.0501, "#f1f5f9"], [1, "#ffffff"]],
                     colorbar={"title": "p"})
     fig.update_layout(title=f"McNemar exact p-values · {task_label(benchmark) if benchmark != ALL else 'all items'}"
-                            f" · {view_label(view or default_view(results))} (* p < 0.05, uncorrected)",
+                            f" · {view_label(view)}<br><sup>q: Benjamini-Hochberg over every comparison on this page"
+                            " · * q < 0.05</sup>",
                       height=360, yaxis={"autorange": "reversed"})
     return fig
 
@@ -163,12 +200,14 @@ def subject_figure(results: dict | None, benchmark: str, view: str | None = None
     return fig
 
 
-VIEW_COLORS = {"letter": "#94a3b8", "letter_cal": "#0f766e", "text_norm": "#7c3aed", "cot": "#ea580c",
+VIEW_COLORS = {"letter": "#94a3b8", "letter_cal": "#0f766e", "letter_batch_cal": "#14b8a6", "circular": "#1d4ed8",
+               "debiased": "#60a5fa", "text_norm": "#7c3aed", "text_sum": "#a78bfa", "cot": "#ea580c",
                "cot_budget": "#b45309"}
 
 
 def decomposition_figure(results: dict | None, benchmark: str = ALL) -> go.Figure:
-    """For each comparison (variant − base, MSFT − SFT): the accuracy difference in every view, 95% CI, p-value."""
+    """For each comparison (variant − base, MSFT − SFT): the accuracy difference in every view, 95% CI, q (BH over
+    the page) and the detectable difference at 80% power (in the hover and as a grey tick at ±mdd)."""
     fig = go.Figure()
     rows = [g for g in decomposition(results) if g["benchmark"] == benchmark] if results else []
     if not rows:
@@ -184,13 +223,17 @@ def decomposition_figure(results: dict | None, benchmark: str = ALL) -> go.Figur
                     error_y={"type": "data", "symmetric": False, "thickness": 1.2,
                              "array": [100 * (g["ci_high"] - g["diff"]) if g else 0 for g in gs],
                              "arrayminus": [100 * (g["diff"] - g["ci_low"]) if g else 0 for g in gs]},
-                    text=[f"p={g['p']:.2g}" + ("*" if g["p"] < 0.05 else "") if g else "" for g in gs],
-                    textposition="outside", customdata=[g["n"] if g else 0 for g in gs],
-                    hovertemplate="%{x}: %{y:+.1f} points (n=%{customdata})<extra>" + view_label(view) + "</extra>")
+                    text=[f"q={g['q']:.2g}" + ("*" if g["q"] < ALPHA else "") if g else "" for g in gs],
+                    textposition="outside",
+                    customdata=[[g["n"], g["p"], g["q"], 100 * g["mdd"]] if g else [0, 1, 1, 0] for g in gs],
+                    hovertemplate="%{x}: %{y:+.1f} points (n=%{customdata[0]}, p=%{customdata[1]:.2g}, "
+                                  "q=%{customdata[2]:.2g}; detectable at 80% power: ±%{customdata[3]:.1f})<extra>"
+                                  + view_label(view) + "</extra>")
     fig.add_hline(y=0, line={"color": "#111827", "width": 1})
     fig.update_layout(barmode="group", height=420, yaxis={"title": "accuracy difference (points)"},
                       title=f"Gain per scoring view · {task_label(benchmark) if benchmark != ALL else 'all items'}"
-                            "<br><sup>error bars: paired 95% CI · p: exact McNemar (* < 0.05)</sup>",
+                            "<br><sup>error bars: paired 95% CI · q: exact McNemar p, Benjamini-Hochberg over every "
+                            "comparison on this page (* < 0.05) · hover: the detectable difference (80% power)</sup>",
                       legend={"orientation": "h", "y": -0.15}, margin={"t": 60, "b": 40})
     return fig
 
@@ -293,7 +336,7 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
     def on_view(path: str, view: str, show_paper: bool, sig_bench: str, sub_bench: str, dist_bench: str):
         res = load_results(path)
         view = view if res and view in views_of(res) else (default_view(res) if res else None)
-        header, rows = summary_table(res, view) if res else (["variant"], [])
+        header, rows = table_with_tests(res, view) if res else (["variant"], [])
         return (accuracy_figure(res, show_paper, view), gr.update(value=rows, headers=header),
                 significance_figure(res, sig_bench or ALL, view),
                 subject_figure(res, sub_bench, view) if sub_bench else go.Figure(),
@@ -338,19 +381,20 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
 
     gr.Markdown("Accuracy of each variant on seeded samples of four medical benchmarks. Error bars are 95% Wilson "
                 "intervals; at n = 200 per benchmark they are about ±6–7 points (±13 at n = 50), so most "
-                "differences are not significant. "
-                "Hatched bars are the **seed paper's reported numbers** (generative, with a parser that read the "
-                "chain of thought), shown for reference only.")
+                "differences are not significant. Stars and the verdict use Benjamini-Hochberg q over every "
+                "comparison on the page. The seed paper's reported numbers are off by default: they come from "
+                "another model, other items and split, another prompt and parser.")
     with gr.Row():
         c["file"] = gr.Dropdown(choices, value=choices[0][1] if choices else None, label="Results file", scale=4)
         c["view"] = gr.Dropdown(view_choices(first), value=default_view(first) if first else None,
                                 label="Scoring view", scale=2)
         c["refresh"] = gr.Button("↻ Refresh", scale=0)
-        c["show_paper"] = gr.Checkbox(True, label="Show the paper's numbers", scale=1)
+        c["show_paper"] = gr.Checkbox(False, label="Show the seed paper's numbers (not comparable)", scale=1)
     c["chart"] = gr.Plot(accuracy_figure(first), show_label=False)
-    header, rows = summary_table(first) if first else (["variant"], [])
+    header, rows = table_with_tests(first) if first else (["variant"], [])
     c["table"] = gr.Dataframe(rows, headers=header, interactive=False, wrap=True,
-                              label="Accuracy % [95% CI] · invalid rate · cost (eval wall time)")
+                              label="Accuracy % [95% CI] · invalid rate · cost (eval wall time) · difference from base "
+                                    "with q and the detectable difference")
     with gr.Accordion("What each adaptation buys: knowledge or answer format?", open=True):
         c["views_md"] = gr.Markdown(views_markdown(first))
         with gr.Row():
