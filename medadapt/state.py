@@ -7,6 +7,7 @@ from typing import Any
 
 from medadapt.adapters import list_adapters, resolve_adapter
 from medadapt.config import AppConfig
+from medadapt.refs import to_ref
 
 NO_ADAPTER = "none"  # the Compare dropdown's "(none)" choice; "" is "the newest adapter"
 
@@ -50,30 +51,39 @@ class AppState:
         state.pipeline.preparing = state.setup.message_for
         return state
 
-    def adapter_choices(self, kind: str) -> list[tuple[str, str]]:
-        """(label, path) of every finished adapter of ``kind``, newest first, plus an explicitly configured one."""
-        choices = [(a.label, str(a.path)) for a in list_adapters(self.cfg, kind)]
+    def adapters(self, kind: str) -> list[tuple[str, str, Path]]:
+        """(label, name, folder) of every finished adapter of ``kind``, newest first, plus an explicitly configured
+        one. The name (:func:`medadapt.refs.to_ref`) is what the page carries (the UI redacts the labels)."""
+        found = [(a.label, to_ref(self.cfg, a.path) or f"{kind}:{a.path.name}", a.path)
+                 for a in list_adapters(self.cfg, kind)]
         configured = resolve_adapter(self.cfg, kind)
-        if configured is not None and str(configured) not in {p for _, p in choices}:
-            choices.insert(0, (f"{kind}: {configured}", str(configured)))
-        return choices
+        if configured is not None and configured not in {p for _, _, p in found}:
+            found.insert(0, (f"{kind}: {configured}", to_ref(self.cfg, configured) or f"configured:{kind}",
+                             configured))
+        return found
 
-    def checked_adapter(self, kind: str, path: str | None) -> Path | None:
-        """The adapter a user picked, only if it is one of the listed ones (no arbitrary paths from requests).
+    def adapter_choices(self, kind: str) -> list[tuple[str, str]]:
+        """(label, name) of every adapter of ``kind`` (:meth:`adapters`): the Compare dropdown's choices."""
+        return [(label, name) for label, name, _ in self.adapters(kind)]
+
+    def checked_adapter(self, kind: str, name: str | None) -> Path | None:
+        """The folder of the adapter a user picked, only if it is one of the listed ones: the page sends a name
+        (:meth:`adapters`), resolved here by lookup, never joined to a folder (no arbitrary paths from requests).
 
         ``""`` (or None) means the newest one now (so a column starts answering once the setup trains its adapter,
         without a reload); ``NO_ADAPTER`` means none.
         """
         from medadapt.pipeline import InputError
 
-        if not path:
+        if not name:
             return self.default_adapter(kind)
-        if path == NO_ADAPTER:
+        if name == NO_ADAPTER:
             return None
-        if path not in {p for _, p in self.adapter_choices(kind)}:
+        found = next((p for _, n, p in self.adapters(kind) if n == name), None)
+        if found is None:
             raise InputError(f"Unknown {kind.upper()} adapter; pick one from the list (press Refresh adapters after "
                              "training).")
-        return Path(path)
+        return Path(found)
 
     def default_adapter(self, kind: str) -> Path | None:
         return resolve_adapter(self.cfg, kind)
