@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
+from typing import Any
 
 from medadapt.config import AppConfig, to_dict
 from medadapt.data.benchmarks import BenchItem, benchmark, item_ids
@@ -28,19 +29,24 @@ class StopRequested(RuntimeError):
     """The run was asked to stop (``STOP`` file or SIGTERM); results so far are kept."""
 
 
-def new_results(cfg: AppConfig, mode: str, samples: dict[str, list[BenchItem]], variants: list[Variant]) -> dict:
-    """The skeleton of a results file: run metadata, the items (without PubMedQA abstracts) and empty variants."""
+def new_results(cfg: AppConfig, mode: str, samples: dict[str, list[BenchItem]], variants: list[Variant],
+                protocol: Any = None) -> dict:
+    """The skeleton of a results file: run metadata, the items (without PubMedQA abstracts) and empty variants;
+    ``protocol`` (:class:`eval.study.StudyProtocol`): the study's run, its views, settings and item sources."""
+    views = list(LOGLIK_VIEWS) if mode == "loglik" else [cot_view(cfg.eval.think_budget)]
     return {
         "schema": SCHEMA,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "profile": cfg.profile,
         "mode": mode,
-        "views": list(LOGLIK_VIEWS) if mode == "loglik" else [cot_view(cfg.eval.think_budget)],
+        "protocol": protocol.name if protocol else "project",
+        "views": list(protocol.views) if protocol else views,
         "text_norm_unit": TEXT_NORM_UNIT,
         "model": {"name_or_path": cfg.model.name_or_path, "display_name": cfg.model.display_name,
                   "dtype": cfg.model.dtype},
-        "config": {"eval": to_dict(cfg.eval), "rag": to_dict(cfg.rag)},
-        "tasks": {name: benchmark(name).source for name in samples},
+        "config": {"eval": to_dict(cfg.eval), "rag": to_dict(cfg.rag),
+                   **({"study": protocol.settings} if protocol else {})},
+        "tasks": {name: (protocol.tasks if protocol else {}).get(name) or benchmark(name).source for name in samples},
         "item_ids": item_ids(samples),
         "items": {name: [{"id": it.id, "question": it.question, "options": it.options, "answer": it.answer,
                           "subject": it.subject} for it in items] for name, items in samples.items()},
@@ -51,12 +57,30 @@ def new_results(cfg: AppConfig, mode: str, samples: dict[str, list[BenchItem]], 
     }
 
 
-def retrieve_all(cfg: AppConfig, samples: dict[str, list[BenchItem]], k: int) -> dict[str, dict[str, list]]:
-    """``{benchmark: {item id: [Snippet, ...]}}`` for every item (raises the retriever's IndexNotBuiltError)."""
+def retrieve_all(cfg: AppConfig, samples: dict[str, list[BenchItem]], k: int,
+                 query: Callable[[str, BenchItem], str] | None = None, mode: str | None = None
+                 ) -> dict[str, dict[str, list]]:
+    """``{benchmark: {item id: [Snippet, ...]}}`` for every item (raises the retriever's IndexNotBuiltError); the
+    query is the item's question unless ``query(benchmark, item)`` says otherwise (the study: its whole prompt)."""
     from medadapt.rag import Retriever
 
     retriever = Retriever.open(cfg)
-    return {name: {it.id: list(retriever.retrieve(it.question, k)) for it in items} for name, items in samples.items()}
+    ask = query or (lambda _name, it: it.question)
+
+    def hits(name: str, it: BenchItem) -> list:
+        if query is None and per_option_retrieval(cfg, it):  # one query per option, fused (issue 35)
+            return retriever.retrieve_options(it.question, it.options, mode=mode)
+        return retriever.retrieve(ask(name, it), k, mode)
+
+    return {name: {it.id: list(hits(name, it)) for it in items} for name, items in samples.items()}
+
+
+def per_option_retrieval(cfg: AppConfig, item: BenchItem) -> bool:
+    """Whether RAG retrieves per option for ``item``: an option question whose options are content (not a fixed
+    label set such as PubMedQA's yes/no/maybe) and ``rag.option_queries`` other than ``question``."""
+    from eval.calibration import keeps_options
+
+    return cfg.rag.option_queries != "question" and len(item.options) > 1 and not keeps_options(item)
 
 
 def seen_in_training(cfg: AppConfig, variant: Variant, samples: dict[str, list[BenchItem]]) -> list[str]:
@@ -159,31 +183,86 @@ def _loglik_variant(cfg, model, tok, variant, samples, snippets, progress, shoul
     return preds, timing, priors
 
 
-def _generator(cfg: AppConfig, variants: list[Variant]):
-    """``(generate(messages_list, variant) -> texts, opens_think, count_tokens)`` on the app's engine, adapters loaded
-    by name; decoding as ``cfg.eval`` says (R1 on the reference profile: temperature 0.6, top-p 0.95, 4,096 tokens)."""
-    from medadapt.engine import BASE, Engine, GenSettings
+ENGINES = ("local", "openai")  # --engine: the in-process engine, or an OpenAI-compatible server (vLLM)
 
-    ec, m = cfg.eval, cfg.model
-    engine = Engine(model_folder(cfg), m.dtype, m.reasoning_template, trust_remote_code=m.trust_remote_code,
-                    max_context=m.max_context)
+
+class EngineRowError(RuntimeError):
+    """A generation failed on the engine's side (e.g. the model server) twice; no answer is recorded for it."""
+
+
+def eval_engine(cfg: AppConfig, kind: str = "local"):
+    """The engine a cot run generates with: ``local`` (:class:`medadapt.engine.Engine` on the base model folder) or
+    ``openai`` (:class:`medadapt.remote.OpenAIEngine`: the server Compare's remote backend uses, configured by the
+    same ``MEDADAPT_OPENAI_*`` variables; adapters are served as models, loaded at run time when it lacks them)."""
+    if kind not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, not {kind!r}")
+    if kind == "openai":
+        from medadapt.remote import OpenAIEngine
+
+        return OpenAIEngine.from_config(cfg)
+    from medadapt.engine import Engine
+
+    m = cfg.model
+    return Engine(model_folder(cfg), m.dtype, m.reasoning_template, trust_remote_code=m.trust_remote_code,
+                  max_context=m.max_context)
+
+
+def engine_record(engine, kind: str) -> dict:
+    """What generated a run's answers, for its results file."""
+    if kind == "openai":
+        return {"kind": kind, "base_url": engine.base_url, "model": engine.model}
+    return {"kind": kind}
+
+
+def _generator(cfg: AppConfig, variants: list[Variant], engine_kind: str = "local"):
+    """``(generate(prompts, variant) -> row states, opens_think, count_tokens, engine record)`` on the chosen engine,
+    adapters loaded by name (a folder the engine already serves is reused); decoding as ``cfg.eval`` says (R1 on the
+    reference profile: temperature 0.6, top-p 0.95, 4,096 tokens). A row the engine failed (a server error) is asked
+    again once, then the run stops with :class:`EngineRowError`: a failure is never scored as an answer."""
+    from pathlib import Path
+
+    from medadapt.engine_api import BASE, GenSettings
+
+    ec = cfg.eval
+    engine = eval_engine(cfg, engine_kind)
+    names: dict[str, str] = {}
     for v in variants:
-        if v.adapter and not v.skipped and not engine.has_adapter(v.peft_name):
-            engine.load_adapter(v.peft_name, v.adapter)
+        if v.adapter and not v.skipped:
+            served = {Path(p).resolve(): n for n, p in engine.adapters.items()}
+            names[v.name] = served.get(Path(v.adapter).resolve()) or v.peft_name
+            if not engine.has_adapter(names[v.name]):
+                engine.load_adapter(names[v.name], v.adapter)
     settings = GenSettings(max_new_tokens=ec.max_new_tokens, temperature=ec.temperature, top_p=ec.top_p, seed=ec.seed,
                           repetition_penalty=ec.repetition_penalty, think_budget=ec.think_budget)
 
-    def gen(msgs: list, v: Variant, should_stop: Callable[[], bool] = lambda: False) -> list:
+    def run(prompts: list, v: Variant, should_stop: Callable[[], bool]) -> list:
+        generation = engine.start([(p, names.get(v.name, BASE) if v.adapter else BASE) for p in prompts], settings)
         final: list = []
-        for final in engine.stream([(m, v.peft_name if v.adapter else BASE) for m in msgs], settings):
-            if should_stop():  # checked every decode step, so a stop does not wait for the whole batch
-                raise StopRequested(f"stopped during {v.name}")
+        try:
+            for final in generation:
+                if should_stop():  # checked every step, so a stop does not wait for the whole batch
+                    raise StopRequested(f"stopped during {v.name}")
+        finally:
+            generation.close()
         return final
 
-    return gen, engine.prompt_opens_think(), engine.count_tokens
+    def gen(prompts: list, v: Variant, should_stop: Callable[[], bool] = lambda: False) -> list:
+        final = run(prompts, v, should_stop)
+        failed = [i for i, st in enumerate(final) if st.finish_reason == "error"]
+        if failed:
+            again = run([prompts[i] for i in failed], v, should_stop)
+            for i, st in zip(failed, again):
+                if st.finish_reason == "error":
+                    raise EngineRowError(f"{v.name}: the engine failed twice on a row: {st.error}")
+                final[i] = st
+        return final
+
+    return gen, engine.prompt_opens_think(), engine.count_tokens, engine_record(engine, engine_kind)
 
 
-def _cot_variant(cfg, gen, opens_think, count, variant, samples, snippets, progress, should_stop) -> tuple[dict, dict]:
+def _cot_variant(cfg, gen, opens_think, count, variant, samples, snippets, progress, should_stop,
+                 protocol=None) -> tuple[dict, dict]:
+    """Generate and read every item; ``protocol`` (the study's) poses and reads them its way instead."""
     preds, timing = {}, {}
     total = sum(len(v) for v in samples.values())
     done = 0
@@ -197,13 +276,23 @@ def _cot_variant(cfg, gen, opens_think, count, variant, samples, snippets, progr
             if should_stop():
                 raise StopRequested(f"stopped during {variant.name}/{name}")
             chunk = items[b:b + bs]
-            msgs = [item_messages(it, fit_to_budget(snippets[name][it.id], count, cfg.rag.context_tokens)
-                                  if variant.rag else None, cfg.model.system_prompt) for it in chunk]
-            for it, row in zip(chunk, gen(msgs, variant, should_stop)):
-                letter, how = spec.read_answer(row.text, it, opens_think)
-                view = {"pred": letter, "correct": letter == it.answer, "invalid": letter is None}
-                rows.append({"id": it.id, **view, "views": {view_name: view}, "filter": how, "raw": row.text,
-                             "budget_closed": row.budget_closed})
+            if protocol:
+                prompts = [protocol.prompt(name, it, [f"{s.title}. {s.content}" for s in snippets[name][it.id]]
+                                           if variant.rag else None) for it in chunk]
+            else:
+                prompts = [item_messages(it, fit_to_budget(snippets[name][it.id], count, cfg.rag.context_tokens)
+                                         if variant.rag else None, cfg.model.system_prompt) for it in chunk]
+            for it, row in zip(chunk, gen(prompts, variant, should_stop)):
+                if protocol:
+                    views = protocol.read(name, row.text, it, False)  # a raw prompt opens no <think>
+                    view = views[protocol.views[0]]
+                    how = view["filter"]
+                else:
+                    letter, how = spec.read_answer(row.text, it, opens_think)
+                    view = {"pred": letter, "correct": letter == it.answer, "invalid": letter is None}
+                    views = {view_name: view}
+                rows.append({"id": it.id, **{k: view[k] for k in ("pred", "correct", "invalid")}, "views": views,
+                             "filter": how, "raw": row.text, "budget_closed": row.budget_closed})
             progress(done=done + len(rows), total=total, variant=variant.name, benchmark=name)
         preds[name] = rows
         done += len(items)
@@ -213,18 +302,28 @@ def _cot_variant(cfg, gen, opens_think, count, variant, samples, snippets, progr
 
 def evaluate(cfg: AppConfig, variants: list[Variant], samples: dict[str, list[BenchItem]], mode: str,
              progress: Progress = lambda **_: None, should_stop: Callable[[], bool] = lambda: False,
-             on_variant: Callable[[dict], None] = lambda _: None) -> dict:
-    """Score every non-skipped variant on ``samples``; ``on_variant(results)`` after each (for partial saves)."""
+             on_variant: Callable[[dict], None] = lambda _: None, protocol: Any = None,
+             engine: str = "local") -> dict:
+    """Score every non-skipped variant on ``samples``; ``on_variant(results)`` after each (for partial saves).
+    ``protocol``: the study's (:class:`eval.study.StudyProtocol`, a cot run); ``engine``: what generates (cot)."""
     if mode not in ("loglik", "cot"):
         raise ValueError(f"unknown mode {mode!r}; use loglik or cot")
-    results = new_results(cfg, mode, samples, variants)
+    if mode == "loglik" and (protocol or engine != "local"):
+        raise ValueError("log-likelihood scoring runs in process on the project's prompts: the study protocol and "
+                         "--engine openai generate (mode cot)")
+    results = new_results(cfg, mode, samples, variants, protocol)
     snippets: dict = {name: {} for name in samples}
     if any(v.rag and not v.skipped for v in variants):
+        k = protocol.rag_k if protocol else cfg.rag.top_k
         try:
             t0 = time.perf_counter()
-            snippets = retrieve_all(cfg, samples, cfg.rag.top_k)
-            results["retrieval"] = {"k": cfg.rag.top_k, "wall_s": round(time.perf_counter() - t0, 2), "snippets": {
-                name: {i: [{"id": s.id, "title": s.title, "score": round(float(s.score), 4)} for s in ss]
+            snippets = (retrieve_all(cfg, samples, k, protocol.query, "dense") if protocol
+                        else retrieve_all(cfg, samples, k))
+            results["retrieval"] = {"k": k, "wall_s": round(time.perf_counter() - t0, 2),
+                                    "option_queries": None if protocol else cfg.rag.option_queries,
+                                    "option_top_k": None if protocol else cfg.rag.option_top_k, "snippets": {
+                name: {i: [{"id": s.id, "title": s.title, "score": round(float(s.score), 4),
+                            **({"option": s.option} if getattr(s, "option", "") else {})} for s in ss]
                        for i, ss in per.items()} for name, per in snippets.items()}}
         except Exception as e:  # noqa: BLE001 — IndexNotBuiltError, missing rag module, ...: skip RAG variants only
             for v in variants:
@@ -242,7 +341,7 @@ def evaluate(cfg: AppConfig, variants: list[Variant], samples: dict[str, list[Be
         set_threads(cfg)
         model, tok = load_for_variants(cfg, todo)
     else:
-        gen, opens_think, count = _generator(cfg, todo)
+        gen, opens_think, count, results["engine"] = _generator(cfg, todo, engine)
     results["load_s"] = round(time.perf_counter() - t_load, 2)
     for v in todo:
         entry = results["variants"][v.name]
@@ -252,7 +351,8 @@ def evaluate(cfg: AppConfig, variants: list[Variant], samples: dict[str, list[Be
             preds, timing, entry["calibration"] = _loglik_variant(cfg, model, tok, v, samples, snippets, progress,
                                                                   should_stop)
         else:
-            preds, timing = _cot_variant(cfg, gen, opens_think, count, v, samples, snippets, progress, should_stop)
+            preds, timing = _cot_variant(cfg, gen, opens_think, count, v, samples, snippets, progress, should_stop,
+                                         protocol)
         wall = time.perf_counter() - t0
         n = sum(len(p) for p in preds.values())
         entry.update(status="ok", predictions=preds, timing={"wall_s": round(wall, 2), "per_benchmark_s": timing,

@@ -8,6 +8,8 @@ Run::
     python -m eval merge A.json B.json --out C.json
     python -m eval rescore RESULTS.json [--out NEW.json]   # text_norm from the stored log-probs (eval.rescore)
     python -m eval run --backend lm-eval --variants base,sft --n 200    # lm-evaluation-harness scores (eval.lmeval)
+    python -m eval run --protocol study --variants base,sft,msft     # the original study's protocol (eval.study)
+    python -m eval run --mode cot --engine openai ...                  # generate through an OpenAI-compatible server
 
 Results go to ``<results_dir>/<profile>/<mode>-<YYYYmmdd-HHMMSS>.json`` (rewritten after each variant, so a long run
 keeps what it has). Progress lines ``{"done", "total", "variant", "benchmark", "elapsed_s", "eta_s"}`` go to stdout
@@ -60,6 +62,14 @@ def make_parser() -> argparse.ArgumentParser:
                    help="project: this package's batched scorer; lm-eval: lm-evaluation-harness (HFLM with the PEFT "
                         "adapter, vLLM on a GPU) on the same items and its default prompts, loglik only")
     r.add_argument("--threads", type=int, help="torch CPU threads (default: model.num_threads; 0: torch's default)")
+    r.add_argument("--protocol", choices=["project", "study"], default="project",
+                   help="project: this package's prompts, sampling and parser; study: the original study's notebooks "
+                        "(raw prompt, its items, temperature 0.01, 4,096 tokens, its parser; mode cot; eval.study)")
+    r.add_argument("--mmlu_per_subject", type=int, help="--protocol study: rows per MMLU subject entry before the "
+                   "final cut to --n (default: the study's 50)")
+    r.add_argument("--engine", choices=["local", "openai"], default="local",
+                   help="cot: generate in process (local) or through an OpenAI-compatible server such as vLLM "
+                        "(openai: MEDADAPT_OPENAI_BASE_URL, adapters as models, as Compare's remote backend)")
     s = sub.add_parser("summary", help="print the accuracy table and paired tests of a results JSON")
     s.add_argument("files", nargs="+")
     m = sub.add_parser("merge", help="combine the variants and views of results files into one")
@@ -130,15 +140,44 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError("--backend lm-eval scores log-likelihoods on lm-eval's own prompts: "
                               "--mode loglik --prompt_style plain")
         overrides["eval"].update(mode="loglik", prompt_style="plain")
+    study = args.protocol == "study"
+    if study:
+        from eval import study as study_protocol
+
+        if lmeval or (args.mode or "cot") != "cot" or args.think_budget:
+            raise ConfigError("--protocol study generates as the study did: mode cot, the project's backend, no "
+                              "thinking budget")
+        for key, value in {**study_protocol.DECODING, "mode": "cot", "seed": study_protocol.SEED,
+                           "n": study_protocol.NUM_SAMPLES, "repetition_penalty": 1.0, "think_budget": 0}.items():
+            overrides["eval"].setdefault(key, value)
+    if args.engine != "local" and (lmeval or (args.mode or "") == "loglik"):
+        raise ConfigError("--engine openai generates (mode cot); log-likelihoods are scored in process")
     cfg = load_config(args.profile, overrides)
     mode = cfg.eval.mode
+    if args.engine != "local" and mode != "cot":
+        raise ConfigError(f"--engine {args.engine} generates: use --mode cot (the profile's eval.mode is {mode})")
     variants = resolve_variants(cfg, [s for s in args.variants.split(",") if s.strip()])
-    if args.ids:
-        saved = json.loads(Path(args.ids).read_text(encoding="utf-8"))["item_ids"]
-        samples = select_ids(cfg, {b: ids for b, ids in saved.items() if b in cfg.eval.benchmarks})
+    protocol = None
+    saved = json.loads(Path(args.ids).read_text(encoding="utf-8")) if args.ids else None
+    if saved is not None and saved.get("protocol") == "study":  # the study's items, whichever protocol runs now
+        from eval.study import protocol_from_results
+
+        from_file = protocol_from_results({**saved, "item_ids": {b: ids for b, ids in saved["item_ids"].items()
+                                                                   if b in cfg.eval.benchmarks}})
+        samples, protocol = from_file.samples(), from_file if study else None
+    elif study:
+        if saved is not None:
+            raise ConfigError("--protocol study samples the study's own items: --ids takes a study run's file")
+        per = args.mmlu_per_subject if args.mmlu_per_subject is not None else study_protocol.MMLU_PER_ENTRY
+        protocol = study_protocol.StudyProtocol(
+            study_protocol.study_items(cfg.eval.benchmarks, cfg.eval.n, cfg.eval.seed, per),
+            cfg.eval.seed, cfg.eval.n, per)
+        samples = protocol.samples()
+    elif saved is not None:
+        samples = select_ids(cfg, {b: ids for b, ids in saved["item_ids"].items() if b in cfg.eval.benchmarks})
     else:
         samples = evaluated_items(cfg)
-    out = Path(args.out) if args.out else default_out(cfg, "lmeval" if lmeval else mode)
+    out = Path(args.out) if args.out else default_out(cfg, "lmeval" if lmeval else "study" if study else mode)
     todo = [v.name for v in variants if not v.skipped]
     if lmeval:
         from eval.lmeval import SUFFIX
@@ -163,7 +202,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             results = evaluate_lmeval(cfg, variants, samples, run.progress, run.should_stop, save)
         else:
-            results = evaluate(cfg, variants, samples, mode, run.progress, run.should_stop, save)
+            results = evaluate(cfg, variants, samples, mode, run.progress, run.should_stop, save, protocol,
+                               args.engine)
         save(results)
         for name, entry in results["variants"].items():
             if entry.get("seen_in_training"):
@@ -342,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from medadapt.config import ConfigError
         from medadapt.data import DataNotFoundError
+        from eval.study import StudyDataError
         from eval.variants import VariantSpecError
 
         from medadapt.config import load_config
@@ -350,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with hold_job_lock(load_config(args.profile), args.output_dir or "(shell)", "eval"):
                 return cmd_run(args)
-        except (ConfigError, DataNotFoundError, VariantSpecError, KeyError, JobLockError) as e:
+        except (ConfigError, DataNotFoundError, VariantSpecError, StudyDataError, KeyError, JobLockError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     if args.command == "rescore":

@@ -39,12 +39,21 @@ VIEWS: dict[str, ViewSpec] = {
     "cot": ViewSpec("cot", "chain of thought", "generated reasoning, then the parsed “Answer: X”"),
     "cot_budget": ViewSpec("cot_budget", "chain of thought, thinking budget", "the same, but a reasoning still open "
                            "after the budget is closed (`</think>`) and the model answers (budget forcing, s1)"),
+    "study": ViewSpec("study", "study protocol", "the original study's evaluation as its notebooks ran it: its raw "
+                      "prompt (no chat template), temperature 0.01, its items, and its parser: the first “answer/"
+                      "choice/option is X” anywhere in the output, reasoning included, else the first standalone "
+                      "letter (PubMedQA: the first yes/no/maybe)"),
+    "study_project_parser": ViewSpec("study_project_parser", "study protocol, project's parser", "the same "
+                                     "generations read by the project's answer filter (the answer after the "
+                                     "reasoning): the difference to the study view is the parser's alone"),
 }
 LOGLIK_VIEWS = ("letter", "letter_cal", "letter_batch_cal", "circular", "debiased", "text_norm", "text_sum")
 PRIOR_FREE_VIEWS = ("letter_batch_cal", "circular", "debiased")  # a letter prior cannot raise these
 PRIOR_SENSITIVE_VIEWS = ("letter", "letter_cal")  # a letter prior can move these: checked against the prior-free ones
 TEXT_VIEWS = ("text_norm", "text_sum")  # no letter involved
-GENERATED_VIEWS = ("cot", "cot_budget")  # views of a cot run: its think budget decides which
+STUDY_VIEWS = ("study", "study_project_parser")  # the two views of one study-protocol run (eval.study)
+GENERATED_VIEWS = ("cot", "cot_budget", *STUDY_VIEWS)  # views of a cot run: its think budget or protocol decides
+PROTOCOLS = {"project": "project protocol", "study": "study protocol (the original notebooks)"}
 MODE_VIEW = {"loglik": "letter", "cot": "cot"}  # the one view of a file written before views existed
 INVALID = "invalid"
 TEXT_NORM_UNIT = "chars"  # what text_norm divides by (files from before lm-eval's acc_norm divided by UTF-8 bytes)
@@ -56,8 +65,19 @@ def cot_view(think_budget: int) -> str:
 
 
 def run_key(view: str) -> str:
-    """The run a view comes from, as a merged file keys each run's timing: ``loglik`` or the generated view."""
+    """The run a view comes from, as a merged file keys each run's timing: ``loglik``, the generated view, or
+    ``study`` for both views of a study-protocol run."""
+    if view in STUDY_VIEWS:
+        return "study"
     return view if view in GENERATED_VIEWS else "loglik"
+
+
+def protocol_label(results: dict) -> str:
+    """Which evaluation protocol wrote a results file (a merged file: each one it holds, study first)."""
+    runs = {run_key(v) for v in results.get("views") or []}
+    names = (["study"] if results.get("protocol") == "study" or "study" in runs else []) + \
+        (["project"] if results.get("protocol", "project") == "project" or runs - {"study"} else [])
+    return " + ".join(PROTOCOLS[n] for n in names)
 
 
 def results_run(results: dict) -> str:
@@ -71,8 +91,9 @@ def decoding_note(results: dict, view: str) -> str:
     """How a generated view was decoded, from its run's recorded config ("" for a loglik view or when unknown)."""
     if view not in GENERATED_VIEWS:
         return ""
-    own = results.get("config") if results_run(results) == view else None
-    ev = ((results.get("config_by_run") or {}).get(view) or own or {}).get("eval") or {}
+    run = run_key(view)
+    own = results.get("config") if results_run(results) == run else None
+    ev = ((results.get("config_by_run") or {}).get(run) or own or {}).get("eval") or {}
     if not ev:
         return ""
     temp = ev.get("temperature") or 0
@@ -82,6 +103,8 @@ def decoding_note(results: dict, view: str) -> str:
     parts.append(f"{ev.get('max_new_tokens')} new tokens")
     if ev.get("think_budget"):
         parts.append(f"thinking budget {ev['think_budget']} tokens")
+    if run == "study":
+        parts.insert(0, "raw prompt, no chat template")
     return ", ".join(parts)
 
 

@@ -172,13 +172,13 @@ def test_cli_cot_decoding_flags_reach_the_engine_and_the_results(cli_env, monkey
     from eval.run import main
     from medadapt.engine import Engine
 
-    seen, real = [], Engine.stream
+    seen, real = [], Engine.start
 
-    def stream(self, requests, settings):
+    def start(self, requests, settings):
         seen.append(settings)
         return real(self, requests, settings)
 
-    monkeypatch.setattr(Engine, "stream", stream)
+    monkeypatch.setattr(Engine, "start", start)
     out = cli_env / "cot-sampled.json"
     args = ["run", "--variants", "base", "--mode", "cot", "--n", "1", "--benchmarks", "pubmedqa",
             "--max_new_tokens", "4", "--profile", "offline", "--out", str(out)]
