@@ -151,12 +151,18 @@ class Pipeline:
         return rows
 
     def retrieve(self, question: str, k: int | None = None, mode: str | None = None) -> tuple[list[Any], float, str]:
-        """Snippets within the context budget, seconds taken, and an error message ('' when fine)."""
-        from medadapt.rag import IndexNotBuiltError, fit_to_budget
+        """Snippets within the context budget, seconds taken, and an error message ('' when fine). A question typed
+        with lettered options retrieves per option (``rag.option_queries``; each snippet names its option)."""
+        from medadapt.rag import IndexNotBuiltError, fit_to_budget, question_options
 
         t0 = time.perf_counter()
+        stem, options = question_options(question)
         try:
-            hits = self.retriever().retrieve(question, k=k, mode=mode)
+            if options and self.cfg.rag.option_queries != "question":  # one query per option, fused (MedRAG)
+                hits = self.retriever().retrieve_options(stem, options, self.cfg.rag.option_top_k,
+                                                         self.cfg.rag.option_queries, mode)
+            else:
+                hits = self.retriever().retrieve(question, k=k, mode=mode)
         except IndexNotBuiltError as e:
             return [], 0.0, str(e)
         hits = fit_to_budget(hits, self.engine.count_tokens, self.cfg.rag.context_tokens)

@@ -2,7 +2,11 @@
 
 Modes: ``dense`` (cosine over the embedder's vectors), ``fts`` (LanceDB native BM25 full-text search) and
 ``hybrid`` (LanceDB's hybrid query: both, fused by its reciprocal-rank-fusion reranker). Queries are the bare question; callers leave the options and the
-instructions out. :func:`fit_to_budget` (defined in :mod:`medadapt.prompts`, re-exported here) keeps retrieved text
+instructions out. On an option question (a multiple-choice question whose options are content),
+:meth:`Retriever.retrieve_options` sends one query per option (``rag.option_queries``: "question + option", as MedRAG
+and the classic MedQA IR baselines do, or the option alone), ``rag.option_top_k`` snippets each, fused by reciprocal
+rank (round-robin over the options at equal rank) and de-duplicated; each snippet names the option whose query found
+it (``Snippet.option``), and the caller fits the fused list into the one snippet budget. :func:`fit_to_budget` (defined in :mod:`medadapt.prompts`, re-exported here) keeps retrieved text
 inside a token budget. The index itself is built by
 :func:`build_index` (see :mod:`medadapt.rag_index`)::
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import threading
 from collections import OrderedDict
@@ -41,7 +46,54 @@ class Snippet:
     source: str
     content: str
     score: float  # cosine similarity (dense), BM25 (fts) or RRF score (hybrid); higher is better
+    option: str = ""  # the option letter(s) whose query retrieved it ("" for the question's own query)
 
+
+OPTION_QUERY_FORMS = ("question", "question+option", "option")
+_OPTION_LINE = re.compile(r"^\s*\(?([A-J])[\.\):]\s+(\S.*)$")
+
+
+def question_options(text: str) -> tuple[str, dict[str, str]]:
+    """A typed question split into its stem and its lettered options (lines ``A. …``, ``B) …``, ``(C) …``,
+    ``D: …``, consecutive from A, at least two); ``(text, {})`` when it has none."""
+    lines = text.splitlines()
+    options: dict[str, str] = {}
+    start = None
+    for i, line in enumerate(lines):
+        m = _OPTION_LINE.match(line)
+        if m and m.group(1) == chr(ord("A") + len(options)):
+            start = i if start is None else start
+            options[m.group(1)] = m.group(2).strip()
+        elif options and line.strip():
+            break
+    if len(options) < 2:
+        return text, {}
+    return "\n".join(lines[:start]).strip(), options
+
+
+def option_queries(question: str, options: dict[str, str], form: str) -> list[tuple[str, str]]:
+    """``(letter, query)`` per option for ``form`` (``question``: one query, the question, letter "")."""
+    if form not in OPTION_QUERY_FORMS:
+        raise ValueError(f"unknown option query form {form!r}; one of {OPTION_QUERY_FORMS}")
+    if form == "question" or not options:
+        return [("", question)]
+    return [(k, f"{question} {v}" if form == "question+option" else str(v)) for k, v in options.items()]
+
+
+def fuse_option_hits(per_option: list[tuple[str, list[Snippet]]], rrf_k: int = 60) -> list[Snippet]:
+    """One ranked list from each option query's hits: reciprocal-rank fusion (``sum 1 / (rrf_k + rank)``; equal
+    ranks keep the options' order, so the list runs round-robin over the options), duplicates merged, each snippet
+    naming every option whose query found it, in the order they ranked it."""
+    fused: dict[str, list] = {}
+    for letter, hits in per_option:
+        for rank, s in enumerate(hits, 1):
+            entry = fused.setdefault(s.id, [s, 0.0, [], (rank, len(fused))])
+            entry[1] += 1.0 / (rrf_k + rank)
+            if letter and letter not in entry[2]:
+                entry[2].append(letter)
+    ranked = sorted(fused.values(), key=lambda e: (-e[1], e[3]))
+    return [Snippet(s.id, s.title, s.source, s.content, round(score, 6), ",".join(letters))
+            for s, score, letters, _ in ranked]
 
 class IndexNotBuiltError(RuntimeError):
     """The retrieval index does not exist (or its build never finished)."""
@@ -135,6 +187,18 @@ class Retriever:
             while len(self._cache) > self.CACHE_SIZE:
                 self._cache.popitem(last=False)
         return list(hits)
+
+    def retrieve_options(self, question: str, options: dict[str, str] | None, k: int | None = None,
+                         form: str | None = None, mode: str | None = None) -> list[Snippet]:
+        """Per-option retrieval: one query per option (``form``, default ``rag.option_queries``), ``k`` snippets each
+        (default ``rag.option_top_k``), fused (:func:`fuse_option_hits`). Without options, or with form
+        ``question``, it is :meth:`retrieve` of the question (``rag.top_k``)."""
+        form = form or self.cfg.rag.option_queries
+        queries = option_queries(question, options or {}, form)
+        if queries == [("", question)]:
+            return self.retrieve(question, k if form != "question" else None, mode)
+        k = k or self.cfg.rag.option_top_k
+        return fuse_option_hits([(letter, self.retrieve(q, k, mode)) for letter, q in queries], self.cfg.rag.rrf_k)
 
     def _search(self, question: str, k: int, mode: str) -> list[Snippet]:
         if mode == "dense":

@@ -366,3 +366,40 @@ def test_cli_build_status_query(tmp_path, capsys):
     assert main(["query", "--profile", str(profile), "chest pain", "--mode", "hybrid"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("2 snippets") and "[2]" in out and "[3]" not in out  # top_k from the profile
+
+
+def test_option_questions_retrieve_per_option_fused_and_labelled(retriever, built):
+    """One query per option ("question + option", MedRAG style), fused round-robin by reciprocal rank, each snippet
+    naming the option whose query found it; Compare parses typed options and shows it (issue 35)."""
+    from types import SimpleNamespace
+
+    from medadapt.pipeline import Answer, Pipeline
+    from medadapt.rag import option_queries, question_options
+    from medadapt.ui.render import snippets_html
+
+    options = {letter: q for letter, (q, _) in zip("ABCD", SEMANTIC)}
+    assert option_queries("Which?", options, "question+option")[1] == ("B", f"Which? {options['B']}")
+    assert option_queries("Which?", options, "question") == [("", "Which?")]
+    hits = retriever.retrieve_options("Which condition is it?", options, k=2, form="option")
+    by_id = {s.id: s.option.split(",") for s in hits}
+    for letter, q in options.items():  # the fused list is every option query's hits, each labelled with its option
+        assert all(letter in by_id[x.id] for x in retriever.retrieve(q, 2))
+    assert [s.option.split(",")[0] for s in hits[:4]] == list("ABCD")  # rank 1 of each option first (round-robin)
+    assert len({s.id for s in hits}) == len(hits) <= 8
+    assert retriever.retrieve_options("Which?", {}, form="question+option") == \
+        retriever.retrieve("Which?")  # no options: the question's own retrieval
+
+    typed = "Which condition is it?\n" + "\n".join(f"{k}) {v}" for k, v in options.items())
+    assert question_options(typed) == ("Which condition is it?", options)
+    assert question_options("A. only one option") == ("A. only one option", {})
+    engine = SimpleNamespace(count_tokens=lambda t: len(t.split()))
+    cfg = load_config("offline", {"paths": {"index_dir": built.paths.index_dir,
+                                            "data_dir": built.paths.data_dir},
+                                  "rag": {**{k: getattr(built.rag, k) for k in ("corpus", "table")},
+                                          "option_queries": "option", "option_top_k": 1, "context_tokens": 10_000}})
+    snippets, _, err = Pipeline(cfg, lambda: engine, lambda: retriever).retrieve(typed)
+    assert not err and {s.option for s in snippets} >= set("ABCD")
+    assert [s.id for s in snippets] == [s.id for s in retriever.retrieve_options(
+        "Which condition is it?", options, k=1, form="option")]  # the stem and the parsed options were asked
+    page = snippets_html(Answer("rag", snippets=snippets))
+    assert "from option A's query" in page and "from option D's query" in page

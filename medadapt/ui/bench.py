@@ -285,7 +285,8 @@ def drilldown_html(results: dict | None, benchmark: str, item_id: str) -> str:
         f"<td>{html.escape(str(r['filter'] or ''))}</td>"
         f"<td><div style='white-space:pre-wrap;max-height:240px;overflow:auto'>{html.escape(str(r['raw'] or ''))}</div></td></tr>"
         for r in d["rows"])
-    snips = "".join(f"<li>{html.escape(str(s.get('title', '')))} <code>{html.escape(str(s.get('id', '')))}</code></li>"
+    snips = "".join(f"<li>{html.escape(str(s.get('title', '')))} <code>{html.escape(str(s.get('id', '')))}</code>"
+                    + (f" · from option {html.escape(str(s['option']))}'s query" if s.get("option") else "") + "</li>"
                     for s in d["snippets"])
     return (f"<div><p><b>{html.escape(task_label(benchmark))} · {html.escape(str(it['id']))}</b>"
             f"{' · ' + html.escape(str(it['subject'])) if it.get('subject') else ''}</p>"

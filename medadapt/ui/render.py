@@ -71,6 +71,9 @@ def snippets_html(ans: Answer) -> str:
     for i, s in enumerate(ans.snippets, 1):
         cited = i in ans.cited
         badge = "<span class='ma-cited'>cited</span>" if cited else ""
+        option = getattr(s, "option", "")
+        if option:  # per-option retrieval: which option's query found it
+            badge += f" <span class='ma-src'>from option {html.escape(option)}'s query</span>"
         items.append(
             f"<details class='ma-snippet{' is-cited' if cited else ''}'><summary><b>[{i}]</b> "
             f"{html.escape(s.title)} <span class='ma-src'>{html.escape(s.source)} · score {s.score:.3f}</span> "
@@ -96,7 +99,8 @@ def result_markdown(res: CompareResult) -> str:
         lines.append(ans.answer or "*(no final answer)*")
         lines.append(f"\n_{stats_markdown(ans)}_\n")
         for i, s in enumerate(ans.snippets, 1):
-            lines.append(f"- [{i}] **{s.title}** ({s.source}, score {s.score:.3f}){' — cited' if i in ans.cited else ''}")
+            via = f", from option {s.option}'s query" if getattr(s, "option", "") else ""
+            lines.append(f"- [{i}] **{s.title}** ({s.source}, score {s.score:.3f}{via}){' — cited' if i in ans.cited else ''}")
     return "\n".join(lines) + "\n"
 
 
