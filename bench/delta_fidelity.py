@@ -8,9 +8,14 @@ bfloat16. It then extracts the delta at several ranks and reports, per rank, the
 model, the energy of the weight delta kept, and base + delta against the full model on a few medical prompts: argmax
 next-token agreement and KL(full || delta) per position (``kl_base``: the full model's own KL from the base).
 
-    python bench/delta_fidelity.py [--ranks 8,16,24,32,64]
+    python bench/delta_fidelity.py [--ranks 8,16,24,32,64]                                    # synthetic proxy
+    python bench/delta_fidelity.py --base deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B \
+        --tuned MilyaShams/DeepSeek-R1-Distill-Qwen-1.5B-medical-msft-merged --ranks 24,64    # a real published model
 
-Ends with ``RESULT rank_<r>_agree=... rank_<r>_kl=... rank_<r>_mb=... full_mb=... kl_base=...``.
+With ``--tuned`` (a Hub id or a folder; the Hub when it answers, else the Hugging Face cache, as the app loads it) the
+figures are those of that real model against ``--base`` (the profile's base by default); without it the proxy above.
+Ends with ``RESULT source=<synthetic|real> rank_<r>_agree=... rank_<r>_kl=... rank_<r>_mb=... full_mb=...
+kl_base=...``.
 """
 from __future__ import annotations
 
@@ -61,7 +66,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ranks", default="8,16,24,32,64")
     ap.add_argument("--scale", type=float, default=0.01, help="std of the LoRA B entries (trained adapters: ~1e-2)")
+    ap.add_argument("--tuned", help="a real full fine-tuned model (Hub id or folder) instead of the synthetic proxy")
+    ap.add_argument("--base", help="its base model (Hub id or folder; default: the --profile's base model)")
+    ap.add_argument("--profile", default="reference", help="with --tuned: the profile whose base is the default")
+    ap.add_argument("--dtype", default="bfloat16", help="with --tuned: the delta's stored dtype")
     args = ap.parse_args()
+    if args.tuned:
+        return real(args)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -105,7 +116,39 @@ def main() -> int:
               f"{fid['positions']} positions)", flush=True)
     fields = " ".join(f"rank_{r}_agree={a:.4f} rank_{r}_kl={k:.5f} rank_{r}_mb={m:.1f}"
                       for r, (a, k, m) in results.items())
-    print(f"RESULT {fields} full_mb={full_mb:.1f} kl_base={kl_base:.4f}")
+    print(f"RESULT source=synthetic {fields} full_mb={full_mb:.1f} kl_base={kl_base:.4f}")
+    return 0
+
+
+def real(args: argparse.Namespace) -> int:
+    """The same figures for a real published model against its real base (downloaded or from the HF cache)."""
+    from medadapt.adapters import model_folder_of
+    from medadapt.config import load_config
+    from medadapt.delta import extract_delta, fidelity
+    from medadapt.models import base_model_path
+
+    base = model_folder_of(args.base or base_model_path(load_config(args.profile)))
+    tuned = model_folder_of(args.tuned)
+    full_mb = sum(f.stat().st_size for f in tuned.glob("*.safetensors")) / 2**20
+    work = Path(tempfile.mkdtemp(prefix="delta-real-"))
+    results, kl_base = {}, None
+    for r in (int(x) for x in args.ranks.split(",")):
+        out = work / f"delta-r{r}"
+        t0 = time.perf_counter()
+        report = extract_delta(base, tuned, out, r, dtype=args.dtype, source=args.tuned)
+        secs = time.perf_counter() - t0
+        mb = (out / "adapter_model.safetensors").stat().st_size / 2**20
+        fid = fidelity(base, tuned, out, PROMPTS)
+        kl_base = fid["kl_base"]
+        results[r] = (fid["agree"], fid["kl"], mb)
+        d = report["delta"]
+        print(f"{args.tuned} rank {r:3d}: adapter {mb:7.1f} MB ({d['full_copies']} whole; not represented: "
+              f"{len(d['unrepresented'])}), energy kept min {d['energy_kept_min']} mean {d['energy_kept_mean']}, "
+              f"extract {secs:.1f} s, agree {fid['agree']:.4f}, KL {fid['kl']:.5f} nats (full vs base "
+              f"{fid['kl_base']:.4f}, {fid['positions']} positions)", flush=True)
+    fields = " ".join(f"rank_{r}_agree={a:.4f} rank_{r}_kl={k:.5f} rank_{r}_mb={m:.1f}"
+                      for r, (a, k, m) in results.items())
+    print(f"RESULT source=real model={args.tuned} {fields} full_mb={full_mb:.1f} kl_base={kl_base:.4f}")
     return 0
 
 

@@ -13,8 +13,11 @@ each setup step ends), every ``--every`` seconds until that column answers; ``--
 
     python bench/first_run.py [--runs-dir DIR] [--timeout 1500] [--every 10] [--probe on-change|every]
 
-``--runs-dir`` keeps the trained adapters (default: a temp dir, removed). Last line:
-``RESULT rag_ready_s=<s> all_ready_s=<s> columns=<k>/4``.
+``--runs-dir`` keeps the trained adapters (default: a temp dir, removed). With a shipped release (the offline
+profile's ``assets/shipped/offline``) the setup copies its index and trains nothing; the bench also checks that the
+shipped results file names the shipped adapters by checksum (``python -m medadapt.release check``) and prints the
+CPU and its vector flags. Last line:
+``RESULT rag_ready_s=<s> all_ready_s=<s> columns=<k>/4 checksums=<ok|mismatch|none> avx512=<0|1> native_bf16=<0|1>``.
 """
 from __future__ import annotations
 
@@ -48,6 +51,34 @@ def finished_steps(runs: Path) -> set[str]:
     steps = (read_json(runs / "offline" / STATE_FILE) or {}).get("steps", {})
     return {VARIANT[s] for s, rec in steps.items() if s in VARIANT and (rec or {}).get("status") in
             STEP_ENDED}
+
+
+def shipped_checksums() -> str:
+    """``ok`` when the shipped results file names the shipped adapters by their checksums, ``none`` without a
+    release, else ``mismatch`` (the problems printed)."""
+    from medadapt.config import load_config
+    from medadapt.release import check
+    from medadapt.shipped import manifest
+
+    cfg = load_config("offline")
+    if not manifest(cfg):
+        return "none"
+    problems = check(cfg)
+    for line in problems:
+        print(f"checksum: {line}")
+    return "mismatch" if problems else "ok"
+
+
+def cpu_line() -> tuple[str, int, int]:
+    """(a line naming the CPU and its vector extensions, AVX-512 present, native bf16)."""
+    from medadapt.precision import cpu_bf16
+
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+    avx512 = any(f.startswith("avx512") for f in flags)
+    vec = " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
+    return f"CPU: {name}, {os.cpu_count()} cores; vector flags: {vec or 'none'}", int(avx512), int(cpu_bf16())
 
 
 def main() -> int:
@@ -116,7 +147,10 @@ def main() -> int:
         print(f"{v}: {'%.0f s' % ready[v] if v in ready else 'not ready'}")
     rag = f"{ready['rag']:.0f}" if "rag" in ready else "nan"
     full = f"{max(ready.values()):.0f}" if len(ready) == 4 else "nan"
-    print(f"RESULT rag_ready_s={rag} all_ready_s={full} columns={len(ready)}/4")
+    checks, cpu = shipped_checksums(), cpu_line()
+    print(cpu[0])
+    print(f"RESULT rag_ready_s={rag} all_ready_s={full} columns={len(ready)}/4 checksums={checks} "
+          f"avx512={cpu[1]} native_bf16={cpu[2]}")
     return 0 if len(ready) == 4 else 1
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from medadapt.adapters import is_adapter_dir, resolve_adapter, resolve_source
 from medadapt.config import AppConfig
+from medadapt.shipped import adapter_checksum
 
 
 class VariantSpecError(ValueError):
@@ -40,11 +41,12 @@ def _adapter_meta(path: Path) -> dict:
     try:
         meta = json.loads((path / "medadapt.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
-        return {}
+        meta = {}
     out = {k: meta.get(k) for k in ("job", "base_model", "lineage", "steps", "wall_s", "data", "source", "delta")
            if k in meta}
     if isinstance(out.get("delta"), dict):  # a full model's delta: its summary, not the per-layer energies
         out["delta"] = {k: v for k, v in out["delta"].items() if k != "energy_kept"}
+    out["sha256"] = adapter_checksum(path)  # the adapter's identity (its weights file), as the Benchmarks tab names it
     return out
 
 

@@ -1,4 +1,4 @@
-"""``python -m medadapt setup``: the first-run setup (index, SFT, MSFT) from the shell, with progress bars.
+"""``python -m medadapt setup [--train]``: the first-run setup (index, SFT, MSFT) from the shell, with progress bars.
 
 The same chain the app starts by itself (:mod:`medadapt.setup_chain`): what is already there is skipped, an
 interrupted step continues from its checkpoint. Exit codes: 0 all ready, 1 a step failed, 2 another process runs
@@ -16,16 +16,19 @@ def make_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("setup", help="build the RAG index and train the SFT and MSFT adapters the profile lacks")
     s.add_argument("--profile", default=None, help="offline | reference | auto | path to a profile YAML")
+    s.add_argument("--train", action="store_true",
+                   help="train SFT and MSFT here even where the profile ships adapters or lists published models "
+                        "(as MEDADAPT_SETUP_TRAIN=1 does for the app)")
     return p
 
 
-def setup(profile: str | None) -> int:
+def setup(profile: str | None, train: bool = False) -> int:
     from tqdm import tqdm
 
     from medadapt.config import ConfigError, load_config
     from medadapt.jobs import JobManager
-    from medadapt.setup_chain import (DOING, STEP_ENDED, STEP_TITLES, STEP_UNFINISHED, SetupBusyError, SetupChain,
-                                      what_to_do)
+    from medadapt.setup_chain import (HOW, STEP_ENDED, STEP_TITLES, STEP_UNFINISHED, SetupBusyError, SetupChain,
+                                      doing, train_requested, what_to_do)
 
     try:
         cfg = load_config(profile)
@@ -34,7 +37,7 @@ def setup(profile: str | None) -> int:
         return 1
     print(cfg.describe())
     jobs = JobManager(cfg)
-    chain = SetupChain(cfg, jobs)
+    chain = SetupChain(cfg, jobs, train=train or train_requested())
     bars: dict[str, tqdm] = {}
 
     def on_update(step: str, rec) -> None:
@@ -68,9 +71,10 @@ def setup(profile: str | None) -> int:
     failed = {s: r for s, r in state.steps.items() if r.status in STEP_UNFINISHED}
     for step, rec in state.steps.items():
         where = f" ({rec.run_dir})" if rec.run_dir else ""
-        print(f"{STEP_TITLES[step]}: {rec.status}{where}")
+        how = f", {HOW[rec.how]}" if rec.how in HOW and rec.status not in STEP_UNFINISHED else ""
+        print(f"{STEP_TITLES[step]}: {rec.status}{how}{where}")
     for step, rec in failed.items():
-        print(f"error: {DOING[step]} {rec.status}: {rec.error or 'stopped by request'}\n  {what_to_do(step)}",
+        print(f"error: {doing(step, rec)} {rec.status}: {rec.error or 'stopped by request'}\n  {what_to_do(step)}",
               file=sys.stderr)
     return 1 if failed else 0
 
@@ -78,7 +82,7 @@ def setup(profile: str | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return setup(args.profile)
+    return setup(args.profile, args.train)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,20 @@
 """Where a fine-tuned variant comes from, and the error raised when an adapter folder cannot be loaded.
 
-A variant (``sft``, ``msft``, ``cpt``) is a PEFT adapter on the base model: a trained one in the runs dir (see
-docs/ARCHITECTURE.md, "Run directory contract"), an adapter folder, or a full fine-tuned model (a local folder or a
-Hub model id, e.g. the seed's published merged models) turned once into a low-rank delta adapter against the base
-(:mod:`medadapt.delta`, cached under ``<cache_dir>/deltas/``), so every variant still batches on one base.
-``adapters.models`` lists the full models a profile offers; :func:`list_adapters` lists them (once prepared by
-``python -m medadapt.adapters prepare``) with the runs dir's adapters, and the Compare tab accepts only listed
-choices, so a request can never name an arbitrary path or id.
+A variant (``sft``, ``msft``, ``cpt``) is a PEFT adapter on the base model, of one of three origins:
+
+- **shipped**: the profile's release in the repository (:mod:`medadapt.shipped`), trained and evaluated by
+  ``python -m medadapt.release``; the Benchmarks tab's results were measured on exactly these files;
+- **trained**: a finished run in the runs dir (see docs/ARCHITECTURE.md, "Run directory contract"), newest first;
+- **published**: a full fine-tuned model (a local folder or a Hub model id, e.g. the seed's published merged models
+  listed in ``adapters.models``) turned once into a low-rank delta adapter against the base (:mod:`medadapt.delta`),
+  published as a ``delta-<time>`` run in the runs dir by the first-run setup or ``python -m medadapt.adapters
+  prepare`` (:mod:`medadapt.delta_job`), so every variant still batches on one base.
+
+``adapters.<kind>: auto`` (the default) serves the shipped adapter when the profile ships one, else the newest
+trained one, else the first prepared published model (:func:`resolve_adapter`). :func:`list_adapters` lists all of
+them; each carries its origin and a ``ref``, a name relative to the configured folders that the Compare tab uses as
+its choice's value (:func:`medadapt.refs.to_ref`: no absolute server path), and the tab accepts only listed refs, so a
+request can never name an arbitrary path or id.
 """
 from __future__ import annotations
 
@@ -14,14 +22,17 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from medadapt.config import AppConfig
-from medadapt.rundir import runs_root
-
+from medadapt.refs import to_ref
+from medadapt.rundir import DELTA_JOB, runs_root
 
 log = logging.getLogger(__name__)
+
+ORIGINS = ("shipped", "trained", "published", "configured")
 
 
 class AdapterLoadError(RuntimeError):
@@ -34,49 +45,89 @@ class AdapterInfo:
     path: Path
     run_dir: Path
     created: float  # mtime of the published adapter
-
-    source: str = ""  # the full model (folder or Hub id) a delta adapter was extracted from; "" for trained ones
+    source: str = ""  # the full model (folder or Hub id) a delta adapter was extracted from; "" otherwise
+    origin: str = "trained"  # shipped | trained | published | configured (adapters.<kind> names a folder or model)
+    ref: str = ""  # the choice's value: the folder's name under a configured folder (medadapt.refs.to_ref)
+    rank: int = 0  # a delta's rank
 
     @property
     def label(self) -> str:
-        return f"{self.kind}: {self.source} (rank-{self.run_dir.name.rsplit('-r', 1)[-1]} delta)" if self.source else \
-            f"{self.kind}: {self.run_dir.name}"
+        """What the Compare tab's adapter choice reads: the origin first, then what identifies the adapter."""
+        from medadapt.shipped import adapter_checksum, short
+
+        what = "CPT only, " if self.kind == "cpt" else ""
+        if self.origin == "shipped":
+            return f"{what}shipped · {self.kind} {short(adapter_checksum(self.path))}"
+        if self.origin == "published":
+            return f"{what}published · {self.source} (rank-{self.rank} delta)"
+        if self.origin == "configured":
+            return f"{what}configured · {self.path.name}"
+        return f"{what}trained here · {self.run_dir.name}"
 
 
 def is_adapter_dir(path: Path) -> bool:
     return (path / "adapter_config.json").exists() and any(path.glob("adapter_model.*"))
 
 
+def _meta(adapter: Path) -> dict:
+    try:
+        data = json.loads((adapter / "medadapt.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def list_adapters(cfg: AppConfig, kind: str) -> list[AdapterInfo]:
-    """Finished adapters of ``kind`` for the active profile, newest first, then the profile's published full models
-    (``adapters.models``) whose delta is prepared."""
-    return trained_adapters(cfg, kind) + [a for a in map(lambda s: prepared_delta(cfg, kind, s), published(cfg, kind))
-                                          if a is not None]
+    """Every adapter of ``kind`` for the active profile: the shipped one, the trained ones (newest first), then the
+    profile's published models (``adapters.models``) whose delta is prepared."""
+    found = [a for a in (shipped_info(cfg, kind),) if a is not None] + trained_adapters(cfg, kind)
+    return found + [a for a in (prepared_delta(cfg, kind, s) for s in published(cfg, kind)) if a is not None]
+
+
+def shipped_info(cfg: AppConfig, kind: str) -> AdapterInfo | None:
+    from medadapt.shipped import shipped_adapter
+
+    path = shipped_adapter(cfg, kind)
+    if path is None:
+        return None
+    return AdapterInfo(kind, path, path, path.stat().st_mtime, origin="shipped", ref=to_ref(cfg, path))
+
+
+def _run_adapters(cfg: AppConfig) -> list[tuple[Path, dict]]:
+    """(adapter folder, its medadapt.json) of every published adapter in the profile's runs dir."""
+    out = []
+    for adapter in runs_root(cfg).glob("*/adapter"):
+        if is_adapter_dir(adapter):
+            meta = _meta(adapter)
+            meta.setdefault("job", adapter.parent.name.split("-")[0])
+            out.append((adapter, meta))
+    return out
 
 
 def trained_adapters(cfg: AppConfig, kind: str) -> list[AdapterInfo]:
-    """Finished adapters of ``kind`` in the profile's runs dir, newest first."""
-    root = runs_root(cfg)
-    found = []
-    for adapter in root.glob("*/adapter"):
-        meta_file = adapter / "medadapt.json"
-        try:
-            job = json.loads(meta_file.read_text()).get("job") if meta_file.exists() else adapter.parent.name.split("-")[0]
-        except (OSError, json.JSONDecodeError):
-            continue
-        if job == kind and is_adapter_dir(adapter):
-            found.append(AdapterInfo(kind, adapter, adapter.parent, adapter.stat().st_mtime))
+    """Finished adapters of ``kind`` trained in the profile's runs dir, newest first (published deltas excluded)."""
+    found = [AdapterInfo(kind, a, a.parent, a.stat().st_mtime, ref=to_ref(cfg, a))
+             for a, meta in _run_adapters(cfg) if meta.get("job") == kind and not meta.get("source")]
     return sorted(found, key=lambda a: a.created, reverse=True)
 
 
 def resolve_adapter(cfg: AppConfig, kind: str) -> Path | None:
     """The configured adapter for variant ``kind``: an adapter folder, a full model (folder or Hub id: its delta,
-    extracted on first use), or the newest trained one (``auto``); None if none."""
+    extracted on first use), or with ``auto`` the default (:func:`default_adapter`); None if none."""
     setting = getattr(cfg.adapters, kind, "auto")
     if setting and setting != "auto":
         return resolve_source(cfg, kind, setting)
-    found = trained_adapters(cfg, kind) if kind != "cpt" else []
-    return found[0].path if found else None
+    info = default_adapter(cfg, kind)
+    return info.path if info is not None else None
+
+
+def default_adapter(cfg: AppConfig, kind: str) -> AdapterInfo | None:
+    """What ``auto`` serves: the shipped adapter, else the newest trained one, else the first prepared published
+    model (the CPT kind: a prepared published model only)."""
+    if kind == "cpt":
+        return next((a for a in list_adapters(cfg, kind) if a.origin == "published"), None)
+    found = list_adapters(cfg, kind)
+    return found[0] if found else None
 
 
 # ---------------------------------------------------------------- full models as delta adapters
@@ -89,18 +140,32 @@ def published(cfg: AppConfig, kind: str) -> list[str]:
     return list((cfg.adapters.models or {}).get(kind) or [])
 
 
+def source_key(source: str) -> str:
+    """How a full model is named in a delta's record: a folder by its absolute path, a Hub id as it is."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
+
+
 def delta_dir(cfg: AppConfig, source: str) -> Path:
-    """Where the delta of full model ``source`` at the configured rank is cached."""
-    slug = re.sub(r"[^\w.-]+", "__", str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists()
-                  else source).strip("_")
+    """Where earlier versions cached the delta of full model ``source`` at the configured rank (still read)."""
+    slug = re.sub(r"[^\w.-]+", "__", source_key(source)).strip("_")
     return cfg.paths.resolve("cache_dir") / "deltas" / f"{slug}-r{cfg.adapters.delta_rank}"
 
 
 def prepared_delta(cfg: AppConfig, kind: str, source: str) -> AdapterInfo | None:
+    """The newest prepared delta of full model ``source`` at the configured rank: a ``delta-*`` run in the runs dir,
+    else the legacy cache folder; None when none is prepared."""
+    key, rank = source_key(source), cfg.adapters.delta_rank
+    runs = [(a, m) for a, m in _run_adapters(cfg) if m.get("source") == key and m.get("job") == kind
+            and (m.get("delta") or {}).get("rank") == rank]
+    if runs:
+        adapter = max(runs, key=lambda am: am[0].stat().st_mtime)[0]
+        return AdapterInfo(kind, adapter, adapter.parent, adapter.stat().st_mtime, source, "published",
+                           to_ref(cfg, adapter), rank)
     path = delta_dir(cfg, source)
     if not is_adapter_dir(path):
         return None
-    return AdapterInfo(kind, path, path, path.stat().st_mtime, source)
+    return AdapterInfo(kind, path, path, path.stat().st_mtime, source, "published", to_ref(cfg, path), rank)
 
 
 def resolve_source(cfg: AppConfig, kind: str, source: str) -> Path | None:
@@ -121,45 +186,71 @@ def resolve_source(cfg: AppConfig, kind: str, source: str) -> Path | None:
     return None
 
 
-def model_folder_of(source: str) -> Path:
-    """A local folder holding full model ``source`` (a Hub id: its snapshot from the Hub or the HF cache)."""
+def model_folder_of(source: str, progress: Callable[[int, int], None] | None = None) -> Path:
+    """A local folder holding full model ``source`` (a Hub id: its snapshot from the Hub or the HF cache);
+    ``progress(bytes done, bytes total)`` while a download runs."""
     from medadapt.delta import is_full_model
     from medadapt.hub import cached_snapshot
 
     path = Path(source).expanduser()
     if is_full_model(path):
         return path
+    cached = cached_snapshot(source)
+    if cached is not None and is_full_model(cached):
+        return Path(cached)
     from medadapt.config import hub_reachable
 
     if hub_reachable():
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
-    cached = cached_snapshot(source)
-    if cached is None:
-        raise AdapterLoadError(f"model {source} is not in the Hugging Face cache and the Hub is unreachable")
-    return Path(cached)
+        kwargs = {"tqdm_class": _progress_bar(progress)} if progress else {}
+        return Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"],
+                                      **kwargs))
+    raise AdapterLoadError(f"model {source} is not in the Hugging Face cache and the Hub is unreachable")
 
 
-def prepare_delta(cfg: AppConfig, kind: str, source: str) -> Path:
-    """The delta adapter of full model ``source`` against the profile's base, extracted on first use."""
+def _progress_bar(progress: Callable[[int, int], None]):
+    """A tqdm class for ``snapshot_download`` that reports its byte counts to ``progress``."""
+    from tqdm.auto import tqdm
+
+    class Reporting(tqdm):  # type: ignore[misc,valid-type]
+        def update(self, n=1):
+            out = super().update(n)
+            if self.unit == "B" and self.total:
+                progress(int(self.n), int(self.total))
+            return out
+
+    return Reporting
+
+
+def prepare_delta(cfg: AppConfig, kind: str, source: str, run_dir: Path | None = None,
+                  progress: Callable[[str, int, int], None] | None = None) -> Path:
+    """The delta adapter of full model ``source`` against the profile's base (``<run_dir>/adapter``, a new
+    ``delta-<time>`` run when not given), extracted on first use; ``progress(stage, done, total)`` with stage
+    ``download`` (bytes) or ``extract`` (tensors)."""
     found = prepared_delta(cfg, kind, source)
     if found is not None:
         return found.path
     from medadapt.delta import extract_delta
     from medadapt.models import base_model_path
+    from medadapt.rundir import RunDir, new_run_dir
 
+    say = progress or (lambda stage, done, total: None)
     base = model_folder_of(base_model_path(cfg))
-    out = delta_dir(cfg, source)
-    log.info("extracting the rank-%d delta of %s against %s into %s", cfg.adapters.delta_rank, source, base, out)
+    tuned = model_folder_of(source, lambda done, total: say("download", done, total))
+    run = RunDir(run_dir or new_run_dir(runs_root(cfg), DELTA_JOB)).create()
+    log.info("extracting the rank-%d delta of %s against %s into %s", cfg.adapters.delta_rank, source, base,
+             run.adapter)
     dtype = cfg.model.dtype if cfg.model.dtype in ("float32", "bfloat16", "float16") else "float32"
-    extract_delta(base, model_folder_of(source), out, cfg.adapters.delta_rank, dtype=dtype, source=source, kind=kind)
-    return out
+    extract_delta(base, tuned, run.adapter, cfg.adapters.delta_rank, dtype=dtype, source=source_key(source),
+                  kind=kind, progress=lambda done, total: say("extract", done, total))
+    return run.adapter
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m medadapt.adapters prepare [--profile P]``: extract the delta of every published model the
-    profile offers (``adapters.models``), so Compare lists them."""
+    """``python -m medadapt.adapters prepare [--profile P] [--kind K --source S --output_dir RUN]``: extract the
+    delta of every published model the profile offers (``adapters.models``), or of one as a job in a run dir (the
+    first-run setup's step), so Compare lists them; ``list`` shows every adapter with its origin."""
     import argparse
 
     from medadapt.config import load_config
@@ -167,16 +258,39 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m medadapt.adapters", description=main.__doc__.split("\n")[0])
     p.add_argument("cmd", choices=["prepare", "list"])
     p.add_argument("--profile", default=None)
+    p.add_argument("--kind", choices=["sft", "msft", "cpt"], help="with --source: prepare that one model")
+    p.add_argument("--source", help="a full model folder or Hub id the profile lists under adapters.models")
+    p.add_argument("--output_dir", help="as a job: status.json and log.jsonl in this run dir (the adapter in it)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(args.profile)
+    if args.cmd == "list":
+        for kind in ("sft", "msft", "cpt"):
+            for info in list_adapters(cfg, kind):
+                print(f"{kind}: {info.label} [{info.ref}]")
+            for source in published(cfg, kind):
+                if prepared_delta(cfg, kind, source) is None:
+                    print(f"{kind}: published · {source}: not prepared")
+        return 0
+    if args.source or args.output_dir:
+        if not (args.kind and args.source):
+            p.error("--kind and --source go together (and --output_dir needs them)")
+        if args.source not in published(cfg, args.kind):
+            print(f"error: {args.source} is not among the profile's published {args.kind} models "
+                  f"(adapters.models): {published(cfg, args.kind)}", file=sys.stderr)
+            return 2
+        from medadapt.delta_job import run_delta_job
+
+        try:
+            path = run_delta_job(cfg, args.kind, args.source, Path(args.output_dir) if args.output_dir else None)
+        except Exception as e:  # noqa: BLE001 — recorded in the run dir; one line here
+            print(f"{args.kind}: {args.source}: failed: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+        print(f"{args.kind}: {args.source} -> {path}")
+        return 0
     failed = 0
     for kind, sources in (cfg.adapters.models or {}).items():
         for source in sources:
-            if args.cmd == "list":
-                info = prepared_delta(cfg, kind, source)
-                print(f"{kind}: {source}: {info.path if info else 'not prepared'}")
-                continue
             try:
                 print(f"{kind}: {source} -> {prepare_delta(cfg, kind, source)}")
             except Exception as e:  # noqa: BLE001 — report each and go on

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,9 +109,11 @@ def _linear_weights(base: Weights, tuned: Weights) -> Iterator[str]:
 
 
 def extract_delta(base: str | Path, tuned: str | Path, out: str | Path, rank: int, *, dtype: str = "bfloat16",
-                  source: str = "", kind: str = "", device: str | None = None) -> dict[str, Any]:
+                  source: str = "", kind: str = "", device: str | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Write the rank-``rank`` delta of full model ``tuned`` against ``base`` as a PEFT adapter folder ``out``
-    (atomically: a temp folder renamed); returns the report also written to ``out/medadapt.json``."""
+    (atomically: a temp folder renamed); returns the report also written to ``out/medadapt.json``.
+    ``progress(done, total)`` after each of the tuned model's tensors."""
     import torch
     from safetensors.torch import save_file
 
@@ -124,7 +126,10 @@ def extract_delta(base: str | Path, tuned: str | Path, out: str | Path, rank: in
     full: list[str] = []
     unrepresented: list[str] = []
     targets: set[str] = set()
-    for name in tuned_w.names():
+    names = tuned_w.names()
+    for done, name in enumerate(names):
+        if progress:
+            progress(done, len(names))
         t = tuned_w.get(name)
         if name not in base_w:
             unrepresented.append(f"{name}: not in the base model")
@@ -147,6 +152,8 @@ def extract_delta(base: str | Path, tuned: str | Path, out: str | Path, rank: in
         tensors[f"{PREFIX}{module}.lora_B.weight"] = bmat.to("cpu", store)
         energy[module] = round(kept, 6)
         targets.add(module.rsplit(".", 1)[-1])
+    if progress:
+        progress(len(names), len(names))
     for module in sorted(set(full)):  # whole copies of every parameter of that module, from the tuned model
         for name in tuned_w.names():
             if _module(name) == module:

@@ -25,10 +25,10 @@ import yaml
 from medadapt.config import REPO_ROOT, AppConfig, TrainConfig, to_dict
 from medadapt.joblock import lock_holder
 from medadapt.launcher import Launcher
-from medadapt.rundir import (FINAL, INDEX_JOB, TRAIN_JOBS, LogReader, RunDir, RunSnapshot, file_sig, new_run_dir,
-                             pid_alive, read_json, runs_root, summarize, tail, write_json_atomic)
+from medadapt.rundir import (DELTA_JOB, FINAL, INDEX_JOB, TRAIN_JOBS, LogReader, RunDir, RunSnapshot, file_sig,
+                             new_run_dir, pid_alive, read_json, runs_root, summarize, tail, write_json_atomic)
 
-LISTED_JOBS = (*TRAIN_JOBS, INDEX_JOB)  # the runs the Training tab lists
+LISTED_JOBS = (*TRAIN_JOBS, INDEX_JOB, DELTA_JOB)  # the runs the Training tab lists
 
 
 class JobError(RuntimeError):
@@ -63,6 +63,7 @@ def default_commands() -> dict[str, list[str]]:
     cmds = {job: [sys.executable, "-m", f"trainers.{job}"] for job in TRAIN_JOBS}
     cmds["eval"] = [sys.executable, "-m", "eval", "run"]
     cmds[INDEX_JOB] = [sys.executable, "-m", "medadapt.rag", "build"]
+    cmds[DELTA_JOB] = [sys.executable, "-m", "medadapt.adapters", "prepare"]
     return cmds
 
 
@@ -176,6 +177,17 @@ class JobManager:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 argv = [*self.commands[INDEX_JOB], *args, "--output_dir", str(run_dir)]
                 self._spawn(run_dir, INDEX_JOB, argv, "retrieval index")
+            return run_dir
+
+    def start_delta(self, kind: str, source: str, output_dir: str | Path | None = None) -> Path:
+        """Launch the preparation of a published full model's delta as a job (``medadapt.delta_job``)."""
+        with self._lock:
+            self._refuse_if_busy()
+            run_dir = Path(output_dir) if output_dir else self.new_run_dir(DELTA_JOB)
+            with writable(run_dir):
+                run_dir.mkdir(parents=True, exist_ok=True)
+                argv = [*self.commands[DELTA_JOB], "--kind", kind, "--source", source, "--output_dir", str(run_dir)]
+                self._spawn(run_dir, DELTA_JOB, argv, f"published {kind} model {source}")
             return run_dir
 
     def resume(self, run_dir: str | Path | None = None) -> Path:

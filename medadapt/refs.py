@@ -13,7 +13,7 @@ from pathlib import Path
 from medadapt.config import REPO_ROOT, AppConfig
 
 FOLDERS = {"runs_dir": "runs", "cache_dir": "cache", "data_dir": "data", "results_dir": "results",
-           "index_dir": "index"}
+           "index_dir": "index", "shipped_dir": "shipped"}
 
 
 def _roots(cfg: AppConfig) -> list[tuple[Path, str]]:

@@ -1,8 +1,14 @@
-"""First-run setup: build what the active profile lacks — the RAG index, the SFT adapter, the MSFT adapter — as one
+"""First-run setup: prepare what the active profile lacks — the RAG index, the SFT adapter, the MSFT adapter — as one
 chain of ordinary jobs (``medadapt.jobs``), so a fresh clone answers in all four Compare columns with no command.
 
-With ``rag.index_repo`` set, the index step first pulls a prebuilt index from that Hub dataset repo
-(:mod:`medadapt.index_pull`) and builds only when that fails. The chain runs in the app (a background thread,
+What each step does, cheapest first: the index step copies the profile's shipped table (:mod:`medadapt.shipped`,
+seconds), else pulls a prebuilt one from ``rag.index_repo`` (:mod:`medadapt.index_pull`), else builds it. The SFT and
+MSFT steps skip when the profile ships adapters (or one is trained or configured); when the profile lists published
+models (``adapters.models``) they prepare those models' deltas as ``delta`` jobs (download, extract, publish as an
+adapter in the runs dir; :mod:`medadapt.delta_job`; the MSFT step also prepares the published CPT models, which the
+MSFT column offers); only a profile with none of these trains. Training is also what happens when asked
+(``MEDADAPT_SETUP_TRAIN=1``, ``python -m medadapt setup --train``): then a step trains unless a trained adapter of its
+kind exists. The chain runs in the app (a background thread,
 ``python app.py``) or in the shell (``python -m medadapt setup``). Each step is a job in its own run dir, launched
 with the profile's own config (``configs/<profile>/<job>.yaml``), so the Training tab shows it live like any run.
 The chain's state is ``<runs_dir>/<profile>/setup.json``: every process (a second app, a reloaded page) reads it,
@@ -32,8 +38,11 @@ log = logging.getLogger(__name__)
 STEPS = (INDEX_JOB, "sft", "msft")
 VARIANT = {INDEX_JOB: "rag", "sft": "sft", "msft": "msft"}  # the Compare column each step prepares
 DOING = {INDEX_JOB: "building the retrieval index", "sft": "training SFT", "msft": "training MSFT"}
-STAGE = {"cpt": "continual pretraining", "sft": "SFT stage"}
+STAGE = {"cpt": "continual pretraining", "sft": "SFT stage", "download": "downloading", "extract": "extracting its delta"}
 STEP_TITLES = {INDEX_JOB: "RAG index", "sft": "SFT adapter", "msft": "MSFT adapter"}
+# how a ready step got its result (StepRecord.how)
+HOW = {"shipped": "shipped", "trained": "trained here", "published": "published model", "configured": "configured",
+       "copied": "shipped index copied", "pulled": "prebuilt index pulled", "built": "built here"}
 STATE_FILE, LOCK_FILE = "setup.json", "setup.lock"
 POLL_S = 1.0
 
@@ -43,15 +52,50 @@ def setup_enabled() -> bool:
     return os.environ.get("MEDADAPT_SETUP", "on").strip().lower() not in ("off", "0", "false", "no")
 
 
-def step_needed(cfg: AppConfig, step: str) -> bool:
-    """Whether the profile still lacks what ``step`` makes (a complete index, or an adapter of that kind)."""
+def train_requested() -> bool:
+    """``MEDADAPT_SETUP_TRAIN`` on (1/true/yes/on): the setup trains SFT and MSFT even where adapters are shipped or
+    published (``python -m medadapt setup --train`` sets it)."""
+    return os.environ.get("MEDADAPT_SETUP_TRAIN", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def step_needed(cfg: AppConfig, step: str, train: bool = False) -> bool:
+    """Whether the profile still lacks what ``step`` makes: a complete index, or an adapter of that kind (with
+    ``train``: a trained one), counting published models whose delta is prepared."""
     if step == INDEX_JOB:
         from medadapt.rag import index_status
 
         return not index_status(cfg)["complete"]
-    from medadapt.adapters import resolve_adapter
+    return bool(adapter_tasks(cfg, step, train))
 
-    return resolve_adapter(cfg, step) is None
+
+def published_for(cfg: AppConfig, step: str) -> list[tuple[str, str]]:
+    """(kind, source) of the published models a step prepares: its own kind's, and for MSFT the CPT models too."""
+    from medadapt.adapters import published
+
+    kinds = (step, "cpt") if step == "msft" else (step,)
+    return [(k, s) for k in kinds for s in published(cfg, k)]
+
+
+def adapter_tasks(cfg: AppConfig, step: str, train: bool = False) -> list[tuple[str, str, str]]:
+    """What an adapter step still has to do: ``[("train", step, "")]``, ``[("delta", kind, source), …]`` or []."""
+    from medadapt.adapters import prepared_delta, resolve_adapter, trained_adapters
+
+    if train:
+        return [] if trained_adapters(cfg, step) else [("train", step, "")]
+    todo = [("delta", k, s) for k, s in published_for(cfg, step) if prepared_delta(cfg, k, s) is None]
+    if todo:
+        return todo
+    return [] if resolve_adapter(cfg, step) is not None else [("train", step, "")]
+
+
+def ready_how(cfg: AppConfig, step: str) -> str:
+    """How a ready adapter step's column is served (a :data:`HOW` key)."""
+    from medadapt.adapters import default_adapter
+
+    if getattr(cfg.adapters, step, "auto") not in ("auto", ""):
+        return "configured"
+    info = default_adapter(cfg, step)
+    return info.origin if info is not None else ""
 
 
 def configs_dir(cfg: AppConfig) -> Path:
@@ -86,6 +130,8 @@ class StepRecord:
     error: str = ""
     started: float | None = None
     ended: float | None = None
+    task: str = ""  # what runs now: build | train | delta:<kind>:<source>
+    how: str = ""  # how the step's result came about, once ready (a HOW key)
 
 
 @dataclass
@@ -136,9 +182,11 @@ class SetupLock:
 class SetupChain:
     """Runs (``run``/``start``) or reports on (``state``/``message_for``) the profile's first-run setup."""
 
-    def __init__(self, cfg: AppConfig, jobs: JobManager, configs: Path | None = None) -> None:
+    def __init__(self, cfg: AppConfig, jobs: JobManager, configs: Path | None = None,
+                 train: bool | None = None) -> None:
         self.cfg, self.jobs = cfg, jobs
         self.configs = configs or configs_dir(cfg)
+        self.train = train_requested() if train is None else train
         self.root = jobs.runs_root
         self.lock = SetupLock(self.root / LOCK_FILE)
         self._thread: threading.Thread | None = None
@@ -165,20 +213,20 @@ class SetupChain:
         rec = st.steps[step]
         running = st.status == "running" and pid_alive(st.pid)
         if rec.status == "failed":
-            return f"Setup failed while {DOING[step]}: {rec.error.splitlines()[0] if rec.error else 'unknown error'}. " \
-                   + what_to_do(step)
+            return f"Setup failed while {doing(step, rec)}: " \
+                   f"{rec.error.splitlines()[0] if rec.error else 'unknown error'}. " + what_to_do(step)
         if rec.status == "stopped":
-            return (f"Preparing paused: {DOING[step]} was stopped. Resume it in the Training tab, or restart the app "
-                    "to continue the setup.")
+            return (f"Preparing paused: {doing(step, rec)} was stopped. Resume it in the Training tab, or restart the "
+                    "app to continue the setup.")
         if not running or rec.status in STEP_READY:
             return None
         if rec.status == "running":
             return "preparing: " + progress_text(step, rec)
         if rec.status == "waiting":
-            return f"preparing: waiting for another job to finish before {DOING[step]}"
-        before = [DOING[s] for s in STEPS[:STEPS.index(step)] if st.steps[s].status in STEP_OPEN]
+            return f"preparing: waiting for another job to finish before {doing(step, rec)}"
+        before = [doing(s, st.steps[s]) for s in STEPS[:STEPS.index(step)] if st.steps[s].status in STEP_OPEN]
         queued = f" (after {' and '.join(before)})" if before else ""
-        return f"preparing: {DOING[step]} is queued{queued}; this column answers as soon as it is done"
+        return f"preparing: {doing(step, rec)} is queued{queued}; this column answers as soon as it is done"
 
     # -- running (one process at a time)
     def start(self) -> bool:
@@ -223,21 +271,24 @@ class SetupChain:
         self._state = SetupState("running", os.getpid(), time.time())
         for step in STEPS:  # keep earlier attempts' run dirs, so a restarted chain continues them
             self._state.steps[step].run_dir = prev.steps[step].run_dir
+            self._state.steps[step].task = prev.steps[step].task
+            self._state.steps[step].how = prev.steps[step].how if step == INDEX_JOB else ""
         self._save()
         for step in STEPS:
             rec = self._state.steps[step]
             try:
-                needed = step_needed(self.cfg, step)
-                if needed and step == INDEX_JOB and self.cfg.rag.index_repo:
-                    from medadapt.index_pull import pull_index
-
-                    needed = not (pull_index(self.cfg) and not step_needed(self.cfg, step))
+                tasks = self._tasks(step, rec)
             except Exception as e:  # e.g. the data dir is missing: this step cannot even be checked
-                needed, rec.status, rec.error = False, "failed", f"{type(e).__name__}: {e}"
-            if not needed and rec.status != "failed":
+                tasks, rec.status, rec.error = [], "failed", f"{type(e).__name__}: {e}"
+            if not tasks and rec.status not in ("failed", "done"):  # done: the index was installed just now
                 rec.status = "done" if rec.run_dir else "skipped"
-            elif needed:
-                self._run_step(step, rec, on_update)
+                rec.how = rec.how if step == INDEX_JOB else ready_how(self.cfg, step)
+            for task in tasks:
+                self._run_step(step, rec, on_update, task)
+                if rec.status != "done":
+                    break
+            if tasks and rec.status == "done":
+                rec.how = "built" if step == INDEX_JOB else ("trained" if tasks[0][0] == "train" else "published")
             self._save()
             if on_update:
                 on_update(step, rec)
@@ -251,8 +302,29 @@ class SetupChain:
                  ", ".join(f"{s} {r.status}" for s, r in self._state.steps.items()))
         return self._state
 
-    def _run_step(self, step: str, rec: StepRecord, on_update: Callable[[str, StepRecord], None] | None) -> None:
+    def _tasks(self, step: str, rec: StepRecord) -> list[tuple[str, str, str]]:
+        """What ``step`` still has to run as jobs (``(what, kind, source)``); an index that can be copied or pulled
+        is installed here (seconds) and leaves nothing to run."""
+        if step != INDEX_JOB:
+            return adapter_tasks(self.cfg, step, self.train)
+        if not step_needed(self.cfg, step):
+            return []
+        from medadapt.index_pull import install_shipped_index, pull_index
+
+        for how, install in (("copied", install_shipped_index), ("pulled", pull_index)):
+            if install(self.cfg) and not step_needed(self.cfg, step):
+                rec.how, rec.status, rec.ended = how, "done", time.time()
+                return []
+        return [("build", INDEX_JOB, "")]
+
+    def _run_step(self, step: str, rec: StepRecord, on_update: Callable[[str, StepRecord], None] | None,
+                  task: tuple[str, str, str] = ("train", "", "")) -> None:
         rec.started, rec.error = time.time(), ""
+        what, kind, source = task
+        new_task = f"delta:{kind}:{source}" if what == "delta" else what
+        if rec.task and rec.task != new_task:
+            rec.run_dir = ""  # the earlier attempt's run was another task (another published model)
+        rec.task, rec.step, rec.total_steps, rec.eta_s, rec.stage = new_task, 0, None, None, ""
         try:
             run_dir = self._launch(step, rec, on_update)
         except (JobError, ConfigError, OSError) as e:
@@ -287,7 +359,7 @@ class SetupChain:
             if earlier is not None and earlier.is_dir() and self.jobs.running() == earlier:
                 return earlier  # still running from an earlier app process: wait for it
             try:
-                return self._start(step, earlier)
+                return self._start(step, earlier, rec.task)
             except JobBusyError:
                 if rec.status != "waiting":
                     rec.status = "waiting"
@@ -296,10 +368,13 @@ class SetupChain:
                         on_update(step, rec)
                 time.sleep(POLL_S * 2)
 
-    def _start(self, step: str, earlier: Path | None) -> Path:
+    def _start(self, step: str, earlier: Path | None, task: str = "train") -> Path:
         resumable = earlier is not None and earlier.is_dir() and RunDir(earlier).status().get("status") != "finished"
         if step == INDEX_JOB:  # the build resumes by itself: run it again in the same dir
             return self.jobs.start_index(earlier if resumable else None)
+        if task.startswith("delta:"):  # the extraction starts over (its adapter is published atomically)
+            _, kind, source = task.split(":", 2)
+            return self.jobs.start_delta(kind, source, earlier if resumable else None)
         if resumable and RunDir(earlier).has_checkpoint():  # type: ignore[arg-type]
             return self.jobs.resume(earlier)
         path = self.configs / f"{step}.yaml"
@@ -317,19 +392,33 @@ class SetupBusyError(RuntimeError):
     """Another process holds the setup lock."""
 
 
+def doing(step: str, rec: StepRecord | None = None) -> str:
+    """What a step is doing in words: ``training SFT``, ``preparing the published MSFT model X``, …"""
+    task = rec.task if rec is not None else ""
+    if task.startswith("delta:"):
+        _, kind, source = task.split(":", 2)
+        return f"preparing the published {kind.upper()} model {source}"
+    return DOING[step]
+
+
 def progress_text(step: str, rec: StepRecord) -> str:
     """``training SFT, step 40/120, about 3 min left`` (what a preparing column and the CLI say)."""
-    doing = DOING[step] + (f" ({STAGE.get(rec.stage, rec.stage)})" if rec.stage else "")
-    unit = "snippets" if step == INDEX_JOB else "step"
+    text = doing(step, rec) + (f" ({STAGE.get(rec.stage, rec.stage)})" if rec.stage else "")
     if rec.total_steps:
-        count = (f"{rec.step:,}/{rec.total_steps:,} {unit}" if step == INDEX_JOB
-                 else f"step {rec.step}/{rec.total_steps}")
-        doing += f", {count}"
+        if step == INDEX_JOB:
+            count = f"{rec.step:,}/{rec.total_steps:,} snippets"
+        elif rec.stage == "download":
+            count = f"{rec.step / 2**20:,.0f}/{rec.total_steps / 2**20:,.0f} MB"
+        elif rec.stage == "extract":
+            count = f"{rec.step}/{rec.total_steps} tensors"
+        else:
+            count = f"step {rec.step}/{rec.total_steps}"
+        text += f", {count}"
     if rec.eta_s is not None:
-        doing += f", {about(rec.eta_s)} left"
+        text += f", {about(rec.eta_s)} left"
     elif not rec.step:
-        doing += ", starting"
-    return doing
+        text += ", starting"
+    return text
 
 
 def about(seconds: float) -> str:

@@ -9,7 +9,7 @@ from medadapt.adapters import list_adapters, resolve_adapter
 from medadapt.config import AppConfig
 from medadapt.refs import to_ref
 
-NO_ADAPTER = "none"  # the Compare dropdown's "(none)" choice; "" is "the newest adapter"
+NO_ADAPTER = "none"  # the Compare dropdown's "(none)" choice; "" is "the default adapter" (default_label)
 
 
 def _engine_factory(cfg: AppConfig):
@@ -52,13 +52,15 @@ class AppState:
         return state
 
     def adapters(self, kind: str) -> list[tuple[str, str, Path]]:
-        """(label, name, folder) of every finished adapter of ``kind``, newest first, plus an explicitly configured
-        one. The name (:func:`medadapt.refs.to_ref`) is what the page carries (the UI redacts the labels)."""
-        found = [(a.label, to_ref(self.cfg, a.path) or f"{kind}:{a.path.name}", a.path)
-                 for a in list_adapters(self.cfg, kind)]
+        """(label, name, folder) of every adapter the ``kind`` column offers, each label starting with its origin
+        (:attr:`medadapt.adapters.AdapterInfo.label`): shipped, trained here (newest first), published models once
+        prepared; the MSFT column also offers CPT-only models (stage 1 of MSFT); plus an explicitly configured one.
+        The name (:func:`medadapt.refs.to_ref`) is what the page carries (the UI redacts the labels)."""
+        infos = list_adapters(self.cfg, kind) + (list_adapters(self.cfg, "cpt") if kind == "msft" else [])
+        found = [(a.label, a.ref or to_ref(self.cfg, a.path) or f"{kind}:{a.path.name}", a.path) for a in infos]
         configured = resolve_adapter(self.cfg, kind)
         if configured is not None and configured not in {p for _, _, p in found}:
-            found.insert(0, (f"{kind}: {configured}", to_ref(self.cfg, configured) or f"configured:{kind}",
+            found.insert(0, (f"configured · {kind}: {configured}", to_ref(self.cfg, configured) or f"configured:{kind}",
                              configured))
         return found
 
@@ -86,4 +88,16 @@ class AppState:
         return Path(found)
 
     def default_adapter(self, kind: str) -> Path | None:
+        """What the column runs when nothing is picked: ``adapters.<kind>`` (``auto``: the shipped adapter, else the
+        newest trained one, else a prepared published model; :func:`medadapt.adapters.default_adapter`)."""
         return resolve_adapter(self.cfg, kind)
+
+    def default_label(self, kind: str) -> str:
+        """The default choice's label: what it resolves to now (origin first), or that there is none yet and why."""
+        path = self.default_adapter(kind)
+        if path is not None:
+            label = next((lab for lab, _, p in self.adapters(kind) if p == path), f"{kind}: {path.name}")
+            return f"default: {label}"
+        waiting = self.setup.message_for(kind) if self.setup is not None else None
+        return "default: none yet — " + (waiting.removeprefix("preparing: ") if waiting else
+                                         "train one in the Training tab")

@@ -199,7 +199,11 @@ def test_public_mode_accepts_only_listed_variants(r1_cfg, tuned_dir, tmp_path):
     from medadapt.adapters import prepare_delta
 
     path = prepare_delta(r1_cfg, "sft", tuned_dir)
-    assert state.checked_adapter("sft", str(path)) == path  # the configured model, once prepared, is a choice
+    (label, ref), = state.adapter_choices("sft")  # the configured model, once prepared, is a choice
+    assert state.checked_adapter("sft", ref) == path and label.startswith("published · ")
+    assert not ref.startswith("/") and str(tmp_path) not in ref  # by its name under the runs dir, no server path
+    with pytest.raises(InputError):
+        state.checked_adapter("sft", str(path))  # the folder's absolute path is not a choice
 
 
 def test_seed_model_ids_are_offered_on_the_reference_profile():
@@ -207,7 +211,8 @@ def test_seed_model_ids_are_offered_on_the_reference_profile():
     assert cfg.adapters.models == {
         "sft": ["MilyaShams/DeepSeek-R1-Distill-Qwen-1.5B-medical-sft-merged"],
         "msft": ["MilyaShams/DeepSeek-R1-Distill-Qwen-1.5B-medical-msft-merged"],
-        "cpt": ["MilyaShams/DeepSeek-R1-Distill-Qwen-1.5B-medical-continual-pretrain-merged"]}
+        "cpt": ["MilyaShams/DeepSeek-R1-Distill-Qwen-1.5B-medical-continual-pretrain-merged",
+                "MilyaShams/DeepSeek-R1-Distill-Qwen-1.5B-medical-continual-pretrain-merged-f32"]}
 
 
 def test_the_thinking_budget_closes_r1_reasoning_in_compare(r1_cfg):

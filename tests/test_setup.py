@@ -275,6 +275,7 @@ def test_start_twice_runs_one_chain_and_reports_nothing_to_do(cfg, monkeypatch):
     from medadapt.jobs import JobManager
 
     monkeypatch.setattr(chain_mod, "step_needed", lambda cfg, step: time.sleep(0.3) or False)
+    monkeypatch.setattr(chain_mod, "adapter_tasks", lambda cfg, step, train=False: [])
     chain = SetupChain(cfg, JobManager(cfg))
     assert chain.start() and not chain.start()
     chain.join(10)

@@ -129,6 +129,64 @@ def medmcqa_row(rec: dict[str, Any]) -> SftRow | None:
                   item.posed())
 
 
+# A MedMCQA question that names or needs its options ("Which of the following…", "All except…", "True about…"):
+# posed without them it cannot be answered, so it is never made an open row.
+OPTION_BOUND = re.compile(r"\b(following|except|all of the above|none of the above|true|false|not|incorrect|correct|"
+                          r"which one|all are|is/are|are all|least|match|statements?|options?|choose|select)\b",
+                          re.IGNORECASE)
+MIN_OPEN_ANSWER_CHARS = 3  # an option text shorter than this ("A", "2") says nothing as an answer in prose
+
+
+def stands_alone(question: str) -> bool:
+    """Whether an option question reads as an open question once its options are gone."""
+    return bool(question.strip()) and not OPTION_BOUND.search(question)
+
+
+def prose_answer(text: str) -> str:
+    """An option text as the answer of an open question: ``The answer is a fibroadenoma.`` (an opening article
+    lower-cased, so the answer line never reads like an option letter)."""
+    text = text.strip().rstrip(".")
+    if re.match(r"(A|An)\s", text):
+        text = text[0].lower() + text[1:]
+    return f"The answer is {text}."
+
+
+def medmcqa_open_row(rec: dict[str, Any]) -> SftRow | None:
+    """A MedMCQA record with an explanation posed as an open question: no options, the reasoning as in
+    :func:`medmcqa_row`, the right option's text as the answer (None when the question needs its options, or the
+    record makes no lettered row)."""
+    lettered = medmcqa_row(rec)
+    answer = str(rec.get(f"op{'abcd'[int(rec['cop']) - 1]}") or "") if lettered else ""
+    if lettered is None or not stands_alone(rec["question"]) or len(answer.strip()) < MIN_OPEN_ANSWER_CHARS:
+        return None
+    question = rec["question"].strip()
+    return SftRow(f"medmcqa_open:{rec['id']}", "medmcqa_open", question, lettered.cot, prose_answer(answer),
+                  {"question": question})
+
+
+PUBMEDQA_OPEN_REASONING_WORDS = 40  # the results sentences kept as an open row's reasoning
+
+
+def pubmedqa_open_row(pmid: str, rec: dict[str, Any]) -> SftRow:
+    """A PubMedQA item posed as an open question (the question alone: no abstract, no yes/no/maybe options): the
+    abstract's results, cut at a sentence end within :data:`PUBMEDQA_OPEN_REASONING_WORDS` words, as reasoning;
+    the decision and the authors' long answer (the abstract's conclusion) as a prose answer."""
+    labels = rec.get("LABELS") or []
+    results = [c for c, lab in zip(rec["CONTEXTS"], labels) if "RESULT" in str(lab).upper()] or rec["CONTEXTS"][-1:]
+    words, kept = " ".join(results).split(), []
+    for sentence in re.split(r"(?<=[.!?])\s+", " ".join(words)):
+        if kept and len(" ".join(kept + [sentence]).split()) > PUBMEDQA_OPEN_REASONING_WORDS:
+            break
+        kept.append(sentence)
+    reasoning = " ".join(kept)
+    if len(reasoning.split()) > PUBMEDQA_OPEN_REASONING_WORDS:  # one long first sentence: cut at a word
+        reasoning = " ".join(reasoning.split()[:PUBMEDQA_OPEN_REASONING_WORDS]) + " …"
+    decision = str(rec["final_decision"]).capitalize()
+    question = rec["QUESTION"].strip()
+    return SftRow(f"pubmedqa_open:{pmid}", "pubmedqa_open", question, reasoning,
+                  f"{decision}. {rec['LONG_ANSWER'].strip()}", {"question": question})
+
+
 def pubmedqa_row(pmid: str, rec: dict[str, Any]) -> SftRow:
     item = pubmedqa_item(pmid, rec["QUESTION"], rec["CONTEXTS"], rec["final_decision"])
     question = f"Context: {item.context}\n\nQuestion: {rec['QUESTION']}\nAnswer with yes, no or maybe."
@@ -142,6 +200,11 @@ def o1_row(n: int, rec: dict[str, Any]) -> SftRow:
 
 # ---------------------------------------------------------------- loaders
 
+# the data-dir sources (``local:<name>``): medical-o1's rows, MedMCQA and PubMedQA posed with their options, and the
+# same two posed as open questions (no options: the answer in prose)
+LOCAL_SOURCES = ("medical_o1", "medmcqa", "pubmedqa", "medmcqa_open", "pubmedqa_open")
+
+
 def load_local_rows(cfg: AppConfig, sources: Sequence[str] = ("medical_o1", "medmcqa", "pubmedqa")) -> list[SftRow]:
     """Offline rows from the data dir (their Hub twins when there is none), before excluding evaluated items."""
     if cfg.hub_data:
@@ -150,12 +213,14 @@ def load_local_rows(cfg: AppConfig, sources: Sequence[str] = ("medical_o1", "med
     if "medical_o1" in sources:
         recs = read_json(data_file(cfg, "medical_o1_sft", "medical_o1_sft_en_first10.json"))
         rows += [o1_row(n, r) for n, r in enumerate(recs)]
-    if "medmcqa" in sources:
-        rows += [r for r in map(medmcqa_row, read_jsonl(data_file(cfg, "medmcqa", "dev.json"))) if r is not None]
-    if "pubmedqa" in sources:
-        pqal = read_json(data_file(cfg, "pubmedqa", "ori_pqal.json"))
-        test = set(pubmedqa_test_ids(cfg))
-        rows += [pubmedqa_row(pmid, rec) for pmid, rec in pqal.items() if pmid not in test]
+    for name, build in (("medmcqa", medmcqa_row), ("medmcqa_open", medmcqa_open_row)):
+        if name in sources:
+            rows += [r for r in map(build, read_jsonl(data_file(cfg, "medmcqa", "dev.json"))) if r is not None]
+    for name, build in (("pubmedqa", pubmedqa_row), ("pubmedqa_open", pubmedqa_open_row)):
+        if name in sources:
+            pqal = read_json(data_file(cfg, "pubmedqa", "ori_pqal.json"))
+            test = set(pubmedqa_test_ids(cfg))
+            rows += [build(pmid, rec) for pmid, rec in pqal.items() if pmid not in test]
     return rows
 
 
@@ -164,18 +229,23 @@ def hub_twin_rows(cfg: AppConfig, sources: Sequence[str]) -> list[SftRow]:
     rows: list[SftRow] = []
     if "medical_o1" in sources:
         rows += load_hub_rows()
-    if "medmcqa" in sources:  # the Hub's cop is 0-based, the data-dir file's 1-based
-        built = (medmcqa_row(dict(rec, cop=int(rec["cop"]) + 1)) for rec in hub_rows("medmcqa"))
-        rows += [r for r in built if r is not None]
-    if "pubmedqa" in sources:
-        test = set(pubmedqa_test_ids(cfg))
-        rows += [pubmedqa_row(str(r["pubid"]), {"QUESTION": r["question"], "CONTEXTS": r["context"]["contexts"],
-                                                "LONG_ANSWER": r["long_answer"], "final_decision": r["final_decision"]})
-                 for r in hub_rows("pubmedqa") if str(r["pubid"]) not in test]
+    for name, build in (("medmcqa", medmcqa_row), ("medmcqa_open", medmcqa_open_row)):
+        if name in sources:  # the Hub's cop is 0-based, the data-dir file's 1-based
+            built = (build(dict(rec, cop=int(rec["cop"]) + 1)) for rec in hub_rows("medmcqa"))
+            rows += [r for r in built if r is not None]
+    for name, build in (("pubmedqa", pubmedqa_row), ("pubmedqa_open", pubmedqa_open_row)):
+        if name in sources:
+            test = set(pubmedqa_test_ids(cfg))
+            rows += [build(str(r["pubid"]), {"QUESTION": r["question"], "CONTEXTS": r["context"]["contexts"],
+                                             "LABELS": r["context"].get("labels") or [],
+                                             "LONG_ANSWER": r["long_answer"], "final_decision": r["final_decision"]})
+                     for r in hub_rows("pubmedqa") if str(r["pubid"]) not in test]
     return rows
 
 
-BENCHMARK_DERIVED = ("medmcqa", "pubmedqa")  # SFT sources built from benchmark files (the ones that can overlap)
+# SFT sources built from benchmark files (the ones that can overlap the evaluated items)
+BENCHMARK_DERIVED = ("medmcqa", "pubmedqa", "medmcqa_open", "pubmedqa_open")
+LIMIT = re.compile(r"^(?P<name>.+?)\[:(?P<n>\d+)\]$")  # ``local:pubmedqa_open[:150]``: the first 150 rows
 
 
 def trained_overlap(cfg: AppConfig, data_meta: dict[str, Any], samples: dict[str, Sequence[Any]]) -> list[Overlap]:
@@ -211,16 +281,18 @@ def exclude_overlaps(rows: list[SftRow], eval_items: dict[str, Sequence[Any]]) -
 def load_sft_rows(cfg: AppConfig, datasets: Sequence[str] = ()) -> list[SftRow]:
     """SFT rows for the profile, disjoint from the evaluated samples (raises :class:`OverlapError` if not).
 
-    ``datasets``: ``local:medical_o1``, ``local:medmcqa``, ``local:pubmedqa`` or Hub names; empty = the profile's
-    default (the Hub dataset for ``reference``, all three local sets otherwise).
+    ``datasets``: ``local:<name>`` for a name in :data:`LOCAL_SOURCES` (``medmcqa_open``, ``pubmedqa_open``: posed
+    without options, answered in prose) or Hub names, each optionally cut to its first N rows (``name[:N]``); empty =
+    the profile's default (the Hub dataset for ``reference``, the three lettered local sets otherwise).
     """
     names = list(datasets) or ([HUB_DATASET] if cfg.profile == "reference" else
                                ["local:medical_o1", "local:medmcqa", "local:pubmedqa"])
-    local = [n.removeprefix("local:") for n in names if n.startswith("local:")]
-    rows = load_local_rows(cfg, local) if local else []
-    for name in names:
-        if not name.startswith("local:"):
-            rows += load_hub_rows(name)
+    rows: list[SftRow] = []
+    for entry in names:
+        m = LIMIT.match(entry)
+        name, limit = (m["name"], int(m["n"])) if m else (entry, None)
+        got = load_local_rows(cfg, [name.removeprefix("local:")]) if name.startswith("local:") else load_hub_rows(name)
+        rows += got[:limit] if limit is not None else got
     items = evaluated_items(cfg)
     rows, _removed = exclude_overlaps(rows, items)
     left = check_disjoint(rows, items)

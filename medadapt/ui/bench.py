@@ -16,6 +16,8 @@ import plotly.graph_objects as go
 
 from medadapt.ui.common import is_public, unlocked
 from medadapt.ui.redact import path_redactor
+from medadapt.shipped import adapter_checksum, shipped_results
+from eval.provenance import mark as provenance_mark, provenance, provenance_markdown
 
 from eval.benchmarks import PAPER_SETUP, has_breakdown, task_label
 from medadapt.variants import VARIANTS, variant_color, variant_label
@@ -30,10 +32,11 @@ POLL_S = 3.0
 
 # ---------------------------------------------------------------- files
 
-def list_results(results_dir: Path) -> list[tuple[str, str]]:
-    """(label, path relative to ``results_dir``) of every results JSON under it: most variants done first, then most
-    views, then most items, then newest (file times are all alike in a fresh clone, so recency alone would pick an
-    arbitrary default)."""
+def list_results(results_dir: Path, shipped: Path | None = None) -> list[tuple[str, str]]:
+    """(label, path relative to ``results_dir``) of every results JSON under it: the shipped release's results first
+    (``shipped``: those of the adapters Compare serves by default), then most variants done, most views, most items,
+    newest (file times are all alike in a fresh clone, so recency alone would pick an arbitrary default)."""
+    shipped = Path(shipped).resolve() if shipped else None
     ranked = []
     for p in Path(results_dir).rglob("*.json"):
         try:
@@ -44,8 +47,11 @@ def list_results(results_dir: Path) -> list[tuple[str, str]]:
             continue
         n = max((len(v) for v in data.get("item_ids", {}).values()), default=0)
         done, views = done_variants(data), views_of(data)
-        label = f"{p.relative_to(results_dir)} · {', '.join(views)} · n={n} · {', '.join(done)}"
-        ranked.append(((len(done), len(views), n, p.stat().st_mtime), label, p.relative_to(results_dir).as_posix()))
+        release = p.resolve() == shipped
+        label = (f"{'shipped release · ' if release else ''}{p.relative_to(results_dir)} · {', '.join(views)} · n={n}"
+                 f" · {', '.join(done)}")
+        ranked.append(((release, len(done), len(views), n, p.stat().st_mtime), label,
+                       p.relative_to(results_dir).as_posix()))
     return [(label, path) for _, label, path in sorted(ranked, reverse=True)]
 
 
@@ -325,7 +331,26 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
     cfg = state.cfg
     results_dir = cfg.paths.resolve("results_dir")
     c: dict[str, Any] = {}
-    choices = list_results(results_dir)
+    shipped = shipped_results(cfg)  # the results the shipped adapters were measured in: the default file
+    choices = list_results(results_dir, shipped)
+
+    def running() -> dict[str, str | None]:
+        """The checksum of the adapter each Compare column serves by default (what a result is checked against)."""
+        return {kind: adapter_checksum(state.default_adapter(kind)) for kind in ("sft", "msft")}
+
+    def provenance_text(res: dict | None) -> str:
+        text = provenance_markdown(res, running(), variant_label) if res else ""
+        return f"**Which adapter each result belongs to** (by checksum):\n\n{text}" if text else ""
+
+    def marked(res: dict | None, rows: list[list]) -> list[list]:
+        """The table's rows with each adapter variant's checksum, and a mark where Compare runs another adapter."""
+        info = provenance(res, running()) if res else {}
+        by_label = sorted(((variant_label(v), i) for v, i in info.items()), key=lambda x: -len(x[0]))
+        out = []
+        for r in rows:
+            hit = next((i for lab, i in by_label if str(r[0]) == lab or str(r[0]).startswith(lab + " ⚠")), None)
+            out.append([str(r[0]) + provenance_mark(hit)] + list(r[1:]) if hit else r)
+        return out
 
     def load_results(path: str | None) -> dict | None:  # the tab reads files under results_dir only
         return read_results(path, results_dir)
@@ -338,6 +363,7 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
         res = load_results(path)
         view = view if res and view in views_of(res) else (default_view(res) if res else None)
         header, rows = table_with_tests(res, view) if res else (["variant"], [])
+        rows = marked(res, rows)
         return (accuracy_figure(res, show_paper, view), gr.update(value=rows, headers=header),
                 significance_figure(res, sig_bench or ALL, view),
                 subject_figure(res, sub_bench, view) if sub_bench else go.Figure(),
@@ -359,7 +385,7 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
                 gr.update(choices=[(task_label(x), x) for x in b], value=b[0] if b else None), per_view[4])
 
     def on_refresh():
-        ch = list_results(results_dir)
+        ch = list_results(results_dir, shipped_results(cfg))
         return gr.update(choices=ch, value=ch[0][1] if ch else None)
 
     def on_run(variants, mode, n, bench_sel, secret="", request: gr.Request = None):
@@ -391,8 +417,10 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
                                 label="Scoring view", scale=2)
         c["refresh"] = gr.Button("↻ Refresh", scale=0)
         c["show_paper"] = gr.Checkbox(False, label="Show the seed paper's numbers (not comparable)", scale=1)
+    c["provenance"] = gr.Markdown(provenance_text(first), elem_id="ma-provenance")
     c["chart"] = gr.Plot(accuracy_figure(first), show_label=False)
     header, rows = table_with_tests(first) if first else (["variant"], [])
+    rows = marked(first, rows)
     c["table"] = gr.Dataframe(rows, headers=header, interactive=False, wrap=True,
                               label="Accuracy % [95% CI] · invalid rate · cost (eval wall time) · difference from base "
                                     "with q and the detectable difference")
@@ -440,6 +468,7 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
                 c["dd_item"], c["dd_view"], c["view"], c["views_md"], c["dec_bench"], c["decomp"], c["dist_bench"],
                 c["dist"]]
     c["file"].change(on_file, [c["file"], c["show_paper"]], file_out)
+    c["file"].change(lambda p: provenance_text(load_results(p)), c["file"], c["provenance"])
     c["view"].input(on_view, [c["file"], c["view"], c["show_paper"], c["sig_bench"], c["sub_bench"], c["dist_bench"]],
                     [c["chart"], c["table"], c["sig"], c["subjects"], c["dist"]])
     c["show_paper"].change(lambda p, s, v: accuracy_figure(load_results(p), s, v),
@@ -460,5 +489,6 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
     c["run"].click(on_run, [c["run_variants"], c["run_mode"], c["run_n"], c["run_bench"], c["secret"]], c["run_status"])
     c["timer"].tick(on_poll, None, c["run_status"], show_progress="hidden")
     c["on_file"], c["on_view"], c["on_run"], c["on_poll"] = on_file, on_view, on_run, on_poll
+    c["provenance_text"] = provenance_text
     return c
 

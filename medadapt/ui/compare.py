@@ -37,11 +37,10 @@ UPDATE_EVERY_S = 0.12  # stream UI updates at most ~8 times a second
 
 
 def _adapter_dropdown(state: AppState, kind: str) -> dict[str, Any]:
-    """Choices: the newest adapter (``""``, resolved when asked, so a column the setup prepares starts answering
-    without a reload), every listed adapter, and none."""
-    choices = state.adapter_choices(kind)
-    newest = f"newest ({choices[0][0].split(': ', 1)[-1]})" if choices else "newest (none trained yet)"
-    return {"choices": [(newest, "")] + choices + [NONE_CHOICE], "value": ""}
+    """Choices: the default (``""``, resolved when asked, so a column the setup prepares starts answering without a
+    reload; its label says what it resolves to now), every listed adapter with its origin (shipped, trained here,
+    published), and none."""
+    return {"choices": [(state.default_label(kind), "")] + state.adapter_choices(kind) + [NONE_CHOICE], "value": ""}
 
 
 def _column_outputs(res) -> list[Any]:

@@ -116,7 +116,7 @@ SETUP_ICONS = {"pending": "○", "waiting": "○", "running": "◐", "done": "�
 def setup_markdown(st: Any) -> str:
     """One line on the first-run setup (a ``medadapt.setup_chain.SetupState``): each step's state and progress."""
     from medadapt.rundir import pid_alive
-    from medadapt.setup_chain import STEP_TITLES, progress_text
+    from medadapt.setup_chain import HOW, STEP_TITLES, progress_text
 
     if st.status == "idle" or all(r.status == "skipped" for r in st.steps.values()):
         return ""
@@ -124,8 +124,9 @@ def setup_markdown(st: Any) -> str:
         return ""  # finished a while ago: nothing left to say
     parts = []
     for step, rec in st.steps.items():
+        ready = f"ready ({HOW[rec.how]})" if rec.how in HOW else "ready"
         detail = {"running": progress_text(step, rec), "waiting": "waiting for another job", "pending": "queued",
-                  "done": "ready", "skipped": "ready", "stopped": "stopped (Resume in the Training tab)",
+                  "done": ready, "skipped": ready, "stopped": "stopped (Resume in the Training tab)",
                   "failed": f"failed: {html.escape(rec.error.splitlines()[0] if rec.error else '?')}"}[rec.status]
         parts.append(f"{SETUP_ICONS[rec.status]} **{STEP_TITLES.get(step, step)}** — {detail}")
     if st.status == "running" and not pid_alive(st.pid):
