@@ -11,6 +11,7 @@ prompt (Compare, loglik and cot evaluation).
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
@@ -141,16 +142,21 @@ def truncate_question(question: str, count_tokens: Callable[[str], int], max_tok
 
 
 DEFUSE_MARK = "\u200b"  # zero-width space: splits a special-token string so the tokenizer cannot match it
+# the control-token shapes of the common chat families, defused whatever tokenizer is at hand (a remote server's may
+# have more special tokens than the local copy): ChatML/Qwen/Llama-3 "<|...|>", DeepSeek "<｜...｜>", "<s>", "</s>"
+CONTROL_SHAPES = re.compile(r"<\|[^|<>\s]{1,40}\|>|<｜[^｜<>]{1,40}｜>|</?s>")
 
 
 def defuse_special_tokens(text: str, specials: Sequence[str]) -> str:
-    """``text`` with every occurrence of a special-token string (``<|im_start|>``, ``</s>``, ...) broken by a
-    zero-width space after its first character, so text from a user, a snippet or a dataset is always tokenized as
-    text and can never open or close a chat turn (the model still reads the same visible characters)."""
+    """``text`` with every occurrence of a special-token string (``<|im_start|>``, ``</s>``, ..., and any string of
+    a chat family's control-token shape, ``CONTROL_SHAPES``) broken by a zero-width space after its first character,
+    so text from a user, a snippet or a dataset is always tokenized as text and can never open or close a chat turn
+    (the model still reads the same visible characters). Every engine sends chat messages through here
+    (:func:`defuse_messages`): the in-process one in :func:`render_chat`, the remote one in its request body."""
     for special in sorted((s for s in specials if len(s) > 1), key=len, reverse=True):
         if special in text:
             text = text.replace(special, special[0] + DEFUSE_MARK + special[1:])
-    return text
+    return CONTROL_SHAPES.sub(lambda m: m.group(0)[0] + DEFUSE_MARK + m.group(0)[1:], text)
 
 
 def defuse_messages(messages: Sequence[dict[str, str]], specials: Sequence[str]) -> list[dict[str, str]]:

@@ -7,6 +7,7 @@ bounds and number checks come from the config tree (:func:`medadapt.config.setti
 from __future__ import annotations
 
 import copy
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,12 +90,16 @@ def set_key(data: dict[str, Any], key: str, value: Any) -> None:
 # ---------------------------------------------------------------- validation
 
 def is_inside(path: Path, roots: list[Path]) -> bool:
-    path = path.expanduser().resolve()
-    return any(path == r.resolve() or r.resolve() in path.parents for r in roots)
+    """Whether ``path`` is one of ``roots`` or inside one, by its name alone (``..`` folded; nothing on disk is read,
+    so the answer tells a visitor nothing about the server's files)."""
+    path = Path(os.path.normpath(os.path.abspath(os.path.expanduser(path))))
+    return any(path == r or r in path.parents for r in (Path(os.path.normpath(os.path.abspath(r))) for r in roots))
 
 
-def check_dataset(entry: str, data_dir: Path, runs_dir: Path) -> str | None:
-    """Why a dataset entry is refused, or None if it is fine."""
+def check_dataset(entry: str, data_dir: Path, runs_dir: Path, probe: bool = True) -> str | None:
+    """Why a dataset entry is refused, or None if it is fine. Only paths inside the data dir or the runs dir are
+    allowed, and only those are looked up on disk, and only with ``probe`` (public mode's preview does not probe:
+    a visitor learns nothing about which files exist; a launch, behind the admin secret, does)."""
     if entry.startswith("local:"):
         name = entry.removeprefix("local:")
         if not name or not is_inside(data_dir / name, [data_dir]):
@@ -103,14 +108,16 @@ def check_dataset(entry: str, data_dir: Path, runs_dir: Path) -> str | None:
     if entry.startswith(("/", "~", ".")):
         if not is_inside(Path(entry), [data_dir, runs_dir]):
             return f"Datasets: {entry!r} is outside the data dir and the runs dir; only paths inside them are allowed"
-        return None if Path(entry).expanduser().exists() else f"Datasets: {entry!r} does not exist"
+        if probe and not Path(entry).expanduser().exists():
+            return f"Datasets: {entry!r} does not exist"
+        return None
     if HUB_ID.match(entry) and ".." not in entry:
         return None
     return f"Datasets: {entry!r} is neither local:<name> (data dir) nor a Hub dataset id like org/name"
 
 
-def parse_value(f: FormField, raw: Any, data_dir: Path, runs_dir: Path) -> tuple[Any, str | None]:
-    """(value, None) or (None, message) for one form field."""
+def parse_value(f: FormField, raw: Any, data_dir: Path, runs_dir: Path, probe: bool = True) -> tuple[Any, str | None]:
+    """(value, None) or (None, message) for one form field (``probe``: see :func:`check_dataset`)."""
     if f.kind == "bool":
         if isinstance(raw, str):
             raw = raw.strip().lower() in ("1", "true", "yes", "on")
@@ -118,7 +125,7 @@ def parse_value(f: FormField, raw: Any, data_dir: Path, runs_dir: Path) -> tuple
     if f.kind == "list":
         items = raw if isinstance(raw, list) else re.split(r"[,\n]", str(raw or ""))
         items = [str(i).strip() for i in items if str(i).strip()]
-        errors = [m for m in (check_dataset(i, data_dir, runs_dir) for i in items) if m]
+        errors = [m for m in (check_dataset(i, data_dir, runs_dir, probe) for i in items) if m]
         return (None, "\n".join(errors)) if errors else (items, None)
     try:
         return check_value(TrainConfig, f.key, raw), None
@@ -127,15 +134,16 @@ def parse_value(f: FormField, raw: Any, data_dir: Path, runs_dir: Path) -> tuple
 
 
 def form_to_config(job: str, values: dict[str, Any], base: dict[str, Any], data_dir: Path,
-                   runs_dir: Path) -> TrainConfig:
-    """Apply form ``values`` (keyed by ``FORM_KEYS``) to the ``base`` config dict; raises :class:`FormError`."""
+                   runs_dir: Path, probe: bool = True) -> TrainConfig:
+    """Apply form ``values`` (keyed by ``FORM_KEYS``) to the ``base`` config dict; raises :class:`FormError`
+    (``probe=False``: dataset paths are checked by name only, :func:`check_dataset`)."""
     if job not in JOBS:
         raise FormError([f"Job: {job!r} is not one of {', '.join(JOBS)}"])
     data, errors = merge(copy.deepcopy(base), {"job": job}), []
     for f in FIELDS:
         if f.key not in values:
             continue
-        value, err = parse_value(f, values[f.key], data_dir, runs_dir)
+        value, err = parse_value(f, values[f.key], data_dir, runs_dir, probe)
         if err:
             errors.append(err)
         else:
@@ -204,20 +212,34 @@ def config_job(path: Path) -> str:
 
 
 def list_configs(profile: str, runs_dir: Path, job: str) -> list[tuple[str, str]]:
-    """(label, path) of the shipped and saved configs of ``job``: shipped first, the ``<job>.yaml`` at the top."""
+    """(label, name) of the shipped and saved configs of ``job``: shipped first, the ``<job>.yaml`` at the top. The
+    name (``<profile>/<file>`` or ``saved/<file>``, also the label) is what the form carries; :func:`config_path`
+    turns it back into the file on the server."""
     shipped, saved = config_roots(profile, runs_dir)
     out = []
     for root, tag in ((shipped, profile), (saved, "saved")):
         files = sorted(root.glob("*.yaml"), key=lambda p: (p.stem != job, p.name)) if root.is_dir() else []
-        out += [(f"{tag}/{p.name}", str(p)) for p in files if config_job(p) == job]
+        out += [(f"{tag}/{p.name}", f"{tag}/{p.name}") for p in files if config_job(p) == job]
     return out
 
 
+CONFIG_NAME = re.compile(r"^(?P<tag>[\w-]+)/(?P<file>[A-Za-z0-9][\w.-]*\.ya?ml)$")
+
+
+def config_path(name: str | Path, profile: str, runs_dir: Path) -> Path:
+    """The file a config name (:func:`list_configs`) stands for; a path inside the config folders is taken as is."""
+    shipped, saved = config_roots(profile, runs_dir)
+    m = CONFIG_NAME.match(str(name))
+    if m and m["tag"] in (profile, "saved") and ".." not in m["file"]:
+        return (shipped if m["tag"] == profile else saved) / m["file"]
+    return Path(name)
+
+
 def load_base(path: str | Path | None, profile: str, runs_dir: Path) -> dict[str, Any]:
-    """The dict of a config file from the shipped or saved dirs ({} for none); other paths are refused."""
+    """The dict of a config file from the shipped or saved dirs, by name or path ({} for none); others are refused."""
     if not path:
         return {}
-    path = Path(path)
+    path = config_path(path, profile, runs_dir)
     if path.suffix not in (".yaml", ".yml") or not is_inside(path, list(config_roots(profile, runs_dir))):
         raise FormError([f"Config: {path} is not a config in configs/{profile}/ or {runs_dir / 'configs'}"])
     try:

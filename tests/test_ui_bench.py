@@ -129,10 +129,11 @@ def test_tab_builds_and_runs_a_job(tmp_path, results):
     assert {"chart", "table", "sig", "subjects", "dd_item", "run", "file"} <= set(c)
     outs = c["on_file"](str(tmp_path / "offline" / "cot-1.json"), True)
     assert len(outs) == 15 and len(outs[0].data) > 0
-    msg = c["on_run"](["base", "rag"], "cot", 20, ["pubmedqa"])
+    msg, run = c["on_run"](["base", "rag"], "cot", 20, ["pubmedqa"])
     assert "Started" in msg and started[0][:2] == ["--variants", "base,rag"]
-    assert str(tmp_path) not in msg and "eval-1" in msg  # no absolute server path reaches the page
-    assert "3/6" in c["on_poll"]()
+    assert str(tmp_path) not in msg and "eval-1" in msg and run == "eval-1"  # no absolute server path on the page
+    assert "3/6" in c["on_poll"](run)  # the page that started it (its session's state holds the run's name) ...
+    assert c["on_poll"]("") == c["on_poll"]("eval-9") == "No evaluation job started from this page."  # ... no other
 
 
 def test_public_mode_locks_eval_launch_unless_admin_secret(tmp_path, monkeypatch):
@@ -152,10 +153,10 @@ def test_public_mode_locks_eval_launch_unless_admin_secret(tmp_path, monkeypatch
     state = SimpleNamespace(cfg=cfg, jobs=jobs, extras={})
     with gr.Blocks():
         c = build_bench_tab(state)
-    assert "locked" in c["on_run"](["base"], "loglik", 5, ["medqa"], "anything") and not started  # no password set
+    assert "locked" in c["on_run"](["base"], "loglik", 5, ["medqa"], "anything")[0] and not started  # no password
     monkeypatch.setenv("MEDADAPT_ADMIN_PASSWORD", "s3cret")
-    assert "locked" in c["on_run"](["base"], "loglik", 5, ["medqa"], "wrong") and not started
-    assert "Started" in c["on_run"](["base"], "loglik", 5, ["medqa"], "s3cret") and len(started) == 1
+    assert "locked" in c["on_run"](["base"], "loglik", 5, ["medqa"], "wrong")[0] and not started
+    assert "Started" in c["on_run"](["base"], "loglik", 5, ["medqa"], "s3cret")[0] and len(started) == 1
 
 
 def test_shipped_offline_results_render_with_all_four_variants():

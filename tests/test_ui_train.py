@@ -17,7 +17,8 @@ from medadapt.train_form import FIELDS
 from tests.net import free_port
 
 FAKE = Path(__file__).parent / "fixtures" / "fake_trainer.py"
-SFT_YAML = str(REPO_ROOT / "configs" / "offline" / "sft.yaml")
+SFT_FILE = str(REPO_ROOT / "configs" / "offline" / "sft.yaml")
+SFT_YAML = "offline/sft.yaml"  # how the form names it: no server path on the page
 
 
 def launch_tab(cfg, jobs: JobManager):
@@ -68,10 +69,10 @@ def test_form_via_client_preview_and_refusals(fake_app):
 
     client = Client(fake_app.url, verbose=False)
     update = client.predict("sft", api_name="/configs")
-    assert update["value"] == SFT_YAML and ["offline/sft.yaml", SFT_YAML] in update["choices"]
+    assert update["value"] == SFT_YAML and [SFT_YAML, SFT_YAML] in update["choices"]
     loaded = client.predict("sft", SFT_YAML, api_name="/load_config")
     values = dict(zip((f.key for f in FIELDS), loaded[:len(FIELDS)]))
-    shipped = load_train_config(SFT_YAML)
+    shipped = load_train_config(SFT_FILE)
     assert values["lora.r"] == shipped.lora.r and values["learning_rate"] == shipped.learning_rate
     assert "job: sft" in loaded[len(FIELDS)]
     assert loaded[len(FIELDS) + 1].startswith("python -m trainers.sft --config configs/offline/sft.yaml")
@@ -98,7 +99,7 @@ def test_controller_handlers_work_without_a_page(tmp_path):
     cfg = load_config("offline", {"paths": {"data_dir": str(tmp_path), "runs_dir": str(tmp_path / "runs")}})
     ctl = TrainController(types.SimpleNamespace(cfg=cfg, jobs=JobManager(cfg)))
     values = ctl.form_defaults("sft", SFT_YAML)
-    assert values["lora.r"] == load_train_config(SFT_YAML).lora.r
+    assert values["lora.r"] == load_train_config(SFT_FILE).lora.r
     yaml_text, cli, msg = ctl.preview("sft", SFT_YAML, *form(values, **{"lora.r": 32}))
     assert "r: 32" in yaml_text and cli.endswith("--set lora.r=32") and msg == ""
     msg = ctl.preview("sft", SFT_YAML, *form(values, learning_rate=5.0))[2]
@@ -264,7 +265,7 @@ def test_real_trainer_bad_data_file_fails_with_its_error(tmp_path, tiny_model_di
     cfg = load_config("offline", {"model": {"name_or_path": tiny_model_dir},
                                   "paths": {"data_dir": str(tmp_path / "data"), "runs_dir": str(tmp_path / "runs")}})
     jobs = JobManager(cfg)
-    run = jobs.start(load_train_config(SFT_YAML, {"max_steps": 2, "dataset": ["local:medical_o1"]}))
+    run = jobs.start(load_train_config(SFT_FILE, {"max_steps": 2, "dataset": ["local:medical_o1"]}))
     snap = jobs.wait(run, 150)
     where = "medical_o1_sft_en_first10.json: not valid JSON at line 1"  # the shared reader names file and position
     assert snap.status == "failed" and "DataFormatError" in snap.error and where in snap.error

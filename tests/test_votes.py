@@ -49,20 +49,45 @@ def test_votes_figure_counts_and_empty_state():
     assert "No votes yet" in empty.layout.annotations[0].text
 
 
-def test_exports_are_pruned_after_their_ttl(tmp_path):
+def test_parallel_votes_on_the_same_answers_record_one(cfg, monkeypatch):
+    """Issue 32, finding 9: "already voted" was checked and set without a lock, so parallel votes on one session's
+    answers all passed the check. With the answers' key, the check and the append are one atomic step."""
     import os
+    import threading
     import time
 
-    from medadapt.exports import new_export_dir, prune_exports
+    from medadapt import votes
+    from medadapt.votes import answers_key
 
-    old, fresh = new_export_dir(tmp_path), new_export_dir(tmp_path)
-    (old / "medadapt-comparison.md").write_text("x")
-    past = time.time() - 7200
-    os.utime(old, (past, past))
-    assert prune_exports(tmp_path) == 1
-    assert not old.exists() and fresh.exists()
-    third = new_export_dir(tmp_path)  # every export prunes first
-    assert third.parent == tmp_path and len(list(tmp_path.iterdir())) == 2
+    slow_fsync = os.fsync
+    monkeypatch.setattr(votes.os, "fsync", lambda fd: (time.sleep(0.05), slow_fsync(fd)))  # widen the race window
+    res, outcomes, barrier = result(), [], threading.Barrier(6)
+
+    def vote(choice):
+        barrier.wait()
+        try:
+            votes.record_vote(cfg, choice, res, answers_key("session-1", res))
+            outcomes.append("recorded")
+        except VoteError as e:
+            outcomes.append(str(e))
+
+    threads = [threading.Thread(target=vote, args=(c,)) for c in ("base", "rag", "msft", "all_bad", "rag", "base")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("recorded") == 1 and len(read_votes(cfg)) == 1, outcomes
+    assert all("already voted" in o for o in outcomes if o != "recorded")
+    other_session = answers_key("session-2", res)  # the same answers in another page: its own vote
+    votes.record_vote(cfg, "base", res, other_session)
+    changed = dict(res, answers={**res["answers"], "base": {**res["answers"]["base"], "answer": "new"}})
+    votes.record_vote(cfg, "base", changed, answers_key("session-1", changed))  # new answers, new vote
+    assert len(read_votes(cfg)) == 3
+
+
+def test_a_vote_names_adapters_by_their_run(cfg):
+    rec = record_vote(cfg, "rag", result(), adapter_names={"sft": "sft-20260101-000000"})
+    assert rec["variants"]["sft"]["adapter"] == "sft-20260101-000000" and "/x" not in votes_path(cfg).read_text()
 
 
 def test_a_vote_keeps_a_bounded_excerpt_and_a_hash(cfg):

@@ -388,23 +388,29 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
         ch = list_results(results_dir, shipped_results(cfg))
         return gr.update(choices=ch, value=ch[0][1] if ch else None)
 
+    started: dict[str, Path] = {}  # run name -> run dir of the evaluations started from this app
+
     def on_run(variants, mode, n, bench_sel, secret="", request: gr.Request = None):
+        """(message, the run's name): the name is the page session's own (a gr.State), so each page follows the
+        evaluation it started and no other."""
         if not unlocked(cfg, secret, request):
-            return "🔒 Evaluation launches are locked in public mode: enter the admin secret, or duplicate the Space."
+            return ("🔒 Evaluation launches are locked in public mode: enter the admin secret, or duplicate the Space.",
+                    gr.skip())
         jobs = getattr(state, "jobs", None)
         if jobs is None or not hasattr(jobs, "start_eval"):
-            return "This app has no job runner; run `python -m eval run ...` from a shell."
+            return "This app has no job runner; run `python -m eval run ...` from a shell.", gr.skip()
         try:
-            run_dir = jobs.start_eval(eval_args(variants, mode, n, bench_sel))
+            run_dir = Path(jobs.start_eval(eval_args(variants, mode, n, bench_sel)))
         except Exception as e:  # noqa: BLE001 — JobBusyError, ValueError: shown to the user
-            return shown(f"⚠️ {e}")
-        state.extras["eval_run"] = str(run_dir)
-        return shown(f"Started evaluation in `{run_dir}`.")
+            return shown(f"⚠️ {e}"), gr.skip()
+        started[run_dir.name] = run_dir
+        return shown(f"Started evaluation in `{run_dir}`."), run_dir.name
 
-    def on_poll():
-        run = state.extras.get("eval_run")
+    def on_poll(run: str | None = None):
+        """The progress of the evaluation this page started (``run``: its name, from the page's session)."""
         jobs = getattr(state, "jobs", None)
-        return shown(progress_text(jobs.poll(Path(run)) if run and jobs else None))
+        run_dir = started.get(run or "")
+        return shown(progress_text(jobs.poll(run_dir) if run_dir and jobs else None))
 
     gr.Markdown("Accuracy of each variant on seeded samples of four medical benchmarks. Error bars are 95% Wilson "
                 "intervals; at n = 200 per benchmark they are about ±6–7 points (±13 at n = 50), so most "
@@ -486,8 +492,10 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
                          [c["file"], c["dd_bench"]], c["dd_item"])
     c["dd_item"].change(lambda p, b, i: drilldown_html(load_results(p), b, i), [c["file"], c["dd_bench"], c["dd_item"]],
                         c["dd_view"])
-    c["run"].click(on_run, [c["run_variants"], c["run_mode"], c["run_n"], c["run_bench"], c["secret"]], c["run_status"])
-    c["timer"].tick(on_poll, None, c["run_status"], show_progress="hidden")
+    c["eval_run"] = gr.State("")  # the evaluation this page started (per session)
+    c["run"].click(on_run, [c["run_variants"], c["run_mode"], c["run_n"], c["run_bench"], c["secret"]],
+                   [c["run_status"], c["eval_run"]])
+    c["timer"].tick(on_poll, c["eval_run"], c["run_status"], show_progress="hidden")
     c["on_file"], c["on_view"], c["on_run"], c["on_poll"] = on_file, on_view, on_run, on_poll
     c["provenance_text"] = provenance_text
     return c

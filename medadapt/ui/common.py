@@ -14,6 +14,7 @@ import gradio as gr
 from medadapt.config import AppConfig
 from medadapt.env import env_flag
 from medadapt.pipeline import DISCLAIMER
+from medadapt.ui.redact import path_redactor
 
 log = logging.getLogger(__name__)
 
@@ -107,15 +108,18 @@ def launch_options(cfg: AppConfig, demo: Any = None) -> dict:
     """Keyword arguments for ``demo.launch`` shared by the app, the tests and the benches (``demo``'s queue is calmed:
     :func:`calm_queue`).
 
-    The request guard refuses uploads (the app has no file input) and, in public mode with ``demo`` given, bounds each
-    client's queued and running events in ``demo``'s queue and rations its Compare generations
-    (:mod:`medadapt.ui.guard`).
+    The request guard refuses uploads (the app has no file input) and, in public mode with ``demo`` given, lets through
+    only the routes the page uses and rations each client's requests, events and Compare generations in ``demo``'s
+    queue (:mod:`medadapt.ui.guard`). The server believes forwarded client addresses only from the configured proxies
+    (:func:`medadapt.ui.proxies.use_trusted_proxies`).
     """
     from starlette.middleware import Middleware
 
     from medadapt.ui.guard import RequestGuard
     from medadapt.ui.inflight import InFlight
+    from medadapt.ui.proxies import use_trusted_proxies
 
+    use_trusted_proxies()
     public = is_public(cfg) and demo is not None
     guard = Middleware(RequestGuard, inflight=InFlight(demo) if public else None)
     if demo is not None:
@@ -149,7 +153,8 @@ def banner(cfg: AppConfig) -> str:
     if cfg.hardware:
         kept = f"runs, index, votes and results kept in {cfg.storage}" if cfg.storage else NO_STORAGE
         space = f"<br><small id='ma-space'>Space hardware: {html.escape(cfg.hardware)} · {html.escape(kept)}</small>"
-    return (f"<div class='ma-banner' id='ma-banner'><b>MedAdapt</b> — {html.escape(cfg.describe())}{mode}{space}"
+    described = path_redactor(cfg)(cfg.describe())  # the data dir as its setting's name, not the server's path
+    return (f"<div class='ma-banner' id='ma-banner'><b>MedAdapt</b> — {html.escape(described)}{mode}{space}"
             f"<br><small>{DISCLAIMER}</small></div>")
 
 

@@ -10,7 +10,6 @@ import gradio as gr
 
 from medadapt.config import GenerationConfig, RagConfig, setting
 from medadapt.variants import VARIANTS, variant_label
-from medadapt.exports import new_export_dir
 from medadapt.engine_choice import concurrent_generations
 from medadapt.pipeline import InputError, check_settings, checked
 from medadapt.space import zerogpu
@@ -20,7 +19,8 @@ from medadapt.ui import render
 from medadapt.ui.common import warn
 from medadapt.ui.inflight import GENERATE
 from medadapt.ui.redact import path_redactor
-from medadapt.votes import CHOICES, VoteError, record_vote, tally_votes
+from medadapt.refs import adapter_name
+from medadapt.votes import CHOICES, VoteError, answers_key, record_vote, tally_votes
 
 EXAMPLES = [
     "A 45-year-old man has crushing substernal chest pain radiating to the left arm for 30 minutes. "
@@ -112,38 +112,57 @@ def build_compare_tab(state: AppState) -> dict[str, Any]:
         c["vote"] = gr.Button("Submit vote", scale=1)
         c["export"] = gr.Button("Export result (Markdown + JSON)", scale=1)
     c["vote_status"] = gr.Markdown()
-    c["export_files"] = gr.File(label="Exported result", file_count="multiple", visible=False)
+    with gr.Accordion("Exported result: download or copy (made in your browser, nothing is stored on the server)",
+                      open=True, visible=False) as c["export_box"]:
+        with gr.Row():
+            c["export_md"] = gr.Code(label="Markdown", language="markdown", interactive=False, lines=8, max_lines=16,
+                                     buttons=["copy", "download"])
+            c["export_json"] = gr.Code(label="JSON", language="json", interactive=False, lines=8, max_lines=16,
+                                       buttons=["copy", "download"])
     c["result"] = gr.State(None)
+    c["exported"] = gr.State("")  # the answers last exported in this page (each set once)
     _wire(state, c, shown)
     _wire_feedback(state, c, shown)
     return c
 
 
+def adapter_names(state: AppState, res: Any) -> dict[str, str]:
+    """How an export or a vote names each column's adapter: its run (:func:`medadapt.refs.adapter_name`)."""
+    return {v: adapter_name(state.cfg, a.adapter) for v, a in res.answers.items()}
+
+
 def _wire_feedback(state: AppState, c: dict[str, Any], shown: Callable[[str], str]) -> None:
-    def vote(choice, result):
-        try:
-            record_vote(state.cfg, choice or "", result.to_dict() if result else None)
+    def vote(choice, result, request: gr.Request):
+        data = result.to_dict() if result else None
+        key = answers_key(getattr(request, "session_hash", None) or "", data) if data else None
+        try:  # one vote per session per set of answers, checked and recorded atomically (parallel votes race)
+            record_vote(state.cfg, choice or "", data, key, adapter_names(state, result) if result else None)
         except VoteError as e:
             return f"⚠️ {e}", gr.skip()
         except OSError as e:
             return f"⚠️ The vote could not be saved: {shown(str(e))}", gr.skip()
-        result.voted = True  # one vote per session per set of answers
+        result.voted = True
         counts = tally_votes(state.cfg)
         return "Thanks — vote recorded. Tally so far: " + ", ".join(f"{k} {n}" for k, n in counts.items()), result
 
-    def export(result):
+    def export(result, exported):
+        """The result as Markdown and JSON in the page, which saves them in the browser: no file on the server, no
+        server path in either (adapters by their run's name), and each set of answers made once."""
         if result is None or not result.done:
             warn("Ask a question and wait for the answers before exporting.")
-            return gr.update(visible=False)
-        out = new_export_dir()  # removed an hour later (medadapt.exports)
-        md, js = out / "medadapt-comparison.md", out / "medadapt-comparison.json"
-        md.write_text(render.result_markdown(result), encoding="utf-8")
-        js.write_text(json.dumps(render.result_json(result), indent=2, default=str, ensure_ascii=False), encoding="utf-8")
-        return gr.update(value=[str(md), str(js)], visible=True)
+            return gr.skip(), gr.skip(), gr.skip(), exported
+        key = answers_key("", result.to_dict())
+        if key == exported:  # already in the page: nothing to make again
+            return gr.skip(), gr.skip(), gr.skip(), exported
+        names = adapter_names(state, result)
+        md = shown(render.result_markdown(result, names))
+        js = shown(json.dumps(render.result_json(result, names), indent=2, default=str, ensure_ascii=False))
+        return gr.update(visible=True), md, js, key
 
     c["vote"].click(vote, inputs=[c["vote_choice"], c["result"]], outputs=[c["vote_status"], c["result"]],
                     api_name="vote")
-    c["export"].click(export, inputs=c["result"], outputs=c["export_files"], api_name="export")
+    c["export"].click(export, inputs=[c["result"], c["exported"]],
+                      outputs=[c["export_box"], c["export_md"], c["export_json"], c["exported"]], api_name="export")
 
 
 def _wire(state: AppState, c: dict[str, Any], shown: Callable[[str], str]) -> None:

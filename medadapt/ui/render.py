@@ -82,8 +82,9 @@ def snippets_html(ans: Answer) -> str:
     return "<div class='ma-snippets'><div class='ma-snippets-head'>Retrieved snippets</div>" + "".join(items) + "</div>"
 
 
-def result_markdown(res: CompareResult) -> str:
-    """The whole side-by-side result as a Markdown document (for export)."""
+def result_markdown(res: CompareResult, adapter_names: dict[str, str] | None = None) -> str:
+    """The whole side-by-side result as a Markdown document (for export); ``adapter_names`` names each column's
+    adapter (its run, :func:`medadapt.refs.adapter_name`) instead of its folder."""
     lines = [f"# MedAdapt comparison\n\n> {DISCLAIMER}\n\n**Question:** {res.question}\n",
              f"**Settings:** `{json.dumps(res.settings)}`\n"]
     lines += [f"*Notice:* {n}\n" for n in res.notices]
@@ -93,7 +94,7 @@ def result_markdown(res: CompareResult) -> str:
             lines.append(f"*{ans.message}*\n")
             continue
         if ans.adapter:
-            lines.append(f"Adapter: `{ans.adapter}`\n")
+            lines.append(f"Adapter: `{(adapter_names or {}).get(v, ans.adapter)}`\n")
         if ans.reasoning:
             lines.append("<details><summary>Chain of thought</summary>\n\n" + ans.reasoning + "\n\n</details>\n")
         lines.append(ans.answer or "*(no final answer)*")
@@ -104,8 +105,15 @@ def result_markdown(res: CompareResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def result_json(res: CompareResult) -> dict[str, Any]:
-    return {"disclaimer": DISCLAIMER, **res.to_dict()}
+def result_json(res: CompareResult, adapter_names: dict[str, str] | None = None) -> dict[str, Any]:
+    """The result as a JSON-ready dict (for export), each adapter named as in :func:`result_markdown`."""
+    data = {"disclaimer": DISCLAIMER, **res.to_dict()}
+    for v, ans in data["answers"].items():
+        if adapter_names is not None:
+            ans["adapter"] = adapter_names.get(v, "")
+        ans.pop("engine_adapter", None)  # the engine's internal name
+    data.pop("voted", None)
+    return data
 
 
 SETUP_DONE_SHOWN_S = 600  # the "setup finished" line stays this long, then the Compare tab is quiet again

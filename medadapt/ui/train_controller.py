@@ -16,11 +16,11 @@ from medadapt.charts import loss_figure
 from medadapt.jobs import JobError
 from medadapt.launcher import Launcher
 from medadapt.rundir import RunDir
-from medadapt.train_form import (FIELDS, FormError, cli_command, config_to_form, config_yaml, form_to_config,
-                                 list_configs, load_base, save_config)
+from medadapt.train_form import (FIELDS, FormError, cli_command, config_path, config_to_form, config_yaml,
+                                 form_to_config, list_configs, load_base, save_config)
 from medadapt.ui import render
 from medadapt.ui import train_view as view
-from medadapt.ui.common import unlocked
+from medadapt.ui.common import is_public, unlocked
 from medadapt.ui.redact import path_redactor
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")  # a run dir name, never a path
@@ -40,17 +40,23 @@ class TrainController:
 
     # ---------------------------------------------------------------- the form
     def config_choices(self, job: str) -> list[tuple[str, str]]:
+        """(label, name) of the configs of ``job``: names like ``offline/sft.yaml``, never server paths."""
         return list_configs(self.cfg.profile, self.runs_dir, job)
 
-    def form_defaults(self, job: str, config_path: str | None) -> dict[str, Any]:
+    def form_defaults(self, job: str, config: str | None) -> dict[str, Any]:
         """Form values of a base config (the form's initial values)."""
-        base = load_base(config_path, self.cfg.profile, self.runs_dir)
+        base = load_base(config, self.cfg.profile, self.runs_dir)
         return config_to_form(form_to_config(job, {}, base, self.data_dir, self.runs_dir))
 
-    def _build_config(self, job: str, config_path: str, values: tuple[Any, ...]):
-        base = load_base(config_path, self.cfg.profile, self.runs_dir)
-        tcfg = form_to_config(job, dict(zip((f.key for f in FIELDS), values)), base, self.data_dir, self.runs_dir)
+    def _build_config(self, job: str, config: str, values: tuple[Any, ...], probe: bool = True):
+        base = load_base(config, self.cfg.profile, self.runs_dir)
+        tcfg = form_to_config(job, dict(zip((f.key for f in FIELDS), values)), base, self.data_dir, self.runs_dir,
+                              probe)
         return tcfg, base
+
+    def _cli(self, tcfg: Any, config: str | None, base: dict[str, Any], launcher: Launcher | None) -> str:
+        path = config_path(config, self.cfg.profile, self.runs_dir) if config else None
+        return self.shown(cli_command(tcfg, path, base, launcher))
 
     @staticmethod
     def launcher(values: tuple[Any, ...]) -> Launcher:
@@ -63,51 +69,53 @@ class TrainController:
         return Launcher.from_dict({"kind": kind or "single", "num_processes": n if kind == "accelerate" else 1,
                                    "config_file": config})
 
-    def preview(self, job: str, config_path: str, *values: Any) -> tuple[str, str, str]:
+    def preview(self, job: str, config: str, *values: Any) -> tuple[str, str, str]:
+        """YAML, command and messages of the form as it stands. In public mode dataset paths are checked by name only
+        (inside the data or runs dir): whether a file exists is for a launch to find out, behind the admin secret."""
         launcher = self.launcher(values)
         try:
-            tcfg, base = self._build_config(job, config_path, values)
+            tcfg, base = self._build_config(job, config, values, probe=not is_public(self.cfg))
             if launcher.problems():
                 raise FormError(launcher.problems())
         except FormError as e:
             return gr.skip(), gr.skip(), self.bullet(e.messages)
-        return config_yaml(tcfg), cli_command(tcfg, Path(config_path) if config_path else None, base, launcher), ""
+        return self.shown(config_yaml(tcfg)), self._cli(tcfg, config, base, launcher), ""
 
     def on_job(self, job: str):
         choices = self.config_choices(job)
         return gr.update(choices=choices, value=choices[0][1] if choices else None)
 
-    def on_config(self, job: str, config_path: str, *launch: Any):
+    def on_config(self, job: str, config: str, *launch: Any):
         try:
-            base = load_base(config_path, self.cfg.profile, self.runs_dir)
-            tcfg = form_to_config(job, {}, base, self.data_dir, self.runs_dir)
+            base = load_base(config, self.cfg.profile, self.runs_dir)
+            tcfg = form_to_config(job, {}, base, self.data_dir, self.runs_dir, probe=not is_public(self.cfg))
         except FormError as e:
             return [gr.skip()] * (len(FIELDS) + 2) + [self.bullet(e.messages)]
         values = config_to_form(tcfg)
         launcher = self.launcher((None,) * len(FIELDS) + launch)
-        cli = cli_command(tcfg, Path(config_path) if config_path else None, base,
-                          None if launcher.problems() else launcher)
-        return [values[f.key] for f in FIELDS] + [config_yaml(tcfg), cli, ""]
+        cli = self._cli(tcfg, config, base, None if launcher.problems() else launcher)
+        return [values[f.key] for f in FIELDS] + [self.shown(config_yaml(tcfg)), cli, ""]
 
-    def on_save(self, request: gr.Request, secret: str, name: str, job: str, config_path: str, *values: Any):
+    def on_save(self, request: gr.Request, secret: str, name: str, job: str, config: str, *values: Any):
         if not unlocked(self.cfg, secret, request):
             return gr.skip(), "🔒 Saving configs is locked in public mode."
         try:
-            tcfg, _ = self._build_config(job, config_path, values)
+            tcfg, _ = self._build_config(job, config, values)
             path = save_config(tcfg, name, self.runs_dir)
         except FormError as e:
             return gr.skip(), self.bullet(e.messages)
-        return gr.update(choices=self.config_choices(job), value=str(path)), f"💾 Saved `{self.shown(str(path))}`."
+        return (gr.update(choices=self.config_choices(job), value=f"saved/{path.name}"),
+                f"💾 Saved `{self.shown(str(path))}`.")
 
     # ---------------------------------------------------------------- jobs
-    def on_start(self, request: gr.Request, secret: str, job: str, config_path: str, *values: Any) -> str:
+    def on_start(self, request: gr.Request, secret: str, job: str, config: str, *values: Any) -> str:
         if not unlocked(self.cfg, secret, request):
             return "🔒 Launching is locked in public mode: enter the admin secret, or duplicate the Space to train."
         try:
-            tcfg, _ = self._build_config(job, config_path, values)
+            tcfg, _ = self._build_config(job, config, values)
         except FormError as e:
             return "**Fix these values first:**\n\n" + self.bullet(e.messages)
-        label = next((lbl for lbl, p in self.config_choices(job) if p == config_path), "")
+        label = next((lbl for lbl, name in self.config_choices(job) if name == config), "")
         try:
             run = self.jobs.start(tcfg, source=label, launcher=self.launcher(values))
         except JobError as e:
