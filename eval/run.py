@@ -7,6 +7,7 @@ Run::
     python -m eval summary results/offline/loglik-*.json
     python -m eval merge A.json B.json --out C.json
     python -m eval rescore RESULTS.json [--out NEW.json]   # text_norm from the stored log-probs (eval.rescore)
+    python -m eval perplexity [--variants base,cpt=DIR,msft=DIR]  # CPT's held-out passages + a control (eval.perplexity)
     python -m eval run --backend lm-eval --variants base,sft --n 200    # lm-evaluation-harness scores (eval.lmeval)
     python -m eval run --protocol study --variants base,sft,msft     # the original study's protocol (eval.study)
     python -m eval run --mode cot --engine openai ...                  # generate through an OpenAI-compatible server
@@ -78,7 +79,36 @@ def make_parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("rescore", help="re-score text_norm (acc_norm per character) from a file's stored log-probs")
     rs.add_argument("file")
     rs.add_argument("--out", help="write here (default: rewrite FILE in place)")
+    pp = sub.add_parser("perplexity", help="per-token perplexity of base, CPT and MSFT on CPT's held-out corpus "
+                        "passages and a general-text control (eval.perplexity)")
+    pp.add_argument("--variants", help="comma list: base, cpt=DIR, msft=DIR (default: base, the newest MSFT run's "
+                    "CPT stage, the newest MSFT adapter)")
+    pp.add_argument("--general", type=int, default=120, help="general-text control passages (default %(default)s)")
+    pp.add_argument("--max_tokens", type=int, default=256, help="tokens scored per passage (default %(default)s)")
+    pp.add_argument("--batch_size", type=int, default=8)
+    pp.add_argument("--profile", help="offline | reference | auto | a YAML path")
+    pp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="inference dtype (default: model.dtype)")
+    pp.add_argument("--out", help="default: <results_dir>/<profile>/perplexity-<timestamp>.json")
     return p
+
+
+def cmd_perplexity(args: argparse.Namespace) -> int:
+    from medadapt.config import load_config
+    from eval.perplexity import default_variants, run_perplexity
+
+    cfg = load_config(args.profile, {"model": {"dtype": args.dtype}} if args.dtype else None)
+    specs = [s for s in (args.variants or "").split(",") if s.strip()] or default_variants(cfg)
+    res = run_perplexity(cfg, specs, args.general, args.max_tokens, args.batch_size)
+    out = Path(args.out) if args.out else default_out(cfg, "perplexity")
+    write_json_atomic(out, res)
+    for name, label in ((n, s["label"]) for n, s in res["sets"].items()):
+        print(f"{label}: " + "; ".join(f"{v} {m[name]['ppl']:.2f} [{m[name]['ci'][0]:.2f}, {m[name]['ci'][1]:.2f}]"
+                                       for v, m in res["models"].items() if name in m))
+    for pair, per in res["paired"].items():
+        print(f"{pair}: " + "; ".join(f"{n} x{x['ratio']:.3f} [{x['ci'][0]:.3f}, {x['ci'][1]:.3f}]"
+                                      for n, x in per.items()))
+    print(f"perplexity written to {out}", flush=True)
+    return 0
 
 
 class Progress:
@@ -396,6 +426,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.command == "rescore":
         return cmd_rescore(args)
+    if args.command == "perplexity":
+        from medadapt.config import ConfigError
+        from eval.variants import VariantSpecError
+
+        try:
+            return cmd_perplexity(args)
+        except (ConfigError, VariantSpecError, ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     loaded = [read_results_arg(f) for f in args.files]
     if args.command == "summary":
         for res in loaded:

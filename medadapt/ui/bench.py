@@ -25,6 +25,7 @@ from eval.decompose import ALPHA, decomposition, explain, page_tests
 from eval.report import (ALL, answer_distribution, baselines, benchmarks_of, done_variants, drilldown,
                          favourite_baselines, paper_reference, significance_matrix, subject_breakdown, summarize,
                          summary_table)
+from eval.perplexity import GENERAL_SOURCE, SETS as PPL_SETS, is_perplexity
 from eval.views import VIEWS, decoding_note, default_view, view_label, views_of
 
 POLL_S = 3.0
@@ -301,6 +302,55 @@ def drilldown_html(results: dict | None, benchmark: str, item_id: str) -> str:
             + (f"<p>RAG snippets retrieved:</p><ul>{snips}</ul>" if snips else "") + "</div>")
 
 
+def list_perplexity(results_dir: Path) -> list[tuple[str, str]]:
+    """(label, path relative to ``results_dir``) of every perplexity file (``python -m eval perplexity``), newest first."""
+    found = []
+    for p in Path(results_dir).rglob("perplexity-*.json"):
+        data = read_results(str(p))
+        if data and is_perplexity(data):
+            found.append((data.get("created", ""), f"{p.relative_to(results_dir)} · {', '.join(data['models'])}",
+                          p.relative_to(results_dir).as_posix()))
+    return [(label, path) for _, label, path in sorted(found, reverse=True)]
+
+
+def perplexity_figure(ppl: dict | None) -> go.Figure:
+    """Per-token perplexity per passage set (CPT's held-out split, the corpus outside its sample, the general
+    control), one bar per model, with 95% bootstrap CIs over passages; lower is better."""
+    fig = go.Figure()
+    if not ppl:
+        fig.update_layout(title="No perplexity file yet: run python -m eval perplexity", height=320)
+        return fig
+    sets = [s for s in PPL_SETS if s in ppl.get("sets", {})]
+    labels = [f"{ppl['sets'][s]['label']} (n={len(ppl['sets'][s]['passages'])})" for s in sets]
+    for i, (v, per) in enumerate(ppl["models"].items()):
+        ys = [per[s]["ppl"] if s in per else None for s in sets]
+        fig.add_bar(name=variant_label(v) if v in VARIANTS else v.upper(), x=labels, y=ys,
+                    marker_color=variant_color(v, i) if v in VARIANTS else "#0891b2",
+                    error_y={"type": "data", "symmetric": False,
+                             "array": [per[s]["ci"][1] - per[s]["ppl"] if s in per else 0 for s in sets],
+                             "arrayminus": [per[s]["ppl"] - per[s]["ci"][0] if s in per else 0 for s in sets]},
+                    customdata=[per[s]["tokens"] if s in per else 0 for s in sets],
+                    hovertemplate="%{x}: %{y:.2f} (%{customdata} tokens)<extra>" + v + "</extra>")
+    fig.update_layout(barmode="group", height=380, yaxis={"title": "per-token perplexity (lower is better)"},
+                      title="What CPT buys: perplexity where it should show<br><sup>error bars: 95% bootstrap CI "
+                            "over passages</sup>", legend={"orientation": "h", "y": -0.2}, margin={"t": 60, "b": 40})
+    return fig
+
+
+def perplexity_markdown(ppl: dict | None) -> str:
+    """The paired ratios (each model over base, MSFT over CPT) with their CIs, and where the passages come from."""
+    if not ppl:
+        return ""
+    lines = [f"Held-out passages: {ppl.get('heldout_source', '')}; general control: {GENERAL_SOURCE}; "
+             f"{ppl.get('max_tokens')} tokens per passage at most."]
+    for pair, per in ppl.get("paired", {}).items():
+        b, a = pair.split("/")
+        cells = [f"{PPL_SETS.get(s, s)} ×{x['ratio']:.3f} [{x['ci'][0]:.3f}, {x['ci'][1]:.3f}]"
+                 + (" (lower)" if x["ci"][1] < 1 else " (higher)" if x["ci"][0] > 1 else "") for s, x in per.items()]
+        lines.append(f"- **{b.upper()} / {a.upper()}** perplexity ratio (paired, 95% CI): " + "; ".join(cells))
+    return "\n".join(lines)
+
+
 def item_choices(results: dict | None, benchmark: str) -> list[tuple[str, str]]:
     items = (results or {}).get("items", {}).get(benchmark, [])
     return [(f"{it['id']} · {it['question'][:70]}", it["id"]) for it in items]
@@ -452,6 +502,12 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
             c["sub_bench"] = gr.Dropdown([(task_label(b), b) for b in subs], value=subs[0] if subs else None,
                                          label="Per-subject breakdown")
             c["subjects"] = gr.Plot(subject_figure(first, subs[0]) if subs else go.Figure(), show_label=False)
+    ppl_files = list_perplexity(results_dir)
+    first_ppl = read_results(ppl_files[0][1], results_dir) if ppl_files else None
+    with gr.Accordion("What CPT buys: perplexity on held-out corpus passages and a general-text control", open=False):
+        c["ppl_file"] = gr.Dropdown(ppl_files, value=ppl_files[0][1] if ppl_files else None, label="Perplexity file")
+        c["ppl"] = gr.Plot(perplexity_figure(first_ppl), show_label=False)
+        c["ppl_md"] = gr.Markdown(perplexity_markdown(first_ppl))
     with gr.Accordion("Per-question drill-down", open=False):
         with gr.Row():
             c["dd_bench"] = gr.Dropdown([(task_label(b), b) for b in benches], value=benches[0] if benches else None,
@@ -480,6 +536,9 @@ def build_bench_tab(state: Any) -> dict[str, Any]:
     c["show_paper"].change(lambda p, s, v: accuracy_figure(load_results(p), s, v),
                            [c["file"], c["show_paper"], c["view"]], c["chart"])
     c["refresh"].click(on_refresh, None, c["file"])
+    c["ppl_file"].change(lambda p: (perplexity_figure(read_results(p, results_dir)),
+                                    perplexity_markdown(read_results(p, results_dir))), c["ppl_file"],
+                         [c["ppl"], c["ppl_md"]])
     c["sig_bench"].change(lambda p, b, v: significance_figure(load_results(p), b or ALL, v),
                           [c["file"], c["sig_bench"], c["view"]], c["sig"])
     c["sub_bench"].change(lambda p, b, v: subject_figure(load_results(p), b, v), [c["file"], c["sub_bench"], c["view"]],
