@@ -12,7 +12,7 @@ the options stored in the file's ``items``, and recomputes the summaries. Run::
 """
 from __future__ import annotations
 
-from eval.views import TEXT_NORM_UNIT, default_view, text_norm_view
+from eval.views import TEXT_NORM_UNIT, default_view, loglik_row_views, text_norm_view
 
 
 def rescore_text_norm(results: dict) -> dict:
@@ -45,3 +45,44 @@ def rescore_text_norm(results: dict) -> dict:
         results["text_norm_unit"] = TEXT_NORM_UNIT
         add_summaries(results)
     return {"rows": rows, "changed": changed, "by_variant": by_variant}
+
+
+def rescore_views(results: dict) -> dict:
+    """Every loglik view a file's stored log-probabilities allow (:func:`eval.views.loglik_row_views`): text_norm and
+    text_sum from ``logprobs.text``, letter_batch_cal from ``logprobs.letter`` (the batch prior: each variant's mean
+    letter distribution over the benchmark's rows, recorded as ``calibration[bench].batch_prior``), letter_cal from the
+    recorded content-free prior, circular and debiased where ``logprobs.rotations`` were stored. Returns ``{"rows",
+    "changed": {view: predictions changed}, "views": [views added or recomputed]}``."""
+    from eval.calibration import letter_prior
+    from eval.report import add_summaries
+    from eval.views import LOGLIK_VIEWS, views_of
+
+    items = {b: {it["id"]: it for it in its} for b, its in results.get("items", {}).items()}
+    first = default_view(results)
+    rows, changed, seen = 0, {}, set()
+    for entry in results.get("variants", {}).values():
+        for bench, preds in entry.get("predictions", {}).items():
+            stored = [r for r in preds if (r.get("logprobs") or {}).get("letter") and r.get("id") in items.get(bench, {})]
+            if not stored:
+                continue
+            batch = letter_prior([r["logprobs"]["letter"] for r in stored])
+            cal = entry.setdefault("calibration", {}).setdefault(bench, {"letters": list(items[bench][stored[0]["id"]][
+                "options"])})
+            cal["batch_prior"] = [round(p, 4) for p in batch]
+            for r in stored:
+                item = items[bench][r["id"]]
+                views = loglik_row_views(r["logprobs"], item["options"], item["answer"], cal.get("prior"), batch)
+                rows += 1
+                for name, view in views.items():
+                    old = r.setdefault("views", {}).get(name, {})
+                    if old.get("pred") != view["pred"]:
+                        changed[name] = changed.get(name, 0) + 1
+                    r["views"][name] = {**old, **view}
+                    seen.add(name)
+                    if name == first:
+                        r.update(view)
+    if rows:
+        results["text_norm_unit"] = TEXT_NORM_UNIT
+        results["views"] = views_of({"views": [v for v in LOGLIK_VIEWS if v in seen] + list(results.get("views", []))})
+        add_summaries(results)
+    return {"rows": rows, "changed": changed, "views": [v for v in LOGLIK_VIEWS if v in seen]}

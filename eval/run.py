@@ -6,7 +6,7 @@ Run::
                        [--profile offline] [--out PATH] [--output_dir RUN_DIR] [--ids OLD_RESULTS.json]
     python -m eval summary results/offline/loglik-*.json
     python -m eval merge A.json B.json --out C.json
-    python -m eval rescore RESULTS.json [--out NEW.json]   # text_norm from the stored log-probs (eval.rescore)
+    python -m eval rescore RESULTS.json [--out NEW.json]   # every loglik view the stored log-probs allow (eval.rescore)
     python -m eval perplexity [--variants base,cpt=DIR,msft=DIR]  # CPT's held-out passages + a control (eval.perplexity)
     python -m eval run --backend lm-eval --variants base,sft --n 200    # lm-evaluation-harness scores (eval.lmeval)
     python -m eval run --protocol study --variants base,sft,msft     # the original study's protocol (eval.study)
@@ -76,7 +76,8 @@ def make_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("merge", help="combine the variants and views of results files into one")
     m.add_argument("files", nargs="+", help="results JSONs; FILE:base,rag takes only those variants of FILE")
     m.add_argument("--out", required=True)
-    rs = sub.add_parser("rescore", help="re-score text_norm (acc_norm per character) from a file's stored log-probs")
+    rs = sub.add_parser("rescore", help="re-score every loglik view the stored log-probs allow (text_norm per "
+                        "character, text_sum, batch calibration; circular and debiased where rotations were stored)")
     rs.add_argument("file")
     rs.add_argument("--out", help="write here (default: rewrite FILE in place)")
     pp = sub.add_parser("perplexity", help="per-token perplexity of base, CPT and MSFT on CPT's held-out corpus "
@@ -264,7 +265,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
-    from eval.rescore import rescore_text_norm
+    from eval.rescore import rescore_text_norm, rescore_views
 
     path = Path(args.file)
     results = json.loads(path.read_text(encoding="utf-8"))
@@ -272,10 +273,12 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     if not stats["rows"]:
         print(f"error: {path} has no rows with stored option-text log-probabilities", file=sys.stderr)
         return 2
+    views = rescore_views(results)
     out = Path(args.out) if args.out else path
     write_json_atomic(out, results)
     print(f"text_norm re-scored per character on {stats['rows']} rows: {stats['changed']} predictions changed "
-          f"{json.dumps(stats['by_variant'])}; written to {out}")
+          f"{json.dumps(stats['by_variant'])}; views from the stored log-probs: {', '.join(views['views'])} "
+          f"(predictions changed per view: {json.dumps(views['changed'])}); written to {out}")
     return 0
 
 

@@ -162,6 +162,10 @@ def test_rescore_cli_rewrites_text_norm_from_stored_logprobs(tmp_path, capsys):
     assert new["text_norm_unit"] == "chars"
     assert new["summary_by_view"]["text_norm"]["base"]["pubmedqa"]["acc"] == 1.0
     assert json.loads(src.read_text()) == _stored_file()  # --out leaves the source alone
+    assert row["views"]["text_sum"]["pred"] == "B"  # the summed log-likelihood (lm-eval's acc): no length division
+    assert "letter_batch_cal" in row["views"] and "text_sum" in new["views"] and "circular" not in new["views"]
+    batch = new["variants"]["base"]["calibration"]["pubmedqa"]["batch_prior"]  # the rows' mean letter distribution
+    assert batch[0] > batch[1] > batch[2] and sum(batch) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_loglik_path_uses_model_num_threads(cfg, monkeypatch):
