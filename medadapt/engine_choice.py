@@ -1,5 +1,6 @@
-"""Which engine serves generations: ``MEDADAPT_ENGINE`` (``local``, the default, or ``openai``), whether the local one
-batches continuously (``MEDADAPT_BATCHING``), and how many questions may generate at once.
+"""Which engine serves generations: ``MEDADAPT_ENGINE`` (``local``, ``openai`` or ``openvino``; default: the profile's
+``engine.kind``, ``local`` unless its ``cpu:`` section picks the CPU engine), whether the local one batches
+continuously (``MEDADAPT_BATCHING``), and how many questions may generate at once.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ if TYPE_CHECKING:
     from medadapt.engine_api import TextEngine
 
 ENGINE_ENV = "MEDADAPT_ENGINE"
-ENGINES = ("local", "openai")
+ENGINES = ("local", "openai", "openvino")
 
 
 def batching_enabled() -> bool:
@@ -28,19 +29,25 @@ def concurrent_generations() -> int:
     return max(1, int(os.environ.get("MEDADAPT_CONCURRENT_ASKS", "16")))
 
 
-def engine_kind() -> str:
-    kind = os.environ.get(ENGINE_ENV, "local").strip().lower() or "local"
+def engine_kind(cfg: AppConfig | None = None) -> str:
+    kind = os.environ.get(ENGINE_ENV, "").strip().lower() or (cfg.engine.kind if cfg is not None else "local")
     if kind not in ENGINES:
         raise ValueError(f"{ENGINE_ENV} must be one of {ENGINES}, got {kind!r}")
     return kind
 
 
 def make_engine(cfg: AppConfig) -> TextEngine:
-    """The engine ``MEDADAPT_ENGINE`` names, set up from ``cfg`` (and, for ``openai``, its env variables)."""
-    if engine_kind() == "openai":
+    """The engine ``MEDADAPT_ENGINE`` (or the profile) names, set up from ``cfg`` (and, for ``openai``, its env
+    variables)."""
+    kind = engine_kind(cfg)
+    if kind == "openai":
         from medadapt.remote import OpenAIEngine
 
         return OpenAIEngine.from_config(cfg)
+    if kind == "openvino":
+        from medadapt.cpu_engine import CPUEngine
+
+        return CPUEngine.from_config(cfg)
     from medadapt.engine import Engine
 
     return Engine.from_config(cfg, batching=batching_enabled())

@@ -195,6 +195,14 @@ class Pipeline:
         result = CompareResult(text, answers, dict(settings, rag_everywhere=rag_everywhere, top_k=top_k))
         if len(question) > MAX_QUESTION_CHARS:
             result.notices.append(CHARS_NOTICE)
+        waiting = getattr(engine, "preparing", lambda: None)()  # a server engine still converting or starting
+        if waiting:
+            failed = getattr(engine, "failed", lambda: False)()
+            for ans in answers.values():
+                ans.status, ans.message = ("error" if failed else "unavailable"), waiting
+            result.done = True
+            yield result
+            return
         snippets, r_s, r_err = self.retrieve(text, k=top_k)
         needs_rag = ["rag"] + (["sft", "msft"] if rag_everywhere else [])
         for v in needs_rag:
