@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import html
 import json
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,49 @@ POLL_S = 3.0
 
 # ---------------------------------------------------------------- files
 
+RESULTS_KEPT = 2  # parsed results files kept (a 4 MB file: ~0.15 s of CPU to parse, ~10-30 MB parsed)
+_parsed: OrderedDict[tuple[str, int, int], Any] = OrderedDict()
+_summaries: dict[tuple[str, int, int], tuple[int, list[str], list[str]] | None] = {}
+_cache_lock = threading.Lock()
+
+
+def _version(file: Path) -> tuple[str, int, int]:
+    file = Path(file).resolve()
+    st = file.stat()
+    return str(file), st.st_mtime_ns, st.st_size
+
+
+def parsed_json(file: Path) -> Any:
+    """The JSON in ``file``, parsed once per version of it (path, mtime, size; the last ``RESULTS_KEPT`` kept): each
+    Benchmarks event reads the file it shows, and re-parsing it every time made cheap-looking events expensive.
+    Callers must not change what it returns."""
+    key = _version(file)
+    with _cache_lock:
+        if key in _parsed:
+            _parsed.move_to_end(key)
+            return _parsed[key]
+    data = json.loads(file.read_text(encoding="utf-8"))
+    with _cache_lock:
+        _parsed[key] = data
+        while len(_parsed) > RESULTS_KEPT:
+            _parsed.popitem(last=False)
+    return data
+
+
+def _summary(file: Path) -> tuple[int, list[str], list[str]] | None:
+    """(items per benchmark, variants done, views) of a results file, once per version of it; None if it is none."""
+    key = _version(file)
+    if key not in _summaries:
+        try:
+            data = parsed_json(file)
+        except (OSError, json.JSONDecodeError):
+            data = None
+        ok = isinstance(data, dict) and "variants" in data
+        _summaries[key] = (max((len(v) for v in data.get("item_ids", {}).values()), default=0), done_variants(data),
+                           views_of(data)) if ok else None
+    return _summaries[key]
+
+
 def list_results(results_dir: Path, shipped: Path | None = None) -> list[tuple[str, str]]:
     """(label, path relative to ``results_dir``) of every results JSON under it: the shipped release's results first
     (``shipped``: those of the adapters Compare serves by default), then most variants done, most views, most items,
@@ -41,13 +86,12 @@ def list_results(results_dir: Path, shipped: Path | None = None) -> list[tuple[s
     ranked = []
     for p in Path(results_dir).rglob("*.json"):
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            summary = _summary(p)
+        except OSError:
             continue
-        if not isinstance(data, dict) or "variants" not in data:
+        if summary is None:
             continue
-        n = max((len(v) for v in data.get("item_ids", {}).values()), default=0)
-        done, views = done_variants(data), views_of(data)
+        n, done, views = summary
         release = p.resolve() == shipped
         label = (f"{'shipped release · ' if release else ''}{p.relative_to(results_dir)} · {', '.join(views)} · n={n}"
                  f" · {', '.join(done)}")
@@ -66,7 +110,7 @@ def read_results(path: str | None, root: Path | None = None) -> dict | None:
         if not file.is_relative_to(Path(root).resolve()):
             return None
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = parsed_json(file)
     except (OSError, json.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None

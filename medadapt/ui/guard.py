@@ -9,7 +9,7 @@ the page (or ``gradio_client``) does not use is refused before its body is read 
 purpose, 404/405 otherwise). An allowed request then passes, in this order:
 
 1. **open requests per address**: at most ``OPEN_PER_ADDRESS`` at once (held streams included: heartbeats, event
-   streams), else 429 at once;
+   streams), else 429 (held back ``TARPIT_S`` for up to ``OPEN_PER_ADDRESS`` more, at once past that);
 2. **tarpit**: an address refused ``REFUSALS_PER_WINDOW`` times within ``REFUSAL_WINDOW_S`` seconds is refused
    before anything else, each answer held back up to ``TARPIT_S`` seconds (a client that ignores Retry-After slows
    itself down);
@@ -20,7 +20,7 @@ purpose, 404/405 otherwise). An allowed request then passes, in this order:
 5. for queue joins and the app's own ``/call/<api_name>`` (its public API names only): a well-formed body (400
    otherwise: malformed or too deeply nested JSON, a file payload, which the app never takes and Gradio would fetch
    from a URL), then the issue-17 limits: queued and running events per session and per address
-   (:class:`medadapt.ui.inflight.Limits`), a full queue (503), ``SESSIONS_PER_WINDOW`` new sessions and
+   (:class:`medadapt.ui.inflight.Limits`; one generation and one heavy event per address), a full queue (503), ``SESSIONS_PER_WINDOW`` new sessions and
    ``GENERATIONS_PER_WINDOW`` Compare questions per ``WINDOW_S`` per address, and the per-address rations of
    ``EVENT_RATIONS`` (exports);
 6. ``/cancel`` and ``/reset`` carry a small JSON of ids, checked (400 otherwise).
@@ -60,15 +60,17 @@ EVENT_RATIONS = {"export": 6}  # api name -> events per WINDOW_S per address (ea
 REFUSALS_PER_WINDOW, REFUSAL_WINDOW_S = 30, 10.0  # a flood past this is refused without reading (or parsing) bodies
 TARPIT_S = 5.0  # ... and each such refusal is answered this late (at most), so a flood slows itself down
 OPEN_PER_ADDRESS = 24  # requests in progress per address, streams included (a page holds 2 streams + 6 fetches)
-ADDRESS_BUDGET = (6.0, 0.1)  # seconds of server time an address may spend at once, and per second after that
-SESSION_BUDGET = (4.0, 0.1)  # the same per page session
+ADDRESS_BUDGET = (2.0, 0.1)  # seconds of server time an address may spend at once, and per second after that
+SESSION_BUDGET = (1.5, 0.1)  # the same per page session
 EVENT_COST_S = 0.05  # an event's run time before Gradio has measured it
 BODY_COST_S_PER_MB = 0.02  # reading and parsing a join's body (twice: here and in Gradio)
 MAX_BODY_BYTES = routes.JOIN_BYTES
 MAX_DEPTH, MAX_ITEMS = 16, 10_000  # a join's data: the page's deepest value is a table (3 levels)
 SESSION_CHARS = 128
 WHAT = {"address": "requests in progress from your address", "session": "requests in progress in this page",
-        "gen-address": "questions in progress from your address", "gen-session": "questions in progress in this page"}
+        "gen-address": "questions in progress from your address", "gen-session": "questions in progress in this page",
+        "heavy-address": "slow requests in progress from your address",
+        "heavy-session": "slow requests in progress in this page"}
 
 
 class Refusal(Exception):
@@ -192,6 +194,7 @@ class RequestGuard:
         self.address_budget = TokenBuckets(*ADDRESS_BUDGET)
         self.session_budget = TokenBuckets(*SESSION_BUDGET)
         self.open: Counter = Counter()  # address -> requests in progress
+        self.waiting: Counter = Counter()  # address -> requests over that limit, held before their refusal
         self.refusals: Counter = Counter()  # status -> refusals answered (bench/abuse.py reads it)
 
     # ------------------------------------------------------------------ entry
@@ -213,6 +216,14 @@ class RequestGuard:
             return
         address = _client(scope)
         if self.open[address] >= OPEN_PER_ADDRESS:
+            if self.waiting[address] < OPEN_PER_ADDRESS:  # answered late (a bounded number at once): a client
+                self.waiting[address] += 1  # opening connection after connection slows itself down
+                try:
+                    await asyncio.sleep(TARPIT_S)
+                finally:
+                    self.waiting[address] -= 1
+                    if self.waiting[address] <= 0:
+                        del self.waiting[address]
             await self._refuse(send, address, Refusal(
                 429, f"Too many open requests from your address: at most {OPEN_PER_ADDRESS} at a time.", 1.0))
             return
@@ -285,14 +296,15 @@ class RequestGuard:
         data = _json_body(body)
         fn, session = self._event(route, params, data)
         generation = getattr(fn, "concurrency_id", None) == GENERATE
-        self._limits(address, fn, session, generation)
+        heavy = self.inflight.heavy(fn)
+        self._limits(address, fn, session, generation, heavy)
         cost = route.cost_s + len(body) / routes.MB * BODY_COST_S_PER_MB + (0.0 if generation else self._run_s(fn))
         self._pay(address, session, cost)
         for name, limiter in self.rations.items():
             if getattr(fn, "api_name", None) == name and (wait := limiter.take(address)) > 0:
                 raise Refusal(429, f"Too many {name}s from your address: at most {limiter.limit} per "
                                    f"{limiter.window_s:.0f} s. Retry in {wait:.0f} s.", wait)
-        return messages, fn, self.inflight.admit(address, session, generation)
+        return messages, fn, self.inflight.admit(address, session, generation, heavy)
 
     def public_api_names(self) -> set[str]:
         return {f.api_name for f in self.inflight.blocks.fns.values()
@@ -371,9 +383,9 @@ class RequestGuard:
         times = self.inflight.queue.process_time_per_fn
         return times[fn].avg_time if fn in times and times[fn].count else EVENT_COST_S
 
-    def _limits(self, address: str, fn: Any, session: str | None, generation: bool) -> None:
+    def _limits(self, address: str, fn: Any, session: str | None, generation: bool, heavy: bool) -> None:
         inflight = self.inflight
-        if (over := inflight.over(address, session, generation)) is not None:
+        if (over := inflight.over(address, session, generation, heavy)) is not None:
             raise self._too_many(address, session, *over)
         if inflight.queue_full():
             wait = inflight.full_retry_s(fn)

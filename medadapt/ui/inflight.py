@@ -5,8 +5,9 @@ running one in ``Queue.active_jobs`` until, right after its ``process_completed`
 event keeps its session hash and its HTTP request (the client's address). Counting there, rather than in our own
 ledger, releases a slot exactly when Gradio lets go of the event (finished, failed, cancelled or client gone), and a
 client that has just read its answer may ask again at once. Joins between our check and Gradio's push are held in
-``pending`` so a burst of parallel joins cannot slip past the count. Written for Gradio 6.31
-(``tests/test_abuse.py`` drives the real queue).
+``pending`` so a burst of parallel joins cannot slip past the count. Generations (the Compare questions) and heavy
+events (any other whose run time, as Gradio measured it, is over ``HEAVY_S``: a results file parsed, a figure drawn)
+have their own, lower limits. Written for Gradio 6.31 (``tests/test_abuse.py`` drives the real queue).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 
 GENERATE = "generate"  # the concurrency id of the Compare handlers (medadapt/ui/compare.py)
 DEFAULT_RUN_S = 10.0  # an event's run time before Gradio has measured any
+HEAVY_S = 0.25  # an event that has taken longer than this on average is heavy
 MAX_RETRY_S = 600.0
 
 
@@ -27,6 +29,8 @@ class Limits:
     per_address: int = 12
     generations_per_session: int = 1
     generations_per_address: int = 1  # one question in line per address: the next joins behind everyone waiting
+    heavy_per_session: int = 1
+    heavy_per_address: int = 1  # one heavy event at a time per address: it cannot stack them up before they are costed
 
 
 class InFlight:
@@ -51,41 +55,54 @@ class InFlight:
         client = getattr(getattr(event, "request", None), "client", None)
         return str(getattr(client, "host", None) or "?")
 
-    def keys(self, address: str, session: str | None, generation: bool) -> list[tuple[str, str, int]]:
+    def heavy(self, fn: Any) -> bool:
+        """Whether ``fn`` (not a generation) has taken longer than ``HEAVY_S`` on average."""
+        times = self.queue.process_time_per_fn
+        return (getattr(fn, "concurrency_id", None) != GENERATE and fn in times and bool(times[fn].count)
+                and times[fn].avg_time > HEAVY_S)
+
+    def keys(self, address: str, session: str | None, generation: bool,
+             heavy: bool = False) -> list[tuple[str, str, int]]:
         """(kind, key, limit) of every count this join adds to."""
         lim = self.limits
         keys = [("address", address, lim.per_address)]
         if session:
             keys.append(("session", session, lim.per_session))
-        if generation:
-            keys.append(("gen-address", address, lim.generations_per_address))
-            if session:
-                keys.append(("gen-session", session, lim.generations_per_session))
+        for flag, prefix, per_address, per_session in (
+                (generation, "gen", lim.generations_per_address, lim.generations_per_session),
+                (heavy, "heavy", lim.heavy_per_address, lim.heavy_per_session)):
+            if flag:
+                keys.append((f"{prefix}-address", address, per_address))
+                if session:
+                    keys.append((f"{prefix}-session", session, per_session))
         return keys
 
     def counts(self) -> Counter:
         """In-flight events per (kind, key), Gradio's and the pending joins."""
         counts = Counter(self.pending)
         for event in self.events():
-            address, generation = self.address_of(event), event.concurrency_id == GENERATE
+            address = self.address_of(event)
             counts["address", address] += 1
             counts["session", event.session_hash] += 1
-            if generation:
-                counts["gen-address", address] += 1
-                counts["gen-session", event.session_hash] += 1
+            for flag, prefix in ((event.concurrency_id == GENERATE, "gen"), (self.heavy(event.fn), "heavy")):
+                if flag:
+                    counts[f"{prefix}-address", address] += 1
+                    counts[f"{prefix}-session", event.session_hash] += 1
         return counts
 
-    def over(self, address: str, session: str | None, generation: bool) -> tuple[str, int] | None:
+    def over(self, address: str, session: str | None, generation: bool,
+             heavy: bool = False) -> tuple[str, int] | None:
         """The first limit this join would exceed, as (kind, limit); None when it may go."""
         counts = self.counts()
-        for kind, key, limit in self.keys(address, session, generation):
+        for kind, key, limit in self.keys(address, session, generation, heavy):
             if counts[kind, key] >= limit:
                 return kind, limit
         return None
 
-    def admit(self, address: str, session: str | None, generation: bool) -> list[tuple[str, str]]:
+    def admit(self, address: str, session: str | None, generation: bool,
+              heavy: bool = False) -> list[tuple[str, str]]:
         """Hold a pending slot for a join (give it back with :meth:`release` once Gradio answered it)."""
-        held = [(kind, key) for kind, key, _ in self.keys(address, session, generation)]
+        held = [(kind, key) for kind, key, _ in self.keys(address, session, generation, heavy)]
         self.pending.update(held)
         return held
 
@@ -114,7 +131,8 @@ class InFlight:
         """When one of this client's events that count against ``kind`` has likely finished."""
         mine = [e for e in self.events()
                 if (self.address_of(e) == address if kind.endswith("address") else e.session_hash == session)
-                and (not kind.startswith("gen") or e.concurrency_id == GENERATE)]
+                and (not kind.startswith("gen") or e.concurrency_id == GENERATE)
+                and (not kind.startswith("heavy") or self.heavy(e.fn))]
         return _bounded(min((self.eta_s(e) for e in mine), default=1.0))
 
     def queue_full(self) -> bool:
