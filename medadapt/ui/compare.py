@@ -39,8 +39,10 @@ UPDATE_EVERY_S = 0.12  # stream UI updates at most ~8 times a second
 def _adapter_dropdown(state: AppState, kind: str) -> dict[str, Any]:
     """Choices: the default (``""``, resolved when asked, so a column the setup prepares starts answering without a
     reload; its label says what it resolves to now), every listed adapter with its origin (shipped, trained here,
-    published), and none."""
-    return {"choices": [(state.default_label(kind), "")] + state.adapter_choices(kind) + [NONE_CHOICE], "value": ""}
+    published), and none. Values are names, never server paths (:meth:`AppState.adapters`), and so are the labels."""
+    shown = path_redactor(state.cfg)  # a configured adapter folder or a published model's folder may be a path
+    choices = [(shown(label), name) for label, name in state.adapter_choices(kind)]
+    return {"choices": [(shown(state.default_label(kind)), "")] + choices + [NONE_CHOICE], "value": ""}
 
 
 def _column_outputs(res) -> list[Any]:
