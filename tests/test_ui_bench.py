@@ -92,6 +92,27 @@ def test_list_results_and_eval_args(tmp_path, results):
         eval_args([], "loglik", 50, ["medqa"])
 
 
+def test_the_tab_says_which_protocol_a_result_used(tmp_path, results):
+    """A study-protocol run (``--protocol study``) is labelled so in the file list and the views' description."""
+    from medadapt.ui.bench import list_results, views_markdown
+
+    study = json.loads(json.dumps(results))
+    study.update(protocol="study", views=["study", "study_project_parser"])
+    for entry in study["variants"].values():
+        for rows in entry["predictions"].values():
+            for r in rows:
+                view = {k: r[k] for k in ("pred", "correct", "invalid")}
+                r["views"] = {"study": view, "study_project_parser": view}
+    (tmp_path / "offline").mkdir()
+    (tmp_path / "offline" / "cot-1.json").write_text(json.dumps(results))
+    (tmp_path / "offline" / "study-1.json").write_text(json.dumps(study))
+    labels = dict((path, label) for label, path in list_results(tmp_path))
+    assert "· study protocol (the original notebooks) ·" in labels["offline/study-1.json"]
+    assert "· project protocol ·" in labels["offline/cot-1.json"]
+    assert views_markdown(study).startswith("**Protocol**: study protocol (the original notebooks)")
+    assert "**study protocol**" in views_markdown(study)
+
+
 def test_results_files_are_read_inside_the_results_dir_only(tmp_path, results):
     from medadapt.ui.bench import list_results, read_results
 

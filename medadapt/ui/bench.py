@@ -28,7 +28,7 @@ from eval.report import (ALL, answer_distribution, baselines, benchmarks_of, don
                          favourite_baselines, paper_reference, significance_matrix, subject_breakdown, summarize,
                          summary_table)
 from eval.perplexity import GENERAL_SOURCE, SETS as PPL_SETS, is_perplexity
-from eval.views import VIEWS, decoding_note, default_view, view_label, views_of
+from eval.views import VIEWS, decoding_note, default_view, protocol_label, view_label, views_of
 
 POLL_S = 3.0
 
@@ -64,8 +64,9 @@ def parsed_json(file: Path) -> Any:
     return data
 
 
-def _summary(file: Path) -> tuple[int, list[str], list[str]] | None:
-    """(items per benchmark, variants done, views) of a results file, once per version of it; None if it is none."""
+def _summary(file: Path) -> tuple[int, list[str], list[str], str] | None:
+    """(items per benchmark, variants done, views, protocol) of a results file, once per version of it; None if it
+    is none."""
     key = _version(file)
     if key not in _summaries:
         try:
@@ -74,7 +75,7 @@ def _summary(file: Path) -> tuple[int, list[str], list[str]] | None:
             data = None
         ok = isinstance(data, dict) and "variants" in data
         _summaries[key] = (max((len(v) for v in data.get("item_ids", {}).values()), default=0), done_variants(data),
-                           views_of(data)) if ok else None
+                           views_of(data), protocol_label(data)) if ok else None
     return _summaries[key]
 
 
@@ -91,10 +92,10 @@ def list_results(results_dir: Path, shipped: Path | None = None) -> list[tuple[s
             continue
         if summary is None:
             continue
-        n, done, views = summary
+        n, done, views, protocol = summary
         release = p.resolve() == shipped
-        label = (f"{'shipped release · ' if release else ''}{p.relative_to(results_dir)} · {', '.join(views)} · n={n}"
-                 f" · {', '.join(done)}")
+        label = (f"{'shipped release · ' if release else ''}{p.relative_to(results_dir)} · {protocol} · "
+                 f"{', '.join(views)} · n={n} · {', '.join(done)}")
         ranked.append(((release, len(done), len(views), n, p.stat().st_mtime), label,
                        p.relative_to(results_dir).as_posix()))
     return [(label, path) for _, label, path in sorted(ranked, reverse=True)]
@@ -316,7 +317,8 @@ def views_markdown(results: dict | None) -> str:
     notes = {v: decoding_note(results, v) for v in views_of(results)}
     what = "\n".join(f"- **{view_label(v)}**: {VIEWS[v].what}" + (f" ({notes[v]})" if notes[v] else "")
                      for v in views_of(results) if v in VIEWS)
-    return f"{what}\n\n**What this shows** (generated from the numbers below):\n\n{explain(results)}"
+    return (f"**Protocol**: {protocol_label(results)}\n\n{what}\n\n**What this shows** (generated from the "
+            f"numbers below):\n\n{explain(results)}")
 
 
 def drilldown_html(results: dict | None, benchmark: str, item_id: str) -> str:
