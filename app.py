@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     if setup_enabled():  # build the index and train the adapters this profile lacks, in the background
         state.setup.start()
     if not args.no_preload:
-        state.pipeline.engine  # load the base model (and adapters) before the first user arrives
+        state.preload()  # the base model and adapters now, the retriever once the index is there
     demo = build_demo(state)
     demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY, max_size=64)  # Compare questions: their own, higher limit
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_options(cfg, demo))

@@ -14,7 +14,9 @@ Stages (each skipped when its output is in the work dir, ``runs/release-<profile
 4. **eval**: ``python -m eval run`` on exactly the staged files (base, RAG on the staged table, SFT, MSFT): the
    loglik views at ``--n`` items per benchmark, chain of thought on the first ``--cot-n`` of them (greedy, 512
    tokens), and again under the thinking budget (``cot_budget``); merged into one file;
-5. **open**: the held-out open prompts (:mod:`eval.open_answers`) for base, SFT and MSFT;
+5. **open**: the held-out open prompts (:mod:`eval.open_answers`) for base, SFT and MSFT; **perplexity**: base, the
+   MSFT run's CPT stage and MSFT on CPT's held-out passages and a general control (``python -m eval perplexity``,
+   the Benchmarks tab's perplexity panel; the CPT stage adapter itself does not ship);
 6. **install**: model cards (recipe, data, results, checksum), the manifest ``release.json`` and the results file
    ``results/<profile>/release.json`` naming each adapter by checksum, swapped into the repository together: the
    previous release's files are replaced, never mixed with the new ones.
@@ -43,6 +45,7 @@ from medadapt.shipped import KINDS, MANIFEST, WEIGHTS, adapter_checksum, base_mo
 log = logging.getLogger("medadapt.release")
 
 RESULTS_NAME = "release.json"  # results/<profile>/release.json
+PERPLEXITY_NAME = "perplexity-release.json"  # results/<profile>/perplexity-release.json (the perplexity panel)
 COT_TOKENS = 512
 THINK_BUDGET = 448  # 512 - 64 tokens for the answer line (docs/PERFORMANCE.md, "A thinking budget")
 AGREEMENT_GOAL = 0.97  # same predictions on loglik item-views when the shipped results are re-run
@@ -88,13 +91,16 @@ class Release:
         self.work.mkdir(parents=True, exist_ok=True)
 
     # -- subprocesses
-    def env(self) -> dict[str, str]:
+    def env(self, name: str = "") -> dict[str, str]:
         """The jobs' environment: the app's config (model, data, cache: :func:`medadapt.jobs.child_env`), with the
-        work dir's own runs, index and results dirs and the staged release as the shipped one."""
+        work dir's own index and results dirs, the staged release as the shipped one, and a runs dir per kind of job
+        (training, evaluation, index: each holds its runs dir's job lock, so an evaluation of the baselines can run
+        beside a training)."""
         from medadapt.jobs import child_env
 
+        runs = "runs" if name.startswith("train") else "runs-" + name.split("-")[0]
         env = child_env(self.cfg)
-        env.update(MEDADAPT_RUNS_DIR=str(self.work / "runs"), MEDADAPT_INDEX_DIR=str(self.work / "index"),
+        env.update(MEDADAPT_RUNS_DIR=str(self.work / runs), MEDADAPT_INDEX_DIR=str(self.work / "index"),
                    MEDADAPT_RESULTS_DIR=str(self.work / "results"), MEDADAPT_SHIPPED_DIR=str(self.stage_dir),
                    WANDB_MODE="disabled")
         env.pop("MEDADAPT_SETUP_TRAIN", None)
@@ -109,7 +115,7 @@ class Release:
         with open(logfile, "a", encoding="utf-8") as out:
             out.write(f"=== {datetime.now():%Y-%m-%d %H:%M:%S} $ {' '.join(cmd)}\n")
             out.flush()
-            rc = subprocess.run(cmd, cwd=REPO_ROOT, env=self.env(), stdout=out, stderr=subprocess.STDOUT).returncode
+            rc = subprocess.run(cmd, cwd=REPO_ROOT, env=self.env(name), stdout=out, stderr=subprocess.STDOUT).returncode
         if rc != 0:
             raise RuntimeError(f"{name} failed (exit {rc}); see {logfile}")
         self.note(name, round(time.time() - t0, 1))
@@ -161,18 +167,9 @@ class Release:
                               "dtype": "float16", "steps": meta.get("steps"), "final_loss": meta.get("final_loss"),
                               "final_eval_loss": meta.get("final_eval_loss"), "wall_s": meta.get("wall_s"),
                               "recipe": rel(self.configs / f"{kind}.yaml")}
-        dest = self.stage_dir / "index"
-        if dest.exists():
-            shutil.rmtree(dest)
-        dest.mkdir(parents=True)
         table = self.cfg.rag.table
-        shutil.copytree(index / f"{table}.lance", dest / f"{table}.lance")
-        record = index / f"{table}.sources.json"
-        if record.exists():
-            sources = read_json(record)
-            sources.pop("time", None)
-            write_json_atomic(dest / record.name, sources)
-        rows = count_rows(dest, table)
+        rows = self.stage_index(index)
+        dest = self.stage_dir / "index"
         manifest = {"profile": self.cfg.profile, "base_model": base_model_id(self.cfg),
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "code": git_commit(),
                     "command": f"python -m medadapt.release --profile {self.cfg.profile}",
@@ -184,11 +181,15 @@ class Release:
         return manifest
 
     # -- 4. eval
-    def evaluate(self) -> dict[str, Any]:
-        """Every view the Benchmarks tab shows, of all four variants, on the staged files; one merged results dict."""
+    def evaluate(self, groups: tuple[str, ...] = ("base", "rag", "adapters")) -> dict[str, Any] | None:
+        """Every view the Benchmarks tab shows, of all four variants, on the staged files; one merged results dict.
+
+        All four variants run in one process per mode; when the baselines (base, RAG: they depend on no adapter) were
+        evaluated ahead (``python -m medadapt.release baselines``), only the adapters run and the files are merged.
+        A finished file is kept when the release is run again. Returns None unless every group was asked for."""
         self.eval_dir.mkdir(parents=True, exist_ok=True)
-        variants = "base,rag," + ",".join(f"{k}={self.stage_dir / k}" for k in KINDS)
         self.stage_index_copy()
+        specs = {"base": "base", "rag": "rag", "adapters": ",".join(f"{k}={self.stage_dir / k}" for k in KINDS)}
         runs = [("loglik", ["--mode", "loglik", "--n", str(self.n)]),
                 ("cot", ["--mode", "cot", "--n", str(self.cot_n), "--batch_size", "50",
                          "--max_new_tokens", str(COT_TOKENS)]),
@@ -196,11 +197,19 @@ class Release:
                                 "--max_new_tokens", str(COT_TOKENS), "--think_budget", str(THINK_BUDGET)])]
         files = []
         for name, args in runs:
-            out = self.eval_dir / f"{name}.json"
-            if not complete_results(out):
-                self.run(f"eval-{name}", ["-m", "eval", "run", "--profile", self.cfg.profile, "--variants", variants,
-                                          *args, "--out", str(out)])
-            files.append(out)
+            early = [self.eval_dir / f"{name}-{g}.json" for g in ("base", "rag")]
+            if set(groups) == set(specs) and not all(map(complete_results, early)):
+                todo = [(self.eval_dir / f"{name}.json", ",".join(specs.values()))]  # all four in one process
+            else:  # the baselines' own files (evaluated ahead), then the adapters' alone
+                todo = [(self.eval_dir / f"{name}-{g}.json", specs[g]) for g in specs if g in groups]
+                files += [f for f in early if f not in {out for out, _ in todo}]
+            for out, variants in todo:
+                if not complete_results(out):
+                    self.run(f"eval-{out.stem}", ["-m", "eval", "run", "--profile", self.cfg.profile,
+                                                  "--variants", variants, *args, "--out", str(out)])
+                files.append(out)
+        if set(groups) != set(specs):
+            return None
         merged = self.eval_dir / "merged.json"
         self.run("eval-merge", ["-m", "eval", "merge", *map(str, files), "--out", str(merged)])
         return json.loads(merged.read_text(encoding="utf-8"))
@@ -209,10 +218,27 @@ class Release:
         """RAG is evaluated on the staged table: a copy of it becomes the subprocesses' index dir."""
         dest = self.work / "index"
         table = self.cfg.rag.table
+        if not (self.stage_dir / "index" / f"{table}.lance").is_dir():
+            self.stage_index(self.index())
         if self.index_from or not (dest / f"{table}.lance").is_dir():
             if dest.exists():
                 shutil.rmtree(dest)
             shutil.copytree(self.stage_dir / "index", dest)
+
+    def stage_index(self, index: Path) -> int:
+        """The built table into the stage folder (with its sources record, without its build time); its rows."""
+        dest = self.stage_dir / "index"
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        table = self.cfg.rag.table
+        shutil.copytree(index / f"{table}.lance", dest / f"{table}.lance")
+        record = index / f"{table}.sources.json"
+        if record.exists():
+            sources = read_json(record)
+            sources.pop("time", None)
+            write_json_atomic(dest / record.name, sources)
+        return count_rows(dest, table)
 
     # -- 5. open questions
     def open_questions(self) -> dict[str, Any]:
@@ -223,18 +249,40 @@ class Release:
                               "--split", "test", "--n", str(self.open_n), "--out", str(out)])
         return json.loads(out.read_text(encoding="utf-8"))
 
-    # -- 6. install
-    def results_path(self) -> Path:
-        """``<results_dir>/<profile>/release.json`` (the repository's ``results/`` unless configured elsewhere)."""
-        return self.cfg.paths.resolve("results_dir") / self.cfg.profile / RESULTS_NAME
+    # -- 5b. what CPT buys (the Benchmarks tab's perplexity panel)
+    def perplexity(self, runs: dict[str, Path]) -> dict[str, Any] | None:
+        """Per-token perplexity of base, the MSFT run's CPT stage and the staged MSFT on CPT's held-out passages and
+        the general control (``python -m eval perplexity``); None when the MSFT run kept no CPT stage adapter."""
+        cpt = runs["msft"] / "cpt_adapter"
+        out = self.work / "perplexity.json"
+        if not (cpt / WEIGHTS).is_file():
+            log.warning("no CPT stage adapter in %s: no perplexity panel in this release", runs["msft"])
+            return None
+        if not out.exists():
+            self.run("perplexity", ["-m", "eval", "perplexity", "--profile", self.cfg.profile, "--variants",
+                                    f"base,cpt={cpt},msft={self.stage_dir / 'msft'}", "--out", str(out)])
+        return json.loads(out.read_text(encoding="utf-8"))
 
-    def finish(self, manifest: dict[str, Any], results: dict[str, Any], open_res: dict[str, Any]) -> dict[str, int]:
+    # -- 6. install
+    def results_path(self, name: str = RESULTS_NAME) -> Path:
+        """``<results_dir>/<profile>/release.json`` (the repository's ``results/`` unless configured elsewhere)."""
+        return self.cfg.paths.resolve("results_dir") / self.cfg.profile / name
+
+    def finish(self, manifest: dict[str, Any], results: dict[str, Any], open_res: dict[str, Any],
+               ppl: dict[str, Any] | None = None) -> dict[str, int]:
         """Name the adapters by checksum in the results, write the cards, swap everything into the repository;
         returns the size of each shipped part in bytes."""
         target = shipped_root(self.cfg)
         if target is None:
             raise RuntimeError(f"profile {self.cfg.profile} has no paths.shipped_dir to ship into")
         results = name_adapters(results, manifest, self.stage_dir, target)
+        extra = {}
+        if ppl is not None:  # its adapters by checksum already (eval.perplexity); the shipped one by its folder
+            for entry in (ppl.get("adapters") or {}).values():
+                if entry.get("adapter") and Path(entry["adapter"]).resolve() == (self.stage_dir / "msft").resolve():
+                    entry["adapter"] = rel(target / "msft")
+            manifest["perplexity"] = rel(self.results_path(PERPLEXITY_NAME))
+            extra[self.results_path(PERPLEXITY_NAME)] = scrub(ppl)
         results["open_questions"] = {k: open_res[k] for k in ("split", "n_prompts", "decoding", "run_words", "summary")
                                      if k in open_res}
         results["open_questions"]["rows"] = {v: [{k: r[k] for k in ("id", "answer", "restates", "letter",
@@ -245,7 +293,7 @@ class Release:
                               rel(target / kind), self.cot_n)
             (self.stage_dir / kind / "README.md").write_text(card, encoding="utf-8")
         write_json_atomic(self.stage_dir / MANIFEST, manifest)
-        sizes = install(self.stage_dir, target, results, self.results_path())
+        sizes = install(self.stage_dir, target, results, self.results_path(), extra)
         return sizes
 
 
@@ -284,6 +332,7 @@ def stage_adapter(src: Path, out: Path, base_id: str) -> dict[str, Any]:
     half = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
     worst = max(float((v.float() - half[k].float()).abs().max()) for k, v in tensors.items())
     save_file(half, str(out / WEIGHTS), metadata={"format": "pt"})
+    os.chmod(out / WEIGHTS, 0o644)
     config = json.loads((src / "adapter_config.json").read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = base_id
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
@@ -341,9 +390,11 @@ def scrub_results(results: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
-def install(stage: Path, target: Path, results: dict[str, Any], results_path: Path) -> dict[str, int]:
-    """Put the staged folder in place of ``target`` and write the results file, one right after the other; the old
-    release is moved aside first and removed last. Returns bytes per shipped part."""
+def install(stage: Path, target: Path, results: dict[str, Any], results_path: Path,
+            extra: dict[Path, dict[str, Any]] | None = None) -> dict[str, int]:
+    """Put the staged folder in place of ``target`` and write the results file (and ``extra`` files: the perplexity
+    panel's), one right after the other; the old release is moved aside first and removed last. Returns bytes per
+    shipped part."""
     tmp = target.with_name(f".{target.name}.new-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -358,12 +409,15 @@ def install(stage: Path, target: Path, results: dict[str, Any], results_path: Pa
     tmp_results.write_text(json.dumps(results, separators=(",", ":"), ensure_ascii=False, default=str),
                            encoding="utf-8")
     os.replace(tmp_results, results_path)
+    for path, data in (extra or {}).items():
+        write_json_atomic(path, data)
     if old.exists():
         shutil.rmtree(old)
     sizes = {k: folder_bytes(target / k) for k in KINDS}
     sizes["index"] = folder_bytes(target / "index")
     sizes["manifest"] = (target / MANIFEST).stat().st_size
     sizes["results"] = results_path.stat().st_size
+    sizes.update({path.stem: path.stat().st_size for path in extra or {}})
     return sizes
 
 
@@ -492,7 +546,10 @@ def agreement(shipped: dict[str, Any], rerun: dict[str, Any]) -> dict[str, dict[
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m medadapt.release", description=__doc__.split("\n")[0])
-    p.add_argument("cmd", nargs="?", default="build", choices=["build", "check", "agree"])
+    p.add_argument("cmd", nargs="?", default="build", choices=["build", "baselines", "check", "agree"],
+                   help="build: everything (default); baselines: only the index and the evaluation of base and RAG "
+                        "(--groups), which no adapter changes, ahead of the training; check; agree")
+    p.add_argument("--groups", default="base,rag", help="baselines: the groups to evaluate now (base, rag)")
     p.add_argument("file", nargs="?", help="agree: a results file of `python -m eval run` on the shipped adapters")
     p.add_argument("--profile", default="offline")
     p.add_argument("--work", help="work dir (default runs/release-<profile>; kept, so a re-run continues)")
@@ -536,12 +593,17 @@ def main(argv: list[str] | None = None) -> int:
                    index_from=Path(args.index) if args.index else None,
                    configs=Path(args.configs) if args.configs else None)
     t0 = time.time()
+    if args.cmd == "baselines":
+        rel_.evaluate(tuple(g for g in args.groups.split(",") if g in ("base", "rag")))
+        print(f"baselines evaluated in {rel_.eval_dir} ({time.time() - t0:.0f} s); `build` reuses them")
+        return 0
     runs = rel_.train()
     index = rel_.index()
     manifest = rel_.stage(runs, index)
     results = rel_.evaluate()
     open_res = rel_.open_questions()
-    sizes = rel_.finish(manifest, results, open_res)
+    ppl = rel_.perplexity(runs)
+    sizes = rel_.finish(manifest, results, open_res, ppl)
     total = sum(sizes.values())
     print("shipped: " + ", ".join(f"{k} {mb(v)}" for k, v in sizes.items()) + f"; total {mb(total)}")
     print("checksums: " + ", ".join(f"{k} {v['sha256']}" for k, v in manifest["adapters"].items()))

@@ -51,6 +51,30 @@ class AppState:
         state.pipeline.preparing = state.setup.message_for
         return state
 
+    def preload(self, wait_index_s: float = 1800.0) -> None:
+        """Load the engine (base model and default adapters) now, and in the background open the retriever (the
+        embedder, the table) as soon as the index is there (the setup copies a shipped one in a second), so the first
+        question pays neither."""
+        import logging
+        import threading
+        import time
+
+        self.pipeline.engine
+
+        def warm() -> None:
+            deadline = time.time() + wait_index_s
+            while time.time() < deadline:
+                try:
+                    if self.pipeline.index_status().get("built"):
+                        self.pipeline.retriever().retrieve("warm-up query")
+                        return
+                except Exception as e:  # noqa: BLE001 — a warm-up only: the first question reports real errors
+                    logging.getLogger(__name__).info("retriever warm-up: %s: %s", type(e).__name__, e)
+                    return
+                time.sleep(2.0)
+
+        threading.Thread(target=warm, name="medadapt-warm-retriever", daemon=True).start()
+
     def adapters(self, kind: str) -> list[tuple[str, str, Path]]:
         """(label, name, folder) of every adapter the ``kind`` column offers, each label starting with its origin
         (:attr:`medadapt.adapters.AdapterInfo.label`): shipped, trained here (newest first), published models once

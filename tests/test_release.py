@@ -46,12 +46,13 @@ def released(tmp_path_factory, tiny_model_dir):
     out = subprocess.run([sys.executable, "-m", "medadapt.release", "--work", str(tmp / "work"), "--sft",
                           str(runs["sft"]), "--msft", str(runs["msft"]), "--index", str(tmp / "built-index"),
                           "--n", "2", "--cot-n", "1", "--open-n", "2", "--nice", "0"],
-                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1700)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return {"tmp": tmp, "env": env, "cfg": cfg, "runs": runs, "stdout": out.stdout,
             "target": tmp / "shipped" / "offline", "results": tmp / "results" / "offline" / "release.json"}
 
 
+@pytest.mark.timeout(1800)  # the release fixture: five subprocesses (three evaluations, merge, open questions)
 def test_release_names_its_adapters_by_checksum_everywhere(released):
     from safetensors import safe_open
 
@@ -75,8 +76,10 @@ def test_release_names_its_adapters_by_checksum_everywhere(released):
     assert set(results["variants"]) == {"base", "rag", "sft", "msft"}
     assert results["open_questions"]["summary"]["base"]["n"] == 2
     assert (target / "index" / f"{cfg.rag.table}.lance").is_dir() and manifest["index"]["rows"] > 0
-    shipped_text = "".join(p.read_text(errors="ignore") for p in target.rglob("*") if p.suffix in (".json", ".md"))
-    assert str(released["tmp"]) not in shipped_text + released["results"].read_text()  # no server paths ship
+    shipped = "".join(p.read_text(errors="ignore") for p in target.rglob("*") if p.suffix in (".json", ".md"))
+    shipped += released["results"].read_text()
+    for private in ("work", "trained", "built-index", "data"):  # no path of the machine that built it ships
+        assert str(released["tmp"] / private) not in shipped
     assert check(cfg) == [] and "RESULT release_mb=" in released["stdout"]
     weights = target / "sft" / "adapter_model.safetensors"  # a changed byte is caught
     data = bytearray(weights.read_bytes())
@@ -113,6 +116,7 @@ def shipped_cfg(released, tmp_path):
     return config_from(env), env
 
 
+@pytest.mark.timeout(1800)
 def test_setup_skips_training_and_copies_the_index_when_a_release_ships(shipped_cfg, monkeypatch):
     from medadapt.jobs import JobManager
     from medadapt.rag import index_status
@@ -132,6 +136,7 @@ def test_setup_skips_training_and_copies_the_index_when_a_release_ships(shipped_
         "sft-*"))) == 1
 
 
+@pytest.mark.timeout(1800)
 def test_compare_lists_adapters_by_origin_and_defaults_to_the_shipped_one(shipped_cfg, tiny_model_dir):
     from medadapt.pipeline import InputError
     from medadapt.shipped import adapter_checksum, short
@@ -154,6 +159,7 @@ def test_compare_lists_adapters_by_origin_and_defaults_to_the_shipped_one(shippe
     assert [a.origin for a in AppState(other, None, None).adapters("sft")] == ["trained"]  # not for another base
 
 
+@pytest.mark.timeout(1800)
 def test_benchmarks_tab_marks_results_of_another_adapter(released):
     from eval.provenance import mark, provenance, provenance_markdown
 
