@@ -197,8 +197,8 @@ def _medqa(n: int, seed: int) -> list[StudyItem]:
         if row.get("label") not in (0, 1, 2, 3):
             continue
         options = {L: row[f"ending{i}"] for i, L in enumerate(LETTERS)}
-        it = BenchItem("medqa", f"medqa-hf-{split}-{row['_row']}", row["sent1"], {k: str(v) for k, v in options.items()},
-                       LETTERS[row["label"]])
+        it = BenchItem("medqa", f"medqa-hf-{split}-{row['_row']}", row["sent1"],
+                       {k: str(v) for k, v in options.items()}, LETTERS[row["label"]])
         out.append(StudyItem(it, mcq_prompt(row["sent1"], options), LETTERS[row["label"]], row))
     return out
 
