@@ -156,3 +156,27 @@ def test_needs_base_and_another_variant():
 
     assert explain(results({"sft": {"medqa": all_views(right(50))}})) == \
         "Needs base and at least one other variant in the same results file."
+
+
+def test_perf_tables_regenerates_the_doc_section_from_a_results_file(tmp_path):
+    """scripts/perf_tables.py: per view, each variant's accuracy with CI, its difference from base with q and the
+    detectable difference, written only between the markers."""
+    import json
+    import sys
+
+    from medadapt.config import REPO_ROOT
+
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    import perf_tables
+
+    res = results({"base": {"medqa": all_views(right(50))}, "sft": {"medqa": all_views(right(120))}})
+    src = tmp_path / "r.json"
+    src.write_text(json.dumps(res))
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"# head\n{perf_tables.BEGIN}\nSTALE-TEXT\n{perf_tables.END}\n## tail\n")
+    assert perf_tables.main([str(src), "--write", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith("# head\n") and text.endswith("## tail\n") and "STALE-TEXT" not in text
+    row = next(x for x in text.splitlines() if x.startswith("| circular |"))
+    assert "| 25.0 [19.5, 31.4] (n=200) | 60.0 [53.1, 66.5]: +35.0 [" in row and "q = " in row and "*, ±" in row
+    assert "**Verdict: SFT shows a gain that survives every check" in text
