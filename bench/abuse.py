@@ -21,7 +21,9 @@ baseline), then once during each attack, each attack a separate process on its o
 
 ``--costs`` first measures what each allowed route costs the app (its process's CPU per request), the figures
 :mod:`medadapt.ui.routes` rations by. Goals (issue 32): every honest question answered; honest p95 within 1.5x of the
-baseline p95 under every attack; 0 MB temp-dir growth; app memory growth under 100 MB. Last line:
+baseline p95 under every attack (the no-attack phase runs again before each attack, and its answers are pooled:
+the box's load drifts); 0 MB temp-dir growth; app memory growth under 100 MB (from after the first no-attack phase).
+Last line:
 ``RESULT honest_answered=<ok>/<total> honest_p95_ratio=<worst attack p95 / baseline p95> disk_growth_mb=<n>
 rss_growth_mb=<n> hostile_rejected=<n>``.
 """
@@ -436,13 +438,22 @@ def main(argv: list[str] | None = None) -> None:
                                                              "", "", 1.0, 0])  # first-call costs, not counted
             columns = [v for k, v in enumerate(("base", "rag", "sft", "msft"))
                        if probe.output and "tokens" in probe.output[4 * k + 2]]
-            phases: dict[str, list[tuple[bool, float]]] = {}
+            phases: dict[str, list[tuple[bool, float]]] = {"none": []}
             tallies: dict[str, dict] = {}
-            t0 = time.perf_counter()
-            phases["none"] = honest_phase(url, fn, args.users, args.questions, args.max_new_tokens, 1, args.timeout)
-            print(f"no attack: {time.perf_counter() - t0:.1f}s", flush=True)
+            subnet = iter(range(1, 250))
+
+            def baseline() -> None:  # before every attack: the box's load drifts (other jobs share its cores)
+                t0 = time.perf_counter()
+                phases["none"] += honest_phase(url, fn, args.users, args.questions, args.max_new_tokens, next(subnet),
+                                               args.timeout)
+                print(f"no attack: {time.perf_counter() - t0:.1f}s; load average {os.getloadavg()[0]:.1f}", flush=True)
+
+            baseline()
             temp_mb, rss_mb = folder_mb(workdir / "tmp"), app.memory_info().rss / 1024 ** 2
-            for k, attack in enumerate(attacks, 2):
+            for i, attack in enumerate(attacks):
+                if i:
+                    baseline()
+                k = next(subnet)
                 stop = workdir / f"stop-{attack}"
                 hostile_proc = subprocess.Popen(
                     [sys.executable, __file__, "--hostile-workers", str(args.hostile_workers),
@@ -455,7 +466,8 @@ def main(argv: list[str] | None = None) -> None:
                 stop.touch()
                 out = hostile_proc.communicate(timeout=300)[0].strip().splitlines()
                 tallies[attack] = json.loads(out[-1]) if out else {"statuses": {}, "seconds": 0.0}
-                print(f"{attack}: {wall:.1f}s; app RSS {app.memory_info().rss / 1024 ** 2:.0f} MB; "
+                print(f"{attack}: {wall:.1f}s; load average {os.getloadavg()[0]:.1f}; "
+                      f"app RSS {app.memory_info().rss / 1024 ** 2:.0f} MB; "
                       f"hostile {json.dumps(tallies[attack]['statuses'], sort_keys=True)}", flush=True)
                 time.sleep(2.0)  # what the attack left in the queue drains
             temp_growth = folder_mb(workdir / "tmp") - temp_mb

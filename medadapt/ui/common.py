@@ -115,13 +115,15 @@ def launch_options(cfg: AppConfig, demo: Any = None) -> dict:
     """
     from starlette.middleware import Middleware
 
+    from medadapt.ui.event_cost import EventCosts
     from medadapt.ui.guard import RequestGuard
-    from medadapt.ui.inflight import InFlight
+    from medadapt.ui.inflight import GENERATE, InFlight
     from medadapt.ui.proxies import use_trusted_proxies
 
     use_trusted_proxies()
     public = is_public(cfg) and demo is not None
-    guard = Middleware(RequestGuard, inflight=InFlight(demo) if public else None)
+    inflight = InFlight(demo, costs=EventCosts(demo, skip={GENERATE})) if public else None
+    guard = Middleware(RequestGuard, inflight=inflight)
     if demo is not None:
         calm_queue(demo)
     return {"theme": THEME, "css": CSS, "ssr_mode": False, "show_error": True,

@@ -16,7 +16,10 @@ purpose, 404/405 otherwise). An allowed request then passes, in this order:
 3. **body limit** per route, from ``Content-Length`` and again while the body streams in (413 as soon as it is over);
 4. **server time**, GET included: a token bucket per address and per session (:class:`~medadapt.ui.ration.TokenBuckets`,
    ``ADDRESS_BUDGET``/``SESSION_BUDGET``) pays each request's measured cost (the route's; a queue join also its
-   event's run time as Gradio measured it, so a results-file parse is not a cheap event); an empty bucket is 429;
+   handler's measured CPU time, :mod:`medadapt.ui.event_cost`, so a results-file parse is not a cheap event); an
+   empty bucket is 429.
+   The page, its config and the API info are served from :class:`~medadapt.ui.page_cache.PageCache` when it holds
+   them (``CACHED_COST_S``);
 5. for queue joins and the app's own ``/call/<api_name>`` (its public API names only): a well-formed body (400
    otherwise: malformed or too deeply nested JSON, a file payload, which the app never takes and Gradio would fetch
    from a URL), then the issue-17 limits: queued and running events per session and per address
@@ -44,6 +47,7 @@ from urllib.parse import parse_qs
 
 from medadapt.ui import routes
 from medadapt.ui.inflight import GENERATE, InFlight
+from medadapt.ui.page_cache import PageCache
 from medadapt.ui.ration import TokenBuckets
 
 log = logging.getLogger(__name__)
@@ -60,9 +64,10 @@ EVENT_RATIONS = {"export": 6}  # api name -> events per WINDOW_S per address (ea
 REFUSALS_PER_WINDOW, REFUSAL_WINDOW_S = 30, 10.0  # a flood past this is refused without reading (or parsing) bodies
 TARPIT_S = 5.0  # ... and each such refusal is answered this late (at most), so a flood slows itself down
 OPEN_PER_ADDRESS = 24  # requests in progress per address, streams included (a page holds 2 streams + 6 fetches)
-ADDRESS_BUDGET = (2.0, 0.1)  # seconds of server time an address may spend at once, and per second after that
-SESSION_BUDGET = (1.5, 0.1)  # the same per page session
+ADDRESS_BUDGET = (2.0, 0.05)  # seconds of server CPU an address may spend at once, and per second after that
+SESSION_BUDGET = (1.5, 0.05)  # the same per page session (a page's timers spend ~0.02 s per second)
 EVENT_COST_S = 0.05  # an event's run time before Gradio has measured it
+CACHED_COST_S = 0.002  # the page, config or API info served from the page cache
 BODY_COST_S_PER_MB = 0.02  # reading and parsing a join's body (twice: here and in Gradio)
 MAX_BODY_BYTES = routes.JOIN_BYTES
 MAX_DEPTH, MAX_ITEMS = 16, 10_000  # a join's data: the page's deepest value is a table (3 levels)
@@ -193,6 +198,7 @@ class RequestGuard:
         self.rations = {name: RateLimiter(n, WINDOW_S) for name, n in EVENT_RATIONS.items()}
         self.address_budget = TokenBuckets(*ADDRESS_BUDGET)
         self.session_budget = TokenBuckets(*SESSION_BUDGET)
+        self.pages = PageCache()  # the page, config and API info: the same for everyone, rendered once a while
         self.open: Counter = Counter()  # address -> requests in progress
         self.waiting: Counter = Counter()  # address -> requests over that limit, held before their refusal
         self.refusals: Counter = Counter()  # status -> refusals answered (bench/abuse.py reads it)
@@ -250,13 +256,19 @@ class RequestGuard:
             log.warning("request guard: %s from %s refused on %s: %s", scope.get("path"), address, type(e).__name__, e)
             await self._refuse(send, address, Refusal(400, "Malformed request."))
             return
-        messages, fn, held = admitted
+        messages, fn, held, cache_key = admitted
+        if cache_key is not None and await self.pages.send_cached(send, cache_key):
+            return
 
         async def replay() -> dict:
             return messages.pop(0) if messages else await receive()
 
+        if held is not None:
+            send = self._queue_full_says_when(send, fn)
+        elif cache_key is not None:
+            send = self.pages.recording(send, cache_key)
         try:
-            await self.app(scope, replay, self._queue_full_says_when(send, fn) if held is not None else send)
+            await self.app(scope, replay, send)
         finally:
             if held is not None:
                 self.inflight.release(held)
@@ -268,8 +280,9 @@ class RequestGuard:
 
     # ------------------------------------------------------------------ the checks
 
-    async def _admit(self, scope: dict, receive: Any, address: str) -> tuple[list[dict], Any, list | None]:
-        """The body's messages (to replay), the event's function and its held in-flight slots (joins), or Refusal."""
+    async def _admit(self, scope: dict, receive: Any, address: str) -> tuple[list[dict], Any, list | None, Any]:
+        """The body's messages (to replay), the event's function and its held in-flight slots (joins), the page cache's
+        key (the page, config and API info), or Refusal."""
         method, path = scope.get("method", ""), _path(scope)
         found = routes.allowed(method, path)
         if found is None:
@@ -285,11 +298,13 @@ class RequestGuard:
             raise self._too_large(route)
         session = params.get("session_hash") or self._query_session(scope)
         if route.kind not in ("join", "call"):
-            self._pay(address, session, route.cost_s)
+            cache_key = self.pages.key(scope, path)
+            cached = cache_key is not None and self.pages.get(cache_key) is not None
+            self._pay(address, session, CACHED_COST_S if cached else route.cost_s)
             messages, body = await self._read_body(receive, route)
             if route.kind == "control":
                 self._check_control(path, body)
-            return messages, None, None
+            return messages, None, None, cache_key
         if (over := self.inflight.over(address, None, False)) is not None:  # needs no body
             raise self._too_many(address, None, *over)
         messages, body = await self._read_body(receive, route)
@@ -304,7 +319,7 @@ class RequestGuard:
             if getattr(fn, "api_name", None) == name and (wait := limiter.take(address)) > 0:
                 raise Refusal(429, f"Too many {name}s from your address: at most {limiter.limit} per "
                                    f"{limiter.window_s:.0f} s. Retry in {wait:.0f} s.", wait)
-        return messages, fn, self.inflight.admit(address, session, generation, heavy)
+        return messages, fn, self.inflight.admit(address, session, generation, heavy), None
 
     def public_api_names(self) -> set[str]:
         return {f.api_name for f in self.inflight.blocks.fns.values()
@@ -379,9 +394,9 @@ class RequestGuard:
         return fns[index], session
 
     def _run_s(self, fn: Any) -> float:
-        """What the event costs: Gradio's average run time of ``fn`` so far (``EVENT_COST_S`` before the first)."""
-        times = self.inflight.queue.process_time_per_fn
-        return times[fn].avg_time if fn in times and times[fn].count else EVENT_COST_S
+        """What the event costs: its handler's mean CPU time so far (``EVENT_COST_S`` before the first call)."""
+        cost = self.inflight.cost_s(fn)
+        return EVENT_COST_S if cost is None else cost
 
     def _limits(self, address: str, fn: Any, session: str | None, generation: bool, heavy: bool) -> None:
         inflight = self.inflight

@@ -7,7 +7,8 @@ ledger, releases a slot exactly when Gradio lets go of the event (finished, fail
 client that has just read its answer may ask again at once. Joins between our check and Gradio's push are held in
 ``pending`` so a burst of parallel joins cannot slip past the count. Generations (the Compare questions) and heavy
 events (any other whose run time, as Gradio measured it, is over ``HEAVY_S``: a results file parsed, a figure drawn)
-have their own, lower limits. Written for Gradio 6.31 (``tests/test_abuse.py`` drives the real queue).
+have their own, lower limits (an event's cost is its handler's CPU time, :class:`medadapt.ui.event_cost.EventCosts`;
+Gradio's wall time where that is not measured). Written for Gradio 6.31 (``tests/test_abuse.py`` drives the real queue).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Any
 
 GENERATE = "generate"  # the concurrency id of the Compare handlers (medadapt/ui/compare.py)
 DEFAULT_RUN_S = 10.0  # an event's run time before Gradio has measured any
-HEAVY_S = 0.25  # an event that has taken longer than this on average is heavy
+HEAVY_S = 0.1  # an event whose handler has used more CPU than this on average is heavy
 MAX_RETRY_S = 600.0
 
 
@@ -36,8 +37,8 @@ class Limits:
 class InFlight:
     """Counts one client's in-flight events in ``blocks``' queue and estimates when the next one ends."""
 
-    def __init__(self, blocks: Any, limits: Limits | None = None) -> None:
-        self.blocks, self.limits = blocks, limits or Limits()
+    def __init__(self, blocks: Any, limits: Limits | None = None, costs: Any = None) -> None:
+        self.blocks, self.limits, self.costs = blocks, limits or Limits(), costs
         self.pending: Counter = Counter()  # (kind, key) -> joins admitted but not yet answered by Gradio
 
     @property
@@ -55,11 +56,19 @@ class InFlight:
         client = getattr(getattr(event, "request", None), "client", None)
         return str(getattr(client, "host", None) or "?")
 
-    def heavy(self, fn: Any) -> bool:
-        """Whether ``fn`` (not a generation) has taken longer than ``HEAVY_S`` on average."""
+    def cost_s(self, fn: Any) -> float | None:
+        """What one call of ``fn`` costs the server: its handler's mean CPU seconds (Gradio's mean wall time where
+        that is not metered); None before it has run."""
+        cpu = self.costs.cpu_s(fn) if self.costs is not None else None
+        if cpu is not None:
+            return cpu
         times = self.queue.process_time_per_fn
-        return (getattr(fn, "concurrency_id", None) != GENERATE and fn in times and bool(times[fn].count)
-                and times[fn].avg_time > HEAVY_S)
+        return times[fn].avg_time if fn in times and times[fn].count else None
+
+    def heavy(self, fn: Any) -> bool:
+        """Whether ``fn`` (not a generation) has cost more than ``HEAVY_S`` on average."""
+        cost = self.cost_s(fn) if getattr(fn, "concurrency_id", None) != GENERATE else None
+        return cost is not None and cost > HEAVY_S
 
     def keys(self, address: str, session: str | None, generation: bool,
              heavy: bool = False) -> list[tuple[str, str, int]]:
