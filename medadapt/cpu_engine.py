@@ -346,6 +346,18 @@ class CPUEngine:
             log.warning("unloading %s: %s", name, e)
         self.adapters.pop(name, None)
 
+    def score(self, prompt: list[int], continuation: list[int], adapter: str = BASE):
+        """Log-probabilities ``[len(continuation), vocab]`` (numpy) of each next token under teacher forcing, through
+        the engine's decode path (the fidelity bench and the tests compare them with the in-process model's)."""
+        import numpy as np
+
+        r = self._call("POST", "/score", json={"prompt": prompt, "continuation": continuation, "adapter": adapter},
+                       timeout=httpx.Timeout(600.0, connect=5.0))
+        if r.status_code != 200:
+            raise EngineError(f"the CPU engine answered {r.status_code}: {r.text[:300]}")
+        rows, cols = (int(x) for x in r.headers["X-Shape"].split(","))
+        return np.frombuffer(r.content, np.float32).reshape(rows, cols)
+
     # ------------------------------------------------------------------ tokens
 
     def render(self, messages: list[dict]) -> str:
@@ -433,9 +445,7 @@ class CPUGeneration:
             if isinstance(e, httpx.TimeoutException):
                 msg = f"the CPU engine was too slow: nothing for {eng.stall_timeout_s:.0f} s"
             elif isinstance(e, (httpx.TransportError, httpx.StreamError)):
-                dead = eng.process is not None and not eng.process.alive()
-                msg = ("the CPU engine stopped while answering" + (f" (exit code {eng.process.proc.returncode})"
-                                                                   if dead else "") + f" ({type(e).__name__})")
+                msg = self._lost(f"the CPU engine failed while answering ({type(e).__name__})")
             else:
                 msg = str(e) if isinstance(e, EngineError) else f"unexpected answer from the CPU engine: {e!r}"
             self.updates.put({"fail": msg})
@@ -464,8 +474,8 @@ class CPUGeneration:
                 if "row_error" in msg:
                     row, error = msg["row_error"]
                     self._fail(row, error, now)
-                fault = msg.get("error") or msg.get("fail") or ("the CPU engine closed the stream before the "
-                                                                 "answer finished" if "end" in msg else "")
+                fault = msg.get("error") or msg.get("fail") or (
+                    self._lost("the CPU engine closed the stream before the answer finished") if "end" in msg else "")
                 if fault:
                     for i, st in enumerate(self.states):
                         if not st.finished:
@@ -477,6 +487,17 @@ class CPUGeneration:
                     st.elapsed_s = now
             left = sum(1 for st in self.states if not st.finished)
             yield [RowState(**vars(st)) for st in self.states]
+
+    def _lost(self, otherwise: str) -> str:
+        """Why a stream broke off: the server process this app started died (its exit code), else ``otherwise``."""
+        proc = self.engine.process
+        if proc is None:
+            return otherwise
+        try:
+            code = proc.proc.wait(timeout=2.0)  # a killed server closes its sockets just before it is reaped
+        except subprocess.TimeoutExpired:
+            return otherwise
+        return f"the CPU engine stopped while answering (exit code {code}); the next question restarts it"
 
     def _fail(self, row: int, error: str, now: float) -> None:
         st = self.states[row]

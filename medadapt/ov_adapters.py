@@ -42,7 +42,8 @@ class Adapter:
 
     name: str
     path: str
-    rank: int = 0
+    rank: int = 0  # its column block in the layers' inputs
+    head_rank: int = 0  # its column block in the embedding / head inputs
     sites: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     emb: tuple[np.ndarray, np.ndarray] | None = None
     head: tuple[np.ndarray, np.ndarray] | None = None
@@ -143,11 +144,10 @@ def read_adapter(name: str, path: str | Path, base, shape: dict[str, Any], full_
                 2 * int(norm.group(1)) + (norm.group(2) == "post_attention_layernorm")
             out.norms[idx] = (t - base(module + ".weight")).numpy()
         elif module in ("lm_head", "model.embed_tokens"):
-            if module == "lm_head" and shape["tied"]:
-                raise AdapterError(f"adapter {name!r}: a separate lm_head on a model with tied embeddings")
-            target = "lm_head.weight" if module == "lm_head" else "model.embed_tokens.weight"
+            # a tied model's head is its embedding: a separate lm_head copy differs from that
+            target = "lm_head.weight" if module == "lm_head" and not shape["tied"] else "model.embed_tokens.weight"
             a, b, kept = _low_rank(t - base(target), full_rank)  # delta [V, hidden] ~ a [V, r] @ b [r, hidden]
-            if module == "lm_head" or shape["tied"]:  # a tied head changes with its embedding
+            if module == "lm_head" or (shape["tied"] and "lm_head" not in full):  # a tied head follows its embedding
                 head_factors.append((b.T, a.T))  # logits delta = last @ b^T @ a^T
             if module == "model.embed_tokens":
                 out.emb = (a, b)
@@ -158,7 +158,7 @@ def read_adapter(name: str, path: str | Path, base, shape: dict[str, Any], full_
     if head_factors:
         out.head = (np.concatenate([np.asarray(a, np.float32) for a, _ in head_factors], 1),
                     np.concatenate([np.asarray(b, np.float32) for _, b in head_factors], 0))
-    out.rank = max(out.rank, out.head[0].shape[1] if out.head else 0, out.emb[0].shape[1] if out.emb else 0, 1)
+    out.head_rank = max(out.head[0].shape[1] if out.head else 0, out.emb[0].shape[1] if out.emb else 0)
     if not (out.sites or out.emb or out.head or out.norms):
         raise AdapterError(f"adapter {name!r}: no weights in {path}")
     return out
@@ -171,11 +171,13 @@ class AdapterInputs:
     def __init__(self, shape: dict[str, Any], adapters: list[Adapter]) -> None:
         self.shape, self.names = shape, [a.name for a in adapters]
         self.blocks: dict[str, tuple[int, int]] = {}
-        col = 1  # column 0: the zero block
+        self.head_blocks: dict[str, tuple[int, int]] = {}
+        col = hcol = 1  # column 0: the zero block (the graph always has a rank >= 1)
         for a in adapters:
             self.blocks[a.name] = (col, col + a.rank)
-            col += a.rank
-        self.rank = col
+            self.head_blocks[a.name] = (hcol, hcol + a.head_rank)
+            col, hcol = col + a.rank, hcol + a.head_rank
+        self.rank, self.head_rank = col, hcol
         self.arrays: dict[str, np.ndarray] = {}
         for layer in range(shape["layers"]):
             shapes = lora_input_shapes(shape, self.rank)
@@ -193,7 +195,7 @@ class AdapterInputs:
                     arrays[b_name][lo:lo + r] = fb
             for n in LORA_INPUTS:
                 self.arrays[f"{n}_{layer}"] = arrays[n]
-        extra = extra_input_shapes(shape, self.rank)
+        extra = extra_input_shapes(shape, self.head_rank)
         for key in ("emb", "head"):
             fa_name, fb_name = f"a_{key}", f"b_{key}"
             self.arrays[fa_name] = np.zeros(extra[fa_name], np.float32)
@@ -202,7 +204,7 @@ class AdapterInputs:
                 f = getattr(a, key)
                 if f is None:
                     continue
-                lo, _ = self.blocks[a.name]
+                lo, _ = self.head_blocks[a.name]
                 r = f[0].shape[1]
                 self.arrays[fa_name][:, lo:lo + r] = f[0]
                 self.arrays[fb_name][lo:lo + r] = f[1]
@@ -212,12 +214,13 @@ class AdapterInputs:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self.arrays.values())
 
-    def row_mask(self, names: list[str]) -> np.ndarray:
-        """``[B, R]``: 1 on each row's adapter's columns (a base row: all 0)."""
-        mask = np.zeros((len(names), self.rank), np.float32)
+    def row_mask(self, names: list[str], head: bool = False) -> np.ndarray:
+        """``[B, R]``: 1 on each row's adapter's columns (a base row: all 0); ``head``: the embedding/head columns."""
+        blocks = self.head_blocks if head else self.blocks
+        mask = np.zeros((len(names), self.head_rank if head else self.rank), np.float32)
         for i, n in enumerate(names):
-            if n in self.blocks:
-                lo, hi = self.blocks[n]
+            if n in blocks:
+                lo, hi = blocks[n]
                 mask[i, lo:hi] = 1.0
         return mask
 

@@ -9,7 +9,8 @@ RAG, SFT and MSFT rows at once. Adding an adapter at run time is a new set of in
 Per layer ``l`` the inputs are the adapters' A factors side by side per shared input (``a_qkv`` ``[hidden, 3R]``,
 ``a_o``, ``a_gu`` ``[hidden, 2R]``, ``a_down``) and their B factors per projection (``b_q`` ``[R, out]`` ...), R the
 sum of the loaded adapters' ranks, LoRA scaling folded into B; ``lora_mask`` ``[B, R]`` (1 on a row's adapter's
-columns) picks each row's block: ``y = base(x) + ((x @ A) * mask) @ B``. The KV cache lives outside the graph (the
+columns) picks each row's block: ``y = base(x) + ((x @ A) * mask) @ B``. The embedding and ``lm_head`` take the same
+form with their own columns (``head_mask``), and ``norm_delta`` adds a row's norm-weight changes. The KV cache lives outside the graph (the
 engine's :class:`medadapt.ov_runtime.KVCache`): ``past_k_l``/``past_v_l`` ``[B, kv_heads, S, head_dim]`` come in,
 ``new_k_l``/``new_v_l`` (this call's positions only) go out, and ``mask`` ``[B, 1, T, S + T]`` (additive) says which
 slots each row may attend to, so rows of different lengths share a call. ``logits`` are the last position's.
@@ -81,16 +82,17 @@ def lora_input_shapes(shape: dict[str, Any], rank: int) -> dict[str, tuple[int, 
     return {k: out[k] for k in LORA_INPUTS}
 
 
-EXTRA_INPUTS = ("a_emb", "b_emb", "a_head", "b_head", "norm_delta")
+EXTRA_INPUTS = ("head_mask", "a_emb", "b_emb", "a_head", "b_head", "norm_delta")
 
 
 def extra_input_shapes(shape: dict[str, Any], rank: int, batch: int = 1) -> dict[str, tuple[int, ...]]:
-    """The whole-model adapter inputs: embedding and ``lm_head`` LoRA (a changed embedding or head becomes a
+    """The whole-model adapter inputs: embedding and ``lm_head`` LoRA of total rank ``rank`` (their own columns and
+    row mask ``head_mask``, so adapters without them cost nothing there; a whole embedding or head copy becomes a
     low-rank delta), and each row's norm-weight deltas ``[B, 2 * layers + 1, hidden]`` (input and post-attention
     norms per layer, then the final norm)."""
     h, v = shape["hidden"], shape["vocab"]
-    return {"a_emb": (v, rank), "b_emb": (rank, h), "a_head": (h, rank), "b_head": (rank, v),
-            "norm_delta": (batch, 2 * shape["layers"] + 1, h)}
+    return {"head_mask": (batch, rank), "a_emb": (v, rank), "b_emb": (rank, h), "a_head": (h, rank),
+            "b_head": (rank, v), "norm_delta": (batch, 2 * shape["layers"] + 1, h)}
 
 
 def input_names(layers: int) -> list[str]:
@@ -138,13 +140,14 @@ def _decoder_class():
             rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
             return x * cos + rot * sin
 
-        def forward(self, input_ids, positions, mask, lora_mask, a_emb, b_emb, a_head, b_head, norm_delta, *rest):
+        def forward(self, input_ids, positions, mask, lora_mask, head_mask, a_emb, b_emb, a_head, b_head, norm_delta,
+                    *rest):
             s = self.s
             n_layers, h, kvh, d = s["layers"], s["heads"], s["kv_heads"], s["head_dim"]
             past, lora = rest[:2 * n_layers], rest[2 * n_layers:]
             b, t = input_ids.shape[0], input_ids.shape[1]
             x = torch.nn.functional.embedding(input_ids, self.p("model.embed_tokens.weight").float())
-            x = x + torch.matmul(torch.nn.functional.embedding(input_ids, a_emb) * lora_mask[:, None, :], b_emb)
+            x = x + torch.matmul(torch.nn.functional.embedding(input_ids, a_emb) * head_mask[:, None, :], b_emb)
             nd = norm_delta[:, :, None, :]  # [B, 2L+1, 1, hidden]
             freqs = positions.float()[..., None] * self.inv_freq  # [B, T, D/2]
             emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]  # [B, T, 1, D]
@@ -184,7 +187,7 @@ def _decoder_class():
             last = self.norm(x[:, -1], "model.norm.weight", norm_delta[:, 2 * n_layers])
             head = "model.embed_tokens.weight" if s["tied"] else "lm_head.weight"
             logits = torch.matmul(last, self.p(head).float().t())
-            logits = logits + torch.matmul(torch.matmul(last, a_head) * lora_mask, b_head)
+            logits = logits + torch.matmul(torch.matmul(last, a_head) * head_mask, b_head)
             return (logits, *new)
 
     return Decoder
@@ -245,7 +248,7 @@ def export(hf_dir: str | Path, out_dir: str | Path, precision: str = "int8", gro
     names = input_names(layers)
     h, v = shape["hidden"], shape["vocab"]
     dyn = {"input_ids": [-1, -1], "positions": [-1, -1], "mask": [-1, 1, -1, -1], "lora_mask": [-1, -1],
-           "a_emb": [v, -1], "b_emb": [-1, h], "a_head": [h, -1], "b_head": [-1, v],
+           "head_mask": [-1, -1], "a_emb": [v, -1], "b_emb": [-1, h], "a_head": [h, -1], "b_head": [-1, v],
            "norm_delta": [-1, 2 * layers + 1, h]}
     kv = [-1, shape["kv_heads"], -1, shape["head_dim"]]
     inputs = []
@@ -271,6 +274,9 @@ def export(hf_dir: str | Path, out_dir: str | Path, precision: str = "int8", gro
 
         log(f"compressing the weights to {precision} (NNCF)")
         mode = nncf.CompressWeightsMode.INT8_ASYM if precision == "int8" else nncf.CompressWeightsMode.INT4_ASYM
+        fan_ins = (shape["hidden"], shape["intermediate"], shape["heads"] * shape["head_dim"])
+        while group_size > 16 and any(f % group_size for f in fan_ins):  # SmolLM2's 576 takes groups of 64
+            group_size //= 2
         kwargs = {} if precision == "int8" else {"group_size": group_size, "ratio": 1.0}
         model = nncf.compress_weights(model, mode=mode, **kwargs)
     ov.save_model(model, out_dir / "model.xml", compress_to_fp16=False)

@@ -111,18 +111,16 @@ class Graph:
         self.compile_s = time.perf_counter() - t0
         self.request = self.compiled.create_infer_request()
         self._ov = ov
-        self._set: dict[str, int] = {}  # input name -> id() of the array set last (adapter inputs stay set)
+        self._adapters: AdapterInputs | None = None  # the adapter inputs set on the request (they stay set)
 
-    def set_inputs(self, arrays: dict[str, np.ndarray], keep: bool = False) -> None:
+    def set_inputs(self, arrays: dict[str, np.ndarray]) -> None:
         for name, arr in arrays.items():
-            if keep and self._set.get(name) == id(arr):
-                continue
             self.request.set_tensor(name, self._ov.Tensor(np.ascontiguousarray(arr), shared_memory=True))
-            if keep:
-                self._set[name] = id(arr)
 
-    def run(self, feed: dict[str, np.ndarray], adapter_inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, list]:
-        self.set_inputs(adapter_inputs, keep=True)
+    def run(self, feed: dict[str, np.ndarray], adapters: AdapterInputs) -> tuple[np.ndarray, list]:
+        if adapters is not self._adapters:  # a new adapter set: its tensors, once (shared memory, no copy)
+            self.set_inputs(adapters.arrays)
+            self._adapters = adapters
         self.set_inputs(feed)
         self.request.infer()
         layers = self.shape["layers"]
@@ -155,6 +153,7 @@ class Job:
     cancelled: bool = False
     generator: Any = None
     seen: Any = None  # torch bool [rows, V]: tokens each row generated (repetition penalty)
+    ignore_eos: bool = False  # benches: every row decodes its max_new tokens
 
 
 @dataclass(eq=False)
@@ -291,7 +290,7 @@ class Runtime:
               past: list[np.ndarray]) -> dict[str, np.ndarray]:
         s = self.graph.shape
         feed = {"input_ids": ids, "positions": positions, "mask": mask, "lora_mask": self.inputs.row_mask(names),
-                "norm_delta": self.inputs.norm_delta(names)}
+                "head_mask": self.inputs.row_mask(names, head=True), "norm_delta": self.inputs.norm_delta(names)}
         for i in range(s["layers"]):
             feed[f"past_k_{i}"], feed[f"past_v_{i}"] = past[2 * i], past[2 * i + 1]
         return feed
@@ -308,7 +307,7 @@ class Runtime:
         mask[:, :, :, span:] = np.triu(np.full((t, t), NEG, np.float32), 1)
         names = [job.adapters[r] for r in pre.rows]
         t0 = time.perf_counter()
-        logits, new = self.graph.run(self._feed(ids, positions, mask, names, pre.cache.past(n)), self.inputs.arrays)
+        logits, new = self.graph.run(self._feed(ids, positions, mask, names, pre.cache.past(n)), self.inputs)
         pre.cache.write(np.arange(n), np.full(n, start), new)
         pre.done += t
         log.debug("prefill chunk %d x %d in %.2f s", n, t, time.perf_counter() - t0)
@@ -338,7 +337,7 @@ class Runtime:
         ids = np.array([[r.last] for r in live], np.int64)
         t0 = time.perf_counter()
         logits, new = self.graph.run(self._feed(ids, pos[:, None].copy(), mask, names, self.cache.past(b)),
-                                     self.inputs.arrays)
+                                     self.inputs)
         self.step_s.append(time.perf_counter() - t0)
         self.cache.write(np.arange(b), pos, new)
         self.steps += 1
@@ -372,7 +371,8 @@ class Runtime:
         row.last, row.count = token, row.count + 1
         if job.seen is not None and token < job.seen.shape[1]:
             job.seen[row.index, token] = True
-        reason = "eos" if token in self.eos_ids else "length" if row.count >= job.max_new[row.index] else None
+        eos = token in self.eos_ids and not job.ignore_eos
+        reason = "eos" if eos else "length" if row.count >= job.max_new[row.index] else None
         row.done = reason is not None
         forced = bool(job.budget is not None and job.budget.forced[row.index])
         out.setdefault(job, []).append((row.index, token, reason, forced))
@@ -406,7 +406,7 @@ class Runtime:
             mask = np.full((1, 1, n, span + n), NEG, np.float32)
             mask[:, :, :, span:] = np.triu(np.full((n, n), NEG, np.float32), 1)
             logits, new = self.graph.run(self._feed(np.array([prompt], np.int64), np.arange(n)[None].copy(), mask,
-                                                    [adapter], cache.past(1)), self.inputs.arrays)
+                                                    [adapter], cache.past(1)), self.inputs)
             cache.write(np.array([0]), np.array([0]), new)
             for i, tok in enumerate(continuation[:-1]):
                 out.append(logits[0])
@@ -415,7 +415,7 @@ class Runtime:
                 mask[0, 0, 0, :pos] = 0.0
                 mask[0, 0, 0, span] = 0.0
                 logits, new = self.graph.run(self._feed(np.array([[tok]], np.int64), np.array([[pos]], np.int64),
-                                                        mask, [adapter], cache.past(1)), self.inputs.arrays)
+                                                        mask, [adapter], cache.past(1)), self.inputs)
                 cache.write(np.array([0]), np.array([pos]), new)
             out.append(logits[0])
         x = np.stack(out).astype(np.float64)

@@ -9,7 +9,7 @@ for the in-process engine), tokens go back as they are decoded:
 - ``POST /adapters`` ``{"name", "path"}``: read a PEFT adapter folder and serve it from the next step (no restart,
   no recompile); 400 with the reason when it cannot be served; ``POST /adapters/unload`` ``{"name"}``;
 - ``POST /generate`` ``{"prompts": [[ids]], "adapters": [...], "max_new": [...], "temperature", "top_p", "seed",
-  "repetition_penalty", "think_budget", "opened"}``: one generation (a job), streamed as JSON lines: ``{"e":
+  "repetition_penalty", "think_budget", "opened", "ignore_eos"}``: one generation (a job), streamed as JSON lines: ``{"e":
   [[row, token, reason, budget_closed], ...]}`` per step, ``{"row_error": [row, message]}`` for a row that cannot run (an unknown
   adapter: the other rows go on), ``{"error": message}`` when a step failed, ``{"hb": 1}`` while waiting. Closing
   the connection cancels the job's rows (only them);
@@ -173,7 +173,8 @@ def make_handler(server: Server):
                     max_new[i] = 0
             rule = ThinkBudget.for_tokenizer(budget, server.tokenizer, bool(body.get("opened"))) if budget > 0 \
                 else None
-            job = Job(prompts, max_new, adapters, sampling, rule.rows(len(prompts)) if rule else None)
+            job = Job(prompts, max_new, adapters, sampling, rule.rows(len(prompts)) if rule else None,
+                      ignore_eos=bool(body.get("ignore_eos")))
             self.send_response(200)
             self.send_header("Content-Type", "application/x-ndjson")
             self.send_header("Connection", "close")

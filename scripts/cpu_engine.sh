@@ -18,12 +18,15 @@ setup() {
   if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import openvino, nncf, torch, transformers" 2>/dev/null; then
     echo "CPU engine venv ready: $VENV"; return 0
   fi
+  local t0; t0=$(date +%s)
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
   # torch==2.13.0 first and alone: it resolves to the CPU wheel, and the rest must not pull another build
   "$VENV/bin/pip" install -q torch==2.13.0
   "$VENV/bin/pip" install -q "${PINS[@]}"
   "$VENV/bin/python" -c "import openvino, nncf; print('openvino', openvino.__version__, '| nncf', nncf.__version__)"
+  local bytes; bytes=$(du -sb "$VENV" | cut -f1)
+  printf '{"seconds": %s, "bytes": %s}\n' "$(( $(date +%s) - t0 ))" "$bytes" > "$VENV/install.json"  # bench/cpu_engine.py
 }
 
 case "${1:-}" in

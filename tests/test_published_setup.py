@@ -117,6 +117,7 @@ def test_fresh_reference_setup_prepares_the_published_models_and_all_columns_ans
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub_cache))
     from medadapt.state import AppState
 
+    monkeypatch.setenv("MEDADAPT_ENGINE", "local")  # this box has no GPU: the profile would pick the CPU engine
     cfg = load_config("reference")
     state = AppState.create(cfg)
     assert state.default_label("sft") == f"default: published · {REF['sft']} (rank-64 delta)"

@@ -169,7 +169,10 @@ def test_compare_serves_a_full_model_as_a_delta_on_the_one_base(r1_cfg, tuned_di
     assert base.raw == tok.decode(plain, skip_special_tokens=True) and sft.raw != base.raw
 
 
-def test_max_new_tokens_is_bounded_by_the_context_not_2048(r1_cfg):
+def test_max_new_tokens_is_bounded_by_the_context_not_2048(r1_cfg, monkeypatch):
+    from medadapt import space
+
+    monkeypatch.setattr(space, "gpu_present", lambda: True)  # without a GPU the profile's cpu: section bounds it
     assert load_config("reference").max_new_tokens_limit == 32768  # 131K context, DeepSeek's longest generation
     assert load_config("offline").max_new_tokens_limit == 1024  # SmolLM2: half of 2,048
     r1_cfg.model.max_context = 6000
