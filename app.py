@@ -2,6 +2,7 @@
 
 Run: ``python app.py`` (profile ``auto``: offline when the Hub is unreachable). Options: ``--profile``, ``--host``,
 ``--port``, ``--share``. Env: ``MEDADAPT_PROFILE``, ``MEDADAPT_DATA_DIR``, ``MEDADAPT_PUBLIC``, ``MEDADAPT_ADMIN_PASSWORD``,
+``MEDADAPT_TRUSTED_PROXIES`` (the proxies whose ``X-Forwarded-For`` is believed, :mod:`medadapt.ui.proxies`),
 ``MEDADAPT_SETUP=off`` (no automatic first-run setup of the index and adapters), ``MEDADAPT_ENGINE=openai`` with
 ``MEDADAPT_OPENAI_BASE_URL`` / ``MEDADAPT_OPENAI_API_KEY`` (generate on an OpenAI-compatible server such as vLLM,
 :mod:`medadapt.remote`), ``MEDADAPT_BATCHING=off`` (the in-process engine answers one question at a time),
