@@ -1,7 +1,7 @@
 """Compare-tab latency: four answers as one mixed-adapter batch vs four separately loaded models one after another.
 
-Run: ``python bench/compare_latency.py [--max-new-tokens 64] [--threads 1] [--repeats 2] [--rag-snippets 0]``
-and ``python bench/compare_latency.py --ablation`` for what each decode-path optimisation buys.
+Run: ``python bench/compare_latency.py [--max-new-tokens 64] [--threads 1] [--repeats 2] [--rag-snippets 0]
+[--cpu-engine int8]`` and ``python bench/compare_latency.py --ablation`` for what each decode-path optimisation buys.
 
 Offline SmolLM2-135M-Instruct, variants base, rag (base + another prompt), sft, msft (the newest finished adapters in
 ``runs/offline`` when present, else random LoRA r=16 on all linear layers), one question, greedy, same
@@ -11,11 +11,14 @@ subprocess so its peak RSS is its own:
 - ``batched``: one :class:`medadapt.engine.Engine`, all four rows in one ``Engine.stream`` call;
 - ``sequential``: four models loaded separately (adapters merged into their copy: the fastest single-variant
   model), each answering with HF ``generate`` one after another;
-- ``one``: a single base model answering once, the memory reference.
+- ``one``: a single base model answering once, the memory reference;
+- ``cpu`` (``--cpu-engine PRECISION``): the same four rows as one generation of the CPU engine
+  (:mod:`medadapt.cpu_engine`, its server on the same threads; its memory is the server's peak RSS).
 
 Times exclude loading and follow one warm-up generation; the two approaches alternate ``--rounds`` times and each
 keeps its best, so load from other processes on a shared CPU hits both alike. CPU seconds are printed too.
-Last line: ``RESULT speedup=<x> mem_ratio=<x>`` (wall-clock speedup; memory: batched peak RSS / one model's).
+Last line: ``RESULT speedup=<x> mem_ratio=<x>`` (wall-clock speedup; memory: batched peak RSS / one model's), with
+``cpu_speedup=<batched wall / CPU engine wall> cpu_mem_ratio=<x>`` added when ``--cpu-engine`` is given.
 """
 from __future__ import annotations
 
@@ -47,6 +50,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--rag-snippets", type=int, default=0, help="snippets in the RAG row's prompt (0: same prompt)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="batched engine dtype")
     p.add_argument("--ablation", action="store_true", help="time each decode-path optimisation instead")
+    p.add_argument("--cpu-engine", default="", choices=["", "int8", "int4", "fp32"],
+                   help="also time the CPU engine (MEDADAPT_ENGINE=openvino) at this precision")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     return p
@@ -106,6 +111,39 @@ def worker_batched(spec: dict) -> dict:
             best = (wall, cpu)
         texts, ttft = [s.text for s in states], [s.first_token_s for s in states]
     return {"wall_s": best[0], "cpu_s": best[1], "texts": texts, "ttft_s": ttft, "rss_mb": peak_rss_mb()}
+
+
+def worker_cpu(spec: dict) -> dict:
+    """The four rows through the CPU engine's server (converted graph cached; started here, stopped after)."""
+    import os
+
+    from medadapt.cpu_engine import CPUEngine, venv_python
+    from medadapt.engine_api import BASE, GenSettings
+
+    cache = Path(os.environ.get("MEDADAPT_CACHE_DIR", "~/.cache/medadapt")).expanduser()
+    engine = CPUEngine(spec["model"], python=venv_python(cache), precision=spec["cpu_engine"],
+                       threads=spec["threads"], cache_dir=cache,
+                       adapters={k: Path(v) for k, v in spec["adapters"].items()})
+    try:
+        engine.wait_ready(3600)
+        engine.ignore_eos = True  # every row decodes max_new_tokens, as in the other approaches
+        requests = [(messages(v, spec["rag_snippets"]), v if v in ("sft", "msft") else BASE) for v in VARIANTS]
+        list(engine.start(requests, GenSettings(max_new_tokens=4)))
+        best, texts, ttft = None, [], []
+        for _ in range(spec["repeats"]):
+            t0 = time.perf_counter()
+            for states in engine.start(requests, GenSettings(max_new_tokens=spec["max_new"])):
+                pass
+            wall = time.perf_counter() - t0
+            best = wall if best is None or wall < best else best
+            texts, ttft = [s.text for s in states], [s.first_token_s for s in states]
+        rss = 0.0
+        for line in Path(f"/proc/{engine.process.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                rss = int(line.split()[1]) / 1024
+    finally:
+        engine.close()
+    return {"wall_s": best, "cpu_s": float("nan"), "texts": texts, "ttft_s": ttft, "rss_mb": rss}
 
 
 def load_variant(spec: dict, variant: str):
@@ -231,14 +269,15 @@ def prepare(args) -> dict:
             adapters[kind], source[kind] = random_adapter(model, tmp / kind, seed), "random LoRA r=16, all linear"
     print(f"model {model}\nadapters: " + ", ".join(f"{k}: {v}" for k, v in source.items()))
     return {"model": model, "adapters": adapters, "threads": args.threads, "repeats": args.repeats,
-            "max_new": args.max_new_tokens, "rag_snippets": args.rag_snippets, "dtype": args.dtype}
+            "max_new": args.max_new_tokens, "rag_snippets": args.rag_snippets, "dtype": args.dtype,
+            "cpu_engine": args.cpu_engine}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     if args.worker:
         spec = json.loads(Path(args.spec).read_text())
-        fn = {"batched": worker_batched, "sequential": worker_sequential, "hf_batch": worker_hf_batch,
+        fn = {"batched": worker_batched, "sequential": worker_sequential, "hf_batch": worker_hf_batch, "cpu": worker_cpu,
               "one": lambda s: worker_sequential(s, ("base",))}[args.worker]
         print(json.dumps(fn(spec)))
         return 0
@@ -247,12 +286,16 @@ def main(argv: list[str] | None = None) -> int:
         run_ablation(spec)
         return 0
     one = run_worker("one", spec)
-    batched = seq = None
+    batched = seq = cpu = None
     for _ in range(max(1, args.rounds)):
         b, q = run_worker("batched", spec), run_worker("sequential", spec)
         print(f"round: batched {b['wall_s']:.2f} s, sequential {q['wall_s']:.2f} s wall", flush=True)
         batched = b if batched is None or b["wall_s"] < batched["wall_s"] else batched
         seq = q if seq is None or q["wall_s"] < seq["wall_s"] else seq
+        if args.cpu_engine:
+            c = run_worker("cpu", spec)
+            print(f"round: CPU engine ({args.cpu_engine}) {c['wall_s']:.2f} s wall", flush=True)
+            cpu = c if cpu is None or c["wall_s"] < cpu["wall_s"] else cpu
     n = spec["max_new"]
     speedup = seq["wall_s"] / batched["wall_s"]
     mem_ratio = batched["rss_mb"] / one["rss_mb"]
@@ -265,7 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"one base model (memory reference): peak RSS {one['rss_mb']:.0f} MB")
     print(f"speedup {speedup:.2f}x wall ({seq['cpu_s'] / batched['cpu_s']:.2f}x CPU); memory {mem_ratio:.2f}x one "
           f"model (sequential: {seq['rss_mb'] / one['rss_mb']:.2f}x); identical greedy outputs {same}/4")
-    print(f"RESULT speedup={speedup:.2f} mem_ratio={mem_ratio:.2f}")
+    extra = ""
+    if cpu is not None:
+        same_cpu = sum(a == b for a, b in zip(cpu["texts"], batched["texts"]))
+        print(f"CPU engine ({args.cpu_engine}, server on {spec['threads']} threads): {cpu['wall_s']:.2f} s wall, "
+              f"server peak RSS {cpu['rss_mb']:.0f} MB, first token " + ", ".join(f"{t:.2f}" for t in cpu["ttft_s"])
+              + f" s; greedy outputs equal to the fp32 batched engine's {same_cpu}/4")
+        extra = f" cpu_speedup={batched['wall_s'] / cpu['wall_s']:.2f} cpu_mem_ratio={cpu['rss_mb'] / one['rss_mb']:.2f}"
+    print(f"RESULT speedup={speedup:.2f} mem_ratio={mem_ratio:.2f}{extra}")
     return 0
 
 

@@ -5,12 +5,14 @@ gradio_client users x M questions each, in three modes:
   (Compare concurrency 1, the engine's lock), each as one fixed four-row batch;
 - ``batched``: continuous batching in the in-process engine (every user's rows in one running batch);
 - ``remote``: ``MEDADAPT_ENGINE=openai`` against a vLLM CPU server (``scripts/vllm_server.sh``, its own venv) serving
-  the same model and adapters.
+  the same model and adapters;
+- ``cpu``: ``MEDADAPT_ENGINE=openvino``: the CPU engine (``scripts/cpu_engine.sh``, int8; the app starts its server
+  and converts the model once into the cache), every user's rows in its one running batch.
 
 Run: ``nice -n 15 python bench/serve_load.py [--users 8] [--questions 3] [--max-new-tokens 64]
 [--modes serial,batched,remote] [--runs-dir DIR]``. Greedy decoding; each mode gets a fresh app process. The answers
 of ``batched`` are compared with ``serial`` (same question, same user: they must be equal). Last line:
-``RESULT users=8 answered=<ok>/<total> p95_s_serial=<s> p95_s_batched=<s> p95_s_remote=<s>
+``RESULT users=8 answered=<ok>/<total> p95_s_serial=<s> p95_s_batched=<s> p95_s_remote=<s> p95_s_cpu=<s>
 throughput_ratio=<batched/serial>``.
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench.load import percentile, user  # noqa: E402  (the load test's users and p95)
 from tests.net import free_port  # noqa: E402
 
-MODES = ("serial", "batched", "remote")
+MODES = ("serial", "batched", "remote", "cpu")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -83,6 +85,8 @@ def run_mode(mode: str, args, tmp: Path, adapters: dict[str, Path]) -> dict:
     server = None
     if mode == "serial":
         env["MEDADAPT_BATCHING"] = "off"
+    elif mode == "cpu":
+        env["MEDADAPT_ENGINE"] = "openvino"
     elif mode == "remote":
         from medadapt.config import load_config
         from medadapt.models import base_model_path
@@ -101,7 +105,14 @@ def run_mode(mode: str, args, tmp: Path, adapters: dict[str, Path]) -> dict:
     try:
         url = f"http://127.0.0.1:{port}/"
         wait_http(url, app, log)
-        user(url, 1, 16, args.timeout, 0, strict=True)  # warm-up (first prompts, adapters, retrieval)
+        if mode == "cpu":  # the CPU engine's server starts in the background; its columns say "preparing" until then
+            deadline = time.monotonic() + 3600
+            while not user(url, 1, 16, args.timeout, 0, strict=True)[0][0]:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"cpu: the engine did not answer within an hour:\n{log.read_text()[-3000:]}")
+                time.sleep(5)
+        else:
+            user(url, 1, 16, args.timeout, 0, strict=True)  # warm-up (first prompts, adapters, retrieval)
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
         with ThreadPoolExecutor(args.users) as pool:

@@ -17,6 +17,7 @@ that dies or stalls ends the rows it was serving with a message, and the next qu
 """
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import logging
@@ -192,6 +193,7 @@ class CPUEngine:
         self.specials = special_token_strings(self.tokenizer)
         self.max_context, self.reasoning_template = max_context, reasoning_template
         self.stall_timeout_s, self.start_timeout_s = stall_timeout_s, start_timeout_s
+        self.ignore_eos = False  # benches: every row decodes its max new tokens
         self.eos_ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
         self.adapters: dict[str, Path] = {}
         self.adapter_errors: dict[str, str] = {}
@@ -205,6 +207,7 @@ class CPUEngine:
         self._error = ""
         self._lock = threading.Lock()
         self.client = httpx.Client(timeout=httpx.Timeout(60.0, connect=5.0))
+        atexit.register(self.close)  # the server also exits by itself when this process is gone (--parent-pid)
         self._bring_up_async()
 
     @classmethod
@@ -394,7 +397,8 @@ class CPUEngine:
         body = {"prompts": prompts, "adapters": [a for _, a in requests], "max_new": max_new,
                 "temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed,
                 "repetition_penalty": settings.repetition_penalty, "think_budget": settings.think_budget,
-                "opened": self.prompt_opens_think() if settings.think_budget > 0 else False}
+                "opened": self.prompt_opens_think() if settings.think_budget > 0 else False,
+                "ignore_eos": self.ignore_eos}
         return CPUGeneration(self, [a for _, a in requests], body)
 
 
