@@ -4,11 +4,12 @@
 four Compare columns through an OpenVINO graph with per-row LoRA (:mod:`medadapt.ov_graph`) in its own venv
 (``scripts/cpu_engine.sh setup``; ``MEDADAPT_CPU_ENGINE_VENV``, default ``<cache_dir>/openvino-venv``). The app
 starts and stops the server itself: on first use the base model is converted once into
-``<cache_dir>/cpu-engine/<model>-<precision>/`` (:func:`ensure_graph`: written to a temp folder and renamed, one
-converting process per machine by a file lock, its stage and progress shown in every Compare column meanwhile), the
-server is started on a free loopback port (it exits with the app) and the profile's adapters are loaded. Adapters
-trained later and published models' deltas are loaded at run time by folder (``POST /adapters``), never by a
-restart. ``MEDADAPT_CPU_ENGINE_URL`` uses a server started by hand instead (``scripts/cpu_engine.sh serve``).
+``<cache_dir>/cpu-engine/<model>-<precision>/`` (:func:`ensure_graph`: written to ``<name>.partial`` and renamed; one
+converting process per machine, by a file lock; an interrupted conversion resumes at its last stage; the stage shows
+in every Compare column meanwhile), the server is started on a free loopback port (it exits with the app) and the
+profile's adapters are loaded. Adapters trained later and published models' deltas are loaded at run time by folder
+(``POST /adapters``), never by a restart. ``MEDADAPT_CPU_ENGINE_URL`` uses a server started by hand instead
+(``scripts/cpu_engine.sh serve``).
 
 Prompts are rendered and defused here (:func:`medadapt.prompts.render_chat`, as the in-process engine does) and sent
 as token ids; tokens stream back per step and are decoded here. One streaming request per generation: ``close()``
@@ -23,12 +24,10 @@ import json
 import logging
 import os
 import queue
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -93,23 +92,20 @@ def ensure_graph(python: Path, model_dir: str | Path, out: Path, precision: str,
         fcntl.flock(lock, fcntl.LOCK_EX)
         if graph_ready(out):
             return out
-        tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-        try:
-            cmd = [str(python), "-m", "medadapt.ov_convert", "--model", str(model_dir), "--out", str(tmp),
-                   "--precision", precision]
-            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_engine_env(), stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)
-            tail: list[str] = []
-            for line in proc.stdout:  # type: ignore[union-attr]
-                line = line.rstrip()
-                tail = (tail + [line])[-30:]
-                if line.startswith("STAGE "):
-                    progress(line[6:])
-            if proc.wait() != 0 or not graph_ready(tmp):
-                raise EngineError("converting the model for the CPU engine failed:\n" + "\n".join(tail[-12:]))
-            os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        work = out.parent / f"{out.name}.partial"  # kept when interrupted: the next attempt resumes its stage
+        cmd = [str(python), "-m", "medadapt.ov_convert", "--model", str(model_dir), "--out", str(work),
+               "--precision", precision]
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_engine_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        tail: list[str] = []
+        for line in proc.stdout:  # type: ignore[union-attr]
+            line = line.rstrip()
+            tail = (tail + [line])[-30:]
+            if line.startswith("STAGE "):
+                progress(line[6:])
+        if proc.wait() != 0 or not graph_ready(work):
+            raise EngineError("converting the model for the CPU engine failed:\n" + "\n".join(tail[-12:]))
+        os.replace(work, out)
     return out
 
 
@@ -137,7 +133,8 @@ class EngineProcess:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         cmd = [str(python), "-m", "medadapt.ov_server", "--graph", str(graph), "--model", str(model_dir),
                "--port", str(self.port), "--threads", str(threads), "--cache-dir", str(cache_dir / "ov-cache"),
-               "--max-rows", str(max_rows), "--parent-pid", str(os.getpid())]
+               "--adapter-cache", str(cache_dir / "cpu-engine" / "adapters"), "--max-rows", str(max_rows),
+               "--parent-pid", str(os.getpid())]
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_engine_env(), stdout=open(log_file, "ab"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
 

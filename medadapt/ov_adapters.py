@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,9 +80,42 @@ def _low_rank(delta, rank: int) -> tuple[np.ndarray, np.ndarray, float]:
     return (u * root).numpy(), (root[:, None] * v.t()).numpy(), kept
 
 
-def read_adapter(name: str, path: str | Path, base, shape: dict[str, Any], full_rank: int = FULL_RANK) -> Adapter:
+class SVDCache:
+    """The truncated SVDs of an adapter's whole-module copies, kept on disk (``<dir>/<key>.npz``) so a restarted
+    engine does not redo them; the key changes when the adapter's weights file changes."""
+
+    def __init__(self, folder: str | Path | None, adapter: Path, full_rank: int) -> None:
+        self.file = None
+        if folder:
+            import hashlib
+
+            weights = next((adapter / f for f in ("adapter_model.safetensors", "adapter_model.bin")
+                            if (adapter / f).is_file()), None)
+            st = weights.stat() if weights else None
+            key = f"{adapter.resolve()}|{st.st_mtime_ns if st else 0}|{st.st_size if st else 0}|{full_rank}"
+            self.file = Path(folder) / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+
+    def get(self, module: str, compute):
+        """(a, b, kept) of ``module``: from the file when there, else ``compute()`` (then stored)."""
+        if self.file is not None and self.file.is_file():
+            with np.load(self.file) as z:
+                if f"{module}.a" in z:
+                    return z[f"{module}.a"], z[f"{module}.b"], float(z[f"{module}.kept"])
+        a, b, kept = compute()
+        if self.file is not None:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            old = dict(np.load(self.file)) if self.file.is_file() else {}
+            tmp = self.file.with_suffix(".tmp.npz")
+            np.savez(tmp, **old, **{f"{module}.a": a, f"{module}.b": b, f"{module}.kept": np.float64(kept)})
+            os.replace(tmp, self.file)
+        return a, b, kept
+
+
+def read_adapter(name: str, path: str | Path, base, shape: dict[str, Any], full_rank: int = FULL_RANK,
+                 cache_dir: str | Path | None = None) -> Adapter:
     """Read the PEFT adapter folder ``path`` for a graph of ``shape``; ``base(name)`` gives a base tensor (float32
-    torch) for whole-module copies. Raises :class:`AdapterError` with the reason when it cannot be served."""
+    torch) for whole-module copies, whose SVDs are kept in ``cache_dir``. Raises :class:`AdapterError` with the
+    reason when it cannot be served."""
     path = Path(path)
     cfg_file = path / "adapter_config.json"
     if not cfg_file.is_file():
@@ -120,6 +154,7 @@ def read_adapter(name: str, path: str | Path, base, shape: dict[str, Any], full_
             module = re.sub(r"\.modules_to_save\.[^.]+", "", key.rsplit(".", 1)[0])
             full[module] = t
     out = Adapter(name, str(path))
+    svds = SVDCache(cache_dir, path, full_rank)
     head_factors: list[tuple[Any, Any]] = []
     for module, ab in pairs.items():
         if set(ab) != {"lora_A", "lora_B"}:
@@ -146,7 +181,8 @@ def read_adapter(name: str, path: str | Path, base, shape: dict[str, Any], full_
         elif module in ("lm_head", "model.embed_tokens"):
             # a tied model's head is its embedding: a separate lm_head copy differs from that
             target = "lm_head.weight" if module == "lm_head" and not shape["tied"] else "model.embed_tokens.weight"
-            a, b, kept = _low_rank(t - base(target), full_rank)  # delta [V, hidden] ~ a [V, r] @ b [r, hidden]
+            # delta [V, hidden] ~ a [V, r] @ b [r, hidden]
+            a, b, kept = svds.get(module, lambda t=t, target=target: _low_rank(t - base(target), full_rank))
             if module == "lm_head" or (shape["tied"] and "lm_head" not in full):  # a tied head follows its embedding
                 head_factors.append((b.T, a.T))  # logits delta = last @ b^T @ a^T
             if module == "model.embed_tokens":

@@ -16,13 +16,15 @@ engine's :class:`medadapt.ov_runtime.KVCache`): ``past_k_l``/``past_v_l`` ``[B, 
 slots each row may attend to, so rows of different lengths share a call. ``logits`` are the last position's.
 
 ``export(hf_dir, out_dir, precision)`` (run in the engine's venv: torch, openvino, nncf) traces :class:`Decoder`
-from a Hugging Face folder (bf16/fp32 safetensors, no transformers model needed) and writes ``model.xml``/``.bin``
-plus ``graph.json`` (shapes the runtime needs). Only plain RoPE (``rope_type`` default) is supported.
+from a Hugging Face folder (bf16/fp32 safetensors, no transformers model needed), saves that IR, compresses its
+weights with NNCF in a second stage (an interrupted conversion resumes there) and writes ``model.xml``/``.bin`` plus
+``graph.json`` (shapes the runtime needs). Only plain RoPE (``rope_type`` default) is supported.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -226,23 +228,62 @@ def example_inputs(shape: dict[str, Any], batch: int = 2, t: int = 3, past: int 
 
 def export(hf_dir: str | Path, out_dir: str | Path, precision: str = "int8", group_size: int = 128,
            log=print) -> Path:
-    """Trace, convert, compress and save the graph of the model at ``hf_dir`` into ``out_dir`` (written whole, then
-    renamed into place by the caller)."""
+    """The graph of the model at ``hf_dir`` at ``precision`` in ``out_dir`` (the caller renames it into place), in
+    two stages that each leave their result in ``out_dir``, so an interrupted conversion resumes at the stage it
+    stopped in: the trace (``traced.xml``: the uncompressed IR, weights in the checkpoint's dtype), then the weight
+    compression of that IR (``model.xml``; fp32: the trace itself)."""
     import openvino as ov
-    import torch
 
     if precision not in PRECISIONS:
         raise GraphError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     shape = read_config(hf_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    traced = out_dir / "traced.xml"
+    if (out_dir / "traced.done").is_file():
+        log("the trace is there from an earlier attempt")
+    else:
+        _trace(hf_dir, shape, traced, precision, log)
+        (out_dir / "traced.done").write_text("ok")
+    if precision == "fp32":
+        os.replace(traced, out_dir / "model.xml")
+        os.replace(traced.with_suffix(".bin"), out_dir / "model.bin")
+    else:
+        import nncf
+
+        log(f"compressing the weights to {precision} (NNCF)")
+        model = ov.Core().read_model(str(traced))
+        mode = nncf.CompressWeightsMode.INT8_ASYM if precision == "int8" else nncf.CompressWeightsMode.INT4_ASYM
+        fan_ins = (shape["hidden"], shape["intermediate"], shape["heads"] * shape["head_dim"])
+        while group_size > 16 and any(f % group_size for f in fan_ins):  # SmolLM2's 576 takes groups of 64
+            group_size //= 2
+        kwargs = {} if precision == "int8" else {"group_size": group_size, "ratio": 1.0}
+        model = nncf.compress_weights(model, mode=mode, **kwargs)
+        log("saving the compressed graph")
+        ov.save_model(model, out_dir / "model.xml", compress_to_fp16=False)
+        del model
+        traced.unlink()
+        traced.with_suffix(".bin").unlink()
+    (out_dir / "traced.done").unlink()
+    (out_dir / "graph.json").write_text(json.dumps({"shape": shape, "precision": precision,
+                                                    "group_size": group_size if precision == "int4" else None,
+                                                    "inputs": input_names(shape["layers"]),
+                                                    "outputs": output_names(shape["layers"])}, indent=1))
+    return out_dir
+
+
+def _trace(hf_dir: str | Path, shape: dict[str, Any], out: Path, precision: str, log) -> None:
+    """Trace :class:`Decoder` on the model's weights and save the uncompressed IR at ``out``."""
+    import openvino as ov
+    import torch
+
     # the stored dtype (a bf16 checkpoint's trace stays at the model's size); fp32 for the unquantized graph
     weights = load_weights(hf_dir, torch.float32 if precision == "fp32" else None)
     need = ["model.embed_tokens.weight", "model.norm.weight"] + ([] if shape["tied"] else ["lm_head.weight"])
     missing = [k for k in need if k not in weights]
     if missing:
         raise GraphError(f"{hf_dir} lacks {missing}")
-    log(f"tracing the {shape['layers']}-layer graph ({precision})")
+    log(f"tracing the {shape['layers']}-layer graph")
     decoder = _decoder_class()(shape, weights).eval()
     layers = shape["layers"]
     names = input_names(layers)
@@ -269,20 +310,7 @@ def export(hf_dir: str | Path, out_dir: str | Path, precision: str = "int8", gro
         port.get_tensor().set_names({name})
     for port, name in zip(model.outputs, output_names(layers)):
         port.get_tensor().set_names({name})
-    if precision != "fp32":
-        import nncf
-
-        log(f"compressing the weights to {precision} (NNCF)")
-        mode = nncf.CompressWeightsMode.INT8_ASYM if precision == "int8" else nncf.CompressWeightsMode.INT4_ASYM
-        fan_ins = (shape["hidden"], shape["intermediate"], shape["heads"] * shape["head_dim"])
-        while group_size > 16 and any(f % group_size for f in fan_ins):  # SmolLM2's 576 takes groups of 64
-            group_size //= 2
-        kwargs = {} if precision == "int8" else {"group_size": group_size, "ratio": 1.0}
-        model = nncf.compress_weights(model, mode=mode, **kwargs)
-    ov.save_model(model, out_dir / "model.xml", compress_to_fp16=False)
+    log("saving the traced graph")
+    ov.save_model(model, out, compress_to_fp16=False)
     del model, decoder
     weights.clear()
-    (out_dir / "graph.json").write_text(json.dumps({"shape": shape, "precision": precision,
-                                                    "group_size": group_size if precision == "int4" else None,
-                                                    "inputs": names, "outputs": output_names(layers)}, indent=1))
-    return out_dir

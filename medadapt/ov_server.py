@@ -40,7 +40,7 @@ class Server:
     """The loaded model, its runtime and tokenizer."""
 
     def __init__(self, graph_dir: str, hf_dir: str, threads: int, cache_dir: str | None, max_rows: int,
-                 prefill_chunk: int) -> None:
+                 prefill_chunk: int, adapter_cache: str | None = None) -> None:
         from transformers import AutoTokenizer
 
         from medadapt.ov_runtime import Graph, Runtime, eos_of
@@ -52,7 +52,7 @@ class Server:
             gen_cfg = json.loads((self.hf_dir / "generation_config.json").read_text(encoding="utf-8"))
         self.graph = Graph(graph_dir, threads, cache_dir)
         self.runtime = Runtime(self.graph, eos_of(self.tokenizer, gen_cfg), max_rows, prefill_chunk)
-        self.graph_dir, self.threads = graph_dir, threads
+        self.graph_dir, self.threads, self.adapter_cache = graph_dir, threads, adapter_cache
         self.adapter_paths: dict[str, str] = {}
         self.notes: dict[str, list[str]] = {}
         self._base = None
@@ -75,7 +75,7 @@ class Server:
         from medadapt.ov_adapters import read_adapter
 
         with self._load_lock:
-            adapter = read_adapter(name, path, self.base_tensor, self.graph.shape)
+            adapter = read_adapter(name, path, self.base_tensor, self.graph.shape, cache_dir=self.adapter_cache)
             self.runtime.set_adapter(adapter)
             self.adapter_paths[name], self.notes[name] = str(path), adapter.notes
         return {"name": name, "rank": adapter.rank, "notes": adapter.notes}
@@ -250,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache-dir", default=None, help="OpenVINO's compiled-model cache")
+    p.add_argument("--adapter-cache", default=None, help="where the SVDs of adapters' whole-module copies are kept")
     p.add_argument("--max-rows", type=int, default=64)
     p.add_argument("--prefill-chunk", type=int, default=128)
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH")
@@ -257,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("MEDADAPT_LOG_LEVEL", "INFO"), format="%(asctime)s %(message)s")
     t0 = time.perf_counter()
-    server = Server(args.graph, args.model, args.threads, args.cache_dir, args.max_rows, args.prefill_chunk)
+    server = Server(args.graph, args.model, args.threads, args.cache_dir, args.max_rows, args.prefill_chunk,
+                    args.adapter_cache)
     for spec in args.adapter:
         name, _, path = spec.partition("=")
         print(json.dumps(server.load_adapter(name, path)), flush=True)
