@@ -197,6 +197,12 @@ class Columns:
                 "tokens": [len(ts) for ts in self.times]}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -299,6 +305,7 @@ class OpenVINOEngine:
         cols = Columns(len(names))
         body = {"prompts": [prompt] * len(names), "adapters": [n if n != "base" else "__base__" for n in names],
                 "max_new": [tokens] * len(names), "ignore_eos": True}
+        c0 = cpu_seconds(self.proc.pid)
         with httpx.stream("POST", self.url + "/generate", json=body, timeout=3600) as r:
             for line in r.iter_lines():
                 msg = json.loads(line) if line else {}
@@ -307,6 +314,7 @@ class OpenVINOEngine:
                 for row, _, _, _ in msg.get("e", []):
                     cols.token(row)
         out = cols.summary()
+        out["cpu_s"] = cpu_seconds(self.proc.pid) - c0
         health = httpx.get(self.url + "/health", timeout=10).json()
         out["step_s_median"] = health.get("step_s_median")
         return out
@@ -410,12 +418,15 @@ class LlamaCppEngine:
                         if msg.get("tokens") or msg.get("content"):
                             cols.token(i, max(1, len(msg.get("tokens") or [])))
 
+        c0 = cpu_seconds(self.proc.pid)
         threads = [threading.Thread(target=row, args=(i,)) for i in range(len(names))]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        return cols.summary()
+        out = cols.summary()
+        out["cpu_s"] = cpu_seconds(self.proc.pid) - c0
+        return out
 
     def score(self, prompt: list[int], cont: list[int], adapter: str = "__base__"):
         """Top-``N_PROBS`` log-probabilities per position (teacher forcing: one request per position, the prefix
@@ -514,6 +525,7 @@ def worker_ovgenai(spec: dict) -> dict:
     ids = ov.Tensor(__import__("numpy").array([spec["prompt"]], dtype="int64"))
     names = spec["names"]
     cols = Columns(len(names))
+    c0 = time.process_time()
     for i, name in enumerate(names):  # the columns as four calls (each its own adapter)
         ac = og.AdapterConfig() if name not in ads else og.AdapterConfig(ads[name], 1.0)
 
@@ -524,6 +536,7 @@ def worker_ovgenai(spec: dict) -> dict:
         pipe.generate(og.TokenizedInputs(ids, ov.Tensor(__import__("numpy").ones_like(ids.data))), gc,
                       adapters=ac, streamer=streamer)
     out = cols.summary()
+    out["cpu_s"] = time.process_time() - c0
     out["note"] = "columns served one generate call after another (adapters are per call)"
     out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
@@ -545,6 +558,7 @@ def worker_torch(spec: dict) -> dict:
 
     cols = Columns(len(names))
     job = Job([prompt] * len(names), [spec["tokens"]] * len(names), names, SamplingSettings())
+    c0 = time.process_time()
     engine._batcher.submit(job)
     left = len(names)
     while left:
@@ -555,6 +569,7 @@ def worker_torch(spec: dict) -> dict:
             cols.token(row)
             left -= reason is not None
     out = cols.summary()
+    out["cpu_s"] = time.process_time() - c0
     out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["steps"] = engine._batcher.steps
     return out
@@ -740,17 +755,19 @@ def main(argv: list[str] | None = None) -> int:
         f"memory read bandwidth {bw:.1f} GB/s ({args.threads} threads)")
     res = speed(args, candidates, bw) if "speed" not in skip else {}
     fid = fidelity(args, candidates) if "fidelity" not in skip else {}
-    print("\n| engine | precision | tok/s per column (min / mean) | TTFT s | step vs bound | peak RSS MB | install |"
-          "\n| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| engine | precision | tok/s per column (min / mean) | TTFT s | step vs bound | CPU s per step |"
+          " peak RSS MB | install |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
     for key, r in res.items():
         name, precision = key.split(" ")
         if "error" in r:
-            print(f"| {name} | {precision} | failed: {r['error'][:80]} | | | | |")
+            print(f"| {name} | {precision} | failed: {r['error'][:80]} | | | | | |")
             continue
         step = 1.0 / r["tok_s_min"] if r["tok_s_min"] else float("nan")
         inst = f"{r['install_s']:.0f} s, {r['install_mb']:.0f} MB" if r.get("install_s") else "-"
+        cpu_step = r.get("cpu_s", float("nan")) / max(1, max(r["tokens"]))
         print(f"| {name} | {precision} | {r['tok_s_min']:.2f} / {r['tok_s_mean']:.2f} | {r['ttft_s']:.1f} | "
-              f"{step / r['bound_s']:.2f}x ({r['bound_s'] * 1e3:.0f} ms) | {r['rss_mb']:.0f} | {inst} |")
+              f"{step / r['bound_s']:.2f}x ({r['bound_s'] * 1e3:.0f} ms) | {cpu_step:.2f} | {r['rss_mb']:.0f} | "
+              f"{inst} |")
     for key, f in fid.items():
         if "error" not in f:
             print(f"fidelity {key}: agreement {f['agreement']:.4f}, KL {f['kl']:.5f}" + (" (approx.)" if f["approx"]

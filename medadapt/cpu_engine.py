@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from medadapt.adapters import AdapterLoadError
-from medadapt.engine_api import BASE, GenSettings, PromptTooLongError, Request, RowState, UnknownAdapterError
+from medadapt.engine_api import (BASE, GenSettings, Prompt, PromptTooLongError, Request, RowState,
+                                 UnknownAdapterError)
 from medadapt.prompts import render_chat, special_token_strings
 
 if TYPE_CHECKING:
@@ -366,10 +367,12 @@ class CPUEngine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def prompt_tokens(self, messages: list[dict]) -> int:
+    def prompt_tokens(self, messages: Prompt) -> int:
         return len(self._prompt_ids(messages))
 
-    def _prompt_ids(self, messages: list[dict]) -> list[int]:
+    def _prompt_ids(self, messages: Prompt) -> list[int]:
+        if isinstance(messages, str):  # a raw prompt: no template, the tokenizer's special tokens (BOS), as in-process
+            return self.tokenizer(messages, add_special_tokens=True)["input_ids"]
         return self.tokenizer(self.render(messages), add_special_tokens=False)["input_ids"]
 
     def prompt_opens_think(self) -> bool:

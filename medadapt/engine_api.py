@@ -1,8 +1,9 @@
 """The engine protocol the pipeline depends on, and its records.
 
-Two engines implement :class:`TextEngine`: :class:`medadapt.engine.Engine` (the model in this process, continuous
-batching) and :class:`medadapt.remote.OpenAIEngine` (an OpenAI-compatible server such as vLLM, one streaming chat
-request per row). Chat messages go in (or, for the study's evaluation protocol, a raw text prompt); the
+Three engines implement :class:`TextEngine`: :class:`medadapt.engine.Engine` (the model in this process, continuous
+batching), :class:`medadapt.remote.OpenAIEngine` (an OpenAI-compatible server such as vLLM, one streaming chat
+request per row) and :class:`medadapt.cpu_engine.CPUEngine` (the CPU engine's server: OpenVINO, every row its own
+adapter in one batch; the app renders the template and sends token ids). Chat messages go in (or, for the study's evaluation protocol, a raw text prompt); the
 chat template is applied by the engine's model (``medadapt.prompts.render_chat`` locally, the server remotely) and
 ``<think>`` is split by :mod:`medadapt.reasoning`, never by an engine. :mod:`medadapt.engine_choice` picks one.
 """

@@ -122,6 +122,14 @@ def test_rows_stream_each_with_its_own_adapter_as_the_in_process_engine(tiny_eng
     assert all(r.first_token_s is not None and r.first_token_s <= r.elapsed_s for r in rows)
 
 
+def test_a_raw_text_prompt_is_tokenized_as_the_in_process_engine_does(tiny_engine, local):
+    """The study protocol's raw prompts (no chat template, the tokenizer's BOS): the same ids and tokens."""
+    raw = "### Question:\nWhich vitamin deficiency causes scurvy?\n### Response:"
+    assert tiny_engine._prompt_ids(raw) == local._prompt_ids(raw)
+    _, rows = final(tiny_engine, [(raw, BASE), (raw, "sft")])
+    assert [r.text for r in rows] == local.generate_batch([raw, raw], [BASE, "sft"], GREEDY)
+
+
 def test_teacher_forced_distributions_equal_the_in_process_model(tiny_engine, local):
     """The fp32 graph is the model: log-probabilities within 1e-3 of transformers' with and without an adapter."""
     import torch
