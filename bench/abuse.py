@@ -1,7 +1,8 @@
 """Abuse bench: honest users' latency while one hostile client attacks the public app, one attack at a time.
 
 Run: ``python bench/abuse.py [--users 4] [--questions 3] [--model offline|tiny] [--max-new-tokens 16]
-[--hostile-workers 4] [--attacks queue,disk,get_flood,big_bodies,bench_events,spoofed,held] [--costs]``
+[--hostile-workers 4] [--attacks disk,get_flood,big_bodies,bench_events,spoofed,held] [--costs]`` (``--attacks``
+may add ``queue``, issue 17's flood)
 
 Starts the real app in public mode on loopback in its own process (offline profile as ``app.py`` queues it, temp runs
 dir, no built index, the repository's results files in its results dir; its temp dir is the bench's own, so any file
@@ -9,8 +10,8 @@ a visitor makes it write is seen). Then, in this process: ``--users`` honest use
 address, fresh for every phase) ask ``--questions`` questions one after another, first with no hostile client (the
 baseline), then once during each attack, each attack a separate process on its own address(es):
 
-- ``queue``: 1 MB questions and cheap events under fresh session ids, one thread keeping a question in line
-  (issue 17's flood);
+- ``queue`` (issue 17's flood, not in the default list): 1 MB questions and cheap events under fresh session ids,
+  one thread keeping a question in line;
 - ``disk``: 5 MB multipart posts to ``/gradio_api/process_recording`` and ``/gradio_api/upload``, and joins whose data
   holds a file object with an http URL (to a listener of its own: any fetch is counted);
 - ``get_flood``: keep-alive ``GET /config``, ``/`` and ``/gradio_api/info`` as fast as answered;
@@ -53,6 +54,7 @@ from bench.load import QUESTIONS, percentile  # noqa: E402
 from bench.queue_client import QueueClient  # noqa: E402
 
 ATTACKS = ("queue", "disk", "get_flood", "big_bodies", "bench_events", "spoofed", "held")
+ISSUE_32 = ATTACKS[1:]  # the six attacks of issue 32 (the default); ``queue`` is issue 17's flood
 MB_QUESTION = "What causes anemia? " * 52_429  # 1 MiB of text
 HOSTILE = {a: f"127.0.0.{66 + i}" for i, a in enumerate(ATTACKS)} | {"spoofed": "127.0.0.1"}
 
@@ -64,7 +66,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=["tiny", "offline"], default="offline")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--hostile-workers", type=int, default=4)
-    p.add_argument("--attacks", default=",".join(ATTACKS))
+    p.add_argument("--attacks", default=",".join(ISSUE_32), help=f"comma-separated, of {','.join(ATTACKS)}")
     p.add_argument("--costs", action="store_true", help="first measure each allowed route's cost")
     p.add_argument("--timeout", type=float, default=300, help="seconds one honest question may take")
     p.add_argument("--serve", nargs=2, metavar=("PORT", "WORKDIR"), help=argparse.SUPPRESS)
@@ -396,6 +398,9 @@ def measure_costs(url: str, pid: int, fns: dict) -> dict[str, float]:
                                "/static/fonts/Montserrat/Montserrat-Bold.woff2")):
         http = _client(f"127.0.5.{i + 1}")
         cost(f"GET {route if not route.startswith('/assets') else '/assets/<file>.js'}", lambda: http.get(url + route))
+        if not route.startswith(("/assets", "/theme", "/static")):  # the same, rendered (no cached answer fits)
+            fresh = iter(range(10**6))
+            cost(f"GET {route} (rendered)", lambda: http.get(url + route, params={"n": next(fresh)}))
     http = _client("127.0.5.20")
     cost("POST /gradio_api/reset", lambda: http.post(url + "/gradio_api/reset", json={"event_id": "x"}))
 
@@ -436,6 +441,10 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"cost {name:45s} {ms:7.2f} ms CPU")
             probe = QueueClient(url, "127.0.0.10").call(fn, [QUESTIONS[0], args.max_new_tokens, 0.0, 1.0, 3, False,
                                                              "", "", 1.0, 0])  # first-call costs, not counted
+            longest = QueueClient(url, "127.0.0.12").call(fn, ["What causes anemia? " * 200, args.max_new_tokens, 0.0,
+                                                               1.0, 3, False, "", "", 1.0, 0])
+            assert longest.output is not None, longest.error  # the engine's working set for the longest question
+            # an honest user may ask (4,000 characters) is there before memory is measured
             columns = [v for k, v in enumerate(("base", "rag", "sft", "msft"))
                        if probe.output and "tokens" in probe.output[4 * k + 2]]
             phases: dict[str, list[tuple[bool, float]]] = {"none": []}

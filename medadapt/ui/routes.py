@@ -5,8 +5,8 @@ Routes are Gradio's own path templates (Gradio 6.31's router), so ``tests/test_p
 app's routes and fail on any that is in neither table: a Gradio upgrade cannot open a route silently.
 
 Costs are seconds of server CPU per request, measured with ``python bench/abuse.py --costs`` on the offline app
-(2-core AMD EPYC, docs/PERFORMANCE.md) and rounded up; a queue join also costs its event's measured run time
-(:mod:`medadapt.ui.guard`). A page load is ``/`` plus ~30 assets and fonts: about 0.25 s in all.
+(2-core AMD EPYC, docs/PERFORMANCE.md) and rounded; a queue join also costs its handler's measured CPU time
+(:mod:`medadapt.ui.event_cost`). A page load is ``/`` plus ~30 assets and fonts: about 0.3-0.5 s in all.
 """
 from __future__ import annotations
 
@@ -40,12 +40,12 @@ JOIN_BYTES = 2 * MB  # one question (cut at 4,000 characters anyway) and a few s
 CONTROL_BYTES = 1 * KB  # /cancel and /reset: three short ids
 
 ALLOWED = (
-    Route(GET, "/", "page", 0.035),
-    Route(GET, "/config", "api_info", 0.015),  # gradio_client reads the config (the page has it inline)
-    Route(GET, "/config/", "api_info", 0.015),
-    Route(GET, "/gradio_api/info", "api_info", 0.012),  # gradio_client: the API's endpoints
-    Route(GET, "/gradio_api/info/", "api_info", 0.012),
-    Route(GET, "/assets/{path:path}", "asset", 0.006),
+    Route(GET, "/", "page", 0.050),  # rendered; from the page cache: guard.CACHED_COST_S
+    Route(GET, "/config", "api_info", 0.025),  # gradio_client reads the config (the page has it inline)
+    Route(GET, "/config/", "api_info", 0.025),
+    Route(GET, "/gradio_api/info", "api_info", 0.015),  # gradio_client: the API's endpoints
+    Route(GET, "/gradio_api/info/", "api_info", 0.015),
+    Route(GET, "/assets/{path:path}", "asset", 0.008),
     Route(GET, "/static/{path:path}", "asset", 0.003),
     Route(GET, "/theme.css", "asset", 0.002),
     Route(GET, "/favicon.ico", "asset", 0.002),
