@@ -63,6 +63,10 @@ def make_parser() -> argparse.ArgumentParser:
                    help="project: this package's batched scorer; lm-eval: lm-evaluation-harness (HFLM with the PEFT "
                         "adapter, vLLM on a GPU) on the same items and its default prompts, loglik only")
     r.add_argument("--threads", type=int, help="torch CPU threads (default: model.num_threads; 0: torch's default)")
+    r.add_argument("--option_queries", choices=["question", "question+option", "option"],
+                   help="RAG on option questions: one query (question) or one per option, fused (default: "
+                        "rag.option_queries)")
+    r.add_argument("--option_top_k", type=int, help="RAG: snippets per option query (default: rag.option_top_k)")
     r.add_argument("--protocol", choices=["project", "study"], default="project",
                    help="project: this package's prompts, sampling and parser; study: the original study's notebooks "
                         "(raw prompt, its items, temperature 0.01, 4,096 tokens, its parser; mode cot; eval.study)")
@@ -165,6 +169,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.setdefault("model", {})["dtype"] = args.dtype
     if args.threads is not None:
         overrides.setdefault("model", {})["num_threads"] = args.threads
+    for key in ("option_queries", "option_top_k"):
+        if getattr(args, key, None) is not None:
+            overrides.setdefault("rag", {})[key] = getattr(args, key)
     lmeval = args.backend == "lm-eval"
     if lmeval:
         if (args.mode or "loglik") != "loglik" or (args.prompt_style or "plain") != "plain":

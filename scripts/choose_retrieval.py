@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 OPTION_BENCHMARKS = ("medmcqa", "medqa", "mmlu_medical")
-GRID = "question:3,question+option:1,question+option:2,option:1"
+GRID = "question:3,question+option:2,question+option:1,option:1"
 JUDGED = ("circular", "debiased")
 
 
@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ids", required=True, help="an --ids file of validation items (scripts/validation_ids.py)")
     p.add_argument("--grid", default=GRID, help="comma list of form:k (default %(default)s)")
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", default="float32", help="float32 is the fast one on CPUs without native bf16")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: model.num_threads)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     from eval.variants import resolve_variants
 
     saved = json.loads(Path(args.ids).read_text(encoding="utf-8"))["item_ids"]
-    base_cfg = load_config("offline", {"model": {"dtype": args.dtype}})
+    model = {"dtype": args.dtype, **({"num_threads": args.threads} if args.threads else {})}
+    base_cfg = load_config("offline", {"model": model})
     evaluated = {b: {it.id for it in items} for b, items in evaluated_items(base_cfg).items()}
     ids = {b: v for b, v in saved.items() if b in OPTION_BENCHMARKS}
     clash = {b: sorted(set(v) & evaluated.get(b, set())) for b, v in ids.items()}
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     base_res = None
     for spec in args.grid.split(","):
         form, k = spec.split(":")
-        cfg = load_config("offline", {"model": {"dtype": args.dtype}, "rag": point_overrides(form, int(k)),
+        cfg = load_config("offline", {"model": model, "rag": point_overrides(form, int(k)),
                                       "eval": {"mode": "loglik"}})
         samples = select_ids(cfg, ids)
         names = ["rag"] if base_res else ["base", "rag"]

@@ -113,9 +113,12 @@ def test_cli_loglik_end_to_end(cli_env, monkeypatch, capsys):
     monkeypatch.setattr(eval.evaluate, "retrieve_all", _fake_retrieve)
     out, run_dir = cli_env / "res.json", cli_env / "job"
     rc = main(["run", "--variants", "base,rag,sft,msft", "--n", "3", "--benchmarks", "medqa,pubmedqa",
-               "--profile", "offline", "--out", str(out), "--output_dir", str(run_dir)])
+               "--profile", "offline", "--out", str(out), "--output_dir", str(run_dir), "--option_queries", "option",
+               "--option_top_k", "1"])
     assert rc == 0
     res = json.loads(out.read_text())
+    assert res["config"]["rag"]["option_queries"] == res["retrieval"]["option_queries"] == "option"
+    assert res["retrieval"]["option_top_k"] == 1
     v = res["variants"]
     assert [v[k]["status"] for k in ("base", "rag", "sft", "msft")] == ["ok", "ok", "ok", "skipped"]
     assert "no finished msft adapter" in v["msft"]["reason"]
