@@ -239,19 +239,19 @@ def app_fn(app, api_name: str) -> int:
 
 def test_2_gets_are_costed_and_rationed_per_address(app, budgets):
     """Finding 2: the guard looked at POSTs only; 794 GET /config in 31 s cost the server a core. Now every request
-    pays its cost from the address's budget: a render of the config its measured 15 ms, the same answer again from
-    the page cache 2 ms; past the budget, 429 with Retry-After."""
-    budgets(0.06, 0.00001)
+    pays its cost from the address's budget: a render of the config its measured 25 ms, the same answer again from
+    the page cache 5 ms; past the budget, 429 with Retry-After."""
+    budgets(0.1, 0.00001)
     flood = httpx.Client(transport=httpx.HTTPTransport(local_address=address()), timeout=30)
     statuses = [flood.get(app["url"] + "/config").status_code for _ in range(60)]
     first_refused = statuses.index(429)
     assert statuses[:first_refused] == [200] * first_refused and set(statuses[first_refused:]) == {429}
-    assert 10 <= first_refused <= 0.06 / guard_module.CACHED_COST_S + 2, first_refused  # cached: 2 ms each
+    assert 10 <= first_refused <= 0.1 / guard_module.CACHED_COST_S + 2, first_refused  # cached: 5 ms each
     r = flood.get(app["url"] + "/config")
     assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and "Retry in" in r.json()["error"]
     renders = httpx.Client(transport=httpx.HTTPTransport(local_address=address()), timeout=30)
     fresh = [renders.get(app["url"] + f"/config?n={i}").status_code for i in range(20)]  # no cache can answer these
-    assert 200 in fresh and fresh.index(429) <= 0.06 / 0.015 + 1, fresh  # each a render: 15 ms of the budget
+    assert 200 in fresh and fresh.index(429) <= 0.1 / 0.025 + 1, fresh  # each a render: 25 ms of the budget
     other = httpx.Client(transport=httpx.HTTPTransport(local_address=address()), timeout=30)
     assert other.get(app["url"] + "/config").status_code == 200  # another address is not affected
     assert other.get(app["url"] + "/config").json() == other.get(app["url"] + "/config?x=1").json()  # same answer

@@ -67,7 +67,8 @@ OPEN_PER_ADDRESS = 24  # requests in progress per address, streams included (a p
 ADDRESS_BUDGET = (2.0, 0.05)  # seconds of server CPU an address may spend at once, and per second after that
 SESSION_BUDGET = (1.5, 0.05)  # the same per page session (a page's timers spend ~0.02 s per second)
 EVENT_COST_S = 0.05  # an event's run time before Gradio has measured it
-CACHED_COST_S = 0.002  # the page, config or API info served from the page cache
+CACHED_COST_S = 0.005  # the page, config or API info served from the page cache (1-1.5 ms of CPU, and the
+# GIL taken from the generation thread for each of them: a flood of them slowed honest answers 1.25-1.51x at 2 ms)
 BODY_COST_S_PER_MB = 0.02  # reading and parsing a join's body (twice: here and in Gradio)
 MAX_BODY_BYTES = routes.JOIN_BYTES
 MAX_DEPTH, MAX_ITEMS = 16, 10_000  # a join's data: the page's deepest value is a table (3 levels)
