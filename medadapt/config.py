@@ -215,7 +215,7 @@ class RagConfig(Validated):
     mode: str = "hybrid"  # dense | fts | hybrid
     top_k: Annotated[int, Field(ge=1, le=10, title="Snippets retrieved (top-k)")] = 4
     context_tokens: int = 768  # token budget for retrieved snippets inside the prompt
-    option_queries: str = "question+option"  # option questions: question (one query) | question+option | option
+    option_queries: str = "question"  # option questions: question (one query; chosen on validation items, issue 35) | question+option | option (one query per option, fused)
     option_top_k: Annotated[int, Field(ge=1, le=10, title="Snippets per option query")] = 2  # fused, then budgeted
     embed_batch_size: int = 0  # 0 = per device (16 on CPU, 128 on CUDA: rag_index.AUTO_BATCH)
     embed_chunk_rows: int = 512  # snippets embedded (length-sorted) and appended per commit
