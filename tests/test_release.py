@@ -138,6 +138,7 @@ def test_setup_skips_training_and_copies_the_index_when_a_release_ships(shipped_
 
 @pytest.mark.timeout(1800)
 def test_compare_lists_adapters_by_origin_and_defaults_to_the_shipped_one(shipped_cfg, tiny_model_dir):
+    from medadapt.adapters import list_adapters
     from medadapt.pipeline import InputError
     from medadapt.shipped import adapter_checksum, short
     from medadapt.state import AppState
@@ -156,7 +157,8 @@ def test_compare_lists_adapters_by_origin_and_defaults_to_the_shipped_one(shippe
         state.checked_adapter("sft", str(mine / "adapter"))  # never a path from a request
     other = load_config("offline", {"model": {"name_or_path": str(Path(tiny_model_dir).parent)},
                                     "paths": {"runs_dir": env["MEDADAPT_RUNS_DIR"]}})
-    assert [a.origin for a in AppState(other, None, None).adapters("sft")] == ["trained"]  # not for another base
+    assert [a.origin for a in list_adapters(other, "sft")] == ["trained"]  # the release is not for another base
+    assert [label for label, _ in AppState(other, None, None).adapter_choices("sft")] == [f"trained here · {mine.name}"]
 
 
 @pytest.mark.timeout(1800)

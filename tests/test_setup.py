@@ -51,13 +51,16 @@ def make_env(tmp: Path, model_dir: str, sft_steps: int = 4, corpus: Path = FIXTU
     env = dict(os.environ, MEDADAPT_PROFILE="offline", MEDADAPT_DATA_DIR=str(data), MEDADAPT_RUNS_DIR=str(tmp / "runs"),
                MEDADAPT_INDEX_DIR=str(tmp / "index"), MEDADAPT_RESULTS_DIR=str(tmp / "results"),
                MEDADAPT_MODEL=model_dir, MEDADAPT_SETUP_CONFIGS=str(configs), HF_HUB_OFFLINE="1",
+               MEDADAPT_SHIPPED_DIR=str(tmp / "no-release"),  # the repository's shipped release is not this machine's
                WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
     env.pop("MEDADAPT_SETUP", None)
     return env
 
 
 def config_from(env: dict[str, str]):
-    keys = ("MEDADAPT_DATA_DIR", "MEDADAPT_RUNS_DIR", "MEDADAPT_INDEX_DIR", "MEDADAPT_RESULTS_DIR", "MEDADAPT_MODEL")
+    keys = ("MEDADAPT_DATA_DIR", "MEDADAPT_RUNS_DIR", "MEDADAPT_INDEX_DIR", "MEDADAPT_RESULTS_DIR", "MEDADAPT_MODEL",
+            "MEDADAPT_SHIPPED_DIR")
+    keys = tuple(k for k in keys if k in env)
     old = {k: os.environ.get(k) for k in keys}
     os.environ.update({k: env[k] for k in keys})
     try:
