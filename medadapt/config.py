@@ -289,29 +289,7 @@ class TrainConfig(Validated):
     warmup_steps: int = 0  # > 0: overrides warmup_ratio
     optim: str = "auto"  # auto: paged_adamw_8bit when 4-bit, else adamw_torch; or any TrainingArguments optim
     embedding_learning_rate: float = 0.0  # > 0: the learning rate of modules_to_save (embed_tokens, lm_head)
-    # > 0: token-level unlikelihood (trainers/unlikelihood.py) on the answer's own earlier tokens, this weight
-    unlikelihood: Annotated[float, Field(ge=0.0, le=10.0, title="Unlikelihood weight",
-                                         description="0: off; penalises repeating the answer's earlier tokens")] = 0.0
-    # > 0: sequence-level unlikelihood (trainers/unlikelihood.py): every seq_unlikelihood_every steps the model
-    # continues its batch's prompts greedily for seq_unlikelihood_tokens tokens; its repeated 4-grams get this weight
-    seq_unlikelihood: Annotated[float, Field(ge=0.0, le=10.0, title="Sequence unlikelihood weight",
-                                             description="0: off; penalises the loops of the model's own greedy "
-                                                         "continuations")] = 0.0
-    seq_unlikelihood_every: Annotated[int, Field(ge=1, le=1000, title="Sequence unlikelihood every (steps)")] = 2
-    seq_unlikelihood_tokens: Annotated[int, Field(ge=8, le=8192, title="Sequence unlikelihood continuation",
-                                                  description="tokens")] = 128
-    # SFT row quality filter (trainers/sft.py), applied before the split: rows whose reasoning has fewer words
-    # (headings, a restated answer), and with drop_repeating_reasoning rows whose reasoning repeats a word 4-gram
-    min_reasoning_words: Annotated[int, Field(ge=0, le=10_000, title="Min reasoning words",
-                                              description="0: keep all; shorter reasoning rows are dropped")] = 0
-    drop_repeating_reasoning: bool = False
-    # SFT: cut every source's answer classes (the option each row's answer commits to) to its rarest class's size,
-    # so the adapter cannot learn that one letter is right more often (MedMCQA's dev rows: A in 31%)
-    balance_answers: bool = False
     msft_stage2: str = "continue"  # MSFT: continue (train the CPT adapter on) | merge (merge CPT, fresh SFT LoRA)
-    deepspeed: str = ""  # several processes: zero2 | zero3 (configs/accelerate/deepspeed_<name>.json) | a JSON path
-    fsdp: str = ""  # several processes: TrainingArguments.fsdp, e.g. "full_shard auto_wrap"
-    fsdp_config: dict[str, Any] = field(default_factory=dict)  # TrainingArguments.fsdp_config
 
 
 @dataclass

@@ -81,17 +81,6 @@ def test_two_processes_train_like_one_with_the_same_global_batch(cfg, tmp_path, 
     assert two["final_loss"] == pytest.approx(b[-1])
 
 
-def test_two_processes_train_with_sequence_unlikelihood(cfg, tmp_path):
-    """Each rank continues its own rows and runs the term on the unwrapped model: the ranks stay in step (no
-    collective that only one of them makes) and rank 0 logs how much its continuations loop."""
-    status, lines = train("sft", cfg, tmp_path, "two", TWO, per_device_batch_size=2, gradient_accumulation_steps=1,
-                          max_steps=4, max_samples=32, max_length=320, seq_unlikelihood=1.0, seq_unlikelihood_every=2,
-                          seq_unlikelihood_tokens=16)
-    assert status["status"] == "finished" and status["world_size"] == 2 and status["steps"] == 4
-    logged = [x for x in lines if x.get("loss") is not None]
-    assert [x["step"] for x in logged if "repeated_share" in x] == [2, 4]
-
-
 def wait_for(pred, timeout=240.0, every=0.2):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -205,32 +194,9 @@ def test_launcher_wraps_the_trainer_command():
     assert Launcher("accelerate", 2, "configs/accelerate/nope.yaml").problems()
 
 
-def test_fsdp_settings_map_into_training_arguments(tmp_path):
+def test_single_process_training_arguments_carry_no_sharding(tmp_path):
+    """DeepSpeed and FSDP come only from the accelerate config a run is launched with: a plain run has neither."""
     from trainers.common import Runtime, training_args
 
-    t = TrainConfig(fsdp="full_shard auto_wrap", fsdp_config={"transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]})
-    from trainers.dist import trainer_kwargs
-
-    kw = trainer_kwargs(t, cuda=False)
-    assert kw["fsdp"] == "full_shard auto_wrap" and kw["fsdp_config"]["transformer_layer_cls_to_wrap"]
-    assert kw["ddp_find_unused_parameters"] is False
     args = training_args(TrainConfig(), tmp_path, Runtime(False, False, False), False, "none", "t")
     assert args.ddp_find_unused_parameters is False and not args.deepspeed and not args.fsdp
-
-
-def test_deepspeed_settings_map_into_training_arguments(tmp_path):
-    pytest.importorskip("deepspeed")
-    from medadapt.config import ConfigError
-    from trainers.common import Runtime, training_args
-
-    for stage in (2, 3):
-        args = training_args(TrainConfig(deepspeed=f"zero{stage}"), tmp_path, Runtime(False, False, False), False,
-                             "none", "t")
-        assert args.deepspeed.endswith(f"configs/accelerate/deepspeed_zero{stage}.json")
-        assert args.hf_deepspeed_config.config["zero_optimization"]["stage"] == stage
-        assert args.hf_deepspeed_config.config["train_micro_batch_size_per_gpu"] == 2  # "auto" ← per_device batch
-    with pytest.raises(ConfigError, match="exclude"):
-        training_args(TrainConfig(deepspeed="zero2", fsdp="full_shard"), tmp_path, Runtime(False, False, False),
-                      False, "none", "t")
-    with pytest.raises(ConfigError, match="neither"):
-        training_args(TrainConfig(deepspeed="zero9"), tmp_path, Runtime(False, False, False), False, "none", "t")

@@ -84,53 +84,6 @@ def test_app_shaped_example_is_trained_on_the_prompt_the_eval_renders(tok):
     assert completion.startswith("<think>\nIt reverses shock.\n</think>\n\nThe answer is A.")
 
 
-def test_quality_filter_drops_short_and_self_repeating_reasoning_before_the_split(cfg, tok, monkeypatch):
-    import medadapt.data.sft as sft_data
-    from trainers.sft import build_sft_data, row_flaw
-
-    short = SftRow("medmcqa:901", "medmcqa", "Which test first?", "Non Stress Test", "The answer is D. Biophysical")
-    loop = SftRow("medmcqa:902", "medmcqa", "Which nerve?", "The score of the score of the score of the nerve is "
-                  "ulnar and the wrist flexors are spared here.", "The answer is B. Ulnar")
-    monkeypatch.setattr(sft_data, "load_sft_rows", lambda cfg, datasets=(): [*ROWS, short, loop])
-    on = {"eval_fraction": 0.0, "max_length": 512, "min_reasoning_words": 5, "drop_repeating_reasoning": True}
-    t = tcfg("sft", Path("unused"), **on)
-    assert [row_flaw(r.cot, t) for r in (ROWS[0], short, loop)] == ["", "short", "repeats"]
-    train, _, info = build_sft_data(t, cfg, tok)
-    assert (info["dropped_short_reasoning"], info["dropped_repeating_reasoning"]) == (1, 1)
-    assert len(train) == len(ROWS)
-    texts = [tok.decode(e["input_ids"]) for e in train]
-    assert not any("Non Stress Test" in x or "score of the score" in x for x in texts)
-    off = tcfg("sft", Path("unused"), eval_fraction=0.0, max_length=512)  # the defaults keep every row
-    train, _, info = build_sft_data(off, cfg, tok)
-    assert len(train) == len(ROWS) + 2 and info["dropped_short_reasoning"] == info["dropped_repeating_reasoning"] == 0
-
-
-def mcq_row(n: int, letter: str, source: str = "medmcqa") -> SftRow:
-    options = {"A": "Ulnar", "B": "Radial", "C": "Median", "D": "Axillary"}
-    return SftRow(f"{source}:{900 + n}", source, f"Which nerve, case {n}?", "Wrist drop follows a spiral groove "
-                  "fracture of the humerus.", f"The answer is {letter}. {options[letter]}",
-                  {"question": f"Which nerve, case {n}?", "options": options})
-
-
-def test_balanced_answers_leave_every_letter_equally_often_right(cfg, tok, monkeypatch):
-    import medadapt.data.sft as sft_data
-    from trainers.sft import answer_class, balanced, build_sft_data
-
-    letters = "AAAAAABBBCCCCDDD"  # A 6, B 3, C 4, D 3
-    rows = [mcq_row(i, L) for i, L in enumerate(letters)] + ROWS[:2]  # two open rows (no options)
-    assert [answer_class(r) for r in rows[:4]] == ["medmcqa:A"] * 4 and answer_class(ROWS[0]) is None
-    kept = balanced([(r, i) for i, r in enumerate(rows)], seed=1)
-    assert sorted(answer_class(r) or "open" for r, _ in kept) == sorted(
-        [f"medmcqa:{L}" for L in "ABCD" for _ in range(3)] + ["open"] * 2)
-    assert [i for _, i in kept] == sorted(i for _, i in kept)  # order kept
-    assert kept != balanced([(r, i) for i, r in enumerate(rows)], seed=2)  # a seeded choice among the A and C rows
-    monkeypatch.setattr(sft_data, "load_sft_rows", lambda cfg, datasets=(): rows)
-    t = tcfg("sft", Path("unused"), eval_fraction=0.0, max_length=512, balance_answers=True)
-    train, _, info = build_sft_data(t, cfg, tok)
-    assert len(train) == 14 and info["dropped_to_balance"] == 4
-    assert info["answers"] == {"medmcqa:A": 3, "medmcqa:B": 3, "medmcqa:C": 3, "medmcqa:D": 3, "open": 2}
-
-
 def test_completion_skips_think_tag_the_template_opened():
     assert completion_text("cot", "ans", "<|Assistant|><think>\n").startswith("cot\n</think>")
     assert completion_text("cot", "ans", "<|im_start|>assistant\n").startswith("<think>\ncot")

@@ -108,8 +108,6 @@ class _JsonlLogCallback:
                 rec["eta_s"] = round(elapsed / done * (total - state.global_step + self.extra_total), 1)
         if self.stage:
             rec["stage"] = self.stage
-        if "repeated_share" in logs:  # sequence-level unlikelihood: how much the model's own continuations loop
-            rec["repeated_share"] = logs["repeated_share"]
         for key in ("loss", "eval_loss"):
             if logs.get(key) is not None:
                 self.last[key] = float(logs[key])

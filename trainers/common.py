@@ -74,9 +74,6 @@ def runtime(tcfg: TrainConfig) -> Runtime:
     if want == "true" and not has:
         raise ConfigError("use_unsloth=true needs CUDA and the unsloth package (pip install -r requirements-gpu.txt)")
     unsloth = has and want in ("auto", "true")
-    if unsloth and (tcfg.unlikelihood or tcfg.seq_unlikelihood):
-        raise ConfigError("unlikelihood needs the logits, which Unsloth's fused loss does not return; "
-                          "set use_unsloth: false")
     if unsloth:
         import unsloth  # noqa: F401  (patches transformers/peft/trl)
     from medadapt.precision import train_precision
@@ -322,18 +319,12 @@ def train_stage(tcfg: TrainConfig, model: Any, tok: Any, train: list, evals: lis
 
     from trainers.callbacks import JsonlLogCallback, StopCallback
     from trainers.formatting import PadCollator
-    from trainers.unlikelihood import sequence_unlikelihood_trainer, unlikelihood_trainer
 
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     last = last_complete_checkpoint(ckpt_dir) if resume else None
     logcb, stopcb = JsonlLogCallback(run, stage, step_offset, extra_total), StopCallback(stop)
     args = training_args(tcfg, ckpt_dir, rt, bool(evals), report_to(tcfg, run.path), run_name or run.path.name)
     trainer_cls = embedding_lr_trainer(Trainer, tcfg.embedding_learning_rate) if tcfg.embedding_learning_rate else Trainer
-    if tcfg.unlikelihood:
-        trainer_cls = unlikelihood_trainer(trainer_cls, tcfg.unlikelihood)
-    if tcfg.seq_unlikelihood:
-        trainer_cls = sequence_unlikelihood_trainer(trainer_cls, tcfg.seq_unlikelihood, tcfg.seq_unlikelihood_every,
-                                                    tcfg.seq_unlikelihood_tokens)
     trainer = trainer_cls(model=model, args=args, train_dataset=train, eval_dataset=evals or None,
                       data_collator=PadCollator(tok.pad_token_id, targets_only=not rt.unsloth),
                       processing_class=tok,

@@ -88,35 +88,10 @@ def barrier() -> None:
 
 # ---------------------------------------------------------------- TrainConfig → TrainingArguments
 
-def deepspeed_file(value: str) -> str | None:
-    """``TrainConfig.deepspeed``: ``zero2``/``zero3`` (the shipped ``configs/accelerate/deepspeed_<name>.json``) or the
-    path of a DeepSpeed JSON; empty: none."""
-    from pathlib import Path
-
-    from medadapt.config import REPO_ROOT, ConfigError
-
-    if not value:
-        return None
-    shipped = REPO_ROOT / "configs" / "accelerate" / f"deepspeed_{value}.json"
-    path = shipped if shipped.is_file() else Path(value).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"deepspeed={value!r}: neither a shipped config (zero2, zero3) nor a DeepSpeed JSON file")
-    return str(path.resolve())
-
-
 def trainer_kwargs(tcfg: Any, cuda: bool) -> dict[str, Any]:
-    """The TrainingArguments of a multi-process run: DDP backend (gloo on CPU), DeepSpeed and FSDP settings."""
-    from medadapt.config import ConfigError
-
+    """The TrainingArguments of a multi-process run: the DDP settings (gloo on CPU). DeepSpeed and FSDP come from the
+    accelerate config the run is launched with (``configs/accelerate/*.yaml``)."""
     kw: dict[str, Any] = {"ddp_find_unused_parameters": False}  # LoRA: frozen base weights are not "unused"
     if distributed() and not cuda:
         kw["ddp_backend"] = "gloo"
-    ds = deepspeed_file(tcfg.deepspeed)
-    if ds and tcfg.fsdp:
-        raise ConfigError("deepspeed and fsdp exclude each other; set one of them")
-    if ds:
-        kw["deepspeed"] = ds
-    if tcfg.fsdp:
-        kw["fsdp"] = tcfg.fsdp
-        kw["fsdp_config"] = dict(tcfg.fsdp_config) or None
     return kw

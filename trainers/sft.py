@@ -17,49 +17,6 @@ log = logging.getLogger(__name__)
 DESCRIPTION = __doc__.split("\n")[0]
 
 
-def row_flaw(reasoning: str, tcfg: TrainConfig) -> str:
-    """Why the quality filter drops a row with this reasoning: ``"short"`` (fewer than ``min_reasoning_words``
-    words), ``"repeats"`` (a word 4-gram twice, with ``drop_repeating_reasoning``: "Repetition In, Repetition Out"),
-    or ``""`` to keep it."""
-    from trainers.unlikelihood import repeated_ngram_mask
-
-    words = reasoning.lower().split()
-    if len(words) < tcfg.min_reasoning_words:
-        return "short"
-    if tcfg.drop_repeating_reasoning and any(repeated_ngram_mask(words)):
-        return "repeats"
-    return ""
-
-
-def answer_class(row: Any) -> str | None:
-    """``"<source>:<letter>"``: the option a row's answer commits to (read by the project's answer parser from the
-    options it is posed with); None for an open question."""
-    from medadapt.reasoning import extract_answer
-
-    options = row.posed.get("options") or {}
-    letter = extract_answer(row.answer, options)[0] if options else None
-    return f"{row.source}:{letter}" if letter else None
-
-
-def balanced(pairs: list, seed: int) -> list:
-    """``(row, example)`` pairs with every source's answer classes cut to the size of its rarest one (a seeded
-    choice, order kept), so no option letter is more often right in training than another; open rows all stay."""
-    import random
-    from collections import defaultdict
-
-    groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-    for i, (row, _) in enumerate(pairs):
-        key = answer_class(row)
-        if key:
-            groups[row.source][key].append(i)
-    rng, drop = random.Random(seed), set()
-    for classes in groups.values():
-        size = min(map(len, classes.values()))
-        for members in classes.values():
-            drop.update(rng.sample(members, len(members) - size))
-    return [p for i, p in enumerate(pairs) if i not in drop]
-
-
 def build_sft_data(tcfg: TrainConfig, app: AppConfig, tok: Any) -> tuple[list, list, dict[str, Any]]:
     """(train examples, eval examples, data info): tokenized rows with assistant-only labels, over-long rows dropped."""
     from collections import Counter
@@ -74,8 +31,6 @@ def build_sft_data(tcfg: TrainConfig, app: AppConfig, tok: Any) -> tuple[list, l
         raise ConfigError(f"prompt must be one of {', '.join(PROMPTS)}, not {tcfg.prompt!r}")
     rows = load_sft_rows(app, tcfg.dataset)
     positions = [int(source_id(r.id)) if source_id(r.id).isdigit() else i for i, r in enumerate(rows)]
-    verdicts = [row_flaw(r.cot, tcfg) for r in rows]
-    rows, positions = [r for r, v in zip(rows, verdicts) if not v], [p for p, v in zip(positions, verdicts) if not v]
     train_rows, eval_rows = split_rows(rows, tcfg, positions)
     eot = end_of_turn(tok) if tcfg.prompt != "seed" else ""
 
@@ -92,14 +47,9 @@ def build_sft_data(tcfg: TrainConfig, app: AppConfig, tok: Any) -> tuple[list, l
     evals, dropped_eval = encode(eval_rows)
     if not train:
         raise ConfigError(f"no SFT example fits max_length={tcfg.max_length}")
-    fitting = len(train)
-    if tcfg.balance_answers:
-        train = balanced(train, tcfg.seed)
     info = {"sources": sorted({r.source for r in rows}), "rows_by_source": dict(Counter(r.source for r in train_rows)),
             "train_examples": len(train), "eval_examples": len(evals),
-            "dropped_too_long": dropped_train + dropped_eval, "dropped_short_reasoning": verdicts.count("short"),
-            "dropped_repeating_reasoning": verdicts.count("repeats"), "dropped_to_balance": fitting - len(train),
-            "answers": dict(sorted(Counter(answer_class(r) or "open" for r, _ in train).items())),
+            "dropped_too_long": dropped_train + dropped_eval,
             "prompt": tcfg.prompt, "split": tcfg.split,
             "excluded_eval_items": {"benchmarks": list(app.eval.benchmarks), "n": app.eval.n, "seed": app.eval.seed}}
     log.info("SFT data: %s", info)
