@@ -94,8 +94,7 @@ def worker_batched(spec: dict) -> dict:
 
     if not spec.get("skinny", True):
         medadapt.multilora.SKINNY_ROWS = 0
-    engine = Engine(spec["model"], dtype=spec["dtype"], num_threads=spec["threads"],
-                    backend=spec.get("backend", "gathered"))
+    engine = Engine(spec["model"], dtype=spec["dtype"], num_threads=spec["threads"])
     for kind in ("sft", "msft"):
         engine.load_adapter(kind, spec["adapters"][kind])
     engine.eos_ids = set()  # every row decodes max_new_tokens
@@ -217,8 +216,7 @@ ABLATION = [  # (label, worker, spec overrides)
     ("4 models one after another, HF generate (baseline)", "sequential", {}),
     ("HF generate, one padded batch, base only (no adapters)", "hf_batch", {"mode": "base"}),
     ("HF generate, one padded batch, PEFT adapter_names", "hf_batch", {"mode": "peft_generate"}),
-    ("own decode loop (slot KV cache, per-row prefill), PEFT layers", "batched", {"backend": "peft"}),
-    ("+ gathered multi-LoRA (2 matmuls per layer)", "batched", {"skinny": False}),
+    ("own decode loop, gathered multi-LoRA (2 matmuls per layer)", "batched", {"skinny": False}),
     ("+ skinny W @ x^T matmuls for decode (default)", "batched", {}),
     ("  same, bfloat16 weights", "batched", {"dtype": "bfloat16"}),
     ("  same, 2 threads", "batched", {"threads": 2}),

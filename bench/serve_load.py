@@ -1,8 +1,8 @@
 """Serving load: the whole app (``app.py``, real offline SmolLM2, its adapters and index) on loopback, N concurrent
 gradio_client users x M questions each, in three modes:
 
-- ``serial``: ``MEDADAPT_BATCHING=off`` — the path before continuous batching: one question generates at a time
-  (Compare concurrency 1, the engine's lock), each as one fixed four-row batch;
+- ``serial``: ``MEDADAPT_BATCHING=off`` — one question generates at a time (Compare concurrency 1), its four rows
+  in the continuous batcher alone;
 - ``batched``: continuous batching in the in-process engine (every user's rows in one running batch);
 - ``remote``: ``MEDADAPT_ENGINE=openai`` against a vLLM CPU server (``scripts/vllm_server.sh``, its own venv) serving
   the same model and adapters;

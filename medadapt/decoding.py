@@ -1,11 +1,5 @@
-"""The token loops behind the engine: :func:`decode` runs one fixed batch; :class:`RowCache` and :func:`decode_step`
-serve continuous batching (:mod:`medadapt.batching`), where rows join and leave between steps.
-
-:func:`decode`: rows are left-padded inside the cache: row ``b`` with an ``n_b``-token prompt occupies cache slots
-``[P - n_b, P)`` (``P`` = longest prompt), and decode step ``t`` writes slot ``P + t`` for every row. Prompts are
-prefilled in groups of equal length (no padding compute: a long RAG prompt does not make the short ones pay for its
-padding), each group writing its rows' slots directly. The cache returns views of the filled part, so there is no
-concatenation per step and attention only covers slots written so far; the 4D boolean mask hides the padding.
+"""The token loop's parts behind continuous batching (:mod:`medadapt.batching`): :class:`RowCache`, :func:`prefill`,
+:func:`decode_step`, sampling (:func:`pick_tokens`) and the one-token attention.
 
 :class:`RowCache`: rows are right-padded, live row ``i`` at batch index ``i``, each with its own length and position;
 a joining row is prefilled into slots ``[0, n)`` of its index, a leaving row's index is reused by a row from the end.
@@ -14,54 +8,20 @@ The model is any HF causal LM whose attention calls ``cache.update(k, v, layer_i
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
-from medadapt.think_budget import BudgetRows
 
 
 @dataclass
 class SamplingSettings:
-    """What :func:`decode` needs from the engine's ``GenSettings``."""
+    """What the decode loop needs from the engine's ``GenSettings``."""
 
     temperature: float = 0.0  # <= 0: greedy
     top_p: float = 1.0
     seed: int = 0
     repetition_penalty: float = 1.0  # > 1: tokens a row already generated are less likely again (1: off)
-
-
-class SlotCache:
-    """Preallocated keys/values ``[B, H, L, D]`` per layer, written in place (see module docstring)."""
-
-    def __init__(self, batch: int, max_len: int) -> None:
-        self.batch, self.max_len = batch, max_len
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
-        self.rows: torch.Tensor | None = None  # prefill: the rows being written; None: all rows (decode)
-        self.start = 0  # first slot written by the next update
-
-    def _layer(self, idx: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        while len(self.keys) <= idx:
-            shape = (self.batch, like.shape[1], self.max_len, like.shape[3])
-            self.keys.append(torch.zeros(shape, dtype=like.dtype, device=like.device))
-            self.values.append(torch.zeros(shape, dtype=like.dtype, device=like.device))
-        return self.keys[idx], self.values[idx]
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
-        keys, values = self._layer(layer_idx, key_states)
-        end = self.start + key_states.shape[2]
-        if self.rows is None:
-            keys[:, :, self.start:end] = key_states
-            values[:, :, self.start:end] = value_states
-            return keys[:, :, :end], values[:, :, :end]
-        keys[self.rows, :, self.start:end] = key_states
-        values[self.rows, :, self.start:end] = value_states
-        return key_states, value_states  # a prefill group attends only to its own prompt
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.start
 
 
 ATTENTION = "medadapt_decode"
@@ -123,91 +83,6 @@ def pick_tokens(logits: torch.Tensor, settings: SamplingSettings, generator: tor
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
-def decode(
-    model,
-    prompts: list[list[int]],
-    max_new: list[int],
-    settings: SamplingSettings,
-    eos_ids: set[int],
-    pad_id: int,
-    route: Callable[[list[int]], dict],
-    think: BudgetRows | None = None,
-) -> Iterator[list[tuple[int, int, str | None]]]:
-    """Generate for all rows; yield ``[(row, token, finish_reason or None), ...]`` after each forward.
-
-    ``route(rows)`` is called before every forward with the batch rows it covers and returns extra forward kwargs
-    (the gathered backend sets its LoRA router and returns ``{}``; the PEFT backend returns ``adapter_names``).
-    A row stops at an EOS id ("eos", the EOS token is yielded) or after ``max_new[row]`` tokens ("length").
-    ``think`` (a thinking budget's row state) may replace a picked token by a forced one.
-    """
-    param = next(model.parameters())
-    device, dtype = param.device, param.dtype
-    batch = len(prompts)
-    lengths = [len(p) for p in prompts]
-    P = max(lengths)
-    budget = max(max_new) if max_new else 0
-    if batch == 0 or budget <= 0:
-        return
-    cache = SlotCache(batch, P + budget)
-    generator = torch.Generator(device=device).manual_seed(settings.seed) if settings.temperature > 0 else None
-    allowed = torch.zeros(batch, 1, 1, P + budget, dtype=torch.bool, device=device)
-    for b, n in enumerate(lengths):
-        allowed[b, ..., P - n:] = True
-    valid = additive_mask(allowed, dtype)
-    counts = [0] * batch
-    done = [m <= 0 for m in max_new]
-    last = torch.full((batch,), pad_id, dtype=torch.long, device=device)
-    # tokens each row generated, for the repetition penalty: [B, V] bools, sized by the first logits
-    seen: torch.Tensor | None = None
-    penalize = settings.repetition_penalty != 1.0
-
-    def emit(rows: list[int], tokens: torch.Tensor) -> list[tuple[int, int, str | None]]:
-        out = []
-        for b, tok in zip(rows, tokens.tolist()):
-            if think is not None:
-                tok = think.token(b, tok)
-            last[b] = tok
-            if seen is not None and tok < seen.shape[1]:
-                seen[b, tok] = True
-            counts[b] += 1
-            reason = "eos" if tok in eos_ids else "length" if counts[b] >= max_new[b] else None
-            done[b] = reason is not None
-            out.append((b, tok, reason))
-        return out
-
-    groups: dict[int, list[int]] = {}
-    for b, n in enumerate(lengths):
-        if not done[b]:
-            groups.setdefault(n, []).append(b)
-    for n, rows in sorted(groups.items(), key=lambda kv: kv[0]):
-        cache.rows, cache.start = torch.tensor(rows, device=device), P - n
-        ids = torch.tensor([prompts[b] for b in rows], dtype=torch.long, device=device)
-        causal = additive_mask(torch.ones(n, n, dtype=torch.bool, device=device).tril()[None, None], dtype)
-        with torch.inference_mode():
-            out = model(input_ids=ids, attention_mask=causal, position_ids=torch.arange(n, device=device)[None],
-                        cache=cache, use_cache=True, logits_to_keep=1, **route(rows))
-            if penalize and seen is None:
-                with torch.inference_mode(False):  # a normal tensor: emit() updates it outside inference mode
-                    seen = torch.zeros(batch, out.logits.shape[-1], dtype=torch.bool, device=device)
-            tokens = pick_tokens(out.logits[:, -1], settings, generator, None if seen is None else seen[rows])
-        yield emit(rows, tokens)
-    cache.rows, cache.start = None, P
-    position = torch.tensor(lengths, device=device)
-    all_rows = list(range(batch))
-    kwargs = route(all_rows)
-    for _ in range(budget - 1):
-        if all(done):
-            return
-        live = [b for b in all_rows if not done[b]]
-        with torch.inference_mode():
-            out = model(input_ids=last[:, None], attention_mask=valid[..., :cache.start + 1],
-                        position_ids=position[:, None], cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
-            tokens = pick_tokens(out.logits[:, -1], settings, generator, seen)
-        cache.start += 1
-        position += 1
-        yield emit(live, tokens[live] if len(live) < batch else tokens)
 
 
 class RowCache:

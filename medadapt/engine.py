@@ -1,13 +1,8 @@
 """One base model plus named LoRA adapters; mixed-adapter streaming generation with continuous batching.
 
 Every row (e.g. base, RAG = base with another prompt, SFT, MSFT) decodes with its own adapter (``BASE`` for none).
-With ``batching`` on (the default), every caller's rows join one running batch (:mod:`medadapt.batching`) and leave
-it as they finish, so concurrent users share decode steps; off, calls run one at a time, each as one fixed batch
-(:func:`medadapt.decoding.decode`; the serial baseline of ``bench/serve_load.py``). Two adapter backends give the
-same greedy tokens:
-
-- ``gathered`` (default): adapters live in :mod:`medadapt.multilora` layers (two matmuls per layer for any mix).
-- ``peft``: the reference, a ``PeftModel`` with named adapters and ``adapter_names=[...]`` per forward.
+Every caller's rows join one running batch (:mod:`medadapt.batching`) and leave it as they finish, so concurrent users
+share decode steps. Adapters live in :mod:`medadapt.multilora` layers (two matmuls per layer for any mix of adapters).
 
 Implements :class:`medadapt.engine_api.TextEngine`; the chat template is :func:`medadapt.prompts.render_chat`.
 """
@@ -32,7 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["BASE", "Engine", "GenSettings", "PromptTooLongError", "RowState", "UnknownAdapterError"]
 
 log = logging.getLogger(__name__)
-BACKENDS = ("gathered", "peft")
 
 
 class Engine:
@@ -40,17 +34,14 @@ class Engine:
 
     def __init__(self, model_path: str, dtype: str = "float32", reasoning_template: bool = False,
                  device: str | None = None, trust_remote_code: bool = False, max_context: int = 2048,
-                 backend: str = "gathered", num_threads: int | None = None, fast_attention: bool = True,
-                 batching: bool = True, max_batch_rows: int = 64) -> None:
+                 num_threads: int | None = None, fast_attention: bool = True, max_batch_rows: int = 64) -> None:
         import torch
 
         from medadapt.models import load_model, load_tokenizer
 
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.model_path, self.backend, self.reasoning_template = model_path, backend, reasoning_template
+        self.model_path, self.reasoning_template = model_path, reasoning_template
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         self.model = load_model(model_path, dtype, trust_remote_code, device)
         if fast_attention:
@@ -65,19 +56,12 @@ class Engine:
         self.adapter_errors: dict[str, str] = {}  # from_config: adapters that exist but failed to load
         self.eos_ids = self._eos_ids()
         self._model_lock = threading.Lock()  # held by each decode step and by adapter changes
-        self._serial = None if batching else threading.Lock()  # batching off: one generation at a time
-        self._multilora = None
-        if backend == "gathered":
-            from medadapt.multilora import MultiLora
+        from medadapt.batching import Batcher
+        from medadapt.multilora import MultiLora
 
-            self._multilora = MultiLora(self.model)
-            self._multilora.wrap_all_linear()
-        self._batcher = None
-        if batching:
-            from medadapt.batching import Batcher
-
-            self._batcher = Batcher(self.model, lambda: self.eos_ids, self._route_names, self._model_lock,
-                                    max_batch_rows)
+        self._multilora = MultiLora(self.model)
+        self._multilora.wrap_all_linear()
+        self._batcher = Batcher(self.model, lambda: self.eos_ids, self._route_names, self._model_lock, max_batch_rows)
 
     @classmethod
     def from_config(cls, cfg: AppConfig, **kwargs) -> Engine:
@@ -122,38 +106,16 @@ class Engine:
 
         weights = read_adapter(name, path)  # read from disk before taking the model from the decode loop
         with self._model_lock:
-            if self._multilora is not None:
-                self._multilora.add(weights)
-            else:
-                self._load_peft(name, path)
-                if self._batcher is not None:
-                    self._batcher.model = self.model
+            self._multilora.add(weights)
             self.adapters[name] = path
             self.adapter_errors.pop(name, None)
-
-    def _load_peft(self, name: str, path: Path) -> None:
-        try:
-            from peft import PeftModel
-
-            if not isinstance(self.model, PeftModel):
-                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name).eval()
-                return
-            if name in self.model.peft_config:
-                self.model.delete_adapter(name)
-            self.model.load_adapter(str(path), adapter_name=name)
-            self.model.eval()
-        except (OSError, ValueError, RuntimeError, KeyError) as e:
-            raise AdapterLoadError(f"adapter {name!r}: PEFT could not load {path}: {e}") from e
 
     def unload_adapter(self, name: str) -> None:
         """Forget adapter ``name`` (no-op when not loaded); every loaded adapter costs a little per decode step."""
         with self._model_lock:
             if name not in self.adapters:
                 return
-            if self._multilora is not None:
-                self._multilora.remove(name)
-            else:
-                self.model.delete_adapter(name)
+            self._multilora.remove(name)
             del self.adapters[name]
 
     def has_adapter(self, name: str) -> bool:
@@ -219,11 +181,9 @@ class Engine:
             generation.close()
 
     def _route_names(self, names: list[str]) -> dict:
-        """Forward kwargs that give batch row ``i`` adapter ``names[i]``."""
-        if self._multilora is not None:
-            self._multilora.router.set_rows(names)
-            return {}
-        return {"adapter_names": names} if self.adapters else {}
+        """Forward kwargs that give batch row ``i`` adapter ``names[i]`` (the router is set; no kwargs)."""
+        self._multilora.router.set_rows(names)
+        return {}
 
     def generate_batch(self, messages_list: list[list[dict]], adapters: list[str], settings: GenSettings) -> list[str]:
         """Final texts of one generation (see :meth:`stream`)."""
@@ -236,7 +196,7 @@ class Engine:
 
 
 class LocalGeneration:
-    """One :meth:`Engine.start` call: its rows in the shared batch (or, batching off, one fixed batch of its own)."""
+    """One :meth:`Engine.start` call: its rows in the shared batch."""
 
     def __init__(self, engine: Engine, prompts: list[list[int]], max_new: list[int], names: list[str],
                  sampling, budget: BudgetRows | None = None) -> None:
@@ -246,27 +206,15 @@ class LocalGeneration:
         self.job = Job(prompts, max_new, names, sampling, budget=budget)
         self.start = time.perf_counter()
         self.closed = False
-        if engine._batcher is not None:
-            engine._batcher.submit(self.job)
+        engine._batcher.submit(self.job)
 
     def close(self) -> None:
         """Stop this generation's rows (the batch goes on for everyone else)."""
         self.closed = True
-        if self.engine._batcher is not None:
-            self.engine._batcher.cancel(self.job)
+        self.engine._batcher.cancel(self.job)
 
     def _events(self) -> Iterator[list[tuple[int, int, str | None]]]:
-        engine, job = self.engine, self.job
-        if engine._batcher is None:  # the serial path: one call at a time, one fixed batch
-            from medadapt.decoding import decode
-
-            pad = engine.tokenizer.pad_token_id
-            pad = pad if pad is not None else min(engine.eos_ids, default=0)
-            with engine._serial, engine._model_lock:
-                route = lambda rows: engine._route_names([self.names[r] for r in rows])  # noqa: E731
-                yield from decode(engine.model, job.prompts, job.max_new, job.sampling, engine.eos_ids, pad, route,
-                                  self.budget)
-            return
+        job = self.job
         left = sum(1 for m in job.max_new if m > 0)
         while left:
             events = [job.events.get()]

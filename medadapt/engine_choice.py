@@ -1,6 +1,6 @@
 """Which engine serves generations: ``MEDADAPT_ENGINE`` (``local``, ``openai`` or ``openvino``; default: the profile's
-``engine.kind``, ``local`` unless its ``cpu:`` section picks the CPU engine), whether the local one batches
-continuously (``MEDADAPT_BATCHING``), and how many questions may generate at once.
+``engine.kind``, ``local`` unless its ``cpu:`` section picks the CPU engine), and how many questions may generate at
+once (``MEDADAPT_CONCURRENT_ASKS``; ``MEDADAPT_BATCHING=off``: one).
 """
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ ENGINES = ("local", "openai", "openvino")
 
 
 def batching_enabled() -> bool:
-    """Continuous batching in the in-process engine, unless ``MEDADAPT_BATCHING`` is 0/false/no/off (then one
-    generation at a time: the serial baseline of ``bench/serve_load.py``)."""
+    """Several questions share the in-process engine's batch, unless ``MEDADAPT_BATCHING`` is 0/false/no/off (then
+    one question generates at a time: the serial baseline of ``bench/serve_load.py``)."""
     return os.environ.get("MEDADAPT_BATCHING", "on").strip().lower() not in ("0", "false", "no", "off")
 
 
 def concurrent_generations() -> int:
-    """How many questions may generate at once: 1 on the serial path, else ``MEDADAPT_CONCURRENT_ASKS`` (default
+    """How many questions may generate at once: 1 with ``MEDADAPT_BATCHING=off``, else ``MEDADAPT_CONCURRENT_ASKS`` (default
     16; the in-process batch then holds up to 64 rows)."""
     if engine_kind() == "local" and not batching_enabled():
         return 1
@@ -50,4 +50,4 @@ def make_engine(cfg: AppConfig) -> TextEngine:
         return CPUEngine.from_config(cfg)
     from medadapt.engine import Engine
 
-    return Engine.from_config(cfg, batching=batching_enabled())
+    return Engine.from_config(cfg)

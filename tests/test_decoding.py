@@ -1,10 +1,14 @@
-"""The token loop on a tiny random Llama: left-padded batch == each prompt alone == HF generate; stops; sampling."""
+"""The token loop (continuous batcher, one job) on a tiny random Llama: a batch of prompts of different lengths ==
+each prompt alone == HF generate; stops; sampling."""
 from __future__ import annotations
+
+import threading
 
 import pytest
 import torch
 
-from medadapt.decoding import SamplingSettings, decode, pick_tokens
+from medadapt.batching import Batcher, Job
+from medadapt.decoding import SamplingSettings, pick_tokens
 
 GREEDY = SamplingSettings()
 
@@ -27,9 +31,15 @@ PROMPTS = [[1, 504, 2201, 318, 17, 905], [1, 88, 99], [1, 4000, 12, 13, 14, 15, 
 
 
 def run(model, prompts, max_new, settings=GREEDY, eos_ids=frozenset(), budget=None):
-    """All yielded events, merged into per-row token lists and finish reasons."""
+    """One job's events from a batcher of its own, merged into per-row token lists and finish reasons."""
+    batcher = Batcher(model, lambda: set(eos_ids), lambda names: {}, threading.Lock())
+    job = Job(prompts, max_new, ["base"] * len(prompts), settings, budget=budget)
+    batcher.submit(job)
     tokens, reasons, events = [[] for _ in prompts], [None] * len(prompts), 0
-    for event in decode(model, prompts, max_new, settings, set(eos_ids), 0, lambda rows: {}, budget):
+    while None in reasons:
+        event = job.events.get(timeout=120)
+        if isinstance(event, BaseException):
+            raise event
         events += 1
         for row, tok, reason in event:
             assert reasons[row] is None, "no token after a row finished"
@@ -60,10 +70,10 @@ def test_eos_stops_one_row_while_the_others_continue(model):
     assert tokens[0] == free[0] and tokens[2] == free[2] and reasons[0] == reasons[2] == "length"
 
 
-def test_per_row_budgets_and_early_exit(model):
-    tokens, reasons, events = run(model, PROMPTS, [2, 5, 0])
-    assert [len(t) for t in tokens] == [2, 5, 0] and reasons == ["length", "length", None]
-    assert events <= 2 + 4, "the loop stops once every row is done"
+def test_per_row_budgets(model):
+    tokens, reasons, events = run(model, PROMPTS, [2, 5, 1])
+    assert [len(t) for t in tokens] == [2, 5, 1] and reasons == ["length"] * 3
+    assert events == 4, "one event per loop turn (prefill + first step, then a step each) until the last row is done"
 
 
 def test_sampling_is_seeded_and_top_p_keeps_the_head():
@@ -95,7 +105,7 @@ def test_repetition_penalty_math_and_pick():
     assert pick_tokens(logits, SamplingSettings(repetition_penalty=2.0), None, seen).tolist() == [1]
 
 
-def test_repetition_penalty_breaks_loops_in_decode(tiny_model_dir):
+def test_repetition_penalty_breaks_loops_in_the_batch(tiny_model_dir):
     """A greedy loop (the plain tiny model repeats its own tokens) is broken by the penalty; penalty 1 is greedy."""
     from transformers import AutoModelForCausalLM
 

@@ -62,8 +62,8 @@ def adapters(tmp_path_factory, model_dir) -> dict[str, str]:
             "a2": make_adapter(model_dir, root / "a2", r=8, seed=2)}
 
 
-def make_engine(model_dir: str, adapters: dict[str, str], backend: str) -> Engine:
-    engine = Engine(model_dir, backend=backend)
+def make_engine(model_dir: str, adapters: dict[str, str]) -> Engine:
+    engine = Engine(model_dir)
     for name, path in adapters.items():
         engine.load_adapter(name, path)
     return engine
@@ -71,7 +71,7 @@ def make_engine(model_dir: str, adapters: dict[str, str], backend: str) -> Engin
 
 @pytest.fixture(scope="module")
 def engine(model_dir, adapters) -> Engine:
-    return make_engine(model_dir, adapters, "gathered")
+    return make_engine(model_dir, adapters)
 
 
 def hf_reference(model_dir: str, adapters: dict[str, str], messages: list[dict], adapter: str, n: int) -> str:
@@ -101,15 +101,9 @@ def test_mixed_batch_equals_each_variant_alone(engine, model_dir, adapters):
     assert mixed[0] != mixed[3], "the RAG prompt should change the output"
 
 
-def test_peft_backend_gives_the_same_tokens(engine, model_dir, adapters):
-    peft_engine = make_engine(model_dir, adapters, "peft")
-    args = ([m for m, _ in MIXED], [a for _, a in MIXED], GREEDY)
-    assert peft_engine.generate_batch(*args) == engine.generate_batch(*args)
-
-
 def test_modules_to_save_adapter_matches_reference(tmp_path, model_dir):
     path = make_adapter(model_dir, tmp_path / "mts", r=4, seed=3, modules_to_save=["lm_head"])
-    engine = make_engine(model_dir, {"m": path}, "gathered")
+    engine = make_engine(model_dir, {"m": path})
     got = engine.generate_batch([Q, Q], [BASE, "m"], GREEDY)
     assert got == [hf_reference(model_dir, {"m": path}, Q, a, GREEDY.max_new_tokens) for a in (BASE, "m")]
 
@@ -180,11 +174,11 @@ def test_read_adapter_scaling_matches_peft_and_refuses_other_kinds(tmp_path, mod
 
 
 def test_reloading_a_name_replaces_the_adapter(model_dir, adapters):
-    engine = make_engine(model_dir, {"a": adapters["a1"]}, "gathered")
+    engine = make_engine(model_dir, {"a": adapters["a1"]})
     before = engine.generate_batch([Q], ["a"], GREEDY)
     engine.load_adapter("a", adapters["a2"])
     assert engine.generate_batch([Q], ["a"], GREEDY) == engine.generate_batch([Q], ["a"], GREEDY) != before
-    fresh = make_engine(model_dir, {"a": adapters["a2"]}, "gathered")
+    fresh = make_engine(model_dir, {"a": adapters["a2"]})
     assert engine.generate_batch([Q], ["a"], GREEDY) == fresh.generate_batch([Q], ["a"], GREEDY)
     engine.unload_adapter("a")
     assert not engine.has_adapter("a")
@@ -203,16 +197,15 @@ def test_from_config_loads_the_adapters_that_exist(cfg, adapters):
     assert engine.max_context == cfg.model.max_context
 
 
-@pytest.mark.parametrize("setting,batched,asks", [("off", False, 1), ("on", True, 16)])
-def test_the_batching_setting_picks_the_serial_or_batched_engine(cfg, monkeypatch, setting, batched, asks):
+@pytest.mark.parametrize("setting,asks", [("off", 1), ("on", 16)])
+def test_the_batching_setting_sets_how_many_questions_generate_at_once(cfg, monkeypatch, setting, asks):
     from medadapt.engine_choice import concurrent_generations, make_engine
 
     monkeypatch.setenv("MEDADAPT_BATCHING", setting)
     monkeypatch.delenv("MEDADAPT_ENGINE", raising=False)
     monkeypatch.delenv("MEDADAPT_CONCURRENT_ASKS", raising=False)
     engine = make_engine(cfg)
-    assert (engine._batcher is not None, engine._serial is None) == (batched, batched)
-    assert concurrent_generations() == asks
+    assert engine._batcher is not None and concurrent_generations() == asks
 
 
 def test_prompt_rendering_and_limits(engine, model_dir):
@@ -332,16 +325,8 @@ def test_a_failed_step_reaches_every_job_in_it_and_the_loop_goes_on(engine, monk
         engine.eos_ids = eos
 
 
-def test_serial_path_gives_the_same_tokens(model_dir, adapters, engine):
-    serial = make_engine(model_dir, adapters, "gathered")
-    serial._batcher = None
-    serial._serial = __import__("threading").Lock()
-    args = ([m for m, _ in MIXED], [a for _, a in MIXED], GREEDY)
-    assert serial.generate_batch(*args) == engine.generate_batch(*args)
-
-
 def test_loading_an_adapter_while_others_decode(model_dir, adapters):
-    engine = make_engine(model_dir, {"a1": adapters["a1"]}, "gathered")
+    engine = make_engine(model_dir, {"a1": adapters["a1"]})
     long = GenSettings(max_new_tokens=20)
     want = engine.generate_batch([Q, RAG], ["a1", BASE], long)
     running = engine.start([(Q, "a1"), (RAG, BASE)], long)
@@ -353,25 +338,23 @@ def test_loading_an_adapter_while_others_decode(model_dir, adapters):
     for last in it:
         pass
     assert [s.text for s in last] == want
-    fresh = make_engine(model_dir, {"a2": adapters["a2"]}, "gathered")
+    fresh = make_engine(model_dir, {"a2": adapters["a2"]})
     assert late == fresh.generate_batch([Q], ["a2"], GREEDY)
 
 
-def test_think_budget_on_the_batched_and_serial_paths(model_dir, adapters, engine):
+def test_think_budget_in_the_batch_and_alone(engine):
     """An R1-style prompt (it ends inside ``<think>``): with a budget of 5 every row's reasoning is closed after five
-    tokens and the row answers on; the batched and serial paths agree; a prompt without ``<think>`` is untouched."""
+    tokens and the row answers on; each row in the mixed batch equals the row asked alone; a prompt without
+    ``<think>`` is untouched."""
     budget = GenSettings(max_new_tokens=20, think_budget=5)
     plain = engine.generate_batch([m for m, _ in MIXED], [a for _, a in MIXED], GenSettings(max_new_tokens=20))
     assert engine.generate_batch([m for m, _ in MIXED], [a for _, a in MIXED], budget) == plain
-    serial = make_engine(model_dir, adapters, "gathered")
-    serial._batcher, serial._serial = None, __import__("threading").Lock()
     eos = engine.eos_ids
     try:
-        for e in (engine, serial):
-            e.reasoning_template, e.eos_ids = True, set()
+        engine.reasoning_template, engine.eos_ids = True, set()
         rows = consume(engine.start(MIXED, budget))
-        assert [(r.text, r.budget_closed) for r in consume(serial.start(MIXED, budget))] == \
-            [(r.text, r.budget_closed) for r in rows]
+        alone = [consume(engine.start([request], budget))[0] for request in MIXED]
+        assert [(r.text, r.budget_closed) for r in alone] == [(r.text, r.budget_closed) for r in rows]
     finally:
         engine.reasoning_template, engine.eos_ids = False, eos
     assert all(r.budget_closed and r.n_tokens == 20 and "</think>" in r.text for r in rows)

@@ -196,7 +196,7 @@ def _wire(state: AppState, c: dict[str, Any], shown: Callable[[str], str]) -> No
     inputs = [c["question"], c["max_new_tokens"], c["temperature"], c["top_p"], c["top_k"], c["rag_everywhere"],
               c["sft_adapter"], c["msft_adapter"], c["repetition_penalty"], c["think_budget"]]
     # one concurrency group for both triggers (the in-flight limits count it): questions generate side by side, their
-    # rows batched together by the engine (serial path: one at a time)
+    # rows batched together by the engine (``MEDADAPT_BATCHING=off``: one at a time)
     run = dict(fn=zerogpu(ask), inputs=inputs, outputs=outputs + [c["notices"], c["result"]], concurrency_id=GENERATE,
                concurrency_limit=concurrent_generations(), show_progress="minimal")
     ev_click = c["ask"].click(api_name="compare", **run)
