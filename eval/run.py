@@ -327,15 +327,14 @@ def _extend_variant(mine: dict, other: dict) -> None:
 
 
 def normalize_views(results: dict) -> dict:
-    """Give every prediction row its ``views`` (files written before views had one view at the row's top level)
-    and a generated view its own ``filter`` and ``raw``, so rows of different modes can share one row."""
-    from eval.views import GENERATED_VIEWS, mode_view, views_of
+    """Give a generated view of every prediction row its own ``filter`` and ``raw``, so rows of different modes can
+    share one row."""
+    from eval.views import GENERATED_VIEWS, views_of
 
-    file_view = mode_view(results)
     for entry in results.get("variants", {}).values():
         for rows in entry.get("predictions", {}).values():
             for r in rows:
-                views = r.setdefault("views", {file_view: {k: r[k] for k in ("pred", "correct", "invalid") if k in r}})
+                views = r["views"]
                 for name in GENERATED_VIEWS:
                     if name in views:
                         for key, empty in (("filter", ""), ("raw", ""), ("budget_closed", False)):

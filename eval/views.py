@@ -3,7 +3,7 @@
 A loglik run records three views for every item from one pass over each prompt (:func:`eval.loglik.score_multi`);
 a cot run records one. ``python -m eval merge`` puts a cot run's view next to the loglik views of the same variants
 and items, so one file holds them all. A row of ``predictions`` carries ``views = {view: {"pred", "correct",
-"invalid"}}``; files written before views existed carry one view at the top level of the row (see :func:`row_view`).
+"invalid"}}``.
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def view_label(name: str) -> str:
 
 
 def mode_view(results: dict) -> str:
-    """The one view of a file written before views existed (its mode's; loglik when it names none)."""
+    """The view a run's mode scores first (loglik when the file names no mode)."""
     return MODE_VIEW.get(results.get("mode") or "loglik", "letter")
 
 
@@ -131,10 +131,7 @@ def default_view(results: dict) -> str:
 def row_view(row: dict, view: str | None, results: dict) -> dict | None:
     """``{"pred", "correct", "invalid", ...}`` of one prediction row under ``view`` (None: the file's first view);
     None when the row was not scored in that view (e.g. a cot view run on fewer items)."""
-    view = view or default_view(results)
-    if "views" in row:
-        return row["views"].get(view)
-    return row if view == mode_view(results) else None
+    return row["views"].get(view or default_view(results))
 
 
 def prediction_counts(rows: list[dict]) -> dict[str, int]:

@@ -71,8 +71,9 @@ def test_eval_results_flag_items_seen_in_training(cfg):
     assert seen and all(s.startswith("medmcqa/") for s in seen)
     assert seen_in_training(cfg, Variant("old", "/adapter", meta={}), wider) == []
     results = {"items": {"medmcqa": []}, "variants": {
-        "sft": {"status": "ok", "predictions": {"medmcqa": [{"correct": True}]}, "seen_in_training": seen},
-        "base": {"status": "ok", "predictions": {"medmcqa": [{"correct": False}]}}}}
+        "sft": {"status": "ok", "predictions": {"medmcqa": [{"views": {"letter": {"correct": True}}}]},
+                "seen_in_training": seen},
+        "base": {"status": "ok", "predictions": {"medmcqa": [{"views": {"letter": {"correct": False}}}]}}}}
     labels = [row[0] for row in summary_table(results)[1]]
     assert any(f"⚠ {len(seen)} items seen in training" in x for x in labels)
     assert not any("⚠" in x for x in labels if "SFT" not in x and "sft" not in x)

@@ -204,10 +204,12 @@ def test_merge_unions_items_and_pairs_on_common_ones():
     from eval.report import paired_tests, summarize
     from eval.run import merge_results
 
-    def res(variant, ids, correct):
+    def res(variant, ids, correct, mode="loglik"):
         items = [{"id": i, "question": "q", "options": {"A": "a", "B": "b"}, "answer": "A", "subject": ""} for i in ids]
-        preds = [{"id": i, "pred": "A" if c else "B", "correct": c, "invalid": False} for i, c in zip(ids, correct)]
-        return {"mode": "loglik", "created": variant, "item_ids": {"medqa": ids}, "items": {"medqa": items},
+        view = "cot" if mode == "cot" else "letter"
+        preds = [{"id": i, "views": {view: {"pred": "A" if c else "B", "correct": c, "invalid": False}}}
+                 for i, c in zip(ids, correct)]
+        return {"mode": mode, "views": [view], "created": variant, "item_ids": {"medqa": ids}, "items": {"medqa": items},
                 "variants": {variant: {"status": "ok", "predictions": {"medqa": preds}, "timing": {}}}}
 
     big = res("base", ["q1", "q2", "q3", "q4"], [True, False, True, False])
@@ -217,7 +219,7 @@ def test_merge_unions_items_and_pairs_on_common_ones():
     assert summarize(merged)["sft"]["medqa"]["n"] == 2 and summarize(merged)["base"]["medqa"]["n"] == 4
     t = [t for t in paired_tests(merged) if t["benchmark"] == "medqa"][0]
     assert (t["n"], t["only_a"], t["only_b"]) == (2, 1, 1)
-    cot = merge_results([big, {**small, "mode": "cot"}])  # another mode: its view sits next to the loglik one
+    cot = merge_results([big, res("sft", ["q1", "q2"], [False, True], "cot")])  # another mode: its view sits next to the loglik one
     assert cot["views"] == ["letter", "cot"] and summarize(cot, "cot")["sft"]["medqa"]["n"] == 2
     assert "sft" not in summarize(cot, "letter")
     # the same variant run on the rest of the items (--ids) is extended, not replaced

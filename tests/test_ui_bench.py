@@ -11,8 +11,8 @@ from eval.report import ALL, paired_tests, summarize
 
 
 def _pred(item, pred, raw=""):
-    return {"id": item["id"], "pred": pred, "correct": pred == item["answer"], "invalid": pred is None,
-            "filter": "strict" if pred else "invalid", "raw": raw or f"Answer: {pred}"}
+    return {"id": item["id"], "views": {"cot": {"pred": pred, "correct": pred == item["answer"], "invalid": pred is None,
+                                               "filter": "strict" if pred else "invalid", "raw": raw or f"Answer: {pred}"}}}
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_the_tab_says_which_protocol_a_result_used(tmp_path, results):
     for entry in study["variants"].values():
         for rows in entry["predictions"].values():
             for r in rows:
-                view = {k: r[k] for k in ("pred", "correct", "invalid")}
+                view = {k: r["views"]["cot"][k] for k in ("pred", "correct", "invalid")}
                 r["views"] = {"study": view, "study_project_parser": view}
     (tmp_path / "offline").mkdir()
     (tmp_path / "offline" / "cot-1.json").write_text(json.dumps(results))

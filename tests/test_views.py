@@ -185,17 +185,6 @@ def test_cot_run_merges_into_the_loglik_views_of_the_same_items():
     assert decoding_note(both, "letter") == ""
 
 
-def test_files_without_views_read_as_their_mode():
-    from eval.report import summarize
-    from eval.views import row_view, views_of
-
-    old = {"mode": "cot", "variants": {}}
-    assert views_of(old) == ["cot"]
-    row = {"id": "x", "pred": "A", "correct": True, "invalid": False}
-    assert row_view(row, None, old) is row and row_view(row, "letter", old) is None
-    assert summarize({**_results({"base": {"letter": _mostly_right(40)}}), "views": None}, "letter")["base"]["medqa"]["acc"] == 1.0
-
-
 def test_paired_difference_interval():
     from eval.stats import paired_difference
 
