@@ -64,6 +64,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", default="torch,openvino,llamacpp,ovgenai")
     p.add_argument("--tokens", type=int, default=32, help="new tokens per column (EOS ignored)")
     p.add_argument("--torch-tokens", type=int, default=8, help="new tokens per column for the slow torch baseline")
+    p.add_argument("--torch-dtypes", default="bfloat16", help="the in-process engine's dtypes (e.g. bfloat16,float32)")
+    p.add_argument("--openvino-precisions", default="int8,int4",
+                   help="the CPU engine's weight precisions; -bf16 computes in bf16 (e.g. int8,int4,int8-bf16)")
     p.add_argument("--rounds", type=int, default=2, help="each engine is timed this many times (interleaved); best")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--items", type=int, default=10, help="fidelity: evaluated items per benchmark")
@@ -203,10 +206,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def peak_rss_mb(pid: int) -> float:
+def peak_rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """Peak resident memory of ``pid`` (``RssFile``: its file-backed part now, e.g. mmapped weights the kernel can
+    drop and read again)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -271,7 +276,8 @@ class OpenVINOEngine:
             if why:
                 raise RuntimeError(why)
         self.model_dir, self.precision, self.threads = model_dir, precision, threads
-        self.graph = graph_dir(CACHE, model_dir, precision)
+        weights, _, act = precision.partition("-")  # int8-bf16: int8 weights, computed in bf16
+        self.graph, self.weights, self.activations = graph_dir(CACHE, model_dir, weights), weights, act or "f32"
         self.install = install_info(self.python.parent.parent)
         self.proc = None
 
@@ -281,7 +287,7 @@ class OpenVINOEngine:
         if graph_ready(self.graph):
             return 0.0
         t0 = time.perf_counter()
-        ensure_graph(self.python, self.model_dir, self.graph, self.precision, lambda s: log(f"  {s}"))
+        ensure_graph(self.python, self.model_dir, self.graph, self.weights, lambda s: log(f"  {s}"))
         return time.perf_counter() - t0
 
     def start(self, adapters: dict[str, Path]) -> None:
@@ -291,7 +297,8 @@ class OpenVINOEngine:
         self.log_file = Path(tempfile.mkstemp(prefix="ov-server-", suffix=".log")[1])
         cmd = [str(self.python), "-m", "medadapt.ov_server", "--graph", str(self.graph), "--model",
                str(self.model_dir), "--port", str(self.port), "--threads", str(self.threads), "--cache-dir",
-               str(CACHE / "ov-cache")] + [f"--adapter={k}={v}" for k, v in adapters.items()]
+               str(CACHE / "ov-cache"), "--activations", self.activations] + \
+            [f"--adapter={k}={v}" for k, v in adapters.items()]
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=_engine_env(), stdout=open(self.log_file, "wb"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -330,6 +337,7 @@ class OpenVINOEngine:
         return np.frombuffer(r.content, np.float32).reshape(rows, cols), False
 
     def rss_mb(self) -> float:
+        self.file_mb = peak_rss_mb(self.proc.pid, "RssFile")
         return peak_rss_mb(self.proc.pid)
 
     def stop(self) -> None:
@@ -445,6 +453,7 @@ class LlamaCppEngine:
         return out, True
 
     def rss_mb(self) -> float:
+        self.file_mb = peak_rss_mb(self.proc.pid, "RssFile")
         return peak_rss_mb(self.proc.pid)
 
     def stop(self) -> None:
@@ -536,8 +545,14 @@ def worker_ovgenai(spec: dict) -> dict:
         pipe.generate(og.TokenizedInputs(ids, ov.Tensor(__import__("numpy").ones_like(ids.data))), gc,
                       adapters=ac, streamer=streamer)
     out = cols.summary()
+    # one call after another: a column's share of the decoding is its tokens over all four calls' decode time
+    decode_s = sum(ts[-1] - ts[0] for ts in cols.times if len(ts) > 1)
+    out["tok_s_single"] = out["tok_s"]
+    out["tok_s"] = [(len(ts) - 1) / decode_s for ts in cols.times]
+    out["tok_s_min"], out["tok_s_mean"] = min(out["tok_s"]), sum(out["tok_s"]) / len(out["tok_s"])
     out["cpu_s"] = time.process_time() - c0
-    out["note"] = "columns served one generate call after another (adapters are per call)"
+    out["note"] = "columns one generate call after another (adapters are per call); single-stream " + \
+        "/".join(f"{x:.2f}" for x in out["tok_s_single"]) + " tok/s"
     out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 
@@ -611,12 +626,14 @@ class TorchEngine:
 
 
 ENGINES = {"torch": TorchEngine, "openvino": OpenVINOEngine, "llamacpp": LlamaCppEngine, "ovgenai": OVGenAIEngine}
-PRECISIONS = {"torch": ["bfloat16"], "openvino": ["int8", "int4"], "llamacpp": ["int8", "int4"],
-              "ovgenai": ["int8", "int4"]}
 BITS = {"bfloat16": 16, "float32": 32, "int8": 8.25, "int4": 4.5, "fp32": 32}  # with their scales
 
 
 # ---------------------------------------------------------------- phases
+
+def precisions(args, name: str) -> list[str]:
+    return {"torch": args.torch_dtypes, "openvino": args.openvino_precisions}.get(name, "int8,int4").split(",")
+
 
 def speed(args, candidates: list[str], bandwidth: float) -> dict:
     model_dir, adapters = r1_assets()
@@ -624,7 +641,7 @@ def speed(args, candidates: list[str], bandwidth: float) -> dict:
     log(f"R1 shape: prompt of {len(prompt)} tokens, columns {COLUMNS}, {args.tokens} tokens each")
     engines = []
     for name in candidates:
-        for precision in PRECISIONS[name]:
+        for precision in precisions(args, name):
             try:
                 eng = ENGINES[name](model_dir, precision, args.threads)
                 if name == "llamacpp":
@@ -647,6 +664,7 @@ def speed(args, candidates: list[str], bandwidth: float) -> dict:
                     eng.four_columns(prompt, list(COLUMNS), 4)  # warm-up
                 res = eng.four_columns(prompt, list(COLUMNS), tokens)
                 res["rss_mb"] = eng.rss_mb()
+                res["rss_file_mb"] = getattr(eng, "file_mb", None)
                 res["start_s"] = eng.start_s
             except Exception as e:  # noqa: BLE001
                 log(f"{key}: failed: {type(e).__name__}: {e}")
@@ -654,7 +672,7 @@ def speed(args, candidates: list[str], bandwidth: float) -> dict:
                 continue
             finally:
                 eng.stop()
-            bound = weight_bytes(model_dir, BITS[eng.precision]) / (bandwidth * 1e9)
+            bound = weight_bytes(model_dir, BITS[eng.precision.split("-")[0]]) / (bandwidth * 1e9)
             res["bound_s"] = bound
             res.update(eng.install)
             log(f"{key} round {rnd + 1}: per column " + ", ".join(f"{x:.2f}" for x in res["tok_s"])
@@ -702,7 +720,7 @@ def fidelity(args, candidates: list[str]) -> dict:
     for name in candidates:
         if name not in ("openvino", "llamacpp"):
             continue
-        for precision in ("int8", "int4"):
+        for precision in precisions(args, name):
             key = f"{name} {precision}"
             try:
                 eng = ENGINES[name](model_dir, precision, args.threads)
@@ -765,9 +783,11 @@ def main(argv: list[str] | None = None) -> int:
         step = 1.0 / r["tok_s_min"] if r["tok_s_min"] else float("nan")
         inst = f"{r['install_s']:.0f} s, {r['install_mb']:.0f} MB" if r.get("install_s") else "-"
         cpu_step = r.get("cpu_s", float("nan")) / max(1, max(r["tokens"]))
+        mem = f"{r['rss_mb']:.0f}" + (f" ({r['rss_file_mb']:.0f} file-backed)" if r.get("rss_file_mb") else "")
         print(f"| {name} | {precision} | {r['tok_s_min']:.2f} / {r['tok_s_mean']:.2f} | {r['ttft_s']:.1f} | "
-              f"{step / r['bound_s']:.2f}x ({r['bound_s'] * 1e3:.0f} ms) | {cpu_step:.2f} | {r['rss_mb']:.0f} | "
-              f"{inst} |")
+              f"{step / r['bound_s']:.2f}x ({r['bound_s'] * 1e3:.0f} ms) | {cpu_step:.2f} | {mem} | {inst} |")
+        if r.get("note"):
+            print(f"|  | ({r['note']}) | | | | | | |")
     for key, f in fid.items():
         if "error" not in f:
             print(f"fidelity {key}: agreement {f['agreement']:.4f}, KL {f['kl']:.5f}" + (" (approx.)" if f["approx"]

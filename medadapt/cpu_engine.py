@@ -181,7 +181,9 @@ class CPUEngine:
     def __init__(self, model_dir: str | Path, *, url: str = "", python: Path | None = None, graph: Path | None = None,
                  precision: str = "int8", threads: int = 2, cache_dir: Path | None = None, max_context: int = 2048,
                  reasoning_template: bool = False, adapters: dict[str, Path] | None = None,
-                 stall_timeout_s: float = 120.0, start_timeout_s: float = 900.0) -> None:
+                 stall_timeout_s: float = 120.0, start_timeout_s: float = 900.0, install: bool = False) -> None:
+        """``install``: create the engine's venv (``scripts/cpu_engine.sh setup``) when it is missing, as the app
+        does (e.g. a Space, which installs only requirements.txt)."""
         from medadapt.models import load_tokenizer
 
         self.model_dir, self.precision, self.threads = str(model_dir), precision, threads
@@ -190,7 +192,7 @@ class CPUEngine:
         self.tokenizer = load_tokenizer(self.model_dir)
         self.specials = special_token_strings(self.tokenizer)
         self.max_context, self.reasoning_template = max_context, reasoning_template
-        self.stall_timeout_s, self.start_timeout_s = stall_timeout_s, start_timeout_s
+        self.stall_timeout_s, self.start_timeout_s, self.install = stall_timeout_s, start_timeout_s, install
         self.ignore_eos = False  # benches: every row decodes its max new tokens
         self.eos_ids = {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else set()
         self.adapters: dict[str, Path] = {}
@@ -223,6 +225,7 @@ class CPUEngine:
                 adapters[kind] = path
         e = cfg.engine
         kwargs.setdefault("url", os.environ.get("MEDADAPT_CPU_ENGINE_URL", ""))
+        kwargs.setdefault("install", True)
         return cls(model_dir, python=venv_python(cache), precision=e.precision, threads=e.threads, cache_dir=cache,
                    max_context=cfg.model.max_context, reasoning_template=cfg.model.reasoning_template,
                    adapters=adapters, **kwargs)
@@ -241,6 +244,12 @@ class CPUEngine:
             if not self.url:
                 python = self.python or venv_python(self.cache_dir)
                 why = engine_installed(python)
+                if why and self.install:
+                    self._set_doing("installing the CPU engine (its own venv, once: a few minutes)")
+                    r = subprocess.run(["bash", str(SCRIPT), "setup"], capture_output=True, text=True,
+                                       env={**os.environ, "MEDADAPT_CPU_ENGINE_VENV": str(python.parent.parent)})
+                    why = engine_installed(python) if r.returncode == 0 else \
+                        f"installing it failed ({SCRIPT.name} setup): {r.stderr.strip()[-300:]}"
                 if why:
                     raise EngineError(why)
                 graph = self.graph or graph_dir(self.cache_dir, self.model_dir, self.precision)

@@ -94,7 +94,10 @@ class KVCache:
 class Graph:
     """The compiled graph and one infer request; ``run`` feeds it and returns logits and the new keys/values."""
 
-    def __init__(self, graph_dir: str | Path, threads: int = 2, cache_dir: str | Path | None = None) -> None:
+    def __init__(self, graph_dir: str | Path, threads: int = 2, cache_dir: str | Path | None = None,
+                 activations: str = "f32") -> None:
+        """``activations``: the precision OpenVINO computes in (``f32``, or ``bf16``: its default on CPUs with
+        AVX-512 bf16/AMX, which changes the answers; fixed here so every CPU computes the same)."""
         import json
 
         import openvino as ov
@@ -105,7 +108,9 @@ class Graph:
         core = ov.Core()
         if cache_dir:  # the compiled blob is cached: a restart loads it in seconds
             core.set_property({"CACHE_DIR": str(cache_dir)})
-        config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                  "INFERENCE_PRECISION_HINT": activations}
+        self.activations = activations
         t0 = time.perf_counter()
         self.compiled = core.compile_model(str(graph_dir / "model.xml"), "CPU", config)
         self.compile_s = time.perf_counter() - t0

@@ -40,7 +40,7 @@ class Server:
     """The loaded model, its runtime and tokenizer."""
 
     def __init__(self, graph_dir: str, hf_dir: str, threads: int, cache_dir: str | None, max_rows: int,
-                 prefill_chunk: int, adapter_cache: str | None = None) -> None:
+                 prefill_chunk: int, adapter_cache: str | None = None, activations: str = "f32") -> None:
         from transformers import AutoTokenizer
 
         from medadapt.ov_runtime import Graph, Runtime, eos_of
@@ -50,7 +50,7 @@ class Server:
         gen_cfg = {}
         if (self.hf_dir / "generation_config.json").is_file():
             gen_cfg = json.loads((self.hf_dir / "generation_config.json").read_text(encoding="utf-8"))
-        self.graph = Graph(graph_dir, threads, cache_dir)
+        self.graph = Graph(graph_dir, threads, cache_dir, activations)
         self.runtime = Runtime(self.graph, eos_of(self.tokenizer, gen_cfg), max_rows, prefill_chunk)
         self.graph_dir, self.threads, self.adapter_cache = graph_dir, threads, adapter_cache
         self.adapter_paths: dict[str, str] = {}
@@ -88,7 +88,7 @@ class Server:
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "model": str(self.hf_dir), "graph": str(self.graph_dir),
-                "precision": self.graph.precision, "threads": self.threads,
+                "precision": self.graph.precision, "activations": self.graph.activations, "threads": self.threads,
                 "compile_s": round(self.graph.compile_s, 2), "vocab": self.graph.shape["vocab"],
                 "max_position": self.graph.shape["max_position"], **self.runtime.stats()}
 
@@ -255,11 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefill-chunk", type=int, default=128)
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH")
     p.add_argument("--parent-pid", type=int, default=0)
+    p.add_argument("--activations", choices=["f32", "bf16"],
+                   default=os.environ.get("MEDADAPT_CPU_ENGINE_ACTIVATIONS", "f32"),
+                   help="compute precision (bf16: faster on AMX CPUs, less faithful); env "
+                   "MEDADAPT_CPU_ENGINE_ACTIVATIONS")
     args = p.parse_args(argv)
     logging.basicConfig(level=os.environ.get("MEDADAPT_LOG_LEVEL", "INFO"), format="%(asctime)s %(message)s")
     t0 = time.perf_counter()
     server = Server(args.graph, args.model, args.threads, args.cache_dir, args.max_rows, args.prefill_chunk,
-                    args.adapter_cache)
+                    args.adapter_cache, args.activations)
     for spec in args.adapter:
         name, _, path = spec.partition("=")
         print(json.dumps(server.load_adapter(name, path)), flush=True)

@@ -360,5 +360,13 @@ def test_the_cpu_reference_profile_runs_the_study_model_through_the_engine(pytho
         with torch.no_grad():
             ref = full.eval().generate(ids, max_new_tokens=16, do_sample=False, eos_token_id=None)[0, ids.shape[1]:]
         assert sft.raw == tok.decode(ref, skip_special_tokens=True) and sft.raw != base.raw
+        # the thinking budget closes the R1 reasoning where the in-process engine closes it
+        from medadapt.engine import Engine
+
+        budget = GenSettings(max_new_tokens=16, think_budget=4)
+        msgs = build_messages(q, system_role=False)
+        _, rows = final(engine, [(msgs, BASE)], budget)
+        local = list(Engine(tiny_r1_model_dir, reasoning_template=True).stream([(msgs, BASE)], budget))[-1]
+        assert rows[0].budget_closed and local[0].budget_closed and rows[0].text == local[0].text
     finally:
         engine.close()
