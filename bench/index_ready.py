@@ -1,6 +1,6 @@
 """The RAG index ready in seconds: ship the built LanceDB table, or build it fast on an AVX2-only CPU? Measures both.
 
-1. **Ship**: install the shipped table into an empty index dir (:func:`medadapt.index_pull.install_table`, what the
+1. **Ship**: install the shipped table into an empty index dir (:func:`medadapt.retrieval.index_pull.install_table`, what the
    first-run setup does), open the retriever (the embedder loads) and answer one query: ``ship_ready_s``.
 2. **Build**: embed a sample of the profile's corpus with the index build's own embedder (:class:`Embedder`:
    length-sorted batches, the dtype ``pick_dtype`` chooses: float32 where the CPU has no native bfloat16), then the
@@ -54,10 +54,10 @@ def main() -> int:
 
     from medadapt.config import load_config
     from medadapt.data.corpus import iter_corpus
-    from medadapt.index_pull import install_table
+    from medadapt.retrieval.index_pull import install_table
     from medadapt.precision import cpu_bf16
-    from medadapt.rag import Retriever
-    from medadapt.rag_index import Embedder, load_embedder, unique_docs
+    from medadapt.retrieval.rag import Retriever
+    from medadapt.retrieval.index import Embedder, load_embedder, unique_docs
     from medadapt.shipped import shipped_index
 
     name, flags = cpu_flags()

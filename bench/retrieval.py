@@ -5,7 +5,7 @@ Run: ``python bench/retrieval.py [--snippets 1000] [--rounds 4] [--rows 460000] 
 
 (a) The same first ``--snippets`` textbook snippets of the offline corpus are embedded and written to LanceDB twice:
 naive (the seed's way: fp32 ``model.encode`` on batches of 64 in corpus order, one table append per batch) and
-tuned (``medadapt.rag.build_index``: length-sorted chunks, bf16 where the CPU supports it, inference mode, one
+tuned (``medadapt.retrieval.rag.build_index``: length-sorted chunks, bf16 where the CPU supports it, inference mode, one
 append per chunk, FTS index included). The two alternate over ``--rounds`` slices (the tuned build resumes each
 time) so drifting load on a shared CPU hits both alike; wall and CPU time are summed. Model loading is outside both
 timings. Prints the ratios and the cosine between the two paths' vectors.
@@ -13,8 +13,8 @@ timings. Prints the ratios and the cosine between the two paths' vectors.
 (b) A synthetic ``--rows`` x 384 table of unit vectors: ``random`` (uniform on the sphere, as the issue asks: the
 worst case for any ANN index, neighbours have no structure) and ``clustered`` (points around 2,000 random centres,
 closer to real embeddings). Ground truth is exact numpy top-10. Exact LanceDB search (no index), then the vector
-indexes of ``SWEEPS`` (built through the app's own ``medadapt.rag_index.vector_index_config``) over their
-``nprobes`` x ``refine_factor`` settings, each query through the app's query path (``medadapt.lance_async``, as
+indexes of ``SWEEPS`` (built through the app's own ``medadapt.retrieval.index.vector_index_config``) over their
+``nprobes`` x ``refine_factor`` settings, each query through the app's query path (``medadapt.retrieval.lance_async``, as
 ``Retriever.dense`` runs it; the index is warmed by 5 queries first); the row marked "app default" is what
 ``RagConfig``'s defaults give and is what the RESULT line reports. (c) When the offline index is built,
 dense/fts/hybrid latency on it, then dense and hybrid with the query embedded beforehand (the search alone).
@@ -66,8 +66,8 @@ def bench_ingest(n: int, rounds: int, workdir: Path) -> float:
 
     from medadapt.config import load_config
     from medadapt.data.corpus import iter_corpus
-    from medadapt.rag import build_index
-    from medadapt.rag_index import Embedder, embedder_path, make_schema, unique_docs
+    from medadapt.retrieval.rag import build_index
+    from medadapt.retrieval.index import Embedder, embedder_path, make_schema, unique_docs
 
     cfg = load_config("offline", {"paths": {"index_dir": str(workdir / "tuned")}, "rag": {"table": "tuned"}})
     docs = unique_docs(iter_corpus(cfg), n)
@@ -169,8 +169,8 @@ def bench_queries(kind: str, args: argparse.Namespace, workdir: Path) -> tuple[f
     import pyarrow as pa
 
     from medadapt.config import RagConfig
-    from medadapt.lance_async import AsyncLanceTable
-    from medadapt.rag_index import vector_index_config
+    from medadapt.retrieval.lance_async import AsyncLanceTable
+    from medadapt.retrieval.index import vector_index_config
 
     rows, nq = args.rows, args.queries
     data = make_vectors(kind, rows, seed=1)
@@ -246,11 +246,11 @@ QUESTIONS = [
 def bench_real_index() -> dict[str, float]:
     """Per-mode query latency on the offline profile's built index (skipped when it is not built)."""
     from medadapt.config import load_config
-    from medadapt.rag import Retriever, index_status
+    from medadapt.retrieval.rag import Retriever, index_status
 
     cfg = load_config("offline")
     if not index_status(cfg)["built"]:
-        print("(c) offline index not built: skipped (python -m medadapt.rag build --profile offline)")
+        print("(c) offline index not built: skipped (python -m medadapt.retrieval build --profile offline)")
         return {}
     retriever = Retriever.open(cfg)
     retriever.retrieve("warm-up: what does the thyroid gland make?")  # not one of QUESTIONS (the cache would answer)

@@ -62,7 +62,7 @@ def retrieve_all(cfg: AppConfig, samples: dict[str, list[BenchItem]], k: int,
                  ) -> dict[str, dict[str, list]]:
     """``{benchmark: {item id: [Snippet, ...]}}`` for every item (raises the retriever's IndexNotBuiltError); the
     query is the item's question unless ``query(benchmark, item)`` says otherwise (the study: its whole prompt)."""
-    from medadapt.rag import Retriever
+    from medadapt.retrieval.rag import Retriever
 
     retriever = Retriever.open(cfg)
     ask = query or (lambda _name, it: it.question)

@@ -217,7 +217,7 @@ class RagConfig(Validated):
     context_tokens: int = 768  # token budget for retrieved snippets inside the prompt
     option_queries: str = "question"  # option questions: question (one query; chosen on validation items, issue 35) | question+option | option (one query per option, fused)
     option_top_k: Annotated[int, Field(ge=1, le=10, title="Snippets per option query")] = 2  # fused, then budgeted
-    embed_batch_size: int = 0  # 0 = per device (16 on CPU, 128 on CUDA: rag_index.AUTO_BATCH)
+    embed_batch_size: int = 0  # 0 = per device (16 on CPU, 128 on CUDA: retrieval.index.AUTO_BATCH)
     embed_chunk_rows: int = 512  # snippets embedded (length-sorted) and appended per commit
     embed_dtype: str = "auto"  # auto (bfloat16 on CPUs with bf16 support, float16 on CUDA) | float32 | bfloat16 | float16
     embed_threads: int = 0  # torch threads for embedding; 0 = torch's default
@@ -455,7 +455,7 @@ def load_config(profile: str | None = None, overrides: dict[str, Any] | None = N
 
     On a Space (``SPACE_ID``) ``auto`` follows the hardware, CPU and ZeroGPU Spaces index a demo slice of Hub
     corpora (their setup jobs embed on the CPU), and so does a GPU Space without ``rag.index_repo`` (a Space never
-    embeds the full 460K-snippet corpus at start: ``python -m medadapt.rag publish`` pushes a built index for it), and runs, index and results default to persistent storage when it
+    embeds the full 460K-snippet corpus at start: ``python -m medadapt.retrieval publish`` pushes a built index for it), and runs, index and results default to persistent storage when it
     is mounted. A profile's data dir that does not exist (and was not set by ``MEDADAPT_DATA_DIR`` or ``overrides``)
     means no data dir: Hub datasets instead. A profile's ``cpu:`` section applies on a machine without a GPU (the
     reference profile there: the study's model on the CPU engine, with a thinking budget and RAG slice sized for it).

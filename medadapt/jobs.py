@@ -62,7 +62,7 @@ def child_env(cfg: AppConfig) -> dict[str, str]:
 def default_commands() -> dict[str, list[str]]:
     cmds = {job: [sys.executable, "-m", f"trainers.{job}"] for job in TRAIN_JOBS}
     cmds["eval"] = [sys.executable, "-m", "eval", "run"]
-    cmds[INDEX_JOB] = [sys.executable, "-m", "medadapt.rag", "build"]
+    cmds[INDEX_JOB] = [sys.executable, "-m", "medadapt.retrieval", "build"]
     cmds[DELTA_JOB] = [sys.executable, "-m", "medadapt.adapters", "prepare"]
     return cmds
 

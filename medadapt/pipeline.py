@@ -138,13 +138,13 @@ class Pipeline:
         return self._retriever
 
     def index_status(self) -> dict[str, Any]:
-        from medadapt.rag import index_status
+        from medadapt.retrieval.rag import index_status
 
         return index_status(self.cfg)
 
     def build_index(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Build (or resume) the retrieval index, then reopen the retriever on it."""
-        from medadapt.rag import build_index
+        from medadapt.retrieval.rag import build_index
 
         rows = build_index(self.cfg, progress=progress)
         self._retriever = None
@@ -153,7 +153,7 @@ class Pipeline:
     def retrieve(self, question: str, k: int | None = None, mode: str | None = None) -> tuple[list[Any], float, str]:
         """Snippets within the context budget, seconds taken, and an error message ('' when fine). A question typed
         with lettered options retrieves per option (``rag.option_queries``; each snippet names its option)."""
-        from medadapt.rag import IndexNotBuiltError, fit_to_budget, question_options
+        from medadapt.retrieval.rag import IndexNotBuiltError, fit_to_budget, question_options
 
         t0 = time.perf_counter()
         stem, options = question_options(question)

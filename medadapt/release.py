@@ -8,7 +8,7 @@ the retrieval index and the results into the repository, together (maintainers; 
 Stages (each skipped when its output is in the work dir, ``runs/release-<profile>`` by default):
 
 1. **train**: ``python -m trainers.sft`` and ``python -m trainers.msft`` on ``configs/<profile>/{sft,msft}.yaml``;
-2. **index**: ``python -m medadapt.rag build`` into a fresh index dir, old table versions removed;
+2. **index**: ``python -m medadapt.retrieval build`` into a fresh index dir, old table versions removed;
 3. **stage**: each adapter's weights in half precision (``adapter_model.safetensors``; its sha256 is its identity,
    :func:`medadapt.shipped.adapter_checksum`), its config and a ``medadapt.json`` without server paths; the table;
 4. **eval**: ``python -m eval run`` on exactly the staged files (base, RAG on the staged table, SFT, MSFT): the
@@ -148,7 +148,7 @@ class Release:
         folder = Path(self.index_from) if self.index_from else self.work / "index"
         table = folder / f"{self.cfg.rag.table}.lance"
         if not self.index_from and not (self.work / "index.done").exists():
-            self.run("index", ["-m", "medadapt.rag", "build", "--profile", self.cfg.profile])
+            self.run("index", ["-m", "medadapt.retrieval", "build", "--profile", self.cfg.profile])
             (self.work / "index.done").write_text(datetime.now().isoformat())
         if not table.is_dir():
             raise RuntimeError(f"no table {self.cfg.rag.table} in {folder}")

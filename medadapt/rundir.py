@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 TRAIN_JOBS = ("sft", "cpt", "msft")  # run dirs are <job>-<time>; these jobs publish an adapter
-INDEX_JOB = "index"  # the RAG index build (python -m medadapt.rag build --output_dir RUN), see medadapt.index_job
+INDEX_JOB = "index"  # the RAG index build (python -m medadapt.retrieval build --output_dir RUN), see medadapt.retrieval.index_job
 DELTA_JOB = "delta"  # a published full model's delta published as an adapter (medadapt.delta_job)
 FINAL = ("finished", "failed", "stopped")
 ACTIVE = ("starting", "running", "stopping")

@@ -2,7 +2,7 @@
 chain of ordinary jobs (``medadapt.jobs``), so a fresh clone answers in all four Compare columns with no command.
 
 What each step does, cheapest first: the index step copies the profile's shipped table (:mod:`medadapt.shipped`,
-seconds), else pulls a prebuilt one from ``rag.index_repo`` (:mod:`medadapt.index_pull`), else builds it. The SFT and
+seconds), else pulls a prebuilt one from ``rag.index_repo`` (:mod:`medadapt.retrieval.index_pull`), else builds it. The SFT and
 MSFT steps skip when the profile ships adapters (or one is trained or configured); when the profile lists published
 models (``adapters.models``) they prepare those models' deltas as ``delta`` jobs (download, extract, publish as an
 adapter in the runs dir; :mod:`medadapt.delta_job`; the MSFT step also prepares the published CPT models, which the
@@ -62,7 +62,7 @@ def step_needed(cfg: AppConfig, step: str, train: bool = False) -> bool:
     """Whether the profile still lacks what ``step`` makes: a complete index, or an adapter of that kind (with
     ``train``: a trained one), counting published models whose delta is prepared."""
     if step == INDEX_JOB:
-        from medadapt.rag import index_status
+        from medadapt.retrieval.rag import index_status
 
         return not index_status(cfg)["complete"]
     return bool(adapter_tasks(cfg, step, train))
@@ -309,7 +309,7 @@ class SetupChain:
             return adapter_tasks(self.cfg, step, self.train)
         if not step_needed(self.cfg, step):
             return []
-        from medadapt.index_pull import install_shipped_index, pull_index
+        from medadapt.retrieval.index_pull import install_shipped_index, pull_index
 
         for how, install in (("copied", install_shipped_index), ("pulled", pull_index)):
             if install(self.cfg) and not step_needed(self.cfg, step):

@@ -23,7 +23,7 @@ def _engine_factory(cfg: AppConfig):
 
 def _retriever_factory(cfg: AppConfig):
     def make():
-        from medadapt.rag import Retriever
+        from medadapt.retrieval.rag import Retriever
 
         return Retriever.open(cfg)
 

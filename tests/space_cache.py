@@ -139,7 +139,7 @@ def write_datasets(hf_home: Path, data_dir: Path, snippets: int = 300, items: in
 def write_hf_cache(hf_home: Path, data_dir: Path, model_dir: Path, embedder_dir: Path, **slices: int) -> dict:
     """The whole cache: the offline model and embedder under their Hub ids, and the data slices."""
     from medadapt.config import OFFLINE_MODEL_HUB_ID
-    from medadapt.rag_index import OFFLINE_EMBEDDER_HUB_ID
+    from medadapt.retrieval.index import OFFLINE_EMBEDDER_HUB_ID
 
     write_model_repo(hf_home, OFFLINE_MODEL_HUB_ID, model_dir)
     write_model_repo(hf_home, OFFLINE_EMBEDDER_HUB_ID, embedder_dir)

@@ -92,9 +92,9 @@ def test_prompt_injection_is_treated_as_text():
 
 
 def test_missing_index_says_how_to_build(cfg):
-    from medadapt.rag import IndexNotBuiltError, Retriever
+    from medadapt.retrieval.rag import IndexNotBuiltError, Retriever
 
-    with pytest.raises(IndexNotBuiltError, match="rag build"):
+    with pytest.raises(IndexNotBuiltError, match="retrieval build"):
         Retriever.open(cfg)
 
 

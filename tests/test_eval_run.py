@@ -100,7 +100,7 @@ def cli_env(tmp_path, monkeypatch, tiny_model_dir):
 
 
 def _fake_retrieve(cfg, samples, k):
-    from medadapt.rag import Snippet
+    from medadapt.retrieval.rag import Snippet
 
     snip = Snippet("Book_1", "Book", "Book", "Aspirin irreversibly inhibits cyclooxygenase.", 0.9)
     return {name: {it.id: [snip] for it in items} for name, items in samples.items()}

@@ -37,7 +37,7 @@ def wait_until(pred, proc: subprocess.Popen, timeout: float, what: str) -> None:
 def test_index_build_killed_then_resumed(tmp_path):
     import lancedb
 
-    from medadapt.rag import IndexNotBuiltError, Retriever
+    from medadapt.retrieval.rag import IndexNotBuiltError, Retriever
 
     n = 800
     book = tmp_path / "data" / "medrag_textbooks" / "Synthetic_Book.jsonl"
@@ -60,7 +60,7 @@ def test_index_build_killed_then_resumed(tmp_path):
             return 0
 
     log = tmp_path / "build.log"
-    proc = spawn(["-m", "medadapt.rag", "--profile", str(profile), "build"], {}, log)
+    proc = spawn(["-m", "medadapt.retrieval", "--profile", str(profile), "build"], {}, log)
     wait_until(lambda: rows() >= 200, proc, 240, "the first chunks to be committed")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -69,7 +69,7 @@ def test_index_build_killed_then_resumed(tmp_path):
     with pytest.raises(IndexNotBuiltError, match="did not finish"):
         Retriever.open(cfg)  # a half-built table is never served
 
-    proc = spawn(["-m", "medadapt.rag", "--profile", str(profile), "build"], {}, log)
+    proc = spawn(["-m", "medadapt.retrieval", "--profile", str(profile), "build"], {}, log)
     assert proc.wait(timeout=600) == 0, log.read_text()[-2000:]
     assert f"{partial} of {n} snippets present" in log.read_text()
     tbl = lancedb.connect(str(tmp_path / "index")).open_table("faults")

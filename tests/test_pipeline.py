@@ -8,7 +8,7 @@ import pytest
 from medadapt.adapters import AdapterLoadError
 from medadapt.engine import BASE, RowState
 from medadapt.pipeline import NOT_TRAINED, InputError, Pipeline, adapter_name, check_settings, clean_question
-from medadapt.rag import IndexNotBuiltError, Snippet
+from medadapt.retrieval.rag import IndexNotBuiltError, Snippet
 
 SNIPPETS = [Snippet("FA_1", "First Aid", "First_Aid_Step1", "Aspirin inhibits COX.", 0.9),
             Snippet("P_2", "Pathoma", "Pathoma_Husain", "MI causes coagulative necrosis.", 0.5)]
@@ -77,7 +77,7 @@ class ScriptedRetriever:
 
     def retrieve(self, question, k=None, mode=None):
         if self.fail:
-            raise IndexNotBuiltError("index not built: run `python -m medadapt.rag build`")
+            raise IndexNotBuiltError("index not built: run `python -m medadapt.retrieval build`")
         self.queries.append(question)
         return SNIPPETS[: k or 2]
 
@@ -135,7 +135,7 @@ def test_corrupt_adapter_is_an_error_in_its_column_only(cfg, tmp_path):
 def test_index_not_built_marks_rag_unavailable(cfg):
     pipe, engine, _ = make(cfg, fail_index=True)
     final = list(pipe.compare("Q?", SETTINGS, {}))[-1]
-    assert final.answers["rag"].status == "unavailable" and "rag build" in final.answers["rag"].message
+    assert final.answers["rag"].status == "unavailable" and "retrieval build" in final.answers["rag"].message
     assert [a for _, a in engine.requests] == [BASE]
 
 

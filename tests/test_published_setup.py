@@ -73,7 +73,7 @@ def hub_cache(tmp_path_factory, tiny_r1_model_dir) -> Path:
     cache_repo(cache, REF["cpt"], tuned(cpt, tmp / "cpt", 2, rounded=True))
     cache_repo(cache, REF["sft"], tuned(base, tmp / "sft", 1))
     cache_repo(cache, REF["msft"], tuned(cpt, tmp / "msft", 3))
-    from medadapt.rag import build_index
+    from medadapt.retrieval.rag import build_index
 
     table = load_config("reference").rag.table
     corpus_cfg = load_config("offline", {"rag": {"table": table, "corpus": ["local:corpus"]},

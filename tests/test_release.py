@@ -38,7 +38,7 @@ def released(tmp_path_factory, tiny_model_dir):
     env.update(MEDADAPT_SHIPPED_DIR=str(tmp / "shipped" / "offline"), MEDADAPT_RESULTS_DIR=str(tmp / "results"))
     cfg = config_from(env)
     runs = {k: trained_run(tmp / "trained", k, tiny_model_dir, i) for i, k in enumerate(("sft", "msft"), 1)}
-    from medadapt.rag import build_index
+    from medadapt.retrieval.rag import build_index
 
     idx_cfg = load_config("offline", {"paths": {"index_dir": str(tmp / "built-index"), "data_dir": env[
         "MEDADAPT_DATA_DIR"]}})
@@ -119,7 +119,7 @@ def shipped_cfg(released, tmp_path):
 @pytest.mark.timeout(1800)
 def test_setup_skips_training_and_copies_the_index_when_a_release_ships(shipped_cfg, monkeypatch):
     from medadapt.jobs import JobManager
-    from medadapt.rag import index_status
+    from medadapt.retrieval.rag import index_status
     from medadapt.setup_chain import SetupChain
 
     cfg, env = shipped_cfg

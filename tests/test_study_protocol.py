@@ -390,7 +390,7 @@ def test_study_rag_asks_with_the_whole_prompt_for_two_snippets(study_env, monkey
     import eval.evaluate as ev
     from eval.run import main
     from eval.study import rag_prompt
-    from medadapt.rag import Snippet
+    from medadapt.retrieval.rag import Snippet
 
     asked, sent = [], []
 

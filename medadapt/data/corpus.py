@@ -8,7 +8,7 @@ is empty on the Hub (MedRAG does not redistribute StatPearls): the seed's proces
 the NCBI archive into ``<data_dir>/statpearls/`` (``local:statpearls``).
 
 :func:`corpus_sources` gives one loader per configured corpus, so an index build can load each on its own and go on
-without one that fails (:mod:`medadapt.rag_index`).
+without one that fails (:mod:`medadapt.retrieval.index`).
 """
 from __future__ import annotations
 

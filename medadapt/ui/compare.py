@@ -207,7 +207,7 @@ def _wire(state: AppState, c: dict[str, Any], shown: Callable[[str], str]) -> No
         s = state.pipeline.index_status()
         if s.get("built"):
             return f"📚 Index **{s['table']}**: {s['rows']:,} snippets, embedder `{s['embedder']}` ({s['dim']}-d)."
-        return "📚 Retrieval index not built yet — press **Build index** (or run `python -m medadapt.rag build`)."
+        return "📚 Retrieval index not built yet — press **Build index** (or run `python -m medadapt.retrieval build`)."
 
     def build(progress=gr.Progress()):
         if state.cfg.public:

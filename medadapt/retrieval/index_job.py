@@ -1,4 +1,4 @@
-"""The index build as a job: ``python -m medadapt.rag build --output_dir RUN`` reports through a run directory.
+"""The index build as a job: ``python -m medadapt.retrieval build --output_dir RUN`` reports through a run directory.
 
 The same contract as the trainers (docs/ARCHITECTURE.md): ``status.json`` (running → finished | failed),
 ``log.jsonl`` lines ``{"step": snippets embedded, "total_steps": snippets, "elapsed_s", "eta_s", "time"}``, so the
@@ -24,7 +24,7 @@ def run_index_job(cfg: AppConfig, run_dir: Path, limit: int | None = None, rebui
                   on_progress: Callable[[int, int], None] | None = None) -> int:
     """Build (or resume) the profile's index, reporting in ``run_dir`` (and to ``on_progress``); returns the table's
     rows, raises on failure."""
-    from medadapt.rag_index import build_index
+    from medadapt.retrieval.index import build_index
 
     run = RunDir(run_dir).create()
     prev_wall = float(run.status().get("wall_s") or 0.0)
@@ -53,7 +53,7 @@ def run_index_job(cfg: AppConfig, run_dir: Path, limit: int | None = None, rebui
                           "wall_s": round(prev_wall + time.time() - started, 1),
                           "traceback": traceback.format_exc()[-4000:]})
         raise
-    from medadapt.rag_index import failure_message, source_report
+    from medadapt.retrieval.index import failure_message, source_report
 
     failed = source_report(cfg).get("failed") or {}
     run.write_status({**state, "status": "finished", "ended": time.time(), "steps": rows,

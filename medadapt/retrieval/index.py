@@ -1,4 +1,4 @@
-"""The embedder and the resumable LanceDB index build behind :mod:`medadapt.rag`.
+"""The embedder and the resumable LanceDB index build behind :mod:`medadapt.retrieval.rag`.
 
 One table per profile (``cfg.rag.table``) in the LanceDB database at ``cfg.paths.resolve("index_dir")`` holds
 ``id, title, source, content, vector``. The embedder's name, dimension and dtype live in the table's schema
@@ -237,7 +237,7 @@ def check_embedder(cfg: AppConfig, tbl: Any) -> None:
     if old != cfg.rag.embedder:
         raise IndexMismatchError(
             f"table {cfg.rag.table!r} in {index_path(cfg)} was embedded with {old!r}, the config asks for "
-            f"{cfg.rag.embedder!r}; rebuild it with `python -m medadapt.rag build --rebuild` or set rag.table"
+            f"{cfg.rag.embedder!r}; rebuild it with `python -m medadapt.retrieval build --rebuild` or set rag.table"
         )
 
 

@@ -8,11 +8,11 @@ and the classic MedQA IR baselines do, or the option alone), ``rag.option_top_k`
 rank (round-robin over the options at equal rank) and de-duplicated; each snippet names the option whose query found
 it (``Snippet.option``), and the caller fits the fused list into the one snippet budget. :func:`fit_to_budget` (defined in :mod:`medadapt.prompts`, re-exported here) keeps retrieved text
 inside a token budget. The index itself is built by
-:func:`build_index` (see :mod:`medadapt.rag_index`)::
+:func:`build_index` (see :mod:`medadapt.retrieval.index`)::
 
-    python -m medadapt.rag build [--profile offline] [--limit N] [--rebuild]
-    python -m medadapt.rag status | query "question" [--mode hybrid] [--k 5]
-    python -m medadapt.rag publish USER/medadapt-index [--private]   (then set rag.index_repo / MEDADAPT_INDEX_REPO)
+    python -m medadapt.retrieval build [--profile offline] [--limit N] [--rebuild]
+    python -m medadapt.retrieval status | query "question" [--mode hybrid] [--k 5]
+    python -m medadapt.retrieval publish USER/medadapt-index [--private]   (then set rag.index_repo / MEDADAPT_INDEX_REPO)
 """
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from medadapt.config import AppConfig
-from medadapt.lance_async import AsyncLanceTable
+from medadapt.retrieval.lance_async import AsyncLanceTable
 from medadapt.prompts import fit_to_budget, snippet_text  # noqa: F401  (re-exported: the one snippet budget)
-from medadapt.rag_index import (  # noqa: F401  (re-exported API)
+from medadapt.retrieval.index import (  # noqa: F401  (re-exported API)
     TEXT_COLUMN, CorpusLoadError, Embedder, IndexMismatchError, build_index, connect, failure_message, index_names,
     index_path, load_embedder, source_report, source_rows, table_exists, table_meta,
 )
@@ -101,7 +101,7 @@ class IndexNotBuiltError(RuntimeError):
 
 def not_built_message(cfg: AppConfig) -> str:
     return (f"the retrieval index {cfg.rag.table!r} is not built in {index_path(cfg)}: run "
-            f"`python -m medadapt.rag build --profile {cfg.profile}` or press Build index")
+            f"`python -m medadapt.retrieval build --profile {cfg.profile}` or press Build index")
 
 
 # ---------------------------------------------------------------- index status and retrieval
@@ -239,7 +239,7 @@ class Retriever:
 # ---------------------------------------------------------------- CLI
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m medadapt.rag", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m medadapt.retrieval", description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", default=None, help="offline | reference | auto | path to a profile YAML")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="embed the corpus into the LanceDB table (resumable)")
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from medadapt.config import ConfigError, load_config
     from medadapt.data import DataNotFoundError
-    from medadapt.index_pull import PublishError
+    from medadapt.retrieval.index_pull import PublishError
     from medadapt.joblock import JobLockError
 
     try:
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             for key, value in index_status(cfg).items():
                 print(f"{key}: {value}")
         elif args.cmd == "publish":
-            from medadapt.index_pull import publish_index
+            from medadapt.retrieval.index_pull import publish_index
 
             url = publish_index(cfg, args.repo, args.private)
             print(f"published {cfg.rag.table} to {url}; point MEDADAPT_INDEX_REPO={args.repo} (rag.index_repo) at it")
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 
             start = time.perf_counter()
             if args.output_dir:
-                from medadapt.index_job import run_index_job
+                from medadapt.retrieval.index_job import run_index_job
 
                 rows = run_index_job(cfg, Path(args.output_dir), args.limit, args.rebuild, progress)
             else:

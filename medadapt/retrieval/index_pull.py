@@ -2,7 +2,7 @@
 and the profile's shipped table (:mod:`medadapt.shipped`) installed the same way.
 
 The repo holds LanceDB tables as the index dir has them (``<table>.lance/``, with ``<table>.sources.json``), pushed
-by ``python -m medadapt.rag publish USER/medadapt-index`` (:func:`publish_index`, needs ``HF_TOKEN``). The first-run setup
+by ``python -m medadapt.retrieval publish USER/medadapt-index`` (:func:`publish_index`, needs ``HF_TOKEN``). The first-run setup
 copies the profile's table from the repo's snapshot (the Hub, or the Hugging Face cache offline) into the index dir
 instead of embedding the corpus, so nothing heavy is built at boot.
 """
@@ -38,17 +38,17 @@ def publish_index(cfg: AppConfig, repo_id: str, private: bool = False, token: st
     """Upload the profile's built table (and its sources record) to dataset repo ``repo_id``; returns its URL."""
     import os
 
-    from medadapt.rag_index import index_names, index_path, sources_file, table_exists
+    from medadapt.retrieval.index import index_names, index_path, sources_file, table_exists
 
     token = token or os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     if not token:
         raise PublishError("set HF_TOKEN (a write token) to publish the index")
-    from medadapt.rag_index import connect
+    from medadapt.retrieval.index import connect
 
     db = connect(cfg)
     if not table_exists(db, cfg.rag.table) or "FTS" not in index_names(db.open_table(cfg.rag.table)):
         raise PublishError(f"table {cfg.rag.table!r} is not built in {index_path(cfg)}: run "
-                           f"`python -m medadapt.rag build --profile {cfg.profile}` first")
+                           f"`python -m medadapt.retrieval build --profile {cfg.profile}` first")
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
@@ -88,7 +88,7 @@ def pull_index(cfg: AppConfig) -> bool:
 def install_table(cfg: AppConfig, src: Path) -> Path:
     """Copy LanceDB table folder ``src`` (``<table>.lance``, with its ``<table>.sources.json`` beside it when there is
     one) into the profile's index dir, replacing what is there in one rename; returns the installed folder."""
-    from medadapt.rag_index import index_path, sources_file
+    from medadapt.retrieval.index import index_path, sources_file
 
     table = cfg.rag.table
     dst = index_path(cfg) / f"{table}.lance"
