@@ -98,7 +98,7 @@ class Release:
         beside a training)."""
         from medadapt.jobs import child_env
 
-        runs = "runs" if name.startswith("train") else "runs-" + name.split("-")[0]
+        runs = "runs" if name.startswith("train") else "runs-" + name  # each job its own lock: evaluations in parallel
         env = child_env(self.cfg)
         env.update(MEDADAPT_RUNS_DIR=str(self.work / runs), MEDADAPT_INDEX_DIR=str(self.work / "index"),
                    MEDADAPT_RESULTS_DIR=str(self.work / "results"), MEDADAPT_SHIPPED_DIR=str(self.stage_dir),
@@ -195,24 +195,41 @@ class Release:
                          "--max_new_tokens", str(COT_TOKENS)]),
                 ("cot_budget", ["--mode", "cot", "--n", str(self.cot_n), "--batch_size", "50",
                                 "--max_new_tokens", str(COT_TOKENS), "--think_budget", str(THINK_BUDGET)])]
-        files = []
+        plan = []  # (file, variants, args) in the merge's order: per mode, base, RAG, then the adapters
         for name, args in runs:
             early = [self.eval_dir / f"{name}-{g}.json" for g in ("base", "rag")]
-            if set(groups) == set(specs) and not all(map(complete_results, early)):
-                todo = [(self.eval_dir / f"{name}.json", ",".join(specs.values()))]  # all four in one process
-            else:  # the baselines' own files (evaluated ahead), then the adapters' alone
-                todo = [(self.eval_dir / f"{name}-{g}.json", specs[g]) for g in specs if g in groups]
-                files += [f for f in early if f not in {out for out, _ in todo}]
-            for out, variants in todo:
-                if not complete_results(out):
-                    self.run(f"eval-{out.stem}", ["-m", "eval", "run", "--profile", self.cfg.profile,
-                                                  "--variants", variants, *args, "--out", str(out)])
-                files.append(out)
+            if set(groups) == set(specs) and not all(map(complete_results, early)) and not self.baselines_running():
+                plan.append((self.eval_dir / f"{name}.json", ",".join(specs.values()), args))  # all four at once
+            else:  # the baselines' own files (evaluated ahead or beside this process), the adapters' alone
+                plan += [(self.eval_dir / f"{name}-{g}.json", specs[g], args) for g in specs if g in groups]
+        beside = self.baselines_running()  # then the adapters first, and the baselines' files waited for
+        for out, variants, args in sorted(plan, key=lambda t: beside and t[0].stem.endswith(("-base", "-rag"))):
+            if beside and out.stem.endswith(("-base", "-rag")):
+                self.wait_for(out)
+            if not complete_results(out):
+                self.run(f"eval-{out.stem}", ["-m", "eval", "run", "--profile", self.cfg.profile,
+                                              "--variants", variants, *args, "--out", str(out)])
+        files = [out for out, _, _ in plan]
         if set(groups) != set(specs):
             return None
         merged = self.eval_dir / "merged.json"
         self.run("eval-merge", ["-m", "eval", "merge", *map(str, files), "--out", str(merged)])
         return json.loads(merged.read_text(encoding="utf-8"))
+
+    def baselines_running(self) -> bool:
+        """Whether ``python -m medadapt.release baselines`` is evaluating in this work dir now (its pid file)."""
+        try:
+            pid = int((self.work / "baselines.pid").read_text())
+            os.kill(pid, 0)
+            return pid != os.getpid()
+        except (OSError, ValueError):
+            return False
+
+    def wait_for(self, out: Path) -> None:
+        """Wait while the baselines process writes ``out`` (the adapters were evaluated meanwhile)."""
+        log.info("waiting for the baselines' %s", out.name)
+        while self.baselines_running() and not complete_results(out):
+            time.sleep(10)
 
     def stage_index_copy(self) -> None:
         """RAG is evaluated on the staged table: a copy of it becomes the subprocesses' index dir."""
@@ -594,15 +611,16 @@ def main(argv: list[str] | None = None) -> int:
                    configs=Path(args.configs) if args.configs else None)
     t0 = time.time()
     if args.cmd == "baselines":
+        (work / "baselines.pid").write_text(str(os.getpid()))  # `build` evaluates the adapters beside it meanwhile
         rel_.evaluate(tuple(g for g in args.groups.split(",") if g in ("base", "rag")))
         print(f"baselines evaluated in {rel_.eval_dir} ({time.time() - t0:.0f} s); `build` reuses them")
         return 0
     runs = rel_.train()
     index = rel_.index()
     manifest = rel_.stage(runs, index)
-    results = rel_.evaluate()
-    open_res = rel_.open_questions()
+    open_res = rel_.open_questions()  # ahead of the views: they may wait for a `baselines` process at the end
     ppl = rel_.perplexity(runs)
+    results = rel_.evaluate()
     sizes = rel_.finish(manifest, results, open_res, ppl)
     total = sum(sizes.values())
     print("shipped: " + ", ".join(f"{k} {mb(v)}" for k, v in sizes.items()) + f"; total {mb(total)}")

@@ -185,3 +185,38 @@ def test_the_repository_release_matches_its_checksums():
     if not (SHIPPED / "release.json").exists():
         pytest.skip("no release shipped yet: run python -m medadapt.release")
     assert check(load_config("offline")) == []
+
+
+def test_build_evaluates_the_adapters_beside_a_running_baselines_process(tmp_path, monkeypatch):
+    """While ``release baselines`` runs, ``build`` evaluates the adapters' files first, each evaluation under its own
+    lock, then waits for the baselines' files and merges them in the canonical order."""
+    from medadapt.release import Release
+
+    cfg = load_config("offline", {"paths": {"shipped_dir": str(tmp_path / "shipped")}})
+    rel = Release(cfg, tmp_path / "work", n=2, cot_n=1, nice=0)
+    monkeypatch.setattr(rel, "stage_index_copy", lambda: None)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (rel.work / "baselines.pid").write_text(str(sleeper.pid))
+    ran, waited = [], []
+
+    def fake_run(name, argv):  # the evaluation's command line, recorded; its file written as a finished one
+        ran.append(name)
+        out = Path(argv[argv.index("--out") + 1])
+        out.write_text(json.dumps({"variants": {"x": {"status": "ok"}}}))
+
+    def fake_wait(out):
+        waited.append(out.name)
+        out.write_text(json.dumps({"variants": {"x": {"status": "ok"}}}))  # the baselines process finished it
+
+    monkeypatch.setattr(rel, "run", fake_run)
+    monkeypatch.setattr(rel, "wait_for", fake_wait)
+    try:
+        assert rel.baselines_running()
+        assert rel.env("eval-loglik-adapters")["MEDADAPT_RUNS_DIR"] != rel.env("eval-loglik-base")["MEDADAPT_RUNS_DIR"]
+        rel.evaluate(("base", "rag", "adapters"))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert ran == ["eval-loglik-adapters", "eval-cot-adapters", "eval-cot_budget-adapters", "eval-merge"]
+    assert waited == [f"{m}-{g}.json" for m in ("loglik", "cot", "cot_budget") for g in ("base", "rag")]
+    assert not rel.baselines_running()  # a dead process's pid file is not a running baselines
