@@ -33,7 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from medadapt.rundir import read_json, running_pids  # noqa: E402
+from medadapt.jobs.rundir import read_json, running_pids  # noqa: E402
 from medadapt.setup_chain import STATE_FILE, STEP_ENDED, VARIANT  # noqa: E402
 from medadapt.variants import VARIANTS  # noqa: E402
 from tests.net import free_port  # noqa: E402

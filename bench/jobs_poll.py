@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from medadapt.config import load_config  # noqa: E402
-from medadapt.jobs import JobManager  # noqa: E402
+from medadapt.jobs.runner import JobManager  # noqa: E402
 
 
 def make_runs(root: Path, runs: int, lines: int) -> None:

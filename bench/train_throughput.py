@@ -44,7 +44,7 @@ def trainer_tokens_per_s(model: str, processes: int, steps: int, batch: int, max
     import subprocess
 
     from medadapt.config import REPO_ROOT
-    from medadapt.launcher import Launcher
+    from medadapt.jobs.launcher import Launcher
 
     launcher = Launcher("accelerate", processes) if processes > 1 else Launcher()
     plain = [sys.executable, "-m", "trainers.cpt", "--config", "configs/offline/cpt.yaml",

@@ -15,7 +15,7 @@ Run::
 Results go to ``<results_dir>/<profile>/<mode>-<YYYYmmdd-HHMMSS>.json`` (rewritten after each variant, so a long run
 keeps what it has). Progress lines ``{"done", "total", "variant", "benchmark", "elapsed_s", "eta_s"}`` go to stdout
 as JSONL and, with ``--output_dir D``, to ``D/log.jsonl`` next to ``D/status.json`` (the run-dir contract,
-:mod:`medadapt.rundir`); a ``D/STOP`` file or SIGTERM stops after the current batch.
+:mod:`medadapt.jobs.rundir`); a ``D/STOP`` file or SIGTERM stops after the current batch.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from medadapt.rundir import RunDir, write_json_atomic
+from medadapt.jobs.rundir import RunDir, write_json_atomic
 
 VARIANTS_DEFAULT = "base,rag,sft,msft"
 
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         from eval.variants import VariantSpecError
 
         from medadapt.config import load_config
-        from medadapt.joblock import JobLockError, hold_job_lock
+        from medadapt.jobs.lock import JobLockError, hold_job_lock
 
         try:
             with hold_job_lock(load_config(args.profile), args.output_dir or "(shell)", "eval"):

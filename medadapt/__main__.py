@@ -26,7 +26,7 @@ def setup(profile: str | None, train: bool = False) -> int:
     from tqdm import tqdm
 
     from medadapt.config import ConfigError, load_config
-    from medadapt.jobs import JobManager
+    from medadapt.jobs.runner import JobManager
     from medadapt.setup_chain import (HOW, STEP_ENDED, STEP_TITLES, STEP_UNFINISHED, SetupBusyError, SetupChain,
                                       doing, train_requested, what_to_do)
 

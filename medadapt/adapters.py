@@ -28,7 +28,7 @@ from pathlib import Path
 
 from medadapt.config import AppConfig
 from medadapt.refs import to_ref
-from medadapt.rundir import DELTA_JOB, runs_root
+from medadapt.jobs.rundir import DELTA_JOB, runs_root
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def prepare_delta(cfg: AppConfig, kind: str, source: str, run_dir: Path | None =
         return found.path
     from medadapt.delta import extract_delta
     from medadapt.models import base_model_path
-    from medadapt.rundir import RunDir, new_run_dir
+    from medadapt.jobs.rundir import RunDir, new_run_dir
 
     say = progress or (lambda stage, done, total: None)
     base = model_folder_of(base_model_path(cfg))

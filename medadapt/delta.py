@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from medadapt.rundir import write_dir_atomic
+from medadapt.jobs.rundir import write_dir_atomic
 
 log = logging.getLogger(__name__)
 

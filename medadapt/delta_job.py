@@ -16,8 +16,8 @@ from pathlib import Path
 
 from medadapt.adapters import prepare_delta, prepared_delta
 from medadapt.config import AppConfig
-from medadapt.joblock import hold_job_lock
-from medadapt.rundir import DELTA_JOB, RunDir, new_run_dir, runs_root
+from medadapt.jobs.lock import hold_job_lock
+from medadapt.jobs.rundir import DELTA_JOB, RunDir, new_run_dir, runs_root
 
 
 def run_delta_job(cfg: AppConfig, kind: str, source: str, run_dir: Path | None = None) -> Path:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from medadapt.config import REPO_ROOT, AppConfig, load_config
-from medadapt.rundir import read_json, write_json_atomic
+from medadapt.jobs.rundir import read_json, write_json_atomic
 from medadapt.shipped import KINDS, MANIFEST, WEIGHTS, adapter_checksum, base_model_id, read_manifest, shipped_root
 
 log = logging.getLogger("medadapt.release")
@@ -92,11 +92,11 @@ class Release:
 
     # -- subprocesses
     def env(self, name: str = "") -> dict[str, str]:
-        """The jobs' environment: the app's config (model, data, cache: :func:`medadapt.jobs.child_env`), with the
+        """The jobs' environment: the app's config (model, data, cache: :func:`medadapt.jobs.runner.child_env`), with the
         work dir's own index and results dirs, the staged release as the shipped one, and a runs dir per kind of job
         (training, evaluation, index: each holds its runs dir's job lock, so an evaluation of the baselines can run
         beside a training)."""
-        from medadapt.jobs import child_env
+        from medadapt.jobs.runner import child_env
 
         runs = "runs" if name.startswith("train") else "runs-" + name  # each job its own lock: evaluations in parallel
         env = child_env(self.cfg)

@@ -1,5 +1,5 @@
 """First-run setup: prepare what the active profile lacks — the RAG index, the SFT adapter, the MSFT adapter — as one
-chain of ordinary jobs (``medadapt.jobs``), so a fresh clone answers in all four Compare columns with no command.
+chain of ordinary jobs (``medadapt.jobs.runner``), so a fresh clone answers in all four Compare columns with no command.
 
 What each step does, cheapest first: the index step copies the profile's shipped table (:mod:`medadapt.shipped`,
 seconds), else pulls a prebuilt one from ``rag.index_repo`` (:mod:`medadapt.retrieval.index_pull`), else builds it. The SFT and
@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from medadapt.config import REPO_ROOT, AppConfig, ConfigError, load_train_config
-from medadapt.jobs import INDEX_JOB, JobBusyError, JobError, JobManager
-from medadapt.rundir import FINAL, RunDir, file_sig, pid_alive, read_json, write_json_atomic
+from medadapt.jobs.runner import INDEX_JOB, JobBusyError, JobError, JobManager
+from medadapt.jobs.rundir import FINAL, RunDir, file_sig, pid_alive, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 

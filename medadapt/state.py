@@ -40,7 +40,7 @@ class AppState:
 
     @classmethod
     def create(cls, cfg: AppConfig) -> "AppState":
-        from medadapt.jobs import JobManager
+        from medadapt.jobs.runner import JobManager
         from medadapt.pipeline import Pipeline
 
         from medadapt.setup_chain import SetupChain

@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medadapt.rundir import running_pids
+from medadapt.jobs.rundir import running_pids
 from medadapt.variants import VARIANTS
 from tests.net import free_port
 

@@ -117,7 +117,7 @@ def test_missing_or_corrupt_adapter(tiny_model_dir, tmp_path, content):
 def test_unwritable_run_dir_permission(cfg, tmp_path, monkeypatch):
     """Permission denied on the runs dir (simulated: tests run as root, which ignores mode bits)."""
     from medadapt.config import TrainConfig
-    from medadapt.jobs import JobError, JobManager
+    from medadapt.jobs.runner import JobError, JobManager
 
     def denied(self, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(self))
@@ -132,7 +132,7 @@ def test_run_dir_disk_full(cfg, tmp_path, monkeypatch):
     import errno
 
     from medadapt.config import TrainConfig
-    from medadapt.jobs import JobError, JobManager
+    from medadapt.jobs.runner import JobError, JobManager
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

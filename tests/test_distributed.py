@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from medadapt.config import REPO_ROOT, TrainConfig, load_train_config
-from medadapt.jobs import JobManager
-from medadapt.launcher import Launcher, accelerate_configs
+from medadapt.jobs.runner import JobManager
+from medadapt.jobs.launcher import Launcher, accelerate_configs
 
 TWO = Launcher("accelerate", 2)
 

@@ -80,7 +80,7 @@ def test_index_build_killed_then_resumed(tmp_path):
 
 
 def test_training_killed_with_sigkill_then_resumed(cfg, tmp_path):
-    from medadapt.jobs import JobManager
+    from medadapt.jobs.runner import JobManager
 
     run_dir = tmp_path / "cpt-sigkill"
     env = {"MEDADAPT_DATA_DIR": cfg.paths.data_dir, "MEDADAPT_RUNS_DIR": str(tmp_path / "runs")}

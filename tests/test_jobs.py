@@ -11,8 +11,8 @@ import pytest
 
 from medadapt.adapters import list_adapters
 from medadapt.config import TrainConfig, load_config
-from medadapt.jobs import JobBusyError, JobError, JobManager
-from medadapt.rundir import parse_jsonl, pid_alive, summarize
+from medadapt.jobs.runner import JobBusyError, JobError, JobManager
+from medadapt.jobs.rundir import parse_jsonl, pid_alive, summarize
 
 FAKE = Path(__file__).parent / "fixtures" / "fake_trainer.py"
 
@@ -179,7 +179,7 @@ def test_one_job_across_processes_via_the_job_lock(cfg, tmp_path):
     import os
 
     from medadapt.config import REPO_ROOT
-    from medadapt.joblock import hold_job_lock, lock_holder
+    from medadapt.jobs.lock import hold_job_lock, lock_holder
 
     jobs = JobManager(cfg)
     other = cfg.paths.resolve("runs_dir") / cfg.profile / "sft-from-the-shell"

@@ -118,7 +118,7 @@ def shipped_cfg(released, tmp_path):
 
 @pytest.mark.timeout(1800)
 def test_setup_skips_training_and_copies_the_index_when_a_release_ships(shipped_cfg, monkeypatch):
-    from medadapt.jobs import JobManager
+    from medadapt.jobs.runner import JobManager
     from medadapt.retrieval.rag import index_status
     from medadapt.setup_chain import SetupChain
 

@@ -275,7 +275,7 @@ def test_browser_columns_switch_from_preparing_to_answers(tmp_path, tiny_model_d
 def test_start_twice_runs_one_chain_and_reports_nothing_to_do(cfg, monkeypatch):
     """A second start() while the chain runs is refused; a profile that lacks nothing ends 'done', all skipped."""
     import medadapt.setup_chain as chain_mod
-    from medadapt.jobs import JobManager
+    from medadapt.jobs.runner import JobManager
 
     monkeypatch.setattr(chain_mod, "step_needed", lambda cfg, step: time.sleep(0.3) or False)
     monkeypatch.setattr(chain_mod, "adapter_tasks", lambda cfg, step, train=False: [])

@@ -136,7 +136,7 @@ def test_no_data_dir_reads_the_hub_datasets(hf_cache, tmp_path):
 
 def test_prebuilt_index_pulled_by_the_setup(hf_cache, cfg, trained_runs, tmp_path):
     """With ``rag.index_repo`` the setup copies the table from the Hub dataset repo and embeds nothing."""
-    from medadapt.jobs import JobManager
+    from medadapt.jobs.runner import JobManager
     from medadapt.retrieval.rag import Retriever, build_index
     from medadapt.setup_chain import SetupChain
     from tests.space_cache import write_model_repo

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from medadapt.config import TrainConfig
-from medadapt.train_form import (FIELDS, FORM_KEYS, FormError, cli_command, config_to_form, config_yaml,
+from medadapt.jobs.train_form import (FIELDS, FORM_KEYS, FormError, cli_command, config_to_form, config_yaml,
                                  form_to_config, list_configs, load_base, save_config)
 from trainers.cli import parse_overrides
 

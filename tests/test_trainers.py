@@ -347,7 +347,7 @@ def test_cpt_cli_killed_with_sigterm_then_resumed(cfg, tmp_path):
 
 
 def test_truncate_log_drops_lines_past_the_checkpoint(tmp_path):
-    from medadapt.rundir import RunDir
+    from medadapt.jobs.rundir import RunDir
 
     run = RunDir(tmp_path / "r").create()
     for step in (1, 2, 3, 4):

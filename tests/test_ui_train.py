@@ -12,8 +12,8 @@ import pytest
 
 from medadapt.adapters import list_adapters
 from medadapt.config import REPO_ROOT, load_config, load_train_config
-from medadapt.jobs import JobManager
-from medadapt.train_form import FIELDS
+from medadapt.jobs.runner import JobManager
+from medadapt.jobs.train_form import FIELDS
 from tests.net import free_port
 
 FAKE = Path(__file__).parent / "fixtures" / "fake_trainer.py"

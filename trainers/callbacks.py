@@ -14,7 +14,7 @@ import signal
 import time
 from typing import Any
 
-from medadapt.rundir import RunDir
+from medadapt.jobs.rundir import RunDir
 from trainers import dist
 
 

@@ -154,7 +154,7 @@ def _load_unsloth(tcfg: TrainConfig, model_path: str, adapter: str | None) -> tu
 
 def adapter_lora(adapter: Path, fallback: LoraConfig) -> LoraConfig:
     """The LoRA shape of a saved PEFT adapter (what the SFT stage really trains), for the config and model card."""
-    from medadapt.rundir import read_json
+    from medadapt.jobs.rundir import read_json
 
     ac = read_json(adapter / "adapter_config.json")
     if not ac:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from medadapt.config import OFFLINE_MODEL, OFFLINE_MODEL_HUB_ID, AppConfig, ConfigError, TrainConfig, to_dict
-from medadapt.joblock import JobLockError, hold_job_lock
-from medadapt.rundir import RunDir, latest_unfinished, new_run_dir, runs_root
+from medadapt.jobs.lock import JobLockError, hold_job_lock
+from medadapt.jobs.rundir import RunDir, latest_unfinished, new_run_dir, runs_root
 from trainers import dist
 from trainers.publish import publish_adapter
 
@@ -87,7 +87,7 @@ def execute(tcfg: TrainConfig, body: Callable[[Context], Outcome], app: AppConfi
     lock, locked = hold_job_lock(app, path, tcfg.job), False
     try:
         if main:
-            lock.__enter__()  # one job per runs dir, across processes (medadapt.joblock)
+            lock.__enter__()  # one job per runs dir, across processes (medadapt.jobs.lock)
             locked = True
         rt = runtime(tcfg)
         model_path = base_model(tcfg, app)

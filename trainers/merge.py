@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from medadapt.rundir import write_dir_atomic
+from medadapt.jobs.rundir import write_dir_atomic
 
 DONE = ".merged"  # marker written last: a folder without it was cut short
 

@@ -46,7 +46,7 @@ def train_msft(ctx: Context) -> Outcome:
     from trainers.common import adapter_lora, planned_steps
     from trainers.cpt import train_cpt
     from trainers.job import base_model_id
-    from medadapt.rundir import read_json
+    from medadapt.jobs.rundir import read_json
     from trainers.publish import publish_adapter
     from trainers.sft import build_sft_data, train_sft
 

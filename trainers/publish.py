@@ -1,5 +1,5 @@
 """Publish a trained adapter into its run dir: PEFT weights, tokenizer, ``medadapt.json`` and a README.md model card,
-written to ``adapter.tmp-*`` and renamed (:func:`medadapt.rundir.publish_dir`), so an ``adapter/`` folder is always
+written to ``adapter.tmp-*`` and renamed (:func:`medadapt.jobs.rundir.publish_dir`), so an ``adapter/`` folder is always
 complete. Under several ranks rank 0 writes it and the others wait until it is there.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from medadapt.rundir import publish_dir
+from medadapt.jobs.rundir import publish_dir
 from trainers import dist
 
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medadapt.config import AppConfig
-from medadapt.joblock import hold_job_lock
-from medadapt.rundir import RunDir
+from medadapt.jobs.lock import hold_job_lock
+from medadapt.jobs.rundir import RunDir
 
 JOB = "index"
 

@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     from medadapt.config import ConfigError, load_config
     from medadapt.data import DataNotFoundError
     from medadapt.retrieval.index_pull import PublishError
-    from medadapt.joblock import JobLockError
+    from medadapt.jobs.lock import JobLockError
 
     try:
         cfg = load_config(args.profile)

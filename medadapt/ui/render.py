@@ -123,7 +123,7 @@ SETUP_ICONS = {"pending": "○", "waiting": "○", "running": "◐", "done": "�
 
 def setup_markdown(st: Any) -> str:
     """One line on the first-run setup (a ``medadapt.setup_chain.SetupState``): each step's state and progress."""
-    from medadapt.rundir import pid_alive
+    from medadapt.jobs.rundir import pid_alive
     from medadapt.setup_chain import HOW, STEP_TITLES, progress_text
 
     if st.status == "idle" or all(r.status == "skipped" for r in st.steps.values()):

@@ -10,8 +10,8 @@ from typing import Any
 import gradio as gr
 
 from medadapt.charts import loss_figure
-from medadapt.launcher import DEFAULT_CONFIG, KIND_LABELS, accelerate_configs
-from medadapt.train_form import FIELDS, JOB_LABELS, JOBS
+from medadapt.jobs.launcher import DEFAULT_CONFIG, KIND_LABELS, accelerate_configs
+from medadapt.jobs.train_form import FIELDS, JOB_LABELS, JOBS
 from medadapt.ui import train_view as view
 from medadapt.ui.common import is_public
 from medadapt.ui.train_controller import NO_RUN_CARD, TrainController

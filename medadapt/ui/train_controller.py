@@ -2,7 +2,7 @@
 
 :class:`TrainController` holds every handler the tab builder (:mod:`medadapt.ui.train`) binds its events to; it
 returns values and ``gr.update``/``gr.skip``, never builds layout. All job state lives in ``state.jobs`` (a
-:class:`medadapt.jobs.JobManager`), so a page refresh or a second browser tab re-attaches to the running job.
+:class:`medadapt.jobs.runner.JobManager`), so a page refresh or a second browser tab re-attaches to the running job.
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import Any
 import gradio as gr
 
 from medadapt.charts import loss_figure
-from medadapt.jobs import JobError
-from medadapt.launcher import Launcher
-from medadapt.rundir import RunDir
-from medadapt.train_form import (FIELDS, FormError, cli_command, config_path, config_to_form, config_yaml,
+from medadapt.jobs.runner import JobError
+from medadapt.jobs.launcher import Launcher
+from medadapt.jobs.rundir import RunDir
+from medadapt.jobs.train_form import (FIELDS, FormError, cli_command, config_path, config_to_form, config_yaml,
                                  form_to_config, list_configs, load_base, save_config)
 from medadapt.ui import render
 from medadapt.ui import train_view as view

@@ -4,7 +4,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from medadapt.rundir import RunDir, RunSnapshot, tail
+from medadapt.jobs.rundir import RunDir, RunSnapshot, tail
 
 STATUS_COLORS = {"starting": "#64748b", "running": "#2563eb", "stopping": "#d97706", "finished": "#16a34a",
                  "failed": "#dc2626", "stopped": "#d97706", "unknown": "#64748b"}

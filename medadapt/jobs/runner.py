@@ -3,8 +3,8 @@
 The web server never imports trainer code (LlamaBoard-runner style): a job is ``python -m trainers.<job> --config
 <run>/launch.yaml --output_dir <run>`` (or ``python -m eval run ... --output_dir <run>``) in its own process group,
 its stdout/stderr appended to ``<run>/stdout.log``. A training job may run under ``accelerate launch`` with N processes
-(:class:`medadapt.launcher.Launcher`, recorded in ``launch.json`` so a resume relaunches it the same way). Progress comes from the files of the run directory contract,
-read and written through :mod:`medadapt.rundir`. One job runs at a
+(:class:`medadapt.jobs.launcher.Launcher`, recorded in ``launch.json`` so a resume relaunches it the same way). Progress comes from the files of the run directory contract,
+read and written through :mod:`medadapt.jobs.rundir`. One job runs at a
 time per :class:`JobManager`; the state lives here, not in a browser session, so any page re-attaches to it.
 """
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 import yaml
 
 from medadapt.config import REPO_ROOT, AppConfig, TrainConfig, to_dict
-from medadapt.joblock import lock_holder
-from medadapt.launcher import Launcher
-from medadapt.rundir import (DELTA_JOB, FINAL, INDEX_JOB, TRAIN_JOBS, LogReader, RunDir, RunSnapshot, file_sig,
+from medadapt.jobs.lock import lock_holder
+from medadapt.jobs.launcher import Launcher
+from medadapt.jobs.rundir import (DELTA_JOB, FINAL, INDEX_JOB, TRAIN_JOBS, LogReader, RunDir, RunSnapshot, file_sig,
                              new_run_dir, pid_alive, read_json, runs_root, summarize, tail, write_json_atomic)
 
 LISTED_JOBS = (*TRAIN_JOBS, INDEX_JOB, DELTA_JOB)  # the runs the Training tab lists

@@ -1,6 +1,6 @@
 """How a training job is launched: one process, or ``accelerate launch`` with N processes (DDP, DeepSpeed, FSDP).
 
-Pure (stdlib only): :class:`medadapt.jobs.JobManager` wraps a trainer's argv with :meth:`Launcher.wrap` and records the
+Pure (stdlib only): :class:`medadapt.jobs.runner.JobManager` wraps a trainer's argv with :meth:`Launcher.wrap` and records the
 launcher in ``launch.json`` (a resume relaunches the same way); the Training tab shows :meth:`Launcher.command`.
 Under accelerate every rank runs the trainer; rank 0 alone writes the run dir (:mod:`trainers.dist`).
 """

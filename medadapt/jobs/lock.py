@@ -1,7 +1,7 @@
 """One job at a time per runs dir, across processes: every trainer, eval run and index build holds
 ``<runs_dir>/<profile>/job.lock`` (an exclusive ``flock``) while it runs, and writes who it is into the file.
 
-The app's :class:`medadapt.jobs.JobManager` reads the holder (:func:`lock_holder`, without taking the lock) to refuse a
+The app's :class:`medadapt.jobs.runner.JobManager` reads the holder (:func:`lock_holder`, without taking the lock) to refuse a
 second job and to show a job it did not start — one launched from the shell or by another app — as running.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medadapt.config import AppConfig
-from medadapt.rundir import pid_alive, runs_root
+from medadapt.jobs.rundir import pid_alive, runs_root
 
 LOCK_NAME = "job.lock"
 

@@ -1,6 +1,6 @@
 """The run directory contract (docs/ARCHITECTURE.md): its file names, writer, reader and atomic JSON, in one place.
 
-Trainers, eval runs, index builds, the first-run setup, :mod:`medadapt.jobs` and the tests' fake trainer all write
+Trainers, eval runs, index builds, the first-run setup, :mod:`medadapt.jobs.runner` and the tests' fake trainer all write
 and read run dirs through this module. Stdlib + PyYAML only (no torch): the web server reads runs with it.
 """
 from __future__ import annotations

@@ -17,8 +17,8 @@ import yaml
 
 from medadapt.config import (REPO_ROOT, ConfigError, Setting, TrainConfig, check_value, from_dict, merge, read_yaml,
                              setting, to_dict)
-from medadapt.launcher import Launcher
-from medadapt.rundir import TRAIN_JOBS
+from medadapt.jobs.launcher import Launcher
+from medadapt.jobs.rundir import TRAIN_JOBS
 
 JOBS = TRAIN_JOBS  # the jobs the form can launch
 JOB_LABELS = {"sft": "SFT (Q → CoT → answer)", "cpt": "Continual pretraining", "msft": "MSFT (CPT, then SFT)"}
