@@ -196,7 +196,7 @@ def test_paired_difference_interval():
 
 
 def test_benchmarks_tab_draws_views_decomposition_and_distribution():
-    from medadapt.ui.bench import (accuracy_figure, decomposition_figure, distribution_figure, view_choices,
+    from medadapt.ui.benchmarks import (accuracy_figure, decomposition_figure, distribution_figure, view_choices,
                                    views_markdown)
 
     half = _mostly_right(20)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from medadapt.state import AppState
-from medadapt.ui.bench import build_bench_tab
+from medadapt.ui.benchmarks import build_benchmarks_tab
 from medadapt.ui.common import banner
 from medadapt.ui.compare import build_compare_tab
 from medadapt.ui.train import build_train_tab
@@ -21,7 +21,7 @@ def build_demo(state: AppState) -> gr.Blocks:
             with gr.Tab("Training", id="training"):
                 train = build_train_tab(state)
             with gr.Tab("Benchmarks", id="benchmarks"):
-                build_bench_tab(state)
+                build_benchmarks_tab(state)
                 votes = build_votes_section(state)
         demo.load(compare["index_status_fn"], outputs=compare["index_status"])
         adapter_dropdowns = [compare["sft_adapter"], compare["msft_adapter"]]

@@ -422,7 +422,7 @@ def progress_text(snap: Any) -> str:
 
 # ---------------------------------------------------------------- the tab
 
-def build_bench_tab(state: Any) -> dict[str, Any]:
+def build_benchmarks_tab(state: Any) -> dict[str, Any]:
     """Build the Benchmarks tab inside the current Blocks context; returns its components by name."""
     cfg = state.cfg
     results_dir = cfg.paths.resolve("results_dir")

@@ -45,7 +45,7 @@ def test_summary_and_tests_from_fixture(results):
 
 
 def test_accuracy_figure(results):
-    from medadapt.ui.bench import accuracy_figure
+    from medadapt.ui.benchmarks import accuracy_figure
 
     fig = accuracy_figure(results, show_paper=True)
     names = [t.name for t in fig.data]
@@ -61,7 +61,7 @@ def test_accuracy_figure(results):
 
 
 def test_significance_subject_and_drilldown(results):
-    from medadapt.ui.bench import drilldown_html, item_choices, significance_figure, subject_figure
+    from medadapt.ui.benchmarks import drilldown_html, item_choices, significance_figure, subject_figure
 
     heat = significance_figure(results, ALL).data[0]
     assert heat.z[0][1] == heat.z[1][0] <= 1.0 and heat.text[0][0] == "—"
@@ -74,7 +74,7 @@ def test_significance_subject_and_drilldown(results):
 
 
 def test_list_results_and_eval_args(tmp_path, results):
-    from medadapt.ui.bench import eval_args, list_results
+    from medadapt.ui.benchmarks import eval_args, list_results
 
     (tmp_path / "offline").mkdir()
     (tmp_path / "offline" / "cot-1.json").write_text(json.dumps(results))
@@ -94,7 +94,7 @@ def test_list_results_and_eval_args(tmp_path, results):
 
 def test_the_tab_says_which_protocol_a_result_used(tmp_path, results):
     """A study-protocol run (``--protocol study``) is labelled so in the file list and the views' description."""
-    from medadapt.ui.bench import list_results, views_markdown
+    from medadapt.ui.benchmarks import list_results, views_markdown
 
     study = json.loads(json.dumps(results))
     study.update(protocol="study", views=["study", "study_project_parser"])
@@ -114,7 +114,7 @@ def test_the_tab_says_which_protocol_a_result_used(tmp_path, results):
 
 
 def test_results_files_are_read_inside_the_results_dir_only(tmp_path, results):
-    from medadapt.ui.bench import list_results, read_results
+    from medadapt.ui.benchmarks import list_results, read_results
 
     (tmp_path / "res" / "offline").mkdir(parents=True)
     (tmp_path / "res" / "offline" / "cot-1.json").write_text(json.dumps(results))
@@ -129,7 +129,7 @@ def test_tab_builds_and_runs_a_job(tmp_path, results):
     import gradio as gr
 
     from medadapt.config import load_config
-    from medadapt.ui.bench import build_bench_tab
+    from medadapt.ui.benchmarks import build_benchmarks_tab
 
     cfg = load_config("offline", {"paths": {"results_dir": str(tmp_path)}})
     (tmp_path / "offline").mkdir()
@@ -146,7 +146,7 @@ def test_tab_builds_and_runs_a_job(tmp_path, results):
 
     state = SimpleNamespace(cfg=cfg, jobs=Jobs(), extras={})
     with gr.Blocks():
-        c = build_bench_tab(state)
+        c = build_benchmarks_tab(state)
     assert {"chart", "table", "sig", "subjects", "dd_item", "run", "file"} <= set(c)
     outs = c["on_file"](str(tmp_path / "offline" / "cot-1.json"), True)
     assert len(outs) == 15 and len(outs[0].data) > 0
@@ -161,7 +161,7 @@ def test_public_mode_locks_eval_launch_unless_admin_secret(tmp_path, monkeypatch
     import gradio as gr
 
     from medadapt.config import load_config
-    from medadapt.ui.bench import build_bench_tab
+    from medadapt.ui.benchmarks import build_benchmarks_tab
 
     from medadapt.ui import common
 
@@ -173,7 +173,7 @@ def test_public_mode_locks_eval_launch_unless_admin_secret(tmp_path, monkeypatch
     jobs = SimpleNamespace(start_eval=lambda args: started.append(args) or tmp_path / "eval-1")
     state = SimpleNamespace(cfg=cfg, jobs=jobs, extras={})
     with gr.Blocks():
-        c = build_bench_tab(state)
+        c = build_benchmarks_tab(state)
     assert "locked" in c["on_run"](["base"], "loglik", 5, ["medqa"], "anything")[0] and not started  # no password
     monkeypatch.setenv("MEDADAPT_ADMIN_PASSWORD", "s3cret")
     assert "locked" in c["on_run"](["base"], "loglik", 5, ["medqa"], "wrong")[0] and not started
@@ -184,7 +184,7 @@ def test_shipped_offline_results_render_with_all_four_variants():
     """The committed real results are what the tab shows out of the box: four variants in every file, one file with
     all four scoring views (the decomposition has something to show), and letter scoring at n=200 for all four."""
     from medadapt.config import REPO_ROOT
-    from medadapt.ui.bench import accuracy_figure, decomposition_figure, list_results, read_results
+    from medadapt.ui.benchmarks import accuracy_figure, decomposition_figure, list_results, read_results
     from eval.report import summary_table
     from eval.views import views_of
 
@@ -204,7 +204,7 @@ def test_shipped_offline_results_render_with_all_four_variants():
 
 def test_drilldown_escapes_every_value_from_a_results_file(results):
     """A crafted results file (option keys, answer, id, subject, snippets) cannot put markup into the page."""
-    from medadapt.ui.bench import drilldown_html
+    from medadapt.ui.benchmarks import drilldown_html
 
     evil = "<img src=x onerror=alert(1)>"
     item = results["items"]["pubmedqa"][0]
