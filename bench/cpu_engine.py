@@ -128,6 +128,7 @@ def r1_assets() -> tuple[Path, dict[str, Path]]:
         log("building the R1-1.5B-shaped random model (bf16, once)")
         torch.manual_seed(0)
         model = Qwen2ForCausalLM._from_config(Qwen2Config(**R1_CONFIG), dtype=torch.bfloat16)
+        root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix="model.tmp-", dir=root))
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(r1_tokenizer_dir()).save_pretrained(tmp)

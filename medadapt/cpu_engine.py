@@ -89,8 +89,11 @@ def ensure_graph(python: Path, model_dir: str | Path, out: Path, precision: str,
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{out.name}.lock", "w") as lock:
-        progress("waiting for another process that converts the model")
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress("waiting for another process that converts the model")
+            fcntl.flock(lock, fcntl.LOCK_EX)
         if graph_ready(out):
             return out
         work = out.parent / f"{out.name}.partial"  # kept when interrupted: the next attempt resumes its stage

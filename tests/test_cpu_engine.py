@@ -216,6 +216,35 @@ def test_a_dead_engine_process_ends_its_rows_and_comes_back(python, noisy_model,
         engine.close()
 
 
+def test_an_interrupted_conversion_resumes_at_its_stage(python, noisy_model, tmp_path):
+    """A conversion killed while compressing keeps its trace in ``<graph>.partial``; the next start resumes there
+    (no second trace), its stages reported as progress, and the graph it ends with serves."""
+    from medadapt.cpu_engine import CPUEngine, _engine_env, ensure_graph, graph_ready
+
+    out, work = tmp_path / "graph", tmp_path / "graph.partial"
+    proc = subprocess.Popen([str(python), "-m", "medadapt.ov_convert", "--model", noisy_model, "--out", str(work),
+                             "--precision", "int8"], cwd=REPO_ROOT, env=_engine_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("STAGE compressing"):
+            proc.kill()
+            break
+    proc.wait()
+    assert (work / "traced.done").is_file() and not graph_ready(work)
+    stages: list[str] = []
+    ensure_graph(python, noisy_model, out, "int8", stages.append)
+    assert graph_ready(out) and not work.exists()
+    assert any("earlier attempt" in s for s in stages) and not any(s.startswith("tracing") for s in stages), stages
+    assert json.loads((out / "graph.json").read_text())["precision"] == "int8"
+    engine = CPUEngine(noisy_model, python=python, graph=out, precision="int8", cache_dir=tmp_path)
+    try:
+        engine.wait_ready(900)
+        _, rows = final(engine, [(Q, BASE)])
+        assert rows[0].finished and not rows[0].error and rows[0].n_tokens > 0
+    finally:
+        engine.close()
+
+
 @pytest.fixture(scope="module")
 def smol_adapters(tmp_path_factory, smollm2_dir) -> dict[str, str]:
     """Two rank-16 LoRA adapters on SmolLM2's 7 projections (random, of a trained adapter's size)."""
