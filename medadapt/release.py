@@ -172,7 +172,9 @@ class Release:
         dest = self.stage_dir / "index"
         manifest = {"profile": self.cfg.profile, "base_model": base_model_id(self.cfg),
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "code": git_commit(),
-                    "command": f"python -m medadapt.release --profile {self.cfg.profile}",
+                    "command": f"python -m medadapt.release --profile {self.cfg.profile}" + "".join(
+                        f" --{k} {v}" for k, v, d in (("n", self.n, 200), ("cot-n", self.cot_n, 50),
+                                                      ("open-n", self.open_n, 100)) if v != d),
                     "adapters": adapters,
                     "index": {"path": "index", "table": table, "embedder": self.cfg.rag.embedder,
                               "corpus": list(self.cfg.rag.corpus), "rows": rows, "bytes": folder_bytes(dest)},
@@ -195,6 +197,7 @@ class Release:
                          "--max_new_tokens", str(COT_TOKENS)]),
                 ("cot_budget", ["--mode", "cot", "--n", str(self.cot_n), "--batch_size", "50",
                                 "--max_new_tokens", str(COT_TOKENS), "--think_budget", str(THINK_BUDGET)])]
+        runs = runs if self.cot_n > 0 else runs[:1]  # --cot-n 0: the loglik views only
         plan = []  # (file, variants, args) in the merge's order: per mode, base, RAG, then the adapters
         for name, args in runs:
             early = [self.eval_dir / f"{name}-{g}.json" for g in ("base", "rag")]
@@ -480,7 +483,8 @@ def model_card(kind: str, meta: dict[str, Any], manifest: dict[str, Any], result
              f"- recipe: `{manifest['adapters'][kind]['recipe']}` (the full config is above)",
              f"- data: {', '.join(data.get('sources', [])) or '-'} ({data.get('train_examples', '?')} training "
              f"examples); the evaluated items excluded: {json.dumps(data.get('excluded_eval_items', {}))}", "",
-             f"## Results (seeded samples: {n} items per benchmark, chain of thought on the first {cot_n})", "",
+             f"## Results (seeded samples: {n} items per benchmark, "
+             + (f"chain of thought on the first {cot_n})" if cot_n else "the log-likelihood views only)"), "",
              *results_rows(results, kind), ""]
     open_q = results.get("open_questions", {}).get("summary", {})
     if open_q:
@@ -571,7 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="offline")
     p.add_argument("--work", help="work dir (default runs/release-<profile>; kept, so a re-run continues)")
     p.add_argument("--n", type=int, default=200, help="loglik items per benchmark (default %(default)s)")
-    p.add_argument("--cot-n", type=int, default=50, help="chain-of-thought items per benchmark (default %(default)s)")
+    p.add_argument("--cot-n", type=int, default=50, help="chain-of-thought items per benchmark; 0: no chain-of-thought "
+                   "views (default %(default)s)")
     p.add_argument("--open-n", type=int, default=100, help="held-out open prompts (default %(default)s)")
     p.add_argument("--sft", help="reuse this finished SFT run dir instead of training")
     p.add_argument("--msft", help="reuse this finished MSFT run dir instead of training")
