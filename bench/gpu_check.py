@@ -7,9 +7,9 @@ each check one ``RESULT`` line:
 - ``qlora``: the reference SFT recipe (its 2,048-token length) through the real trainer (``trainers.sft.run``: ``TrainingArguments``,
   bitsandbytes NF4, the targets-only collator, gradient checkpointing, paged 8-bit AdamW): tokens/s, peak memory,
   loss, Linear4bit layers;
-- ``seed_cpt``: the study's CPT settings (``configs/seed/cpt.yaml``: ``modules_to_save`` embed_tokens + lm_head at
+- ``seed_cpt``: the study's CPT settings (``configs/study/cpt.yaml``: ``modules_to_save`` embed_tokens + lm_head at
   their own learning rate, 8-bit AdamW, 4-bit): the optimizer and its learning-rate groups as built;
-- ``msft``: the study's MSFT chain (``configs/seed/msft.yaml``, ``msft_stage2: merge``), 10 CPT + 10 SFT steps: CPT
+- ``msft``: the study's MSFT chain (``configs/study/msft.yaml``, ``msft_stage2: merge``), 10 CPT + 10 SFT steps: CPT
   merged, a fresh LoRA trained on it, merged again, its delta (whole embedding copies) published as ``adapter/``;
 - ``delta``: that delta served by the engine on the unchanged base in bf16, base and delta rows in one batch: greedy
   tokens against the merged full model, base rows against the base alone;
@@ -173,7 +173,7 @@ def check_seed_cpt(model: str, work: Path, device: str, steps: int) -> str:
     cap = Captured()
     try:
         run = work / "seed_cpt"
-        status = cpt.run(train_config("seed/cpt.yaml", model, run, steps, 256, profile="reference"),
+        status = cpt.run(train_config("study/cpt.yaml", model, run, steps, 256, profile="reference"),
                          app_config(model, work))
         opt = cap.optimizers[-1]
         lrs = sorted({g.get("initial_lr", g["lr"]) for g in opt.param_groups if g["params"]}, reverse=True)
@@ -201,7 +201,7 @@ def check_msft(model: str, work: Path, device: str, steps: int) -> tuple[str, Pa
         over.update(load_in_4bit=False, optim="adamw_torch")
         over["cpt"].update(load_in_4bit=False, optim="adamw_torch")
     t0 = time.perf_counter()
-    status = msft.run(train_config("seed/msft.yaml", model, run, steps, 256, **over), app_config(model, work))
+    status = msft.run(train_config("study/msft.yaml", model, run, steps, 256, **over), app_config(model, work))
     wall = time.perf_counter() - t0
     meta = json.loads((run / "adapter" / "medadapt.json").read_text())
     delta = (meta.get("data") or {}).get("delta") or meta.get("delta") or {}

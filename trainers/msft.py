@@ -9,7 +9,7 @@ adapter); its LoRA shape is therefore the CPT stage's. The intermediate adapter 
 ``<run>/cpt_adapter/``; ``--resume`` skips a finished CPT stage. Set ``cpt_adapter: <folder>`` to skip CPT and start
 from an existing CPT adapter.
 
-``msft_stage2: merge`` (the seed's recipe, ``configs/seed/msft.yaml``): the CPT adapter is merged into the base
+``msft_stage2: merge`` (the seed's recipe, ``configs/study/msft.yaml``): the CPT adapter is merged into the base
 (``<run>/cpt_merged/``), a fresh LoRA of the SFT config's shape is trained on that model, merged in turn
 (``<run>/merged/``, the full MSFT model as the seed published it), and the job's ``adapter/`` is that model's
 low-rank delta against the base (rank = CPT rank + SFT rank, so exact up to rounding), served like any adapter.

@@ -1,4 +1,4 @@
-"""configs/seed reproduce the seed's notebooks (MilyaushaShamsutdinova/MedAdapt-LLM): each setting reaches the
+"""configs/study reproduce the seed's notebooks (MilyaushaShamsutdinova/MedAdapt-LLM): each setting reaches the
 TrainingArguments and the LoraConfig the trainers build, field by field; the data split, the SFT text and the CPT
 embedding learning rate are the notebooks'; transformers stays unimported until the trainer picks Unsloth or not."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from medadapt.config import REPO_ROOT, load_train_config
 from trainers.common import Runtime, lora_kwargs, optimizer_name, seed_split, training_args
 from trainers.msft import cpt_stage_config
 
-SEED = REPO_ROOT / "configs" / "seed"
+SEED = REPO_ROOT / "configs" / "study"
 PROJ = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 CPU = Runtime(cuda=False, quantized=False, unsloth=False)
 GPU_4BIT = Runtime(cuda=True, quantized=True, unsloth=True)
