@@ -1,6 +1,7 @@
 """CPU engines for the study's model: the four-column load on the DeepSeek-R1-Distill-Qwen-1.5B shape, and fidelity.
 
-Run: ``python bench/cpu_engine.py [--candidates torch,openvino,llamacpp,ovgenai] [--tokens 32] [--rounds 2]``.
+Run: ``python bench/cpu_engine.py [--candidates torch,openvino,llamacpp,ovgenai] [--tokens 32] [--rounds 2]
+[--torch-dtypes bfloat16,float32] [--openvino-precisions int8,int4,int8-bf16]``.
 One sitting, every engine on the same 2 cores with the same load:
 
 - **Speed** on the R1-1.5B shape with random weights (the exact config, built locally: 28 layers, hidden 1,536,
@@ -12,12 +13,15 @@ One sitting, every engine on the same 2 cores with the same load:
   time (``install.json`` of its venv), and the step time against the memory-traffic bound (weight bytes per step /
   the bandwidth measured here).
 
-  ``torch``: the in-process engine (transformers Qwen2 in bf16, gathered multi-LoRA, 2 threads; a worker process).
-  ``openvino``: the project's CPU engine (``scripts/cpu_engine.sh``, :mod:`medadapt.ov_graph`), int8 and int4.
+  ``torch``: the in-process engine (transformers Qwen2 in bf16, or ``--torch-dtypes``; gathered multi-LoRA, 2
+  threads; a worker process).
+  ``openvino``: the project's CPU engine (``scripts/cpu_engine.sh``, :mod:`medadapt.ov_graph`), int8 and int4
+  weights computed in f32 (``int8-bf16``: computed in bf16, OpenVINO's default on AVX-512 bf16/AMX CPUs).
   ``llamacpp``: llama.cpp's ``llama-server`` (``scripts/cpu_candidates.sh llamacpp``): GGUF Q8_0 and Q4_K_M, the
   adapters as GGUF LoRAs chosen per request (``"lora": [{"id", "scale"}]``), four parallel slots.
   ``ovgenai``: OpenVINO GenAI's ``LLMPipeline`` on optimum-intel's int8/int4 export (``scripts/cpu_candidates.sh
-  ovgenai``): adapters are chosen per ``generate`` call, so the four columns are four calls.
+  ovgenai``): adapters are chosen per ``generate`` call, so the four columns are four calls (tok/s: each column's
+  share of the decoding; the single-stream rates in a note).
 
 - **Fidelity** on real weights (SmolLM2-135M-Instruct, the offline model): the Compare prompts of the first
   ``--items`` evaluated items of each benchmark, ``--cont`` greedy tokens from the fp32 in-process engine, then each
