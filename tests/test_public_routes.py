@@ -58,7 +58,7 @@ def app(tmp_path_factory, tiny_model_dir):
                                       "adapter", seed)
         (adapter / "medadapt.json").write_text(json.dumps({"job": kind}))
     (tmp / "results" / "offline").mkdir(parents=True)
-    for f in sorted((REPO_ROOT / "results" / "offline").glob("*.json"))[:2]:
+    for f in sorted((REPO_ROOT / "results" / "offline").glob("views-*.json"))[:2]:
         shutil.copy(f, tmp / "results" / "offline" / f.name)
     state = AppState.create(cfg)
     demo = build_demo(state)
