@@ -49,6 +49,7 @@ PERPLEXITY_NAME = "perplexity-release.json"  # results/<profile>/perplexity-rele
 COT_TOKENS = 512
 THINK_BUDGET = 448  # 512 - 64 tokens for the answer line (docs/PERFORMANCE.md, "A thinking budget")
 AGREEMENT_GOAL = 0.97  # same predictions on loglik item-views when the shipped results are re-run
+N, COT_N, OPEN_N = 200, 50, 100  # the evaluation's default sizes (items per benchmark; open prompts)
 
 
 # ---------------------------------------------------------------- small helpers
@@ -78,7 +79,7 @@ def mb(n: int) -> str:
 class Release:
     """One release of a profile, built in ``work`` and installed into ``shipped_root(cfg)`` and the results dir."""
 
-    def __init__(self, cfg: AppConfig, work: Path, *, n: int = 200, cot_n: int = 50, open_n: int = 100,
+    def __init__(self, cfg: AppConfig, work: Path, *, n: int = N, cot_n: int = COT_N, open_n: int = OPEN_N,
                  nice: int = 10, reuse: dict[str, Path] | None = None, index_from: Path | None = None,
                  configs: Path | None = None) -> None:
         self.cfg, self.work = cfg, Path(work).resolve()
@@ -92,10 +93,10 @@ class Release:
 
     # -- subprocesses
     def env(self, name: str = "") -> dict[str, str]:
-        """The jobs' environment: the app's config (model, data, cache: :func:`medadapt.jobs.runner.child_env`), with the
-        work dir's own index and results dirs, the staged release as the shipped one, and a runs dir per kind of job
-        (training, evaluation, index: each holds its runs dir's job lock, so an evaluation of the baselines can run
-        beside a training)."""
+        """The jobs' environment: the app's config (model, data, cache: :func:`medadapt.jobs.runner.child_env`),
+        with the work dir's own index and results dirs, the staged release as the shipped one, and a runs dir per job (the
+        trainings share one; each evaluation and the index hold their own job lock, so the baselines' evaluation runs
+        beside a training or the adapters' evaluation)."""
         from medadapt.jobs.runner import child_env
 
         runs = "runs" if name.startswith("train") else "runs-" + name  # each job its own lock: evaluations in parallel
@@ -173,8 +174,8 @@ class Release:
         manifest = {"profile": self.cfg.profile, "base_model": base_model_id(self.cfg),
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "code": git_commit(),
                     "command": f"python -m medadapt.release --profile {self.cfg.profile}" + "".join(
-                        f" --{k} {v}" for k, v, d in (("n", self.n, 200), ("cot-n", self.cot_n, 50),
-                                                      ("open-n", self.open_n, 100)) if v != d),
+                        f" --{k} {v}" for k, v, d in (("n", self.n, N), ("cot-n", self.cot_n, COT_N),
+                                                      ("open-n", self.open_n, OPEN_N)) if v != d),
                     "adapters": adapters,
                     "index": {"path": "index", "table": table, "embedder": self.cfg.rag.embedder,
                               "corpus": list(self.cfg.rag.corpus), "rows": rows, "bytes": folder_bytes(dest)},
@@ -574,10 +575,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("file", nargs="?", help="agree: a results file of `python -m eval run` on the shipped adapters")
     p.add_argument("--profile", default="offline")
     p.add_argument("--work", help="work dir (default runs/release-<profile>; kept, so a re-run continues)")
-    p.add_argument("--n", type=int, default=200, help="loglik items per benchmark (default %(default)s)")
-    p.add_argument("--cot-n", type=int, default=50, help="chain-of-thought items per benchmark; 0: no chain-of-thought "
-                   "views (default %(default)s)")
-    p.add_argument("--open-n", type=int, default=100, help="held-out open prompts (default %(default)s)")
+    p.add_argument("--n", type=int, default=N, help="loglik items per benchmark (default %(default)s)")
+    p.add_argument("--cot-n", type=int, default=COT_N, help="chain-of-thought items per benchmark; 0: no chain-of-"
+                   "thought views (default %(default)s)")
+    p.add_argument("--open-n", type=int, default=OPEN_N, help="held-out open prompts (default %(default)s)")
     p.add_argument("--sft", help="reuse this finished SFT run dir instead of training")
     p.add_argument("--msft", help="reuse this finished MSFT run dir instead of training")
     p.add_argument("--index", help="reuse this index dir (holding the profile's table) instead of building")
