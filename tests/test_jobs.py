@@ -71,7 +71,7 @@ def test_start_progress_stop_resume_finish(jcfg, monkeypatch):
     steps = [r["step"] for r in done.records if "loss" in r]
     assert steps == list(range(1, 31)), "resume must continue after the checkpoint, not restart"
     assert done.step == 30 and done.eta_s == 0.0 and done.adapter
-    assert [a.run_dir for a in list_adapters(jcfg, "sft")] == [run]
+    assert [(a.run_dir, a.origin) for a in list_adapters(jcfg, "sft") if a.origin != "shipped"] == [(run, "trained")]
     with pytest.raises(JobError, match="already finished"):
         jobs.resume(run)
     assert [s.run_dir for s in jobs.list_runs()] == [run]

@@ -142,7 +142,8 @@ def test_launch_progress_stop_resume_finish_via_client(fake_app, monkeypatch):
     done = poll_until(client, lambda live: live["status"] == "finished")
     assert done[3]["step"] == 40 and done[4]["data"][0][0] == run.name and done[4]["data"][0][3] == "finished"
     assert done[6] == run.name  # the finished_run signal other tabs refresh their adapter choices on
-    assert [a.run_dir for a in list_adapters(fake_app.cfg, "sft")] == [run]  # what the Compare tab lists
+    listed = list_adapters(fake_app.cfg, "sft")  # what the Compare tab lists: the shipped release's, then this one
+    assert [(a.run_dir, a.origin) for a in listed if a.origin != "shipped"] == [(run, "trained")]
     _, card = client.predict(run.name, api_name="/show_run")
     assert "Fake sft adapter" in card and "finished" in card
     for bad in ("..", "../runs", "/etc"):

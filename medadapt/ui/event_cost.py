@@ -23,6 +23,7 @@ class EventCosts:
         """Meter every plain handler of ``blocks`` (``skip``: concurrency ids left alone, e.g. the generations)."""
         self._calls: dict[int, deque] = {}  # id(BlockFunction) -> CPU seconds of its recent calls (None: the first)
         self._lock = threading.Lock()
+        self._keys: set[int] = set()  # id(BlockFunction) of every handler metered here
         for block_fn in blocks.fns.values():
             fn = block_fn.fn
             if (fn is None or block_fn.concurrency_id in (skip or set()) or inspect.isgeneratorfunction(fn)
@@ -30,6 +31,7 @@ class EventCosts:
                     or getattr(fn, "_metered", False)):
                 continue
             block_fn.fn = self._metered(fn, id(block_fn))
+            self._keys.add(id(block_fn))
 
     def _metered(self, fn: Any, key: int) -> Any:
         @functools.wraps(fn)  # Gradio reads the handler's signature and type hints through __wrapped__
@@ -48,6 +50,10 @@ class EventCosts:
                 self._calls[key] = deque(maxlen=WINDOW)  # the first call: warm-up, not counted
             else:
                 self._calls[key].append(cpu_s)
+
+    def meters(self, block_fn: Any) -> bool:
+        """Whether ``block_fn``'s handler is metered here (a plain function, not a generation)."""
+        return id(block_fn) in self._keys
 
     def cpu_s(self, block_fn: Any) -> float | None:
         """The median CPU seconds of ``block_fn``'s recent calls (a Gradio BlockFunction; the lower middle of an

@@ -57,11 +57,11 @@ class InFlight:
         return str(getattr(client, "host", None) or "?")
 
     def cost_s(self, fn: Any) -> float | None:
-        """What one call of ``fn`` costs the server: its handler's mean CPU seconds (Gradio's mean wall time where
-        that is not metered); None before it has run."""
-        cpu = self.costs.cpu_s(fn) if self.costs is not None else None
-        if cpu is not None:
-            return cpu
+        """What one call of ``fn`` costs the server: its handler's median CPU seconds (None until a call after the
+        first, whose one-off work and wall time say nothing of the next ones); Gradio's mean wall time where the
+        handler is not metered; None before it has run."""
+        if self.costs is not None and self.costs.meters(fn):
+            return self.costs.cpu_s(fn)
         times = self.queue.process_time_per_fn
         return times[fn].avg_time if fn in times and times[fn].count else None
 
