@@ -5,7 +5,7 @@ Run: ``python app.py`` (profile ``auto``: offline when the Hub is unreachable). 
 ``MEDADAPT_TRUSTED_PROXIES`` (the proxies whose ``X-Forwarded-For`` is believed, :mod:`medadapt.ui.proxies`),
 ``MEDADAPT_SETUP=off`` (no automatic first-run setup of the index and adapters), ``MEDADAPT_ENGINE=openai`` with
 ``MEDADAPT_OPENAI_BASE_URL`` / ``MEDADAPT_OPENAI_API_KEY`` (generate on an OpenAI-compatible server such as vLLM,
-:mod:`medadapt.remote`), ``MEDADAPT_BATCHING=off`` (the in-process engine answers one question at a time),
+:mod:`medadapt.serve.remote`), ``MEDADAPT_BATCHING=off`` (the in-process engine answers one question at a time),
 ``MEDADAPT_CONCURRENT_ASKS`` (questions generating at once, default 16). On a Hugging Face Space
 (``SPACE_ID``) the hardware picks the profile and persistent storage (``/data``) keeps runs, index and results
 (:mod:`medadapt.space`).
@@ -16,7 +16,7 @@ import argparse
 import logging
 import os
 
-QUEUE_CONCURRENCY = 4  # the light events (votes, exports, refreshes); Compare sets its own (engine_choice.concurrent_generations)
+QUEUE_CONCURRENCY = 4  # the light events (votes, exports, refreshes); Compare sets its own (serve.choice.concurrent_generations)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -30,8 +30,8 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(argv)
     from medadapt.config import load_config
-    from medadapt.engine import Engine
-    from medadapt.engine_api import BASE, GenSettings
+    from medadapt.serve.engine import Engine
+    from medadapt.serve.api import BASE, GenSettings
 
     cfg = load_config("offline", {"paths": {"runs_dir": args.runs_dir}} if args.runs_dir else None)
     engine = Engine.from_config(cfg)

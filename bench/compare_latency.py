@@ -8,12 +8,12 @@ Offline SmolLM2-135M-Instruct, variants base, rag (base + another prompt), sft, 
 ``max_new_tokens`` (EOS ignored so every row decodes the same number of tokens). Each approach runs in its own
 subprocess so its peak RSS is its own:
 
-- ``batched``: one :class:`medadapt.engine.Engine`, all four rows in one ``Engine.stream`` call;
+- ``batched``: one :class:`medadapt.serve.engine.Engine`, all four rows in one ``Engine.stream`` call;
 - ``sequential``: four models loaded separately (adapters merged into their copy: the fastest single-variant
   model), each answering with HF ``generate`` one after another;
 - ``one``: a single base model answering once, the memory reference;
 - ``cpu`` (``--cpu-engine PRECISION``): the same four rows as one generation of the CPU engine
-  (:mod:`medadapt.cpu_engine`, its server on the same threads; its memory is the server's peak RSS).
+  (:mod:`medadapt.serve.cpu_engine`, its server on the same threads; its memory is the server's peak RSS).
 
 Times exclude loading and follow one warm-up generation; the two approaches alternate ``--rounds`` times and each
 keeps its best, so load from other processes on a shared CPU hits both alike. CPU seconds are printed too.
@@ -89,11 +89,11 @@ def peak_rss_mb() -> float:
 # ---------------------------------------------------------------- workers (one approach per process)
 
 def worker_batched(spec: dict) -> dict:
-    import medadapt.multilora
-    from medadapt.engine import BASE, Engine, GenSettings
+    import medadapt.serve.multilora
+    from medadapt.serve.engine import BASE, Engine, GenSettings
 
     if not spec.get("skinny", True):
-        medadapt.multilora.SKINNY_ROWS = 0
+        medadapt.serve.multilora.SKINNY_ROWS = 0
     engine = Engine(spec["model"], dtype=spec["dtype"], num_threads=spec["threads"])
     for kind in ("sft", "msft"):
         engine.load_adapter(kind, spec["adapters"][kind])
@@ -116,8 +116,8 @@ def worker_cpu(spec: dict) -> dict:
     """The four rows through the CPU engine's server (converted graph cached; started here, stopped after)."""
     import os
 
-    from medadapt.cpu_engine import CPUEngine, venv_python
-    from medadapt.engine_api import BASE, GenSettings
+    from medadapt.serve.cpu_engine import CPUEngine, venv_python
+    from medadapt.serve.api import BASE, GenSettings
 
     cache = Path(os.environ.get("MEDADAPT_CACHE_DIR", "~/.cache/medadapt")).expanduser()
     engine = CPUEngine(spec["model"], python=venv_python(cache), precision=spec["cpu_engine"],

@@ -15,7 +15,7 @@ One sitting, every engine on the same 2 cores with the same load:
 
   ``torch``: the in-process engine (transformers Qwen2 in bf16, or ``--torch-dtypes``; gathered multi-LoRA, 2
   threads; a worker process).
-  ``openvino``: the project's CPU engine (``scripts/cpu_engine.sh``, :mod:`medadapt.ov_graph`), int8 and int4
+  ``openvino``: the project's CPU engine (``scripts/cpu_engine.sh``, :mod:`medadapt.serve.openvino.graph`), int8 and int4
   weights computed in f32 (``int8-bf16``: computed in bf16, OpenVINO's default on AVX-512 bf16/AMX CPUs).
   ``llamacpp``: llama.cpp's ``llama-server`` (``scripts/cpu_candidates.sh llamacpp``): GGUF Q8_0 and Q4_K_M, the
   adapters as GGUF LoRAs chosen per request (``"lora": [{"id", "scale"}]``), four parallel slots.
@@ -271,7 +271,7 @@ class OpenVINOEngine:
     name = "openvino"
 
     def __init__(self, model_dir: Path, precision: str, threads: int) -> None:
-        from medadapt.cpu_engine import engine_installed, graph_dir, venv_python
+        from medadapt.serve.cpu_engine import engine_installed, graph_dir, venv_python
 
         self.python = venv_python(CACHE)
         why = engine_installed(self.python)
@@ -287,7 +287,7 @@ class OpenVINOEngine:
         self.proc = None
 
     def prepare(self) -> float:
-        from medadapt.cpu_engine import ensure_graph, graph_ready
+        from medadapt.serve.cpu_engine import ensure_graph, graph_ready
 
         if graph_ready(self.graph):
             return 0.0
@@ -296,11 +296,11 @@ class OpenVINOEngine:
         return time.perf_counter() - t0
 
     def start(self, adapters: dict[str, Path]) -> None:
-        from medadapt.cpu_engine import _engine_env
+        from medadapt.serve.cpu_engine import _engine_env
 
         self.port = free_port()
         self.log_file = Path(tempfile.mkstemp(prefix="ov-server-", suffix=".log")[1])
-        cmd = [str(self.python), "-m", "medadapt.ov_server", "--graph", str(self.graph), "--model",
+        cmd = [str(self.python), "-m", "medadapt.serve.openvino.server", "--graph", str(self.graph), "--model",
                str(self.model_dir), "--port", str(self.port), "--threads", str(self.threads), "--cache-dir",
                str(CACHE / "ov-cache"), "--activations", self.activations] + \
             [f"--adapter={k}={v}" for k, v in adapters.items()]
@@ -565,7 +565,7 @@ def worker_ovgenai(spec: dict) -> dict:
 # ---------------------------------------------------------------- torch (the in-process engine, a worker)
 
 def worker_torch(spec: dict) -> dict:
-    from medadapt.engine import Engine
+    from medadapt.serve.engine import Engine
 
     engine = Engine(spec["model"], dtype=spec["dtype"], num_threads=spec["threads"])
     for name, path in spec["adapters"].items():
@@ -573,8 +573,8 @@ def worker_torch(spec: dict) -> dict:
     engine.eos_ids = set()  # every column decodes its tokens
     prompt = spec["prompt"]
     names = [n if n in spec["adapters"] else "__base__" for n in spec["names"]]
-    from medadapt.batching import Job
-    from medadapt.decoding import SamplingSettings
+    from medadapt.serve.batching import Job
+    from medadapt.serve.decoding import SamplingSettings
 
     cols = Columns(len(names))
     job = Job([prompt] * len(names), [spec["tokens"]] * len(names), names, SamplingSettings())
@@ -695,7 +695,7 @@ def fidelity(args, candidates: list[str]) -> dict:
 
     from medadapt.config import load_config
     from medadapt.data.benchmarks import evaluated_items
-    from medadapt.engine import Engine, GenSettings
+    from medadapt.serve.engine import Engine, GenSettings
     from medadapt.models import base_model_path
     from medadapt.prompts import build_messages
 

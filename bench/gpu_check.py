@@ -215,7 +215,7 @@ def check_delta(model: str, run: Path | None, device: str, new_tokens: int) -> s
     import torch
     from transformers import AutoModelForCausalLM
 
-    from medadapt.engine import BASE, Engine, GenSettings
+    from medadapt.serve.engine import BASE, Engine, GenSettings
     from medadapt.prompts import build_messages
 
     if run is None:
@@ -256,7 +256,7 @@ def check_delta(model: str, run: Path | None, device: str, new_tokens: int) -> s
 def check_decode(model: str, device: str, new_tokens: int, budget: int) -> str:
     import torch
 
-    from medadapt.engine import BASE, Engine, GenSettings
+    from medadapt.serve.engine import BASE, Engine, GenSettings
     from medadapt.prompts import build_messages
 
     dtype = "bfloat16" if device == "cuda" else "float32"
@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import medadapt.config  # noqa: F401  (pydantic)
     import medadapt.delta  # noqa: F401
-    import medadapt.engine  # noqa: F401
+    import medadapt.serve.engine  # noqa: F401
     import trainers.common  # noqa: F401
     import trainers.cpt  # noqa: F401
     import trainers.msft  # noqa: F401

@@ -191,16 +191,16 @@ class EngineRowError(RuntimeError):
 
 
 def eval_engine(cfg: AppConfig, kind: str = "local"):
-    """The engine a cot run generates with: ``local`` (:class:`medadapt.engine.Engine` on the base model folder) or
-    ``openai`` (:class:`medadapt.remote.OpenAIEngine`: the server Compare's remote backend uses, configured by the
+    """The engine a cot run generates with: ``local`` (:class:`medadapt.serve.engine.Engine` on the base model folder) or
+    ``openai`` (:class:`medadapt.serve.remote.OpenAIEngine`: the server Compare's remote backend uses, configured by the
     same ``MEDADAPT_OPENAI_*`` variables; adapters are served as models, loaded at run time when it lacks them)."""
     if kind not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, not {kind!r}")
     if kind == "openai":
-        from medadapt.remote import OpenAIEngine
+        from medadapt.serve.remote import OpenAIEngine
 
         return OpenAIEngine.from_config(cfg)
-    from medadapt.engine import Engine
+    from medadapt.serve.engine import Engine
 
     m = cfg.model
     return Engine(model_folder(cfg), m.dtype, m.reasoning_template, trust_remote_code=m.trust_remote_code,
@@ -221,7 +221,7 @@ def _generator(cfg: AppConfig, variants: list[Variant], engine_kind: str = "loca
     again once, then the run stops with :class:`EngineRowError`: a failure is never scored as an answer."""
     from pathlib import Path
 
-    from medadapt.engine_api import BASE, GenSettings
+    from medadapt.serve.api import BASE, GenSettings
 
     ec = cfg.eval
     engine = eval_engine(cfg, engine_kind)

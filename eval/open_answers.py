@@ -155,8 +155,8 @@ def answer_open(cfg: AppConfig, variant_specs: Sequence[str], prompts: Sequence[
     classify them; returns the results dict (``summary`` per variant, ``rows`` per variant)."""
     from eval.stats import mcnemar_exact, wilson_interval
     from eval.variants import model_folder, resolve_variants
-    from medadapt.engine import Engine
-    from medadapt.engine_api import BASE, GenSettings
+    from medadapt.serve.engine import Engine
+    from medadapt.serve.api import BASE, GenSettings
     from medadapt.prompts import build_messages
 
     variants = [v for v in resolve_variants(cfg, list(variant_specs))]

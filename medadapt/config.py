@@ -158,9 +158,9 @@ class ModelConfig(Validated):
 
 @dataclass
 class EngineConfig:
-    """Which engine generates the answers (:mod:`medadapt.engine_choice`; ``MEDADAPT_ENGINE`` overrides the kind):
+    """Which engine generates the answers (:mod:`medadapt.serve.choice`; ``MEDADAPT_ENGINE`` overrides the kind):
     ``local`` (the model in this process), ``openai`` (an OpenAI-compatible server such as vLLM) or ``openvino``
-    (the CPU engine: :mod:`medadapt.cpu_engine`), and the CPU engine's settings."""
+    (the CPU engine: :mod:`medadapt.serve.cpu_engine`), and the CPU engine's settings."""
 
     kind: str = "local"
     precision: str = "int8"  # the CPU engine's weights: int8 | int4 | fp32
@@ -200,7 +200,7 @@ class GenerationConfig(Validated):
     top_p: TopP = 1.0
     seed: int = 0
     repetition_penalty: RepetitionPenalty = 1.0
-    think_budget: ThinkBudgetTokens = 0  # medadapt.think_budget; counts only inside <think>
+    think_budget: ThinkBudgetTokens = 0  # medadapt.serve.think_budget; counts only inside <think>
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The one place that wires question → retriever → prompt → engine → parser into four ``Answer`` records.
 
 ``Pipeline.compare`` validates the question, retrieves once (question only), builds each variant's messages, starts
-every available variant in ONE engine call (:class:`medadapt.engine_api.TextEngine`) and yields a ``CompareResult``
+every available variant in ONE engine call (:class:`medadapt.serve.api.TextEngine`) and yields a ``CompareResult``
 snapshot as tokens arrive. Concurrent calls run side by side: the in-process engine batches their rows together, a
 remote engine sends their requests in parallel; only adapter loading is serialized (and an adapter another call is
 using is never unloaded). Variants that cannot run (adapter not trained, index not built) or that fail (a remote
@@ -187,7 +187,7 @@ class Pipeline:
         top_k: int | None = None,
     ) -> Iterator[CompareResult]:
         """Yield snapshots of all four answers; raises InputError for an unusable question before any work."""
-        from medadapt.engine_api import GenSettings
+        from medadapt.serve.api import GenSettings
 
         text = clean_question(question)
         engine = self.engine
@@ -275,7 +275,7 @@ class Pipeline:
         """Messages and adapter name per runnable variant, the question cut to fit the context window.
 
         ``system_role=False`` (``model.system_prompt``; the DeepSeek-R1 family): the instructions open the user turn."""
-        from medadapt.engine_api import BASE
+        from medadapt.serve.api import BASE
 
         requests, order = [], []
         for v, ans in answers.items():

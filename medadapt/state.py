@@ -14,7 +14,7 @@ NO_ADAPTER = "none"  # the Compare dropdown's "(none)" choice; "" is "the defaul
 
 def _engine_factory(cfg: AppConfig):
     def make():
-        from medadapt.engine_choice import make_engine
+        from medadapt.serve.choice import make_engine
 
         return make_engine(cfg)  # in-process (continuous batching) or a remote server (MEDADAPT_ENGINE=openai)
 

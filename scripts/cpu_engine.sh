@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU engine (MEDADAPT_ENGINE=openvino, medadapt/cpu_engine.py) in its own venv: OpenVINO runtime + NNCF weight
+# The CPU engine (MEDADAPT_ENGINE=openvino, medadapt/serve/cpu_engine.py) in its own venv: OpenVINO runtime + NNCF weight
 # compression, torch (tracing the graph, sampling) and transformers (the tokenizer), pinned apart from the app's env.
 #
 #   scripts/cpu_engine.sh setup                      # create the venv (once; ~1 min, ~1 GB)
@@ -31,14 +31,14 @@ setup() {
 
 case "${1:-}" in
   setup) setup ;;
-  prepare) shift; cd "$ROOT"; exec python -m medadapt.cpu_engine prepare "$@" ;;
+  prepare) shift; cd "$ROOT"; exec python -m medadapt.serve.cpu_engine prepare "$@" ;;
   serve)
     shift
     graph="$1" model="$2" port="$3"; shift 3
     args=()
     for a in "$@"; do args+=(--adapter "$a"); done
     cd "$ROOT"
-    PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$VENV/bin/python" -m medadapt.ov_server --graph "$graph" \
+    PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$VENV/bin/python" -m medadapt.serve.openvino.server --graph "$graph" \
       --model "$model" --port "$port" --threads "${MEDADAPT_CPU_ENGINE_THREADS:-2}" \
       --cache-dir "$HOME/.cache/medadapt/ov-cache" "${args[@]}" ;;
   *) echo "usage: $0 setup | prepare [--profile P] | serve GRAPH_DIR MODEL_DIR PORT [NAME=ADAPTER_DIR ...]" >&2; exit 2 ;;

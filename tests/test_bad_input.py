@@ -101,7 +101,7 @@ def test_missing_index_says_how_to_build(cfg):
 @pytest.mark.parametrize("content", [None, "not a safetensors file"])
 def test_missing_or_corrupt_adapter(tiny_model_dir, tmp_path, content):
     from medadapt.adapters import AdapterLoadError
-    from medadapt.engine import Engine
+    from medadapt.serve.engine import Engine
 
     engine = Engine(tiny_model_dir)
     path = tmp_path / "adapter"
@@ -144,7 +144,7 @@ def test_run_dir_disk_full(cfg, tmp_path, monkeypatch):
 
 def test_injected_special_tokens_stay_text_in_the_token_ids(tiny_model_dir):
     """A question with <|im_end|><|im_start|>system ... must not open a new turn: count the special ids."""
-    from medadapt.engine import Engine
+    from medadapt.serve.engine import Engine
 
     engine = Engine(tiny_model_dir)
     tok = engine.tokenizer

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from medadapt.config import REPO_ROOT
-from medadapt.engine_api import BASE, GenSettings
+from medadapt.serve.api import BASE, GenSettings
 from medadapt.pipeline import Pipeline
 from tests.test_engine import make_adapter
 from tests.test_pipeline import SETTINGS, ScriptedRetriever
@@ -36,7 +36,7 @@ GREEDY = GenSettings(max_new_tokens=12)
 @pytest.fixture(scope="module")
 def python() -> Path:
     """The engine venv's python (installed here when missing); skips with the reason when it cannot install."""
-    from medadapt.cpu_engine import engine_installed, venv_python
+    from medadapt.serve.cpu_engine import engine_installed, venv_python
 
     py = venv_python(Path(os.environ.get("MEDADAPT_CACHE_DIR", "~/.cache/medadapt")).expanduser())
     if engine_installed(py):
@@ -78,14 +78,14 @@ def tiny_adapters(tmp_path_factory, noisy_model) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def tiny_graph(python, noisy_model, tmp_path_factory) -> Path:
     """The tiny model's graph, unquantized (converted in the engine's venv)."""
-    from medadapt.cpu_engine import ensure_graph
+    from medadapt.serve.cpu_engine import ensure_graph
 
     return ensure_graph(python, noisy_model, tmp_path_factory.mktemp("cpu-graph") / "graph", "fp32")
 
 
 @pytest.fixture(scope="module")
 def tiny_engine(python, noisy_model, tiny_adapters, tiny_graph, tmp_path_factory):
-    from medadapt.cpu_engine import CPUEngine
+    from medadapt.serve.cpu_engine import CPUEngine
 
     cache = tmp_path_factory.mktemp("cpu-cache")
     engine = CPUEngine(noisy_model, python=python, graph=tiny_graph, precision="fp32", cache_dir=cache,
@@ -99,7 +99,7 @@ def tiny_engine(python, noisy_model, tiny_adapters, tiny_graph, tmp_path_factory
 @pytest.fixture(scope="module")
 def local(noisy_model, tiny_adapters):
     """The in-process engine on the same model and adapters: the reference."""
-    from medadapt.engine import Engine
+    from medadapt.serve.engine import Engine
 
     engine = Engine(noisy_model)
     for name, path in tiny_adapters.items():
@@ -196,7 +196,7 @@ def test_the_pipeline_answers_in_all_four_columns(tiny_engine, cfg, tiny_adapter
 
 def test_a_dead_engine_process_ends_its_rows_and_comes_back(python, noisy_model, tiny_adapters, tiny_graph, tmp_path):
     """The server killed mid-answer: its rows end with a message; the next question restarts it, adapters again."""
-    from medadapt.cpu_engine import CPUEngine
+    from medadapt.serve.cpu_engine import CPUEngine
 
     engine = CPUEngine(noisy_model, python=python, graph=tiny_graph, precision="fp32", cache_dir=tmp_path,
                        adapters={"sft": Path(tiny_adapters["sft"])})
@@ -219,10 +219,10 @@ def test_a_dead_engine_process_ends_its_rows_and_comes_back(python, noisy_model,
 def test_an_interrupted_conversion_resumes_at_its_stage(python, noisy_model, tmp_path):
     """A conversion killed while compressing keeps its trace in ``<graph>.partial``; the next start resumes there
     (no second trace), its stages reported as progress, and the graph it ends with serves."""
-    from medadapt.cpu_engine import CPUEngine, _engine_env, ensure_graph, graph_ready
+    from medadapt.serve.cpu_engine import CPUEngine, _engine_env, ensure_graph, graph_ready
 
     out, work = tmp_path / "graph", tmp_path / "graph.partial"
-    proc = subprocess.Popen([str(python), "-m", "medadapt.ov_convert", "--model", noisy_model, "--out", str(work),
+    proc = subprocess.Popen([str(python), "-m", "medadapt.serve.openvino.convert", "--model", noisy_model, "--out", str(work),
                              "--precision", "int8"], cwd=REPO_ROOT, env=_engine_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
@@ -275,8 +275,8 @@ def test_smollm2_int8_rows_agree_with_the_in_process_fp32_engine_per_adapter(pyt
     within the measured fidelity (bench/cpu_engine.py: top-1 agreement >= 0.97 over the evaluated items' prompts)."""
     import torch
 
-    from medadapt.cpu_engine import CPUEngine
-    from medadapt.engine import Engine
+    from medadapt.serve.cpu_engine import CPUEngine
+    from medadapt.serve.engine import Engine
     from medadapt.prompts import build_messages
 
     cache = Path(os.environ.get("MEDADAPT_CACHE_DIR", "~/.cache/medadapt")).expanduser()
@@ -320,7 +320,7 @@ def test_smollm2_int8_rows_agree_with_the_in_process_fp32_engine_per_adapter(pyt
 
 
 def test_an_engine_that_cannot_start_says_so_in_every_column(cfg, noisy_model, tmp_path):
-    from medadapt.cpu_engine import CPUEngine
+    from medadapt.serve.cpu_engine import CPUEngine
 
     engine = CPUEngine(noisy_model, python=tmp_path / "no-venv" / "bin" / "python", cache_dir=tmp_path)
     with pytest.raises(Exception, match="scripts/cpu_engine.sh setup"):
@@ -341,7 +341,7 @@ def test_the_cpu_reference_profile_runs_the_study_model_through_the_engine(pytho
     from medadapt import space
     from medadapt.adapters import prepare_delta
     from medadapt.config import load_config
-    from medadapt.engine_choice import make_engine
+    from medadapt.serve.choice import make_engine
     from medadapt.pipeline import check_settings
     from medadapt.prompts import build_messages
 
@@ -390,7 +390,7 @@ def test_the_cpu_reference_profile_runs_the_study_model_through_the_engine(pytho
             ref = full.eval().generate(ids, max_new_tokens=16, do_sample=False, eos_token_id=None)[0, ids.shape[1]:]
         assert sft.raw == tok.decode(ref, skip_special_tokens=True) and sft.raw != base.raw
         # the thinking budget closes the R1 reasoning where the in-process engine closes it
-        from medadapt.engine import Engine
+        from medadapt.serve.engine import Engine
 
         budget = GenSettings(max_new_tokens=16, think_budget=4)
         msgs = build_messages(q, system_role=False)

@@ -7,8 +7,8 @@ import threading
 import pytest
 import torch
 
-from medadapt.batching import Batcher, Job
-from medadapt.decoding import SamplingSettings, pick_tokens
+from medadapt.serve.batching import Batcher, Job
+from medadapt.serve.decoding import SamplingSettings, pick_tokens
 
 GREEDY = SamplingSettings()
 
@@ -95,7 +95,7 @@ def test_sampled_generation_is_reproducible(model):
 
 
 def test_repetition_penalty_math_and_pick():
-    from medadapt.decoding import penalize_repeats
+    from medadapt.serve.decoding import penalize_repeats
 
     logits = torch.tensor([[10.0, 8.0, -1.0]])
     seen = torch.tensor([[True, False, True]])
@@ -123,7 +123,7 @@ def test_repetition_penalty_breaks_loops_in_the_batch(tiny_model_dir):
 def test_think_budget_forces_the_closing_ids_and_the_model_goes_on_from_them(model):
     """Prompts that open the reasoning, budget 4: every row's 5th to 7th tokens are the forced ids, the first four
     and what follows are the model's own (the same as decoding alone from the forced prefix)."""
-    from medadapt.think_budget import ThinkBudget
+    from medadapt.serve.think_budget import ThinkBudget
 
     forced = (7, 8, 9)
     free, _, _ = run(model, PROMPTS, [12] * 3)

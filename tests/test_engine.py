@@ -6,7 +6,7 @@ import json
 import pytest
 
 from medadapt.adapters import AdapterLoadError
-from medadapt.engine import BASE, Engine, GenSettings, PromptTooLongError, UnknownAdapterError
+from medadapt.serve.engine import BASE, Engine, GenSettings, PromptTooLongError, UnknownAdapterError
 
 Q = [{"role": "user", "content": "Which vitamin deficiency causes scurvy?"}]
 RAG = [{"role": "system", "content": "Context: [1] Scurvy results from a lack of ascorbic acid in the diet."},
@@ -153,7 +153,7 @@ def test_read_adapter_scaling_matches_peft_and_refuses_other_kinds(tmp_path, mod
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from medadapt.multilora import read_adapter
+    from medadapt.serve.multilora import read_adapter
 
     config = LoraConfig(r=4, lora_alpha=8, use_rslora=True, alpha_pattern={"q_proj": 32},
                         target_modules=["q_proj", "v_proj"])
@@ -199,7 +199,7 @@ def test_from_config_loads_the_adapters_that_exist(cfg, adapters):
 
 @pytest.mark.parametrize("setting,asks", [("off", 1), ("on", 16)])
 def test_the_batching_setting_sets_how_many_questions_generate_at_once(cfg, monkeypatch, setting, asks):
-    from medadapt.engine_choice import concurrent_generations, make_engine
+    from medadapt.serve.choice import concurrent_generations, make_engine
 
     monkeypatch.setenv("MEDADAPT_BATCHING", setting)
     monkeypatch.delenv("MEDADAPT_ENGINE", raising=False)

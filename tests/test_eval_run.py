@@ -173,7 +173,7 @@ def test_cli_cot_rag_skipped_without_index_and_merge(cli_env, capsys):
 def test_cli_cot_decoding_flags_reach_the_engine_and_the_results(cli_env, monkeypatch, capsys):
     """--temperature/--top_p/--repetition_penalty drive the cot decode and are recorded; out of bounds is refused."""
     from eval.run import main
-    from medadapt.engine import Engine
+    from medadapt.serve.engine import Engine
 
     seen, real = [], Engine.start
 

@@ -58,7 +58,7 @@ def r1_cfg(tmp_path, r1_dir, monkeypatch):
 
 @pytest.fixture
 def engine(r1_cfg):
-    from medadapt.engine import Engine
+    from medadapt.serve.engine import Engine
 
     return Engine.from_config(r1_cfg)
 
@@ -133,7 +133,7 @@ def test_compare_serves_a_full_model_as_a_delta_on_the_one_base(r1_cfg, tuned_di
     from transformers import AutoModelForCausalLM
 
     from medadapt.adapters import list_adapters, prepare_delta
-    from medadapt.engine import Engine
+    from medadapt.serve.engine import Engine
     from medadapt.pipeline import Pipeline, check_settings
     from medadapt.retrieval.rag import IndexNotBuiltError
 
@@ -221,7 +221,7 @@ def test_seed_model_ids_are_offered_on_the_reference_profile():
 def test_the_thinking_budget_closes_r1_reasoning_in_compare(r1_cfg):
     """R1's template opens ``<think>``; with a budget of 4 every column's reasoning is closed after four tokens by
     the single ``</think>`` token and the column says so; without a budget the tiny model never closes it."""
-    from medadapt.engine import Engine
+    from medadapt.serve.engine import Engine
     from medadapt.pipeline import Pipeline, check_settings
     from medadapt.retrieval.rag import IndexNotBuiltError
 

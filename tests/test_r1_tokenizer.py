@@ -100,7 +100,7 @@ def test_sft_examples_on_the_real_tokenizer(r1_tok):
 def test_the_thinking_budget_on_r1_tokens(r1_tok, opened):
     """``</think>`` is one token: the forced closing is ``\\n``, ``</think>``, ``\\n\\n``; with the GGUF template the
     count starts at the ``<think>`` token the model writes."""
-    from medadapt.think_budget import ThinkBudget
+    from medadapt.serve.think_budget import ThinkBudget
 
     rule = ThinkBudget.for_tokenizer(3, r1_tok, opened=opened)
     assert rule.forced_ids == (198, 151649, 271)
@@ -116,7 +116,7 @@ def test_the_thinking_budget_on_r1_tokens(r1_tok, opened):
 def test_a_raw_prompt_gets_bos_and_no_chat_template(tiny_r1_model_dir):
     """A raw text prompt (the study's eval protocol) is tokenized as vLLM's completions endpoint does: the
     tokenizer's BOS, no template, no turn markers; it generates like a chat row."""
-    from medadapt.engine import BASE, Engine, GenSettings
+    from medadapt.serve.engine import BASE, Engine, GenSettings
 
     engine = Engine(tiny_r1_model_dir, "float32", reasoning_template=True)
     raw = "\nQuestion: Which vitamin?\nOptions:\nA. C\nB. B12\n\nReasoning:\n    "

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from medadapt.config import REPO_ROOT
-from medadapt.engine_api import BASE, GenSettings
+from medadapt.serve.api import BASE, GenSettings
 from medadapt.pipeline import Pipeline
 from tests.conftest import make_random_adapter
 from tests.test_pipeline import SETTINGS, ScriptedRetriever
@@ -85,7 +85,7 @@ def server(smollm2_dir, lora_dirs, tmp_path_factory) -> str:
 
 
 def engine_at(url: str, tokenizer: str, **kw):
-    from medadapt.remote import OpenAIEngine
+    from medadapt.serve.remote import OpenAIEngine
 
     return OpenAIEngine(url, tokenizer_path=tokenizer, **kw)
 
@@ -290,7 +290,7 @@ def test_a_servers_reasoning_field_reaches_the_projects_parser():
     """vLLM with a reasoning parser streams the chain of thought in ``reasoning_content``: passed on as
     ``<think>…</think>`` so :func:`medadapt.reasoning.split_reasoning` splits it like an in-process answer."""
     from medadapt.reasoning import split_reasoning
-    from medadapt.remote import _Text
+    from medadapt.serve.remote import _Text
 
     text = _Text()
     text.add("Scurvy is ", "")

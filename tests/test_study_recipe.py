@@ -160,7 +160,7 @@ def test_seed_msft_job_merges_cpt_trains_a_fresh_lora_and_publishes_the_delta(cf
     import medadapt.data.sft as sft_data
     from medadapt.data.sft import SftRow
     from medadapt.delta import fidelity
-    from medadapt.multilora import read_adapter
+    from medadapt.serve.multilora import read_adapter
     from trainers import msft
 
     rows = [SftRow(f"medical_o1:{i}", "medical_o1", f"Question {i} about anaphylaxis?", "Epinephrine first.",

@@ -1,8 +1,8 @@
-"""The thinking budget's per-row state machine (``medadapt.think_budget``) on a token vocabulary whose tags span
+"""The thinking budget's per-row state machine (``medadapt.serve.think_budget``) on a token vocabulary whose tags span
 several tokens, as they do in SmolLM2's tokenizer."""
 from __future__ import annotations
 
-from medadapt.think_budget import ThinkBudget
+from medadapt.serve.think_budget import ThinkBudget
 
 VOCAB = ["x", "<th", "ink>", "</th", "ink>", "\n", "y"]
 X, OPEN_A, OPEN_B, CLOSE_A, CLOSE_B, NL, Y = range(len(VOCAB))

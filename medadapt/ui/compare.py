@@ -10,7 +10,7 @@ import gradio as gr
 
 from medadapt.config import GenerationConfig, RagConfig, setting
 from medadapt.variants import VARIANTS, variant_label
-from medadapt.engine_choice import concurrent_generations
+from medadapt.serve.choice import concurrent_generations
 from medadapt.pipeline import InputError, check_settings, checked
 from medadapt.space import zerogpu
 from medadapt.state import NO_ADAPTER, AppState

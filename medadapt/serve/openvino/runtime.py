@@ -1,16 +1,16 @@
 """The CPU engine's decode loop: continuous batching over the multi-LoRA OpenVINO graph (runs in the engine's venv).
 
-The same scheme as the in-process engine (:mod:`medadapt.batching`), on :mod:`medadapt.ov_graph`:
+The same scheme as the in-process engine (:mod:`medadapt.serve.batching`), on :mod:`medadapt.serve.openvino.graph`:
 
 - a :class:`Job` is one caller's rows (a Compare question's four variants), each row with its own adapter, with the
-  job's sampling settings, seed and thinking budget (:mod:`medadapt.decoding` and :mod:`medadapt.think_budget`, the
+  job's sampling settings, seed and thinking budget (:mod:`medadapt.serve.decoding` and :mod:`medadapt.serve.think_budget`, the
   in-process engine's own code);
 - the loop admits jobs between steps; a job's prompts are prefilled in groups of equal length, in chunks of
   ``prefill_chunk`` positions into a staging cache, one chunk per loop turn, so a long prompt never stalls the other
   users' rows for more than one chunk; then the rows join the running batch;
 - one decode step serves every live row of every job in ONE graph call (each row through its own adapter), rows leave
   when finished or cancelled and the last live row takes a leaving row's place in the :class:`KVCache`;
-- adapters are added and removed between steps (:class:`medadapt.ov_adapters.AdapterInputs`), never recompiled.
+- adapters are added and removed between steps (:class:`medadapt.serve.openvino.adapters.AdapterInputs`), never recompiled.
 
 A step that raises ends every job in it with the error; the loop goes on for later jobs.
 """
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from medadapt.ov_adapters import Adapter, AdapterInputs
+from medadapt.serve.openvino.adapters import Adapter, AdapterInputs
 
 log = logging.getLogger(__name__)
 NEG = np.float32(-1e30)  # additive mask value of a slot a row may not attend to (finite: no NaN on empty rows)
@@ -153,7 +153,7 @@ class Job:
     max_new: list[int]
     adapters: list[str]
     sampling: Sampling
-    budget: Any = None  # medadapt.think_budget.BudgetRows
+    budget: Any = None  # medadapt.serve.think_budget.BudgetRows
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     cancelled: bool = False
     generator: Any = None
@@ -359,7 +359,7 @@ class Runtime:
     def _pick(self, job: Job, logits: np.ndarray, rows: list[_Row]) -> list[int]:
         import torch
 
-        from medadapt.decoding import SamplingSettings, pick_tokens
+        from medadapt.serve.decoding import SamplingSettings, pick_tokens
 
         s = job.sampling
         t = torch.from_numpy(np.ascontiguousarray(logits))

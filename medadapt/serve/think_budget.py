@@ -7,7 +7,7 @@ budget turns that into an answer after a bounded reasoning. Per row: *idle* unti
 the prompt already opened ``<think>``, R1-style), then *counting* its tokens, *done* when the model closes it itself;
 at the budget the closing text (``\\n</think>\\n\\n``, the trained format's) is emitted token by token in place of the
 sampled ones, and the row goes on to its answer within its max new tokens. Rows that never open ``<think>`` (a model
-without reasoning) are never touched. The decode loop (:class:`medadapt.batching.Batcher`) passes every token through
+without reasoning) are never touched. The decode loop (:class:`medadapt.serve.batching.Batcher`) passes every token through
 :meth:`BudgetRows.token`.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The token loop's parts behind continuous batching (:mod:`medadapt.batching`): :class:`RowCache`, :func:`prefill`,
+"""The token loop's parts behind continuous batching (:mod:`medadapt.serve.batching`): :class:`RowCache`, :func:`prefill`,
 :func:`decode_step`, sampling (:func:`pick_tokens`) and the one-token attention.
 
 :class:`RowCache`: rows are right-padded, live row ``i`` at batch index ``i``, each with its own length and position;

@@ -1,11 +1,11 @@
 """The engine protocol the pipeline depends on, and its records.
 
-Three engines implement :class:`TextEngine`: :class:`medadapt.engine.Engine` (the model in this process, continuous
-batching), :class:`medadapt.remote.OpenAIEngine` (an OpenAI-compatible server such as vLLM, one streaming chat
-request per row) and :class:`medadapt.cpu_engine.CPUEngine` (the CPU engine's server: OpenVINO, every row its own
+Three engines implement :class:`TextEngine`: :class:`medadapt.serve.engine.Engine` (the model in this process, continuous
+batching), :class:`medadapt.serve.remote.OpenAIEngine` (an OpenAI-compatible server such as vLLM, one streaming chat
+request per row) and :class:`medadapt.serve.cpu_engine.CPUEngine` (the CPU engine's server: OpenVINO, every row its own
 adapter in one batch; the app renders the template and sends token ids). Chat messages go in (or, for the study's evaluation protocol, a raw text prompt); the
 chat template is applied by the engine's model (``medadapt.prompts.render_chat`` locally, the server remotely) and
-``<think>`` is split by :mod:`medadapt.reasoning`, never by an engine. :mod:`medadapt.engine_choice` picks one.
+``<think>`` is split by :mod:`medadapt.reasoning`, never by an engine. :mod:`medadapt.serve.choice` picks one.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class GenSettings:
     top_p: float = 1.0
     seed: int = 0
     repetition_penalty: float = 1.0  # 1: off
-    think_budget: int = 0  # tokens inside <think> before </think> is forced (0: off; medadapt.think_budget)
+    think_budget: int = 0  # tokens inside <think> before </think> is forced (0: off; medadapt.serve.think_budget)
 
 
 @dataclass

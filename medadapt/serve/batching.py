@@ -2,7 +2,7 @@
 
 A :class:`Job` is one caller's rows (e.g. a user's four Compare variants) with its own sampling settings and seed.
 The :class:`Batcher`'s thread loops: admit waiting jobs (prefill their prompts into the shared
-:class:`~medadapt.decoding.RowCache`, grouped by prompt length), run one decode step for every live row (each row
+:class:`~medadapt.serve.decoding.RowCache`, grouped by prompt length), run one decode step for every live row (each row
 with its own adapter, routed per forward), hand each job its tokens, and drop the rows that finished or whose job was
 cancelled. N users thus share one batch instead of queueing N runs, and under greedy decoding a row's tokens are the
 ones it gets alone (the rows of a batch do not interact; padding is masked).
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from medadapt.decoding import RowCache, SamplingSettings, decode_step, pick_tokens, prefill
-from medadapt.think_budget import BudgetRows
+from medadapt.serve.decoding import RowCache, SamplingSettings, decode_step, pick_tokens, prefill
+from medadapt.serve.think_budget import BudgetRows
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
-"""The CPU engine as the app's engine: a :class:`medadapt.engine_api.TextEngine` client of :mod:`medadapt.ov_server`.
+"""The CPU engine as the app's engine: a :class:`medadapt.serve.api.TextEngine` client of :mod:`medadapt.serve.openvino.server`.
 
 ``MEDADAPT_ENGINE=openvino`` (or ``engine.kind: openvino``; the reference profile on CPU-only hardware) serves the
-four Compare columns through an OpenVINO graph with per-row LoRA (:mod:`medadapt.ov_graph`) in its own venv
+four Compare columns through an OpenVINO graph with per-row LoRA (:mod:`medadapt.serve.openvino.graph`) in its own venv
 (``scripts/cpu_engine.sh setup``; ``MEDADAPT_CPU_ENGINE_VENV``, default ``<cache_dir>/openvino-venv``). The app
 starts and stops the server itself: on first use the base model is converted once into
 ``<cache_dir>/cpu-engine/<model>-<precision>/`` (:func:`ensure_graph`: written to ``<name>.partial`` and renamed; one
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from medadapt.adapters import AdapterLoadError
-from medadapt.engine_api import (BASE, GenSettings, Prompt, PromptTooLongError, Request, RowState,
+from medadapt.serve.api import (BASE, GenSettings, Prompt, PromptTooLongError, Request, RowState,
                                  UnknownAdapterError)
 from medadapt.prompts import render_chat, special_token_strings
 
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from medadapt.config import AppConfig
 
 log = logging.getLogger(__name__)
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "scripts" / "cpu_engine.sh"
 
 
@@ -97,7 +97,7 @@ def ensure_graph(python: Path, model_dir: str | Path, out: Path, precision: str,
         if graph_ready(out):
             return out
         work = out.parent / f"{out.name}.partial"  # kept when interrupted: the next attempt resumes its stage
-        cmd = [str(python), "-m", "medadapt.ov_convert", "--model", str(model_dir), "--out", str(work),
+        cmd = [str(python), "-m", "medadapt.serve.openvino.convert", "--model", str(model_dir), "--out", str(work),
                "--precision", precision]
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_engine_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
@@ -135,7 +135,7 @@ class EngineProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_file = log_file
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [str(python), "-m", "medadapt.ov_server", "--graph", str(graph), "--model", str(model_dir),
+        cmd = [str(python), "-m", "medadapt.serve.openvino.server", "--graph", str(graph), "--model", str(model_dir),
                "--port", str(self.port), "--threads", str(threads), "--cache-dir", str(cache_dir / "ov-cache"),
                "--adapter-cache", str(cache_dir / "cpu-engine" / "adapters"), "--max-rows", str(max_rows),
                "--parent-pid", str(os.getpid())]
@@ -521,7 +521,7 @@ class CPUGeneration:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m medadapt.cpu_engine prepare [--profile P]``: convert the profile's model for the CPU engine now
+    """``python -m medadapt.serve.cpu_engine prepare [--profile P]``: convert the profile's model for the CPU engine now
     (what the app otherwise does on first use) and print where it is."""
     import argparse
 
@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     from medadapt.config import load_config
     from medadapt.models import base_model_path
 
-    p = argparse.ArgumentParser(prog="python -m medadapt.cpu_engine", description=main.__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m medadapt.serve.cpu_engine", description=main.__doc__.split("\n")[0])
     p.add_argument("cmd", choices=["prepare"])
     p.add_argument("--profile", default=None)
     p.add_argument("--precision", default=None, choices=["int8", "int4", "fp32"])

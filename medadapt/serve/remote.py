@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from medadapt.adapters import AdapterLoadError
-from medadapt.engine_api import BASE, GenSettings, Prompt, PromptTooLongError, Request, RowState
+from medadapt.serve.api import BASE, GenSettings, Prompt, PromptTooLongError, Request, RowState
 from medadapt.env import env_flag
 from medadapt.prompts import defuse_messages, render_chat, special_token_strings
 
@@ -47,7 +47,7 @@ class RemoteError(RuntimeError):
 
 
 class OpenAIEngine:
-    """The :class:`medadapt.engine_api.TextEngine` of an OpenAI-compatible server; a local tokenizer counts tokens."""
+    """The :class:`medadapt.serve.api.TextEngine` of an OpenAI-compatible server; a local tokenizer counts tokens."""
 
     def __init__(self, base_url: str = DEFAULT_URL, api_key: str = "", model: str = "", tokenizer_path: str = "",
                  max_context: int = 2048, reasoning_template: bool = False, timeout_s: float = 120.0,

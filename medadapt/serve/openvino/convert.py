@@ -1,7 +1,7 @@
-"""``python -m medadapt.ov_convert --model HF_DIR --out DIR --precision int8``: the CPU engine's graph of a model.
+"""``python -m medadapt.serve.openvino.convert --model HF_DIR --out DIR --precision int8``: the CPU engine's graph of a model.
 
-Runs in the engine's venv (:func:`medadapt.cpu_engine.ensure_graph` starts it and shows its ``STAGE`` lines in the
-Compare columns): traces :mod:`medadapt.ov_graph`, compresses the weights with NNCF and saves the OpenVINO IR (the
+Runs in the engine's venv (:func:`medadapt.serve.cpu_engine.ensure_graph` starts it and shows its ``STAGE`` lines in the
+Compare columns): traces :mod:`medadapt.serve.openvino.graph`, compresses the weights with NNCF and saves the OpenVINO IR (the
 server compiles it on its first start and keeps the compiled blob in OpenVINO's model cache).
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ import time
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medadapt.ov_graph import PRECISIONS, GraphError, export
+    from medadapt.serve.openvino.graph import PRECISIONS, GraphError, export
 
-    p = argparse.ArgumentParser(prog="python -m medadapt.ov_convert", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m medadapt.serve.openvino.convert", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--precision", default="int8", choices=PRECISIONS)

@@ -1,4 +1,4 @@
-"""PEFT LoRA adapters as the inputs of the CPU engine's multi-LoRA graph (:mod:`medadapt.ov_graph`); engine venv.
+"""PEFT LoRA adapters as the inputs of the CPU engine's multi-LoRA graph (:mod:`medadapt.serve.openvino.graph`); engine venv.
 
 Every loaded adapter owns a block of columns of width ``r`` (its largest rank) in every layer's A inputs and rows in
 its B inputs, with its LoRA scaling folded into B; sites it does not cover stay zero there. Column 0 is a zero
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from medadapt.ov_graph import A_BLOCKS, LORA_INPUTS, SITES, extra_input_shapes, lora_input_shapes
+from medadapt.serve.openvino.graph import A_BLOCKS, LORA_INPUTS, SITES, extra_input_shapes, lora_input_shapes
 
 PREFIX = "base_model.model."
 LAYER_SITE = re.compile(r"^model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)$")

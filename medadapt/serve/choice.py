@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from medadapt.config import AppConfig
-    from medadapt.engine_api import TextEngine
+    from medadapt.serve.api import TextEngine
 
 ENGINE_ENV = "MEDADAPT_ENGINE"
 ENGINES = ("local", "openai", "openvino")
@@ -41,13 +41,13 @@ def make_engine(cfg: AppConfig) -> TextEngine:
     variables)."""
     kind = engine_kind(cfg)
     if kind == "openai":
-        from medadapt.remote import OpenAIEngine
+        from medadapt.serve.remote import OpenAIEngine
 
         return OpenAIEngine.from_config(cfg)
     if kind == "openvino":
-        from medadapt.cpu_engine import CPUEngine
+        from medadapt.serve.cpu_engine import CPUEngine
 
         return CPUEngine.from_config(cfg)
-    from medadapt.engine import Engine
+    from medadapt.serve.engine import Engine
 
     return Engine.from_config(cfg)

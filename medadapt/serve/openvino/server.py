@@ -1,6 +1,6 @@
-"""The CPU engine's server: ``python -m medadapt.ov_server`` in the engine's venv (``scripts/cpu_engine.sh serve``).
+"""The CPU engine's server: ``python -m medadapt.serve.openvino.server`` in the engine's venv (``scripts/cpu_engine.sh serve``).
 
-A small HTTP server on loopback around :class:`medadapt.ov_runtime.Runtime`; :class:`medadapt.cpu_engine.CPUEngine`
+A small HTTP server on loopback around :class:`medadapt.serve.openvino.runtime.Runtime`; :class:`medadapt.serve.cpu_engine.CPUEngine`
 is its client. Prompts arrive as token ids (the app renders the chat template and defuses special tokens, exactly as
 for the in-process engine), tokens go back as they are decoded:
 
@@ -32,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("medadapt.ov_server")
+log = logging.getLogger("medadapt.serve.openvino.server")
 HEARTBEAT_S = 1.0
 
 
@@ -43,7 +43,7 @@ class Server:
                  prefill_chunk: int, adapter_cache: str | None = None, activations: str = "f32") -> None:
         from transformers import AutoTokenizer
 
-        from medadapt.ov_runtime import Graph, Runtime, eos_of
+        from medadapt.serve.openvino.runtime import Graph, Runtime, eos_of
 
         self.hf_dir = Path(hf_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(hf_dir)
@@ -72,7 +72,7 @@ class Server:
         return self._base[name].get_tensor(name).float()
 
     def load_adapter(self, name: str, path: str) -> dict[str, Any]:
-        from medadapt.ov_adapters import read_adapter
+        from medadapt.serve.openvino.adapters import read_adapter
 
         with self._load_lock:
             adapter = read_adapter(name, path, self.base_tensor, self.graph.shape, cache_dir=self.adapter_cache)
@@ -94,8 +94,8 @@ class Server:
 
 
 def make_handler(server: Server):
-    from medadapt.ov_adapters import AdapterError
-    from medadapt.ov_runtime import Job, Sampling
+    from medadapt.serve.openvino.adapters import AdapterError
+    from medadapt.serve.openvino.runtime import Job, Sampling
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -149,7 +149,7 @@ def make_handler(server: Server):
                 self._json(404, {"error": f"no route {self.path}"})
 
         def _generate(self, body: dict[str, Any]) -> None:
-            from medadapt.think_budget import ThinkBudget
+            from medadapt.serve.think_budget import ThinkBudget
 
             try:
                 prompts = [[int(t) for t in p] for p in body["prompts"]]
@@ -243,8 +243,8 @@ def watch_parent(pid: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m medadapt.ov_server", description=__doc__.split("\n")[0])
-    p.add_argument("--graph", required=True, help="folder written by medadapt.ov_graph.export")
+    p = argparse.ArgumentParser(prog="python -m medadapt.serve.openvino.server", description=__doc__.split("\n")[0])
+    p.add_argument("--graph", required=True, help="folder written by medadapt.serve.openvino.graph.export")
     p.add_argument("--model", required=True, help="the Hugging Face model folder (tokenizer, base tensors)")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--host", default="127.0.0.1")

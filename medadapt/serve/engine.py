@@ -1,10 +1,10 @@
 """One base model plus named LoRA adapters; mixed-adapter streaming generation with continuous batching.
 
 Every row (e.g. base, RAG = base with another prompt, SFT, MSFT) decodes with its own adapter (``BASE`` for none).
-Every caller's rows join one running batch (:mod:`medadapt.batching`) and leave it as they finish, so concurrent users
-share decode steps. Adapters live in :mod:`medadapt.multilora` layers (two matmuls per layer for any mix of adapters).
+Every caller's rows join one running batch (:mod:`medadapt.serve.batching`) and leave it as they finish, so concurrent users
+share decode steps. Adapters live in :mod:`medadapt.serve.multilora` layers (two matmuls per layer for any mix of adapters).
 
-Implements :class:`medadapt.engine_api.TextEngine`; the chat template is :func:`medadapt.prompts.render_chat`.
+Implements :class:`medadapt.serve.api.TextEngine`; the chat template is :func:`medadapt.prompts.render_chat`.
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medadapt.adapters import AdapterLoadError, resolve_adapter
-from medadapt.engine_api import (BASE, GenSettings, Prompt, PromptTooLongError, Request, RowState,
+from medadapt.serve.api import (BASE, GenSettings, Prompt, PromptTooLongError, Request, RowState,
                                  UnknownAdapterError)
 from medadapt.prompts import render_chat, special_token_strings
-from medadapt.think_budget import BudgetRows, ThinkBudget
+from medadapt.serve.think_budget import BudgetRows, ThinkBudget
 
 if TYPE_CHECKING:
     from medadapt.config import AppConfig
@@ -45,7 +45,7 @@ class Engine:
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         self.model = load_model(model_path, dtype, trust_remote_code, device)
         if fast_attention:
-            from medadapt.decoding import install_decode_attention
+            from medadapt.serve.decoding import install_decode_attention
 
             try:
                 install_decode_attention(self.model)
@@ -56,8 +56,8 @@ class Engine:
         self.adapter_errors: dict[str, str] = {}  # from_config: adapters that exist but failed to load
         self.eos_ids = self._eos_ids()
         self._model_lock = threading.Lock()  # held by each decode step and by adapter changes
-        from medadapt.batching import Batcher
-        from medadapt.multilora import MultiLora
+        from medadapt.serve.batching import Batcher
+        from medadapt.serve.multilora import MultiLora
 
         self._multilora = MultiLora(self.model)
         self._multilora.wrap_all_linear()
@@ -102,7 +102,7 @@ class Engine:
         path = Path(path)
         if not path.is_dir():
             raise AdapterLoadError(f"adapter {name!r}: {path} is not a folder")
-        from medadapt.multilora import read_adapter
+        from medadapt.serve.multilora import read_adapter
 
         weights = read_adapter(name, path)  # read from disk before taking the model from the decode loop
         with self._model_lock:
@@ -152,7 +152,7 @@ class Engine:
 
     def start(self, requests: list[Request], settings: GenSettings) -> LocalGeneration:
         """Validate and queue all ``(messages, adapter)`` rows; iterate the result for every row's state per step."""
-        from medadapt.decoding import SamplingSettings
+        from medadapt.serve.decoding import SamplingSettings
 
         names = [adapter for _, adapter in requests]
         for name in names:
@@ -200,7 +200,7 @@ class LocalGeneration:
 
     def __init__(self, engine: Engine, prompts: list[list[int]], max_new: list[int], names: list[str],
                  sampling, budget: BudgetRows | None = None) -> None:
-        from medadapt.batching import Job
+        from medadapt.serve.batching import Job
 
         self.engine, self.names, self.budget = engine, names, budget
         self.job = Job(prompts, max_new, names, sampling, budget=budget)

@@ -2,7 +2,7 @@
 
 OpenVINO GenAI and llama.cpp's server apply one adapter set to a whole batch (rows with different adapters run in
 separate passes, each reading all the weights). Decoding on a CPU is bound by reading the weights, so this graph
-carries the gathered multi-LoRA of :mod:`medadapt.multilora` (the S-LoRA/Punica idea) inside: base weights are
+carries the gathered multi-LoRA of :mod:`medadapt.serve.multilora` (the S-LoRA/Punica idea) inside: base weights are
 constants (8- or 4-bit compressed by NNCF), the loaded adapters' factors are *inputs*, and one forward serves base,
 RAG, SFT and MSFT rows at once. Adding an adapter at run time is a new set of input tensors, never a recompile.
 
@@ -11,7 +11,7 @@ Per layer ``l`` the inputs are the adapters' A factors side by side per shared i
 sum of the loaded adapters' ranks, LoRA scaling folded into B; ``lora_mask`` ``[B, R]`` (1 on a row's adapter's
 columns) picks each row's block: ``y = base(x) + ((x @ A) * mask) @ B``. The embedding and ``lm_head`` take the same
 form with their own columns (``head_mask``), and ``norm_delta`` adds a row's norm-weight changes. The KV cache lives outside the graph (the
-engine's :class:`medadapt.ov_runtime.KVCache`): ``past_k_l``/``past_v_l`` ``[B, kv_heads, S, head_dim]`` come in,
+engine's :class:`medadapt.serve.openvino.runtime.KVCache`): ``past_k_l``/``past_v_l`` ``[B, kv_heads, S, head_dim]`` come in,
 ``new_k_l``/``new_v_l`` (this call's positions only) go out, and ``mask`` ``[B, 1, T, S + T]`` (additive) says which
 slots each row may attend to, so rows of different lengths share a call. ``logits`` are the last position's.
 
