@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from medadapt.charts import ema, loss_figure, loss_series
+from medadapt.charts.loss import ema, loss_figure, loss_series
 
 
 def test_ema_is_debiased_and_smooths():

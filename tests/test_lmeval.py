@@ -89,7 +89,7 @@ def test_cli_lm_eval_backend_writes_results_the_benchmarks_tab_reads(tmp_path, m
     from eval.report import summary_table
     from eval.run import main
     from medadapt.models import load_model
-    from medadapt.ui.benchmarks import list_results
+    from eval.results_files import list_results
 
     for var, val in {"MEDADAPT_MODEL": tiny_model_dir, "MEDADAPT_RUNS_DIR": str(tmp_path / "runs"),
                      "MEDADAPT_RESULTS_DIR": str(tmp_path / "results"), "MEDADAPT_DATA_DIR": str(DATA_DIR)}.items():

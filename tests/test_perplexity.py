@@ -80,7 +80,9 @@ def test_cli_scores_the_held_out_passages_the_adapter_recorded(cfg, tiny_model_d
     assert res["models"]["base"]["heldout"]["ppl"] != res["models"]["cpt"]["heldout"]["ppl"]
     assert set(res["paired"]) == {"cpt/base"} and "CPT's held-out split" in capsys.readouterr().out
 
-    from medadapt.ui.benchmarks import list_perplexity, perplexity_figure, perplexity_markdown
+    from eval.results_files import list_perplexity
+    from medadapt.charts.results import perplexity_figure
+    from medadapt.ui.benchmarks_view import perplexity_markdown
 
     (tmp_path / "r" / "offline").mkdir(parents=True)
     (tmp_path / "r" / "offline" / "perplexity-20261207-000000.json").write_text(out.read_text())

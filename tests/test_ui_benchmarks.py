@@ -45,7 +45,7 @@ def test_summary_and_tests_from_fixture(results):
 
 
 def test_accuracy_figure(results):
-    from medadapt.ui.benchmarks import accuracy_figure
+    from medadapt.charts.results import accuracy_figure
 
     fig = accuracy_figure(results, show_paper=True)
     names = [t.name for t in fig.data]
@@ -61,7 +61,8 @@ def test_accuracy_figure(results):
 
 
 def test_significance_subject_and_drilldown(results):
-    from medadapt.ui.benchmarks import drilldown_html, item_choices, significance_figure, subject_figure
+    from medadapt.charts.results import significance_figure, subject_figure
+    from medadapt.ui.benchmarks_view import drilldown_html, item_choices
 
     heat = significance_figure(results, ALL).data[0]
     assert heat.z[0][1] == heat.z[1][0] <= 1.0 and heat.text[0][0] == "—"
@@ -74,7 +75,8 @@ def test_significance_subject_and_drilldown(results):
 
 
 def test_list_results_and_eval_args(tmp_path, results):
-    from medadapt.ui.benchmarks import eval_args, list_results
+    from eval.results_files import list_results
+    from medadapt.ui.benchmarks_view import eval_args
 
     (tmp_path / "offline").mkdir()
     (tmp_path / "offline" / "cot-1.json").write_text(json.dumps(results))
@@ -94,7 +96,8 @@ def test_list_results_and_eval_args(tmp_path, results):
 
 def test_the_tab_says_which_protocol_a_result_used(tmp_path, results):
     """A study-protocol run (``--protocol study``) is labelled so in the file list and the views' description."""
-    from medadapt.ui.benchmarks import list_results, views_markdown
+    from eval.results_files import list_results
+    from medadapt.ui.benchmarks_view import views_markdown
 
     study = json.loads(json.dumps(results))
     study.update(protocol="study", views=["study", "study_project_parser"])
@@ -114,7 +117,7 @@ def test_the_tab_says_which_protocol_a_result_used(tmp_path, results):
 
 
 def test_results_files_are_read_inside_the_results_dir_only(tmp_path, results):
-    from medadapt.ui.benchmarks import list_results, read_results
+    from eval.results_files import list_results, read_results
 
     (tmp_path / "res" / "offline").mkdir(parents=True)
     (tmp_path / "res" / "offline" / "cot-1.json").write_text(json.dumps(results))
@@ -125,11 +128,10 @@ def test_results_files_are_read_inside_the_results_dir_only(tmp_path, results):
     assert read_results(str(tmp_path / "secret.json"), tmp_path / "res") is None
 
 
-def test_tab_builds_and_runs_a_job(tmp_path, results):
-    import gradio as gr
-
+def test_controller_shows_a_file_and_runs_a_job_without_the_page(tmp_path, results):
+    """The tab's handlers are the controller's methods: called here without building the page."""
     from medadapt.config import load_config
-    from medadapt.ui.benchmarks import build_benchmarks_tab
+    from medadapt.ui.benchmarks_controller import BenchmarksController
 
     cfg = load_config("offline", {"paths": {"results_dir": str(tmp_path)}})
     (tmp_path / "offline").mkdir()
@@ -144,26 +146,45 @@ def test_tab_builds_and_runs_a_job(tmp_path, results):
         def poll(self, run_dir):
             return SimpleNamespace(status="running", run_dir=Path(run_dir), step=3, total_steps=6, eta_s=10.0, error="")
 
-    state = SimpleNamespace(cfg=cfg, jobs=Jobs(), extras={})
-    with gr.Blocks():
-        c = build_benchmarks_tab(state)
-    assert {"chart", "table", "sig", "subjects", "dd_item", "run", "file"} <= set(c)
-    outs = c["on_file"](str(tmp_path / "offline" / "cot-1.json"), True)
-    assert len(outs) == 15 and len(outs[0].data) > 0
-    msg, run = c["on_run"](["base", "rag"], "cot", 20, ["pubmedqa"])
+    ctl = BenchmarksController(SimpleNamespace(cfg=cfg, jobs=Jobs(), extras={}))
+    [(_, name)] = ctl.files()
+    assert name == "offline/cot-1.json" and ctl.load("../outside.json") is None
+    outs = ctl.on_file(name, True)
+    assert len(outs) == 15 and len(outs[0].data) > 0 and outs[9]["value"] == "cot"
+    chart, table, sig, subjects, dist = ctl.on_view(name, "no-such-view", False, ALL, "mmlu_medical", "pubmedqa")
+    assert table["headers"][0] == "variant" and len(subjects.data) == 2 and len(dist.data) == 3
+    assert sum("paper" in t.name for t in ctl.on_paper(name, True, "cot").data) == 4
+    assert [v for v in ctl.on_items(name, "pubmedqa")["choices"]][0][1] == "p0"
+    assert "P0?" in ctl.on_item(name, "pubmedqa", "p0") and ctl.on_provenance(name) == ""
+    msg, run = ctl.on_run(["base", "rag"], "cot", 20, ["pubmedqa"])
     assert "Started" in msg and started[0][:2] == ["--variants", "base,rag"]
     assert str(tmp_path) not in msg and "eval-1" in msg and run == "eval-1"  # no absolute server path on the page
-    assert "3/6" in c["on_poll"](run)  # the page that started it (its session's state holds the run's name) ...
-    assert c["on_poll"]("") == c["on_poll"]("eval-9") == "No evaluation job started from this page."  # ... no other
+    assert "3/6" in ctl.on_poll(run)  # the page that started it (its session's state holds the run's name) ...
+    assert ctl.on_poll("") == ctl.on_poll("eval-9") == "No evaluation job started from this page."  # ... no other
+    assert "pick at least one variant" in ctl.on_run([], "cot", 20, ["pubmedqa"])[0] and len(started) == 1
+
+
+def test_tab_builds_on_its_controller(tmp_path, results):
+    import gradio as gr
+
+    from medadapt.config import load_config
+    from medadapt.ui.benchmarks import build_benchmarks_tab
+
+    cfg = load_config("offline", {"paths": {"results_dir": str(tmp_path)}})
+    (tmp_path / "offline").mkdir()
+    (tmp_path / "offline" / "cot-1.json").write_text(json.dumps(results))
+    with gr.Blocks():
+        c = build_benchmarks_tab(SimpleNamespace(cfg=cfg, extras={}))
+    assert {"chart", "table", "sig", "subjects", "dd_item", "run", "file", "controller"} <= set(c)
+    assert c["file"].value == "offline/cot-1.json" and c["view"].value == "cot"
 
 
 def test_public_mode_locks_eval_launch_unless_admin_secret(tmp_path, monkeypatch):
     import gradio as gr
 
     from medadapt.config import load_config
-    from medadapt.ui.benchmarks import build_benchmarks_tab
-
     from medadapt.ui import common
+    from medadapt.ui.benchmarks_controller import BenchmarksController
 
     monkeypatch.setenv("MEDADAPT_PUBLIC", "1")
     monkeypatch.delenv("MEDADAPT_ADMIN_PASSWORD", raising=False)
@@ -171,20 +192,19 @@ def test_public_mode_locks_eval_launch_unless_admin_secret(tmp_path, monkeypatch
     cfg = load_config("offline", {"paths": {"results_dir": str(tmp_path)}})
     started = []
     jobs = SimpleNamespace(start_eval=lambda args: started.append(args) or tmp_path / "eval-1")
-    state = SimpleNamespace(cfg=cfg, jobs=jobs, extras={})
-    with gr.Blocks():
-        c = build_benchmarks_tab(state)
-    assert "locked" in c["on_run"](["base"], "loglik", 5, ["medqa"], "anything")[0] and not started  # no password
+    run = BenchmarksController(SimpleNamespace(cfg=cfg, jobs=jobs, extras={})).on_run
+    assert "locked" in run(["base"], "loglik", 5, ["medqa"], "anything")[0] and not started  # no password
     monkeypatch.setenv("MEDADAPT_ADMIN_PASSWORD", "s3cret")
-    assert "locked" in c["on_run"](["base"], "loglik", 5, ["medqa"], "wrong")[0] and not started
-    assert "Started" in c["on_run"](["base"], "loglik", 5, ["medqa"], "s3cret")[0] and len(started) == 1
+    assert "locked" in run(["base"], "loglik", 5, ["medqa"], "wrong")[0] and not started
+    assert "Started" in run(["base"], "loglik", 5, ["medqa"], "s3cret")[0] and len(started) == 1
 
 
 def test_shipped_offline_results_render_with_all_four_variants():
     """The committed real results are what the tab shows out of the box: four variants in every file, one file with
     all four scoring views (the decomposition has something to show), and letter scoring at n=200 for all four."""
     from medadapt.config import REPO_ROOT
-    from medadapt.ui.benchmarks import accuracy_figure, decomposition_figure, list_results, read_results
+    from eval.results_files import list_results, read_results
+    from medadapt.charts.results import accuracy_figure, decomposition_figure
     from eval.report import summary_table
     from eval.views import views_of
 
@@ -204,7 +224,7 @@ def test_shipped_offline_results_render_with_all_four_variants():
 
 def test_drilldown_escapes_every_value_from_a_results_file(results):
     """A crafted results file (option keys, answer, id, subject, snippets) cannot put markup into the page."""
-    from medadapt.ui.benchmarks import drilldown_html
+    from medadapt.ui.benchmarks_view import drilldown_html
 
     evil = "<img src=x onerror=alert(1)>"
     item = results["items"]["pubmedqa"][0]

@@ -196,8 +196,8 @@ def test_paired_difference_interval():
 
 
 def test_benchmarks_tab_draws_views_decomposition_and_distribution():
-    from medadapt.ui.benchmarks import (accuracy_figure, decomposition_figure, distribution_figure, view_choices,
-                                   views_markdown)
+    from medadapt.charts.results import accuracy_figure, decomposition_figure, distribution_figure
+    from medadapt.ui.benchmarks_view import view_choices, views_markdown
 
     half = _mostly_right(20)
     res = _results({"base": {"letter": half, "letter_cal": half, "text_norm": half},

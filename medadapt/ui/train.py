@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from medadapt.charts import loss_figure
+from medadapt.charts.loss import loss_figure
 from medadapt.jobs.launcher import DEFAULT_CONFIG, KIND_LABELS, accelerate_configs
 from medadapt.jobs.train_form import FIELDS, JOB_LABELS, JOBS
 from medadapt.ui import train_view as view

@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from medadapt.charts import loss_figure
+from medadapt.charts.loss import loss_figure
 from medadapt.jobs.runner import JobError
 from medadapt.jobs.launcher import Launcher
 from medadapt.jobs.rundir import RunDir
