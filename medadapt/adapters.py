@@ -7,7 +7,7 @@ A variant (``sft``, ``msft``, ``cpt``) is a PEFT adapter on the base model, of o
 - **trained**: a finished run in the runs dir (see docs/ARCHITECTURE.md, "Run directory contract"), newest first;
 - **published**: a full fine-tuned model (a local folder or a Hub model id, e.g. the seed's published merged models
   listed in ``adapters.models``) turned once into a low-rank delta adapter against the base (:mod:`medadapt.delta`),
-  published as a ``delta-<time>`` run in the runs dir by the first-run setup or ``python -m medadapt.adapters
+  published as a ``delta-<time>`` run in the runs dir by the first-run setup or ``python -m medadapt.delta_job
   prepare`` (:mod:`medadapt.delta_job`), so every variant still batches on one base.
 
 ``adapters.<kind>: auto`` (the default) serves the shipped adapter when the profile ships one, else the newest
@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,58 +245,3 @@ def prepare_delta(cfg: AppConfig, kind: str, source: str, run_dir: Path | None =
                   kind=kind, progress=lambda done, total: say("extract", done, total))
     return run.adapter
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m medadapt.adapters prepare [--profile P] [--kind K --source S --output_dir RUN]``: extract the
-    delta of every published model the profile offers (``adapters.models``), or of one as a job in a run dir (the
-    first-run setup's step), so Compare lists them; ``list`` shows every adapter with its origin."""
-    import argparse
-
-    from medadapt.config import load_config
-
-    p = argparse.ArgumentParser(prog="python -m medadapt.adapters", description=main.__doc__.split("\n")[0])
-    p.add_argument("cmd", choices=["prepare", "list"])
-    p.add_argument("--profile", default=None)
-    p.add_argument("--kind", choices=["sft", "msft", "cpt"], help="with --source: prepare that one model")
-    p.add_argument("--source", help="a full model folder or Hub id the profile lists under adapters.models")
-    p.add_argument("--output_dir", help="as a job: status.json and log.jsonl in this run dir (the adapter in it)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = load_config(args.profile)
-    if args.cmd == "list":
-        for kind in ("sft", "msft", "cpt"):
-            for info in list_adapters(cfg, kind):
-                print(f"{kind}: {info.label} [{info.ref}]")
-            for source in published(cfg, kind):
-                if prepared_delta(cfg, kind, source) is None:
-                    print(f"{kind}: published · {source}: not prepared")
-        return 0
-    if args.source or args.output_dir:
-        if not (args.kind and args.source):
-            p.error("--kind and --source go together (and --output_dir needs them)")
-        if args.source not in published(cfg, args.kind):
-            print(f"error: {args.source} is not among the profile's published {args.kind} models "
-                  f"(adapters.models): {published(cfg, args.kind)}", file=sys.stderr)
-            return 2
-        from medadapt.delta_job import run_delta_job
-
-        try:
-            path = run_delta_job(cfg, args.kind, args.source, Path(args.output_dir) if args.output_dir else None)
-        except Exception as e:  # noqa: BLE001 — recorded in the run dir; one line here
-            print(f"{args.kind}: {args.source}: failed: {type(e).__name__}: {e}", file=sys.stderr)
-            return 1
-        print(f"{args.kind}: {args.source} -> {path}")
-        return 0
-    failed = 0
-    for kind, sources in (cfg.adapters.models or {}).items():
-        for source in sources:
-            try:
-                print(f"{kind}: {source} -> {prepare_delta(cfg, kind, source)}")
-            except Exception as e:  # noqa: BLE001 — report each and go on
-                failed += 1
-                print(f"{kind}: {source}: failed: {type(e).__name__}: {e}", file=sys.stderr)
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""A published full model's delta as a job: ``python -m medadapt.adapters prepare --kind K --source S --output_dir
+"""A published full model's delta as a job: ``python -m medadapt.delta_job prepare --kind K --source S --output_dir
 RUN`` downloads the model (or reads it from the Hugging Face cache), extracts its low-rank delta against the base
 (:mod:`medadapt.delta`) and publishes it as ``RUN/adapter``, reporting through the run directory like a trainer.
 
@@ -9,13 +9,16 @@ Running it again on a finished source finds the prepared delta and finishes at o
 """
 from __future__ import annotations
 
+import argparse
+import logging
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
 
-from medadapt.adapters import prepare_delta, prepared_delta
-from medadapt.config import AppConfig
+from medadapt.adapters import list_adapters, prepare_delta, prepared_delta, published
+from medadapt.config import AppConfig, load_config
 from medadapt.jobs.lock import hold_job_lock
 from medadapt.jobs.rundir import DELTA_JOB, RunDir, new_run_dir, runs_root
 
@@ -53,3 +56,53 @@ def run_delta_job(cfg: AppConfig, kind: str, source: str, run_dir: Path | None =
     run.write_status({**state, "status": "finished", "ended": time.time(), "adapter": str(adapter),
                       "wall_s": round(time.time() - started, 1)})
     return adapter
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m medadapt.delta_job prepare [--profile P] [--kind K --source S --output_dir RUN]``: extract the
+    delta of every published model the profile offers (``adapters.models``), or of one as a job in a run dir (the
+    first-run setup's step), so Compare lists them; ``list`` shows every adapter with its origin."""
+    p = argparse.ArgumentParser(prog="python -m medadapt.delta_job", description=main.__doc__.split("\n")[0])
+    p.add_argument("cmd", choices=["prepare", "list"])
+    p.add_argument("--profile", default=None)
+    p.add_argument("--kind", choices=["sft", "msft", "cpt"], help="with --source: prepare that one model")
+    p.add_argument("--source", help="a full model folder or Hub id the profile lists under adapters.models")
+    p.add_argument("--output_dir", help="as a job: status.json and log.jsonl in this run dir (the adapter in it)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = load_config(args.profile)
+    if args.cmd == "list":
+        for kind in ("sft", "msft", "cpt"):
+            for info in list_adapters(cfg, kind):
+                print(f"{kind}: {info.label} [{info.ref}]")
+            for source in published(cfg, kind):
+                if prepared_delta(cfg, kind, source) is None:
+                    print(f"{kind}: published · {source}: not prepared")
+        return 0
+    if args.source or args.output_dir:
+        if not (args.kind and args.source):
+            p.error("--kind and --source go together (and --output_dir needs them)")
+        if args.source not in published(cfg, args.kind):
+            print(f"error: {args.source} is not among the profile's published {args.kind} models "
+                  f"(adapters.models): {published(cfg, args.kind)}", file=sys.stderr)
+            return 2
+        try:
+            path = run_delta_job(cfg, args.kind, args.source, Path(args.output_dir) if args.output_dir else None)
+        except Exception as e:  # noqa: BLE001 — recorded in the run dir; one line here
+            print(f"{args.kind}: {args.source}: failed: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+        print(f"{args.kind}: {args.source} -> {path}")
+        return 0
+    failed = 0
+    for kind, sources in (cfg.adapters.models or {}).items():
+        for source in sources:
+            try:
+                print(f"{kind}: {source} -> {prepare_delta(cfg, kind, source)}")
+            except Exception as e:  # noqa: BLE001 — report each and go on
+                failed += 1
+                print(f"{kind}: {source}: failed: {type(e).__name__}: {e}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -138,7 +138,7 @@ def test_compare_serves_a_full_model_as_a_delta_on_the_one_base(r1_cfg, tuned_di
     from medadapt.retrieval.rag import IndexNotBuiltError
 
     r1_cfg.adapters.models = {"sft": [tuned_dir]}
-    assert list_adapters(r1_cfg, "sft") == []  # offered once prepared (python -m medadapt.adapters prepare)
+    assert list_adapters(r1_cfg, "sft") == []  # offered once prepared (python -m medadapt.delta_job prepare)
     path = prepare_delta(r1_cfg, "sft", tuned_dir)
     meta = json.loads((path / "medadapt.json").read_text())["delta"]
     assert meta["full_copies"] == ["lm_head", "model.norm"] and meta["energy_kept_min"] > 0.999

@@ -63,7 +63,7 @@ def default_commands() -> dict[str, list[str]]:
     cmds = {job: [sys.executable, "-m", f"trainers.{job}"] for job in TRAIN_JOBS}
     cmds["eval"] = [sys.executable, "-m", "eval", "run"]
     cmds[INDEX_JOB] = [sys.executable, "-m", "medadapt.retrieval", "build"]
-    cmds[DELTA_JOB] = [sys.executable, "-m", "medadapt.adapters", "prepare"]
+    cmds[DELTA_JOB] = [sys.executable, "-m", "medadapt.delta_job", "prepare"]
     return cmds
 
 
