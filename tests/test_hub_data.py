@@ -111,7 +111,8 @@ def embedder():
 def test_index_build_goes_on_without_a_failed_source_and_adds_it_later(tmp_path, monkeypatch, embedder, capsys):
     import yaml
 
-    from medadapt.retrieval.rag import index_status, main
+    from medadapt.retrieval.cli import main
+    from medadapt.retrieval.rag import index_status
     from medadapt.retrieval.index import build_index, source_report
 
     mirror = tmp_path / "hub"

@@ -347,7 +347,7 @@ def test_hub_rows_keep_their_book_or_article_as_source():
 def test_cli_build_status_query(tmp_path, capsys):
     import yaml
 
-    from medadapt.retrieval.rag import main
+    from medadapt.retrieval.cli import main
 
     profile = tmp_path / "fixture.yaml"
     profile.write_text(yaml.safe_dump({

@@ -1,6 +1,6 @@
-"""``python -m medadapt.retrieval build|status|query|publish``: the index's command line (:func:`medadapt.retrieval.rag.main`)."""
+"""``python -m medadapt.retrieval build|status|query|publish``: the index's command line (:mod:`medadapt.retrieval.cli`)."""
 import sys
 
-from medadapt.retrieval.rag import main
+from medadapt.retrieval.cli import main
 
 sys.exit(main())
