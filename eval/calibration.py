@@ -15,14 +15,13 @@ from:
 - **batch** (``letter_batch_cal``): the mean of the variant's own renormalized letter distribution over the evaluated
   items of the benchmark (no labels used), computed from the stored log-probabilities, no extra pass. It measures
   the bias on the real inputs, where a content-free prompt can misjudge it.
+
+This module builds the content-free inputs; the prior and the calibrated scores are pure functions of
+log-probabilities in :mod:`eval.scoring` (``letter_prior``, ``prior_spread``, ``calibrate``).
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-
 from medadapt.data.benchmarks import BenchItem, benchmark
-from eval.scoring import option_probs
 
 CONTENT_FREE = ("N/A", "", "[MASK]", "None", "?", "Unknown", "...", "-")  # replaces the question
 CONTENT_FREE_FILL = ("N/A", "", "[MASK]")  # replaces the option texts (or, with a fixed label set, the abstract)
@@ -60,28 +59,3 @@ def content_free_snippets(cf: str, k: int) -> list:
     from types import SimpleNamespace
 
     return [SimpleNamespace(id=f"cf-{i}", title=cf, source="", content=cf, score=0.0, option="") for i in range(k)]
-
-
-def letter_prior(logprob_rows: Sequence[Sequence[float]]) -> list[float]:
-    """The mean renormalized option distribution over ``logprob_rows`` (content-free inputs, or the evaluated
-    items for batch calibration)."""
-    probs = [option_probs(lps) for lps in logprob_rows]
-    return [sum(p[i] for p in probs) / len(probs) for i in range(len(probs[0]))]
-
-
-def prior_spread(logprob_rows: Sequence[Sequence[float]]) -> dict[str, list[float]]:
-    """Per letter, the standard deviation of the renormalized probability over the rows and the standard error of
-    their mean (the prior)."""
-    probs = [option_probs(lps) for lps in logprob_rows]
-    n = len(probs)
-    sd = []
-    for i in range(len(probs[0])):
-        m = sum(p[i] for p in probs) / n
-        sd.append(math.sqrt(sum((p[i] - m) ** 2 for p in probs) / (n - 1)) if n > 1 else 0.0)
-    return {"prior_sd": sd, "prior_se": [s / math.sqrt(n) for s in sd]}
-
-
-def calibrate(logprobs: Sequence[float], prior: Sequence[float]) -> list[float]:
-    """Calibrated option scores: ``log p(k|x)`` (renormalized over the options) minus ``log prior(k)``."""
-    probs = option_probs(logprobs)
-    return [math.log(max(p, 1e-300)) - math.log(max(q, 1e-300)) for p, q in zip(probs, prior)]

@@ -15,9 +15,8 @@ from medadapt.config import AppConfig, to_dict
 from medadapt.data.benchmarks import BenchItem, benchmark, item_ids
 from medadapt.prompts import fit_to_budget
 from eval.prompting import continuations, item_messages, loglik_prompt
-from eval.calibration import (CONTENT_FREE, CONTENT_FREE_FILL, content_free_items, content_free_snippets, label_space,
-                              letter_prior, prior_spread)
-from eval.scoring import option_probs
+from eval.calibration import CONTENT_FREE, CONTENT_FREE_FILL, content_free_items, content_free_snippets, label_space
+from eval.scoring import letter_prior, option_probs, prior_spread
 from eval.views import LOGLIK_VIEWS, TEXT_NORM_UNIT, cot_view, loglik_row_views
 from eval.variants import Variant, activate, load_for_variants, model_folder, set_threads
 

@@ -53,7 +53,7 @@ def rescore_views(results: dict) -> dict:
     letter distribution over the benchmark's rows, recorded as ``calibration[bench].batch_prior``), letter_cal from the
     recorded content-free prior, circular and debiased where ``logprobs.rotations`` were stored. Returns ``{"rows",
     "changed": {view: predictions changed}, "views": [views added or recomputed]}``."""
-    from eval.calibration import letter_prior
+    from eval.scoring import letter_prior
     from eval.report import add_summaries
     from eval.views import LOGLIK_VIEWS, views_of
 

@@ -151,9 +151,8 @@ def loglik_row_views(logprobs: dict, options: dict[str, str], answer: str, cf_pr
                      batch_prior: list[float] | None) -> dict[str, dict]:
     """Every loglik view of one item from its stored log-probabilities (``letter``, ``text``, ``rotations``: the
     letter log-probabilities under rotations 1..k-1) and the two priors; a view whose inputs are missing is left out."""
-    from eval.calibration import calibrate
     from eval.circular import circular_view, debiased_view
-    from eval.scoring import choose
+    from eval.scoring import calibrate, choose
 
     letters = list(options)
     out: dict[str, dict] = {}

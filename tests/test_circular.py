@@ -71,7 +71,8 @@ def test_rotations_in_one_row_score_like_separate_prompts(cfg, tiny, batch_size)
 
 
 def test_content_free_copies_keep_the_label_space(cfg, tiny):  # noqa: F811
-    from eval.calibration import CONTENT_FREE, CONTENT_FREE_FILL, content_free_items, prior_spread
+    from eval.calibration import CONTENT_FREE, CONTENT_FREE_FILL, content_free_items
+    from eval.scoring import prior_spread
     from eval.evaluate import content_free_request
 
     pub = BenchItem("pubmedqa", "1", "Does X cause Y?", {"A": "yes", "B": "no", "C": "maybe"}, "A",

@@ -39,7 +39,7 @@ def test_one_prompt_pass_scores_like_separate_passes(cfg, tiny, batch_size):  # 
 
 
 def test_calibration_math():
-    from eval.calibration import calibrate, letter_prior
+    from eval.scoring import calibrate, letter_prior
     from eval.scoring import choose
 
     prior = letter_prior([[math.log(0.7), math.log(0.1), math.log(0.1), math.log(0.1)],
@@ -56,7 +56,7 @@ def test_calibration_math():
 def test_calibrated_view_divides_out_a_planted_letter_bias(cfg, tiny):  # noqa: F811
     """A letter bias planted in the LM head: content-free calibration and debiasing cancel it, circular is not raised
     by it, and the row records every rotation and both priors with their spread."""
-    from eval.calibration import letter_prior
+    from eval.scoring import letter_prior
     from eval.evaluate import _loglik_variant
     from eval.variants import Variant
     from eval.views import LOGLIK_VIEWS
