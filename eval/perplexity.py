@@ -7,8 +7,7 @@ likely without making general text less likely is doing its job, even where the 
 Passage sets (``SETS``):
 
 - ``heldout``: the CPT run's own held-out split, read from its adapter's ``medadapt.json`` (``data.heldout.split``,
-  recorded by :mod:`trainers.cpt`); adapters from before that record get the same split recomputed from their
-  recorded config (said so in the file);
+  recorded by :mod:`trainers.cpt`; an adapter without that record is refused);
 - ``unsampled``: the recorded seeded sample of corpus snippets outside the run's training sample (never trained on);
 - ``general``: the control, non-medical English prose available offline on every machine: paragraphs of CPython's
   own reference documentation (``pydoc_data.topics``, shipped with the interpreter), seeded sample.
@@ -57,21 +56,14 @@ def general_passages(n: int, seed: int = 0, min_words: int = 40) -> list[dict]:
     return paras[:n]
 
 
-def heldout_record(cfg, meta: dict) -> tuple[dict, str]:
-    """The CPT run's record of what it never trained on, and how it was obtained (``recorded`` / ``recomputed``)."""
+def heldout_record(meta: dict) -> tuple[dict, str]:
+    """The CPT run's record of what it never trained on (an adapter's ``medadapt.json``), and where it came from."""
     data = meta.get("data") or {}
     rec = data.get("heldout") or (data.get("cpt") or {}).get("heldout")
-    if rec:
-        return rec, "recorded with the adapter"
-    config = meta.get("config") or {}
-    if not config:
-        raise ValueError("the CPT adapter records neither its held-out passages nor its config")
-    from medadapt.config import TrainConfig, from_dict
-    from trainers.cpt import corpus_docs, heldout_record as record, split_docs
-
-    tcfg = from_dict(TrainConfig, {k: v for k, v in config.items() if k in TrainConfig.__dataclass_fields__}, "cpt")
-    docs = corpus_docs(tcfg, cfg)
-    return record(tcfg, cfg, docs, *split_docs(tcfg, docs)), "recomputed from the adapter's recorded config"
+    if not rec:
+        raise ValueError("the CPT adapter does not record its held-out passages (trained before they were recorded): "
+                         "train it again to score its perplexity")
+    return rec, "recorded with the adapter"
 
 
 def corpus_passages(cfg, rec: dict) -> dict[str, list[dict]]:
@@ -190,7 +182,7 @@ def run_perplexity(cfg, specs: list[str], n_general: int = 120, max_tokens: int 
     if cpt is None:
         raise ValueError("needs a CPT or MSFT adapter: its record names the held-out passages")
     meta = json.loads((Path(cpt.adapter) / "medadapt.json").read_text(encoding="utf-8"))
-    rec, how = heldout_record(cfg, meta)
+    rec, how = heldout_record(meta)
     sets = corpus_passages(cfg, rec)
     sets["general"] = general_passages(n_general)
     set_threads(cfg)
