@@ -99,7 +99,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def cmd_perplexity(args: argparse.Namespace) -> int:
     from medadapt.config import load_config
-    from eval.perplexity import default_variants, run_perplexity
+    from eval.perplexity_run import default_variants, run_perplexity
 
     cfg = load_config(args.profile, {"model": {"dtype": args.dtype}} if args.dtype else None)
     specs = [s for s in (args.variants or "").split(",") if s.strip()] or default_variants(cfg)

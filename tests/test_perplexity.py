@@ -11,7 +11,7 @@ from tests.conftest import make_random_adapter
 
 
 def test_general_control_is_seeded_prose_from_the_interpreters_own_docs():
-    from eval.perplexity import general_passages
+    from eval.perplexity_run import general_passages
 
     a, b = general_passages(30), general_passages(30)
     assert a == b and len(a) == 30 and len({p["id"] for p in a}) == 30
@@ -36,7 +36,7 @@ def test_perplexity_statistics_on_planted_losses():
 def test_passage_nll_batched_equals_one_passage_at_a_time(cfg, tiny_model_dir):
     import torch
 
-    from eval.perplexity import passage_nll
+    from eval.perplexity_run import passage_nll
     from medadapt.models import load_model, load_tokenizer
 
     model, tok = load_model(tiny_model_dir, device="cpu"), load_tokenizer(tiny_model_dir)
