@@ -2,6 +2,7 @@
 the retrieval index and the results into the repository, together (maintainers; the app only reads them).
 
     python -m medadapt.release [--profile offline] [--work DIR]     # everything, resumable: run it again to continue
+    python -m medadapt.release reevaluate [--n 200 --cot-n 50]       # the shipped adapters again (no training)
     python -m medadapt.release check                                 # the shipped files against their checksums
     python -m medadapt.release agree NEW.json                        # a re-run's predictions against the shipped ones
 
@@ -20,6 +21,10 @@ Stages (each skipped when its output is in the work dir, ``runs/release-<profile
 6. **install**: model cards (recipe, data, results, checksum), the manifest ``release.json`` and the results file
    ``results/<profile>/release.json`` naming each adapter by checksum, swapped into the repository together: the
    previous release's files are replaced, never mixed with the new ones.
+
+``reevaluate`` skips stages 1-3: the shipped release itself (adapters, index, manifest) is staged byte for byte, so
+its checksums stay, and stages 4-6 evaluate it again (other sizes, another machine) and install the new results with
+new model cards; the perplexity panel is kept (the CPT stage adapter it needs does not ship).
 
 Every subprocess runs niced, with its own runs, index and results dirs under the work dir, so the app and other jobs
 are not disturbed. ``--sft RUN --msft RUN --index DIR`` reuse finished trainings and a built index (a trial).
@@ -173,15 +178,39 @@ class Release:
         dest = self.stage_dir / "index"
         manifest = {"profile": self.cfg.profile, "base_model": base_model_id(self.cfg),
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "code": git_commit(),
-                    "command": f"python -m medadapt.release --profile {self.cfg.profile}" + "".join(
-                        f" --{k} {v}" for k, v, d in (("n", self.n, N), ("cot-n", self.cot_n, COT_N),
-                                                      ("open-n", self.open_n, OPEN_N)) if v != d),
+                    "command": f"python -m medadapt.release --profile {self.cfg.profile}" + self.size_flags(),
                     "adapters": adapters,
                     "index": {"path": "index", "table": table, "embedder": self.cfg.rag.embedder,
                               "corpus": list(self.cfg.rag.corpus), "rows": rows, "bytes": folder_bytes(dest)},
                     "results": rel(self.results_path())}
         write_json_atomic(self.stage_dir / MANIFEST, manifest)
         return manifest
+
+    def restage(self) -> dict[str, Any]:
+        """The shipped release, byte for byte, as the stage (``reevaluate``); returns its manifest with this
+        evaluation recorded beside the build that made the adapters."""
+        shipped = shipped_root(self.cfg)
+        manifest = read_manifest(shipped) if shipped is not None else {}
+        if not manifest:
+            raise RuntimeError(f"profile {self.cfg.profile} has no shipped release to evaluate again ({shipped})")
+        if self.stage_dir.exists():
+            shutil.rmtree(self.stage_dir)
+        shutil.copytree(shipped, self.stage_dir)
+        for kind, entry in manifest["adapters"].items():
+            got = adapter_checksum(self.stage_dir / entry["path"])
+            if got != entry["sha256"]:
+                raise RuntimeError(f"shipped {kind} has sha256 {got}, its manifest says {entry['sha256']}")
+        manifest["evaluation"] = {"command": f"python -m medadapt.release reevaluate --profile {self.cfg.profile}"
+                                  + self.size_flags(), "created": datetime.now(timezone.utc).isoformat(
+                                      timespec="seconds"), "code": git_commit()}
+        manifest["results"] = rel(self.results_path())
+        write_json_atomic(self.stage_dir / MANIFEST, manifest)
+        return manifest
+
+    def size_flags(self) -> str:
+        """The evaluation's sizes as command-line flags, those at their defaults left out."""
+        return "".join(f" --{k} {v}" for k, v, d in (("n", self.n, N), ("cot-n", self.cot_n, COT_N),
+                                                     ("open-n", self.open_n, OPEN_N)) if v != d)
 
     # -- 4. eval
     def evaluate(self, groups: tuple[str, ...] = ("base", "rag", "adapters")) -> dict[str, Any] | None:
@@ -396,7 +425,8 @@ def name_adapters(results: dict[str, Any], manifest: dict[str, Any], stage: Path
                                        for k, v in manifest["adapters"].items()},
                           "index": {**manifest["index"], "path": rel(target / manifest["index"]["path"])},
                           "manifest": rel(target / MANIFEST), "created": manifest["created"], "code": manifest["code"],
-                          "command": manifest["command"]}
+                          "command": manifest["command"],
+                          **({"evaluation": manifest["evaluation"]} if manifest.get("evaluation") else {})}
     return scrub_results(results)
 
 
@@ -479,7 +509,9 @@ def model_card(kind: str, meta: dict[str, Any], manifest: dict[str, Any], result
     lines = [training_card(meta).rstrip(), "", "## Release", "",
              f"Shipped by `{manifest['command']}` on {manifest['created']} (code `{manifest['code'] or '?'}`) as float16 "
              f"safetensors. The Compare tab serves it by default; the Benchmarks tab's results file "
-             f"`{manifest['results']}` names it by this checksum.", "",
+             f"`{manifest['results']}` names it by this checksum."
+             + (f" Evaluated again by `{manifest['evaluation']['command']}` on {manifest['evaluation']['created']} "
+                f"(code `{manifest['evaluation']['code'] or '?'}`)." if manifest.get("evaluation") else ""), "",
              f"- **sha256** of `{WEIGHTS}`: `{sha}`",
              f"- recipe: `{manifest['adapters'][kind]['recipe']}` (the full config is above)",
              f"- data: {', '.join(data.get('sources', [])) or '-'} ({data.get('train_examples', '?')} training "
@@ -568,9 +600,10 @@ def agreement(shipped: dict[str, Any], rerun: dict[str, Any]) -> dict[str, dict[
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m medadapt.release", description=__doc__.split("\n")[0])
-    p.add_argument("cmd", nargs="?", default="build", choices=["build", "baselines", "check", "agree"],
+    p.add_argument("cmd", nargs="?", default="build", choices=["build", "reevaluate", "baselines", "check", "agree"],
                    help="build: everything (default); baselines: only the index and the evaluation of base and RAG "
-                        "(--groups), which no adapter changes, ahead of the training; check; agree")
+                        "(--groups), which no adapter changes, ahead of the training; reevaluate: the shipped release's "
+                        "adapters and index evaluated again, new results installed; check; agree")
     p.add_argument("--groups", default="base,rag", help="baselines: the groups to evaluate now (base, rag)")
     p.add_argument("file", nargs="?", help="agree: a results file of `python -m eval run` on the shipped adapters")
     p.add_argument("--profile", default="offline")
@@ -621,11 +654,13 @@ def main(argv: list[str] | None = None) -> int:
         rel_.evaluate(tuple(g for g in args.groups.split(",") if g in ("base", "rag")))
         print(f"baselines evaluated in {rel_.eval_dir} ({time.time() - t0:.0f} s); `build` reuses them")
         return 0
-    runs = rel_.train()
-    index = rel_.index()
-    manifest = rel_.stage(runs, index)
+    if args.cmd == "reevaluate":
+        runs, manifest = {}, rel_.restage()
+    else:
+        runs = rel_.train()
+        manifest = rel_.stage(runs, rel_.index())
     open_res = rel_.open_questions()  # ahead of the views: they may wait for a `baselines` process at the end
-    ppl = rel_.perplexity(runs)
+    ppl = rel_.perplexity(runs) if runs else None  # reevaluate: the shipped perplexity panel stays
     results = rel_.evaluate()
     sizes = rel_.finish(manifest, results, open_res, ppl)
     total = sum(sizes.values())

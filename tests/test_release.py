@@ -220,3 +220,29 @@ def test_build_evaluates_the_adapters_beside_a_running_baselines_process(tmp_pat
     assert ran == ["eval-loglik-adapters", "eval-cot-adapters", "eval-cot_budget-adapters", "eval-merge"]
     assert waited == [f"{m}-{g}.json" for m in ("loglik", "cot", "cot_budget") for g in ("base", "rag")]
     assert not rel.baselines_running()  # a dead process's pid file is not a running baselines
+
+
+@pytest.mark.timeout(1800)
+def test_reevaluate_keeps_the_shipped_adapters_and_replaces_their_results(released):
+    """``release reevaluate`` evaluates the shipped files again (here at other sizes) without training: the weights,
+    the index and the perplexity panel stay byte for byte; the results, cards and manifest record the new evaluation."""
+    from medadapt.release import check
+
+    target, env, cfg = released["target"], released["env"], released["cfg"]
+    weights = {k: (target / k / "adapter_model.safetensors").read_bytes() for k in ("sft", "msft")}
+    before = json.loads((target / "release.json").read_text())
+    out = subprocess.run([sys.executable, "-m", "medadapt.release", "reevaluate", "--work",
+                          str(released["tmp"] / "work-again"), "--n", "3", "--cot-n", "0", "--open-n", "2",
+                          "--nice", "0"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1700)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert not (released["tmp"] / "work-again" / "sft").exists()  # nothing trained
+    for kind, data in weights.items():
+        assert (target / kind / "adapter_model.safetensors").read_bytes() == data
+    manifest = json.loads((target / "release.json").read_text())
+    results = json.loads(released["results"].read_text())
+    assert manifest["adapters"] == before["adapters"] and manifest["command"] == before["command"]
+    assert manifest["evaluation"]["command"].endswith("reevaluate --profile offline --n 3 --cot-n 0 --open-n 2")
+    assert results["release"]["evaluation"] == manifest["evaluation"]
+    assert {len(ids) for ids in results["item_ids"].values()} == {3} and "cot" not in results["views"]
+    assert "Evaluated again by `python -m medadapt.release reevaluate" in (target / "sft" / "README.md").read_text()
+    assert check(cfg) == []
