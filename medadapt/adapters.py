@@ -1,4 +1,4 @@
-"""Where a fine-tuned variant comes from, and the error raised when an adapter folder cannot be loaded.
+"""Where a fine-tuned variant comes from.
 
 A variant (``sft``, ``msft``, ``cpt``) is a PEFT adapter on the base model, of one of three origins:
 
@@ -26,16 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medadapt.config import AppConfig
-from medadapt.refs import to_ref
 from medadapt.jobs.rundir import DELTA_JOB, runs_root
+from medadapt.refs import to_ref
+from medadapt.serve.api import AdapterLoadError
 
 log = logging.getLogger(__name__)
 
 ORIGINS = ("shipped", "trained", "published", "configured")
-
-
-class AdapterLoadError(RuntimeError):
-    """An adapter folder is missing, corrupt, or does not fit the base model."""
 
 
 @dataclass(frozen=True)

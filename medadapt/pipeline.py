@@ -248,7 +248,7 @@ class Pipeline:
     def _sync_adapters(engine: Any, answers: dict[str, Answer], in_use: Counter | None = None) -> None:
         """Load the adapters these answers need (reusing a loaded copy of the same folder), unload the others that no
         running generation uses."""
-        from medadapt.adapters import AdapterLoadError
+        from medadapt.serve.api import AdapterLoadError
 
         loaded = {Path(p).resolve(): name for name, p in engine.adapters.items()}
         wanted = set()

@@ -100,7 +100,7 @@ def test_missing_index_says_how_to_build(cfg):
 
 @pytest.mark.parametrize("content", [None, "not a safetensors file"])
 def test_missing_or_corrupt_adapter(tiny_model_dir, tmp_path, content):
-    from medadapt.adapters import AdapterLoadError
+    from medadapt.serve.api import AdapterLoadError
     from medadapt.serve.engine import Engine
 
     engine = Engine(tiny_model_dir)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from medadapt.adapters import AdapterLoadError
+from medadapt.serve.api import AdapterLoadError
 from medadapt.serve.engine import BASE, Engine, GenSettings, PromptTooLongError, UnknownAdapterError
 
 Q = [{"role": "user", "content": "Which vitamin deficiency causes scurvy?"}]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from medadapt.adapters import AdapterLoadError
+from medadapt.serve.api import AdapterLoadError
 from medadapt.serve.engine import BASE, RowState
 from medadapt.pipeline import NOT_TRAINED, InputError, Pipeline, adapter_name, check_settings, clean_question
 from medadapt.retrieval.rag import IndexNotBuiltError, Snippet

@@ -29,6 +29,10 @@ class UnknownAdapterError(KeyError):
     """A request names an adapter that is not loaded."""
 
 
+class AdapterLoadError(RuntimeError):
+    """An adapter folder is missing, corrupt, or does not fit the base model."""
+
+
 @dataclass
 class GenSettings:
     max_new_tokens: int = 256

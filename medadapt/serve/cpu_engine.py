@@ -36,8 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from medadapt.adapters import AdapterLoadError
-from medadapt.serve.api import (BASE, GenSettings, Prompt, PromptTooLongError, Request, RowState,
+from medadapt.serve.api import (BASE, AdapterLoadError, GenSettings, Prompt, PromptTooLongError, Request, RowState,
                                  UnknownAdapterError)
 from medadapt.prompts import render_chat, special_token_strings
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medadapt.adapters import AdapterLoadError, resolve_adapter
-from medadapt.serve.api import (BASE, GenSettings, Prompt, PromptTooLongError, Request, RowState,
+from medadapt.adapters import resolve_adapter
+from medadapt.serve.api import (BASE, AdapterLoadError, GenSettings, Prompt, PromptTooLongError, Request, RowState,
                                  UnknownAdapterError)
 from medadapt.prompts import render_chat, special_token_strings
 from medadapt.serve.think_budget import BudgetRows, ThinkBudget

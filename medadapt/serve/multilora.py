@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medadapt.adapters import AdapterLoadError
+from medadapt.serve.api import AdapterLoadError
 
 PREFIX = "base_model.model."
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from medadapt.adapters import AdapterLoadError
+from medadapt.serve.api import AdapterLoadError
 from medadapt.serve.api import BASE, GenSettings, Prompt, PromptTooLongError, Request, RowState
 from medadapt.env import env_flag
 from medadapt.prompts import defuse_messages, render_chat, special_token_strings
