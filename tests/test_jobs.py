@@ -78,23 +78,19 @@ def test_start_progress_stop_resume_finish(jcfg, monkeypatch):
     assert "=== " in (run / "stdout.log").read_text()  # launch header + appended output of both processes
 
 
-def test_bad_data_file_shows_error(jcfg):
+@pytest.mark.parametrize("job,dataset,shown", [
+    ("sft", "local:broken", ("bad data file", "broken.json")),  # the trainer reports the error itself
+    ("cpt", "local:__crash__", ("exited with code 1", "simulated crash")),  # a crash without a status: the runner
+])
+def test_a_failed_job_shows_its_error(jcfg, job, dataset, shown):
     jobs = fake_manager(jcfg)
-    run = jobs.start(TrainConfig(job="sft", max_steps=5, dataset=["local:broken"]))
+    run = jobs.start(TrainConfig(job=job, max_steps=5, dataset=[dataset]))
     snap = jobs.wait(run, 20)
     assert snap.status == "failed"
-    assert "bad data file" in snap.error and "broken.json" in snap.error
+    assert all(s in snap.error for s in shown), snap.error
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"  # persisted for the runs list
     with pytest.raises(JobError, match="no checkpoint"):
         jobs.resume(run)
-
-
-def test_crash_without_status_is_detected(jcfg):
-    jobs = fake_manager(jcfg)
-    run = jobs.start(TrainConfig(job="cpt", max_steps=5, dataset=["local:__crash__"]))
-    snap = jobs.wait(run, 20)
-    assert snap.status == "failed"
-    assert "exited with code 1" in snap.error and "simulated crash" in snap.error
-    assert json.loads((run / "status.json").read_text())["status"] == "failed"  # persisted for the runs list
 
 
 def test_dead_pid_with_running_status_is_failed(jcfg):
