@@ -6,7 +6,7 @@ Rows are sorted longest first and right-padded into batches; only the needed pos
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 
@@ -52,6 +52,18 @@ def build_rows(requests: Sequence[Request]) -> list[_Row]:
     return rows
 
 
+def _batches(order: Sequence[int], batch_size: int,
+             on_batch: Callable[[int, int], None] | None) -> Iterator[Sequence[int]]:
+    """``order`` in slices of ``batch_size``; once each slice is scored, ``on_batch(done, len(order))``."""
+    done = 0
+    for b in range(0, len(order), max(1, batch_size)):
+        idx = order[b:b + batch_size]
+        yield idx
+        done += len(idx)
+        if on_batch:
+            on_batch(done, len(order))
+
+
 def score_requests(model, requests: Sequence[Request], batch_size: int = 8, pad_id: int = 0,
                    on_batch: Callable[[int, int], None] | None = None) -> list[list[float]]:
     """Total log-probability of every option continuation of every request (``[request][option]``).
@@ -65,9 +77,8 @@ def score_requests(model, requests: Sequence[Request], batch_size: int = 8, pad_
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i].inputs))
     out = [[0.0] * len(req.continuations) for req in requests]
     device = next(model.parameters()).device
-    done = 0
-    for b in range(0, len(order), max(1, batch_size)):
-        batch = [rows[i] for i in order[b:b + batch_size]]
+    for idx in _batches(order, batch_size, on_batch):
+        batch = [rows[i] for i in idx]
         width = max(len(r.inputs) for r in batch)
         keep = max(len(r.inputs) - min(t[1] for t in r.targets) for r in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -93,9 +104,6 @@ def score_requests(model, requests: Sequence[Request], batch_size: int = 8, pad_
             for o, _, _ in r.targets:
                 out[r.request][o] += vals[k]
                 k += 1
-        done += len(batch)
-        if on_batch:
-            on_batch(done, len(rows))
     return out
 
 
@@ -136,9 +144,7 @@ def score_multi(model, requests: Sequence[MultiRequest], batch_size: int = 8, pa
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i].context))
     out = [{name: [0.0] * len(conts) for name, conts in r.targets.items()} for r in requests]
     device = next(model.parameters()).device
-    done = 0
-    for b in range(0, len(order), max(1, batch_size)):
-        idx = order[b:b + batch_size]
+    for idx in _batches(order, batch_size, on_batch):
         batch = [requests[i] for i in idx]
         width = max(len(r.context) for r in batch)
         longer = [[(name, o, cont) for name, conts in r.targets.items() for o, cont in enumerate(conts) if len(cont) > 1]
@@ -178,9 +184,6 @@ def score_multi(model, requests: Sequence[MultiRequest], batch_size: int = 8, pa
             for (name, o, cont), at in zip(x, starts[i]):
                 rel = at - width + 1  # index of the packed segment inside the kept tail
                 out[k][name][o] += float(sum(logp[i, rel + j, t] for j, t in enumerate(cont[1:])))
-        done += len(batch)
-        if on_batch:
-            on_batch(done, len(requests))
     return out
 
 
@@ -285,9 +288,7 @@ def score_branches(model, requests: Sequence[BranchRequest], batch_size: int = 8
     order = sorted(range(len(requests)), key=lambda i: -len(layouts[i][0]))
     out = [[{name: [0.0] * len(conts) for name, conts in br.targets.items()} for br in r.branches] for r in requests]
     device = next(model.parameters()).device
-    done = 0
-    for b in range(0, len(order), max(1, batch_size)):
-        idx = order[b:b + batch_size]
+    for idx in _batches(order, batch_size, on_batch):
         width = max(len(layouts[i][0]) for i in idx)
         ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
         pos = torch.zeros((len(idx), width), dtype=torch.long)
@@ -322,7 +323,4 @@ def score_branches(model, requests: Sequence[BranchRequest], batch_size: int = 8
             for j, name, o, _, _ in layouts[k][3]:
                 out[k][j][name][o] += vals[m]
                 m += 1
-        done += len(idx)
-        if on_batch:
-            on_batch(done, len(requests))
     return out
