@@ -18,35 +18,35 @@ class ViewSpec:
     what: str  # one sentence for the tab
 
 
-VIEWS: dict[str, ViewSpec] = {
-    "letter": ViewSpec("letter", "letter", "log-likelihood of the option letter after “Answer:” (the usual MCQ "
-                       "score, lm-eval's acc; it rewards a model that learned which letter to say)"),
-    "letter_cal": ViewSpec("letter_cal", "letter, content-free calibrated", "the same letter scores divided by the "
-                           "model's prior over letters on content-free copies of the prompt that keep the label space "
-                           "(Zhao et al. 2021; 24 copies per benchmark, the prior's spread recorded)"),
-    "letter_batch_cal": ViewSpec("letter_batch_cal", "letter, batch-calibrated", "the same letter scores divided by "
-                                 "the model's mean letter distribution over the evaluated items of the benchmark "
-                                 "(batch calibration, Zhou et al. 2024; no labels used, no extra pass)"),
-    "circular": ViewSpec("circular", "circular", "right only if the letter score picks the gold option under every "
-                         "cyclic rotation of the options (MMBench's CircularEval); a letter prior cannot raise it"),
-    "debiased": ViewSpec("debiased", "debiased (all positions)", "the option whose letter log-probability averaged "
-                         "over the positions it takes in the rotations is highest (permutation debiasing, PriDe); a "
-                         "position prior cancels exactly"),
-    "text_norm": ViewSpec("text_norm", "option text per character (acc_norm)", "log-likelihood of each option's text "
-                          "divided by its characters (lm-evaluation-harness's acc_norm), no letter involved"),
-    "text_sum": ViewSpec("text_sum", "option text, summed (acc)", "total log-likelihood of each option's text, no "
-                         "length normalization (lm-evaluation-harness's acc on the option texts), no letter involved"),
-    "cot": ViewSpec("cot", "chain of thought", "generated reasoning, then the parsed “Answer: X”"),
-    "cot_budget": ViewSpec("cot_budget", "chain of thought, thinking budget", "the same, but a reasoning still open "
-                           "after the budget is closed (`</think>`) and the model answers (budget forcing, s1)"),
-    "study": ViewSpec("study", "study protocol", "the original study's evaluation as its notebooks ran it: its raw "
-                      "prompt (no chat template), temperature 0.01, its items, and its parser: the first “answer/"
-                      "choice/option is X” anywhere in the output, reasoning included, else the first standalone "
-                      "letter (PubMedQA: the first yes/no/maybe)"),
-    "study_project_parser": ViewSpec("study_project_parser", "study protocol, project's parser", "the same "
-                                     "generations read by the project's answer filter (the answer after the "
-                                     "reasoning): the difference to the study view is the parser's alone"),
-}
+VIEWS: dict[str, ViewSpec] = {v.name: v for v in (
+    ViewSpec("letter", "letter", "log-likelihood of the option letter after “Answer:” (the usual MCQ "
+             "score, lm-eval's acc; it rewards a model that learned which letter to say)"),
+    ViewSpec("letter_cal", "letter, content-free calibrated", "the same letter scores divided by the "
+             "model's prior over letters on content-free copies of the prompt that keep the label space "
+             "(Zhao et al. 2021; 24 copies per benchmark, the prior's spread recorded)"),
+    ViewSpec("letter_batch_cal", "letter, batch-calibrated", "the same letter scores divided by "
+             "the model's mean letter distribution over the evaluated items of the benchmark "
+             "(batch calibration, Zhou et al. 2024; no labels used, no extra pass)"),
+    ViewSpec("circular", "circular", "right only if the letter score picks the gold option under every "
+             "cyclic rotation of the options (MMBench's CircularEval); a letter prior cannot raise it"),
+    ViewSpec("debiased", "debiased (all positions)", "the option whose letter log-probability averaged "
+             "over the positions it takes in the rotations is highest (permutation debiasing, PriDe); a "
+             "position prior cancels exactly"),
+    ViewSpec("text_norm", "option text per character (acc_norm)", "log-likelihood of each option's text "
+             "divided by its characters (lm-evaluation-harness's acc_norm), no letter involved"),
+    ViewSpec("text_sum", "option text, summed (acc)", "total log-likelihood of each option's text, no "
+             "length normalization (lm-evaluation-harness's acc on the option texts), no letter involved"),
+    ViewSpec("cot", "chain of thought", "generated reasoning, then the parsed “Answer: X”"),
+    ViewSpec("cot_budget", "chain of thought, thinking budget", "the same, but a reasoning still open "
+             "after the budget is closed (`</think>`) and the model answers (budget forcing, s1)"),
+    ViewSpec("study", "study protocol", "the original study's evaluation as its notebooks ran it: its raw "
+             "prompt (no chat template), temperature 0.01, its items, and its parser: the first “answer/"
+             "choice/option is X” anywhere in the output, reasoning included, else the first standalone "
+             "letter (PubMedQA: the first yes/no/maybe)"),
+    ViewSpec("study_project_parser", "study protocol, project's parser", "the same "
+             "generations read by the project's answer filter (the answer after the "
+             "reasoning): the difference to the study view is the parser's alone"),
+)}
 LOGLIK_VIEWS = ("letter", "letter_cal", "letter_batch_cal", "circular", "debiased", "text_norm", "text_sum")
 PRIOR_FREE_VIEWS = ("letter_batch_cal", "circular", "debiased")  # a letter prior cannot raise these
 PRIOR_SENSITIVE_VIEWS = ("letter", "letter_cal")  # a letter prior can move these: checked against the prior-free ones
