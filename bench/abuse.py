@@ -50,7 +50,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.load import QUESTIONS, percentile  # noqa: E402
+from bench.load import QUESTIONS, ask_data, percentile  # noqa: E402
 from bench.queue_client import QueueClient  # noqa: E402
 
 ATTACKS = ("queue", "disk", "get_flood", "big_bodies", "bench_events", "spoofed", "held")
@@ -149,7 +149,7 @@ def honest_phase(url: str, fn: int, users: int, questions: int, max_new: int, su
         for i in range(questions):
             q = QUESTIONS[(u + i) % len(QUESTIONS)]
             try:
-                r = client.call(fn, [q, max_new, 0.0, 1.0, 3, False, "", "", 1.0, 0])
+                r = client.call(fn, ask_data(q, max_new))
                 ok = r.output is not None and DISCLAIMER in r.output[0] and "tokens" in r.output[2]
                 if not ok:
                     print(f"  user {u} q{i}: {r.status} {r.error[:200]}", file=sys.stderr)
@@ -196,7 +196,7 @@ def _post(http, tally: Tally, kind: str, url: str, retry_cap: float = 0.0, **kw)
 
 
 def attack_queue(url: str, fns: dict, stop: Path, workers: int, tally: Tally) -> None:
-    big = {"data": [MB_QUESTION, 16, 0.0, 1.0, 3, False, "", "", 1.0, 0], "fn_index": fns["compare"], "trigger_id": None}
+    big = {"data": ask_data(MB_QUESTION), "fn_index": fns["compare"], "trigger_id": None}
     cheap = {"data": [], "fn_index": fns["refresh_adapters"], "trigger_id": None}
 
     def worker(w: int) -> None:
@@ -238,7 +238,7 @@ def attack_disk(url: str, fns: dict, stop: Path, workers: int, tally: Tally) -> 
         while not stop.exists():
             if n % 3 == 2:
                 _post(http, tally, "file-url-join", f"{url}/gradio_api/queue/join",
-                      json={"data": [payload, 16, 0.0, 1.0, 3, False, "", "", 1.0, 0], "fn_index": fns["compare"],
+                      json={"data": ask_data(payload), "fn_index": fns["compare"],
                             "session_hash": uuid.uuid4().hex[:12], "trigger_id": None})
             else:
                 route = ("process_recording", "upload")[n % 2]
@@ -274,8 +274,7 @@ def attack_big_bodies(url: str, fns: dict, stop: Path, workers: int, tally: Tall
                 return
             yield chunk
 
-    big_join = {"data": ["x" * (3 * 1024 * 1024), 16, 0.0, 1.0, 3, False, "", "", 1.0, 0],
-                "fn_index": fns["compare"], "trigger_id": None}
+    big_join = {"data": ask_data("x" * (3 * 1024 * 1024)), "fn_index": fns["compare"], "trigger_id": None}
     declared = b"[" + chunk * 60  # made once: the attacker's own copying is not what is measured
 
     def worker(w: int) -> None:
@@ -314,8 +313,7 @@ def attack_bench_events(url: str, fns: dict, stop: Path, workers: int, tally: Ta
 
 
 def attack_spoofed(url: str, fns: dict, stop: Path, workers: int, tally: Tally) -> None:
-    question = {"data": [QUESTIONS[0], 16, 0.0, 1.0, 3, False, "", "", 1.0, 0], "fn_index": fns["compare"],
-                "trigger_id": None}
+    question = {"data": ask_data(QUESTIONS[0]), "fn_index": fns["compare"], "trigger_id": None}
 
     def worker(w: int) -> None:
         http = _client(HOSTILE["spoofed"])
@@ -439,10 +437,9 @@ def main(argv: list[str] | None = None) -> None:
             if args.costs:
                 for name, ms in measure_costs(url, proc.pid, fns).items():
                     print(f"cost {name:45s} {ms:7.2f} ms CPU")
-            probe = QueueClient(url, "127.0.0.10").call(fn, [QUESTIONS[0], args.max_new_tokens, 0.0, 1.0, 3, False,
-                                                             "", "", 1.0, 0])  # first-call costs, not counted
-            longest = QueueClient(url, "127.0.0.12").call(fn, ["What causes anemia? " * 200, args.max_new_tokens, 0.0,
-                                                               1.0, 3, False, "", "", 1.0, 0])
+            probe = QueueClient(url, "127.0.0.10").call(fn, ask_data(QUESTIONS[0], args.max_new_tokens))  # not counted
+            longest = QueueClient(url, "127.0.0.12").call(fn, ask_data("What causes anemia? " * 200,
+                                                                       args.max_new_tokens))
             assert longest.output is not None, longest.error  # the engine's working set for the longest question
             # an honest user may ask (4,000 characters) is there before memory is measured
             columns = [v for k, v in enumerate(("base", "rag", "sft", "msft"))

@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from medadapt.jobs.rundir import read_json, running_pids  # noqa: E402
 from medadapt.setup_chain import STATE_FILE, STEP_ENDED, VARIANT  # noqa: E402
+from medadapt.ui.compare_controller import compare_data  # noqa: E402
 from medadapt.variants import VARIANTS  # noqa: E402
 from tests.net import free_port  # noqa: E402
 
@@ -118,7 +119,7 @@ def main() -> int:
             next_probe = time.time() + args.every
             try:
                 client = client or Client(f"http://127.0.0.1:{port}/", verbose=False)
-                out = client.predict(QUESTION, 16, 0.0, 1.0, 3, False, "", "", 1.0, api_name="/compare")
+                out = client.predict(*compare_data(QUESTION, max_new_tokens=16, top_k=3), api_name="/compare")
             except Exception as e:  # not up yet
                 if client is not None:
                     print(f"{time.time() - t0:7.1f} s  probe failed: {type(e).__name__}: {str(e)[:120]}")

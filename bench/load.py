@@ -29,6 +29,14 @@ QUESTIONS = [
 ]
 
 
+def ask_data(question: str, max_new_tokens: int = 16, defaults=None) -> list:
+    """One Compare event's data: top-3 snippets, the default adapters, ``max_new_tokens``, the other generation
+    settings ``defaults``' (``GenSettings()``: greedy, no penalty, no thinking budget)."""
+    from medadapt.ui.compare_controller import compare_data
+
+    return compare_data(question, defaults, max_new_tokens=max_new_tokens, top_k=3)
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--users", type=int, default=8)
@@ -86,15 +94,18 @@ def user(url: str, n_questions: int, max_new: int, timeout: float, uid: int,
     """
     from gradio_client import Client
 
+    from medadapt.config import GenSettings, load_config
     from medadapt.pipeline import DISCLAIMER
 
+    profile = load_config("offline").generation  # greedy, with the page's repetition penalty and thinking budget
+    page = GenSettings(repetition_penalty=profile.repetition_penalty, think_budget=profile.think_budget)
     client = Client(url, verbose=False)
     out = []
     for i in range(n_questions):
         q = QUESTIONS[(uid + i) % len(QUESTIONS)]
         t0 = time.perf_counter()
         try:
-            res = client.submit(q, max_new, 0.0, 1.0, 3, False, "", "", api_name="/compare").result(timeout=timeout)
+            res = client.submit(*ask_data(q, max_new, page), api_name="/compare").result(timeout=timeout)
             answers = [res[k * 4] for k in range(4)]
             counted = range(4) if strict else range(1)
             ok = (all(DISCLAIMER in a for a in answers) and all("tokens" in res[k * 4 + 2] for k in counted)

@@ -191,9 +191,11 @@ ThinkBudgetTokens = Annotated[int, Field(ge=0, le=32768, title="Thinking budget"
 
 
 @dataclass
-class GenerationConfig(Validated):
-    """Decoding defaults and bounds of the Compare tab's settings (the upper bound of max new tokens also depends on
-    the model: :attr:`AppConfig.max_new_tokens_limit`)."""
+class GenSettings:
+    """One generation's decoding settings, passed whole from where they are set (the Compare tab, an eval, a bench)
+    to the decoder (:func:`medadapt.serve.decoding.pick_tokens`). Not checked on creation (benches decode a few
+    tokens); the fields with bounds are the Compare tab's settings, in this order (:func:`user_settings`), checked
+    there (the upper bound of max new tokens also depends on the model: :attr:`AppConfig.max_new_tokens_limit`)."""
 
     max_new_tokens: Annotated[int, Field(ge=16, le=32768, title="Max new tokens")] = 256
     temperature: Temperature = 0.0
@@ -201,6 +203,16 @@ class GenerationConfig(Validated):
     seed: int = 0
     repetition_penalty: RepetitionPenalty = 1.0
     think_budget: ThinkBudgetTokens = 0  # medadapt.serve.think_budget; counts only inside <think>
+
+
+@dataclass
+class GenerationConfig(GenSettings, Validated):
+    """The profile's decoding defaults, checked on creation."""
+
+
+def user_settings(cls: type = GenSettings) -> tuple[str, ...]:
+    """The settings of ``cls`` a user sets, in field order: its fields with bounds (``seed`` is the profile's)."""
+    return tuple(f for f in _numeric_fields(cls) if setting(cls, f).lo is not None)
 
 
 @dataclass

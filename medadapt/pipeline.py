@@ -14,12 +14,12 @@ import threading
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from medadapt.config import AppConfig, ConfigError, GenerationConfig, check_value
+from medadapt.config import AppConfig, ConfigError, GenSettings, check_value, user_settings
 from medadapt.variants import VARIANTS
 from medadapt.prompts import build_messages, truncate_question
 from medadapt.reasoning import cited_numbers, split_reasoning
@@ -86,17 +86,16 @@ def clean_question(text: Any) -> str:
     return text
 
 
-def check_settings(cfg: AppConfig, max_new_tokens: Any, temperature: Any, top_p: Any,
-                   repetition_penalty: Any = None, think_budget: Any = None) -> dict[str, Any]:
-    """Generation settings checked against their bounds in :class:`GenerationConfig` (max new tokens also against
-    :attr:`AppConfig.max_new_tokens_limit`), or InputError naming the bad value and its allowed range; the optional
-    ones default to the profile's."""
-    gen = cfg.generation
-    raw = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-           "repetition_penalty": gen.repetition_penalty if repetition_penalty is None else repetition_penalty,
-           "think_budget": gen.think_budget if think_budget is None else think_budget}
-    return {k: checked(GenerationConfig, k, v, cfg.max_new_tokens_limit if k == "max_new_tokens" else None)
-            for k, v in raw.items()}
+def generation_settings(cfg: AppConfig, values: Mapping[str, Any],
+                        cls: type[GenSettings] = GenSettings) -> GenSettings:
+    """A user's decoding settings by name as one ``cls``: each of :func:`~medadapt.config.user_settings` checked
+    against its bounds (max new tokens also against :attr:`AppConfig.max_new_tokens_limit`), or InputError naming the
+    bad value and its allowed range; a setting not given is the profile's (``seed`` always is)."""
+    profile = {f.name: getattr(cfg.generation, f.name, f.default) for f in fields(cls)}
+    given = {k: v for k, v in values.items() if v is not None}
+    user = {k: checked(cls, k, given.get(k, profile[k]), cfg.max_new_tokens_limit if k == "max_new_tokens" else None)
+            for k in user_settings(cls)}
+    return cls(**{**profile, **user})
 
 
 def checked(cls: type, key: str, raw: Any, hi: float | None = None) -> Any:
@@ -181,18 +180,18 @@ class Pipeline:
     def compare(
         self,
         question: Any,
-        settings: dict[str, Any],
+        settings: GenSettings,
         adapters: dict[str, Path | None],
         rag_everywhere: bool = False,
         top_k: int | None = None,
     ) -> Iterator[CompareResult]:
-        """Yield snapshots of all four answers; raises InputError for an unusable question before any work."""
-        from medadapt.serve.api import GenSettings
-
+        """Yield snapshots of all four answers; raises InputError for an unusable question before any work.
+        ``settings`` (:func:`generation_settings`) goes to the engine as it is."""
         text = clean_question(question)
         engine = self.engine
         answers = self._plan(adapters)
-        result = CompareResult(text, answers, dict(settings, rag_everywhere=rag_everywhere, top_k=top_k))
+        shown = {k: getattr(settings, k) for k in user_settings(type(settings))}  # what the user set
+        result = CompareResult(text, answers, dict(shown, rag_everywhere=rag_everywhere, top_k=top_k))
         if len(question) > MAX_QUESTION_CHARS:
             result.notices.append(CHARS_NOTICE)
         waiting = getattr(engine, "preparing", lambda: None)()  # a server engine still converting or starting
@@ -216,13 +215,9 @@ class Pipeline:
 
         with self._adapter_lock:  # load what this call needs; never unload what a running call uses
             self._sync_adapters(engine, answers, self._in_use)
-            requests, order = self._requests(engine, text, answers, settings["max_new_tokens"], result,
+            requests, order = self._requests(engine, text, answers, settings.max_new_tokens, result,
                                              self.cfg.model.system_prompt)
-            gen = GenSettings(settings["max_new_tokens"], settings["temperature"], settings["top_p"],
-                              self.cfg.generation.seed,
-                              settings.get("repetition_penalty", self.cfg.generation.repetition_penalty),
-                              settings.get("think_budget", self.cfg.generation.think_budget))
-            generation = engine.start(requests, gen) if requests else None
+            generation = engine.start(requests, settings) if requests else None
             pinned = [a for _, a in requests]
             self._in_use.update(pinned)
         try:

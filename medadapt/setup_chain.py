@@ -152,6 +152,11 @@ class SetupState:
         return cls(data.get("status", "idle"), data.get("pid"), data.get("started"), data.get("ended"), steps)
 
 
+def interrupted(st: SetupState) -> bool:
+    """The setup says it runs but its process is gone (the app exited mid-setup)."""
+    return st.status == "running" and not pid_alive(st.pid)
+
+
 class SetupLock:
     """A non-blocking exclusive ``flock`` on ``setup.lock``; held by the process that runs the chain."""
 

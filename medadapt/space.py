@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from medadapt.env import env_flag
 
@@ -81,19 +83,19 @@ def gpu_duration(max_new_tokens: int) -> int:
     return int(min(GPU_MAX_S, max(GPU_MIN_S, math.ceil(need))))
 
 
-def request_duration(question=None, max_new_tokens=256, *args, **kwargs) -> int:
-    """``spaces.GPU`` duration callable: gets the Compare handler's own arguments."""
+def request_duration(max_new_tokens: Any = 256) -> int:
+    """Seconds of ZeroGPU time for a Compare request's ``max_new_tokens`` as sent (a bad value: the minimum)."""
     try:
         return gpu_duration(int(max_new_tokens))
     except (TypeError, ValueError):  # a bad value: the handler itself reports it
         return GPU_MIN_S
 
 
-def zerogpu(fn):
-    """Wrap the Compare handler with ``spaces.GPU`` (duration sized per request) where the ``spaces`` package is
-    installed (ZeroGPU Spaces); unchanged elsewhere."""
+def zerogpu(fn: Callable, duration: Callable[..., int]) -> Callable:
+    """Wrap the Compare handler with ``spaces.GPU`` where the ``spaces`` package is installed (ZeroGPU Spaces);
+    unchanged elsewhere. ``duration`` gets the handler's own arguments and sizes each request's GPU time."""
     try:
         import spaces  # only present on Spaces
     except ImportError:
         return fn
-    return spaces.GPU(duration=request_duration)(fn)
+    return spaces.GPU(duration=duration)(fn)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medadapt.jobs.rundir import running_pids
+from medadapt.ui.compare_controller import compare_data
 from medadapt.variants import VARIANTS
 from tests.net import free_port
 
@@ -124,7 +125,7 @@ class SpaceApp:
 
     def ask(self, client) -> dict[str, str]:
         """One Compare request (16 new tokens, the least the form takes); the four columns' answer texts, keyed by those that answered."""
-        out = client.predict(QUESTION, 16, 0.0, 1.0, 3, False, "", "", 1.0, api_name="/compare")
+        out = client.predict(*compare_data(QUESTION, max_new_tokens=16, top_k=3), api_name="/compare")
         return {v: str(out[i * 4]) for i, v in enumerate(VARIANTS) if "tokens" in str(out[i * 4 + 2])}
 
     def banner(self) -> str:

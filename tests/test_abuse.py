@@ -18,12 +18,13 @@ from medadapt.config import load_config
 from medadapt.pipeline import DISCLAIMER
 from medadapt.ui import guard
 from medadapt.ui.guard import SESSIONS_PER_WINDOW, WHAT
+from medadapt.ui.compare_controller import compare_data
 from medadapt.ui.inflight import GENERATE, Limits
 from tests.net import free_port
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "app_data"
 LIMIT_KINDS = ["address", "session", "gen-address", "gen-session"]
-QUESTION = ["What causes scurvy?", 16, 0.0, 1.0, 2, False, "none", "none", 1.0, 0]
+QUESTION = compare_data("What causes scurvy?", max_new_tokens=16, top_k=2, sft_adapter="none", msft_adapter="none")
 
 
 @pytest.fixture(scope="module")
@@ -202,8 +203,8 @@ def test_oversized_request_is_refused_before_it_is_parsed(app):
 def test_messages_show_no_absolute_server_paths(app):
     """The Compare columns (index not built, adapter that does not load) and the Training tab's errors."""
     tmp = str(app["tmp"])
-    out = QueueClient(app["url"], "127.0.0.7").call(app["compare"], ["What causes scurvy?", 16, 0.0, 1.0, 2, False,
-                                                                     "", "none", 1.0, 0]).output
+    out = QueueClient(app["url"], "127.0.0.7").call(app["compare"], compare_data("What causes scurvy?", max_new_tokens=16,
+                                                                                 top_k=2, msft_adapter="none")).output
     texts = [t for t in out if isinstance(t, str)]
     assert "not built in $MEDADAPT_INDEX_DIR" in out[4], out[4]  # the RAG column
     assert "could not be loaded" in out[8] and "$MEDADAPT_RUNS_DIR/offline/sft-20260101-000000/adapter" in out[8]

@@ -7,11 +7,17 @@ import pytest
 
 from medadapt.config import load_config
 from medadapt.pipeline import DISCLAIMER
+from medadapt.ui.compare_controller import compare_data
 from tests.conftest import DATA_DIR  # noqa: F401  (documents where the real data lives)
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "app_data"
 from medadapt.variants import VARIANTS  # noqa: E402
 from tests.net import free_port  # noqa: E402
+
+
+def ask_args(question: str, **named) -> list:
+    """The compare event's data: 16 new tokens, top-2 snippets unless named."""
+    return compare_data(question, **{"max_new_tokens": 16, "top_k": 2, **named})
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +56,8 @@ def test_compare_via_gradio_client(app):
 
     client = Client(app["url"], verbose=False)
     sft, msft = (app["state"].adapter_choices(k)[0][1] for k in ("sft", "msft"))
-    out = client.predict("What causes megaloblastic anemia?", 16, 0.0, 1.0, 2, False, sft, msft, api_name="/compare")
+    out = client.predict(*ask_args("What causes megaloblastic anemia?", sft_adapter=sft, msft_adapter=msft),
+                         api_name="/compare")
     cols = {v: out[i * 4:(i + 1) * 4] for i, v in enumerate(VARIANTS)}
     for v, (answer, _reasoning, stats, _snips) in cols.items():
         assert DISCLAIMER in answer, v
@@ -73,11 +80,12 @@ def test_empty_question_gets_message_and_app_keeps_serving(app):
     from gradio_client import Client
 
     client = Client(app["url"], verbose=False)
-    out = client.predict("   ", 16, 0.0, 1.0, 2, False, "", "", api_name="/compare")
+    out = client.predict(*ask_args("   "), api_name="/compare")
     assert "empty" in out[16]
-    out = client.predict("Dose of aspirin in MI?", 16, 0.0, 1.0, 2, False, "none", "none", api_name="/compare")
+    out = client.predict(*ask_args("Dose of aspirin in MI?", sft_adapter="none", msft_adapter="none"),
+                         api_name="/compare")
     assert "Not trained yet" in out[8] and DISCLAIMER in out[0]
-    out = client.predict("Dose of aspirin in MI?", 16, 0.0, 1.0, 2, False, "", "", api_name="/compare")
+    out = client.predict(*ask_args("Dose of aspirin in MI?"), api_name="/compare")
     assert "tokens" in out[10] and "tokens" in out[14]  # "" = the newest adapter of each kind
 
 
@@ -112,7 +120,7 @@ def test_concurrent_users_all_answered(app):
 
     def one_user(i):
         client = Client(app["url"], verbose=False)
-        return [client.predict(f"Question {i}.{j} about anemia?", 16, 0.0, 1.0, 2, False, "", "", api_name="/compare")
+        return [client.predict(*ask_args(f"Question {i}.{j} about anemia?"), api_name="/compare")
                 for j in range(2)]
 
     with ThreadPoolExecutor(4) as pool:
@@ -134,10 +142,10 @@ def test_stop_ends_only_that_users_rows(app):
     try:
         stopper, other = Client(app["url"], verbose=False), Client(app["url"], verbose=False)
         start = batcher.steps  # the module's app has decoded for earlier tests
-        long = stopper.submit("What causes scurvy?", 1024, 0.0, 1.0, 2, False, "", "", api_name="/compare")
+        long = stopper.submit(*ask_args("What causes scurvy?", max_new_tokens=1024), api_name="/compare")
         while batcher.steps - start < 3:
             time.sleep(0.05)
-        short = other.submit("What causes rickets?", 96, 0.0, 1.0, 2, False, "", "", api_name="/compare")
+        short = other.submit(*ask_args("What causes rickets?", max_new_tokens=96), api_name="/compare")
         while batcher.steps - start < 20:
             time.sleep(0.05)
         long.cancel()
@@ -158,7 +166,8 @@ def test_bad_inputs_through_the_app_then_it_still_serves(app):
     from gradio_client import Client
 
     client = Client(app["url"], verbose=False)
-    ask = lambda q, n=16, t=0.0, p=1.0: client.predict(q, n, t, p, 2, False, "", "", api_name="/compare")  # noqa: E731
+    ask = lambda q, n=16, t=0.0, p=1.0: client.predict(  # noqa: E731
+        *ask_args(q, max_new_tokens=n, temperature=t, top_p=p), api_name="/compare")
     long_out = ask("What causes anemia? " * 6000)  # ~120,000 characters
     assert "truncated" in long_out[16] and DISCLAIMER in long_out[0]
     assert "control or invalid" in ask("\x00\x01\x02")[16]
@@ -168,7 +177,7 @@ def test_bad_inputs_through_the_app_then_it_still_serves(app):
         with pytest.raises(Exception, match="(?i)value|number|maximum|minimum"):
             ask("Fine question?", *bad)
     with pytest.raises(Exception, match="not in the list of choices"):  # no arbitrary adapter paths via the API
-        client.predict("Q?", 16, 0.0, 1.0, 2, False, "/etc", "", api_name="/compare")
+        client.predict(*ask_args("Q?", sft_adapter="/etc"), api_name="/compare")
     from medadapt.pipeline import InputError
 
     with pytest.raises(InputError, match="Unknown SFT adapter"):  # the handler's own check, behind gradio's
@@ -189,7 +198,7 @@ def test_vote_recorded_and_tally_updates(app):
     assert "Ask a question" in fresh.predict("base", api_name="/vote")
     assert len(read_votes(app["cfg"])) == before
     client = Client(app["url"], verbose=False)
-    client.predict("What causes scurvy?", 16, 0.0, 1.0, 2, False, "", "", api_name="/compare")
+    client.predict(*ask_args("What causes scurvy?"), api_name="/compare")
     assert "vote recorded" in client.predict("rag", api_name="/vote")
     assert "already voted" in client.predict("base", api_name="/vote")  # one vote per session per answers
     votes = read_votes(app["cfg"])
@@ -213,7 +222,7 @@ def test_new_adapter_appears_in_compare_without_restart(app, tiny_model_dir):
     sft_update, _msft_update = client.predict(api_name="/refresh_adapters")
     name = "runs:offline/sft-20991231-235959/adapter"  # the page carries its name, not the server's path
     assert name in json.dumps(sft_update) and str(adapter) not in json.dumps(sft_update)
-    out = client.predict("What causes scurvy?", 16, 0.0, 1.0, 2, False, name, "", api_name="/compare")
+    out = client.predict(*ask_args("What causes scurvy?", sft_adapter=name), api_name="/compare")
     assert "tokens" in out[10] and "Not trained" not in out[8]
 
 
@@ -267,7 +276,7 @@ def test_public_app_answers_429_with_retry_after_past_the_limit(tmp_path, tiny_m
                 **launch_options(cfg, demo))
     try:
         client = QueueClient(f"http://127.0.0.1:{port}", "127.0.0.1")
-        ask, question = fn_index(demo, "compare"), ["Q?", 16, 0.0, 1.0, 2, False, "none", "none", 1.0, 0]
+        ask, question = fn_index(demo, "compare"), ask_args("Q?", sft_adapter="none", msft_adapter="none")
         assert client.call(ask, question).status == 200 and client.call(ask, question).status == 200
         refused = client.call(ask, question)
         assert refused.status == 429 and refused.retry_after > 0 and "Retry in" in refused.error

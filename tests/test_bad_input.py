@@ -14,13 +14,13 @@ from medadapt.data import DataFormatError, DataNotFoundError, read_json, read_js
 from medadapt.data.benchmarks import UnknownBenchmarkError, load_benchmark
 from medadapt.data.corpus import iter_corpus
 from medadapt.models import ModelNotFoundError, resolve_model_path
-from medadapt.pipeline import InputError, check_settings, clean_question
+from medadapt.pipeline import InputError, clean_question, generation_settings
 from medadapt.prompts import build_messages
 from medadapt.votes import VoteError, record_vote
 
 
-def settings(cfg, a, b, c, penalty=None, think_budget=None):
-    return lambda: check_settings(cfg, a, b, c, penalty, think_budget)
+def settings(cfg, **values):
+    return lambda: generation_settings(cfg, values)
 
 
 def write(tmp: Path, name: str, text: str) -> Path:
@@ -41,18 +41,18 @@ def cases(cfg, tmp: Path):
         ("control characters only", lambda: clean_question("\x00\x07\x1b"), InputError, "control or invalid"),
         ("zero-width characters only", lambda: clean_question("\u200b\u200c\u2060\ufeff"), InputError,
          "control or invalid"),
-        ("repetition penalty out of range", settings(cfg, 64, 0.5, 0.9, 5.0), InputError, "Repetition penalty: must be between 1 and 2"),
-        ("negative thinking budget", settings(cfg, 64, 0.5, 0.9, None, -16), InputError,
+        ("repetition penalty out of range", settings(cfg, repetition_penalty=5.0), InputError, "Repetition penalty: must be between 1 and 2"),
+        ("negative thinking budget", settings(cfg, think_budget=-16), InputError,
          "Thinking budget: must be between 0 and"),
-        ("non-numeric thinking budget", settings(cfg, 64, 0.5, 0.9, None, "lots"), InputError,
+        ("non-numeric thinking budget", settings(cfg, think_budget="lots"), InputError,
          "Thinking budget: 'lots' is not a number"),
         ("invalid UTF-8 (lone surrogates)", lambda: clean_question("\udcff\ud800"), InputError, "invalid"),
         ("non-text question", lambda: clean_question({"q": 1}), InputError, "must be text"),
-        ("non-numeric max tokens", settings(cfg, "many", 0.5, 0.9), InputError, "Max new tokens: 'many' is not a number"),
-        ("max tokens out of range", settings(cfg, 10**7, 0.5, 0.9), InputError, "Max new tokens: must be between 16 and"),
-        ("negative temperature", settings(cfg, 64, -0.1, 0.9), InputError, "Temperature: must be between 0 and 1.5"),
-        ("NaN temperature", settings(cfg, 64, "nan", 0.9), InputError, "Temperature"),
-        ("top-p zero", settings(cfg, 64, 0.5, 0), InputError, "Top-p: must be between 0.05 and 1"),
+        ("non-numeric max tokens", settings(cfg, max_new_tokens="many"), InputError, "Max new tokens: 'many' is not a number"),
+        ("max tokens out of range", settings(cfg, max_new_tokens=10**7), InputError, "Max new tokens: must be between 16 and"),
+        ("negative temperature", settings(cfg, temperature=-0.1), InputError, "Temperature: must be between 0 and 1.5"),
+        ("NaN temperature", settings(cfg, temperature="nan"), InputError, "Temperature"),
+        ("top-p zero", settings(cfg, top_p=0), InputError, "Top-p: must be between 0.05 and 1"),
         ("malformed training YAML", lambda: load_train_config(write(tmp, "t.yaml", "job: sft\n lora: [\n")),
          ConfigError, "invalid YAML"),
         ("training YAML with unknown key", lambda: load_train_config(write(tmp, "u.yaml", "job: sft\nlearning_rat: 1\n")),

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -177,7 +178,8 @@ def test_an_adapter_added_at_run_time_answers_as_in_process(tiny_engine, local, 
 
 
 def test_a_row_the_server_cannot_run_fails_alone(tiny_engine, local):
-    body = {"prompts": [local._prompt_ids(Q)] * 2, "adapters": [BASE, "nobody"], "max_new": [6, 6]}
+    body = {"prompts": [local._prompt_ids(Q)] * 2, "adapters": [BASE, "nobody"], "max_new": [6, 6],
+            "settings": asdict(GenSettings())}
     with httpx.stream("POST", tiny_engine.url + "/generate", json=body, timeout=60) as r:
         lines = [json.loads(x) for x in r.iter_lines() if x]
     assert {"row_error": [1, "the CPU engine has no adapter 'nobody' loaded"]} in lines
@@ -342,7 +344,6 @@ def test_the_cpu_reference_profile_runs_the_study_model_through_the_engine(pytho
     from medadapt.adapters import prepare_delta
     from medadapt.config import load_config
     from medadapt.serve.choice import make_engine
-    from medadapt.pipeline import check_settings
     from medadapt.prompts import build_messages
 
     torch.manual_seed(1)
@@ -376,7 +377,7 @@ def test_the_cpu_reference_profile_runs_the_study_model_through_the_engine(pytho
     try:
         engine.wait_ready(900)
         pipe = Pipeline(cfg, lambda: engine, lambda: ScriptedRetriever())
-        settings = check_settings(cfg, 16, 0.0, 1.0, 1.0, 0)
+        settings = GenSettings(max_new_tokens=16)
         q = "Which vitamin is only in animal food?"
         result = list(pipe.compare(q, settings, {"sft": delta, "msft": None}))[-1]
         sft, base = result.answers["sft"], result.answers["base"]

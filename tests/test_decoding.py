@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from medadapt.serve.batching import Batcher, Job
-from medadapt.serve.decoding import SamplingSettings, pick_tokens
+from medadapt.config import GenSettings
+from medadapt.serve.decoding import pick_tokens
 
-GREEDY = SamplingSettings()
+GREEDY = GenSettings()
 
 
 @pytest.fixture(scope="module")
@@ -79,18 +80,18 @@ def test_per_row_budgets(model):
 def test_sampling_is_seeded_and_top_p_keeps_the_head():
     logits = torch.tensor([[0.0, 3.0, 1.0, -1.0]] * 64)
     assert pick_tokens(logits, GREEDY, None).tolist() == [1] * 64
-    hot = SamplingSettings(temperature=1.0, top_p=1.0)
+    hot = GenSettings(temperature=1.0, top_p=1.0)
     draws = [pick_tokens(logits, hot, torch.Generator().manual_seed(s)).tolist() for s in (1, 1, 2)]
     assert draws[0] == draws[1] != draws[2] and len(set(draws[0])) > 1
-    narrow = SamplingSettings(temperature=1.0, top_p=0.5)
+    narrow = GenSettings(temperature=1.0, top_p=0.5)
     assert pick_tokens(logits, narrow, torch.Generator().manual_seed(3)).tolist() == [1] * 64
 
 
 def test_sampled_generation_is_reproducible(model):
-    hot = SamplingSettings(temperature=1.0, top_p=0.9, seed=5)
+    hot = GenSettings(temperature=1.0, top_p=0.9, seed=5)
     a, _, _ = run(model, PROMPTS, [6, 6, 6], hot)
     b, _, _ = run(model, PROMPTS, [6, 6, 6], hot)
-    c, _, _ = run(model, PROMPTS, [6, 6, 6], SamplingSettings(temperature=1.0, top_p=0.9, seed=6))
+    c, _, _ = run(model, PROMPTS, [6, 6, 6], GenSettings(temperature=1.0, top_p=0.9, seed=6))
     assert a == b != c
 
 
@@ -101,8 +102,8 @@ def test_repetition_penalty_math_and_pick():
     seen = torch.tensor([[True, False, True]])
     assert penalize_repeats(logits, seen, 2.0).tolist() == [[5.0, 8.0, -2.0]]
     assert penalize_repeats(logits, seen, 1.0) is logits
-    assert pick_tokens(logits, SamplingSettings(), None, seen).tolist() == [0]  # penalty 1: plain argmax
-    assert pick_tokens(logits, SamplingSettings(repetition_penalty=2.0), None, seen).tolist() == [1]
+    assert pick_tokens(logits, GenSettings(), None, seen).tolist() == [0]  # penalty 1: plain argmax
+    assert pick_tokens(logits, GenSettings(repetition_penalty=2.0), None, seen).tolist() == [1]
 
 
 def test_repetition_penalty_breaks_loops_in_the_batch(tiny_model_dir):
@@ -111,9 +112,9 @@ def test_repetition_penalty_breaks_loops_in_the_batch(tiny_model_dir):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     plain, _, _ = run(model, PROMPTS, [24] * 3)
-    again, _, _ = run(model, PROMPTS, [24] * 3, SamplingSettings(repetition_penalty=1.0))
+    again, _, _ = run(model, PROMPTS, [24] * 3, GenSettings(repetition_penalty=1.0))
     assert again == plain
-    guarded, _, _ = run(model, PROMPTS, [24] * 3, SamplingSettings(repetition_penalty=1.8))
+    guarded, _, _ = run(model, PROMPTS, [24] * 3, GenSettings(repetition_penalty=1.8))
     assert sum(len(set(t)) for t in plain) < 3 * 24 / 2  # it loops
     assert sum(len(set(t)) for t in guarded) > sum(len(set(t)) for t in plain)
     for row in range(len(PROMPTS)):  # each row's first token is unaffected (nothing generated yet)

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from medadapt.serve.api import AdapterLoadError
+from medadapt.config import GenSettings
 from medadapt.serve.engine import BASE, RowState
-from medadapt.pipeline import NOT_TRAINED, InputError, Pipeline, adapter_name, check_settings, clean_question
+from medadapt.pipeline import NOT_TRAINED, InputError, Pipeline, adapter_name, clean_question, generation_settings
 from medadapt.retrieval.rag import IndexNotBuiltError, Snippet
 
 SNIPPETS = [Snippet("FA_1", "First Aid", "First_Aid_Step1", "Aspirin inhibits COX.", 0.9),
@@ -87,7 +88,7 @@ def make(cfg, fail_index=False):
     return Pipeline(cfg, lambda: engine, lambda: retriever), engine, retriever
 
 
-SETTINGS = {"max_new_tokens": 32, "temperature": 0.0, "top_p": 1.0}
+SETTINGS = GenSettings(max_new_tokens=32, temperature=0.0, top_p=1.0)
 
 
 def test_four_variants_one_batch_with_adapters_and_citations(cfg, trained_runs):
@@ -151,7 +152,7 @@ def test_long_question_truncated_with_notice(cfg):
     final = list(pipe.compare("word " * 5000, SETTINGS, {}))[-1]
     assert any("truncated" in n for n in final.notices)
     for msgs, _ in engine.requests:
-        assert engine.prompt_tokens(msgs) <= engine.max_context - SETTINGS["max_new_tokens"]
+        assert engine.prompt_tokens(msgs) <= engine.max_context - SETTINGS.max_new_tokens
 
 
 @pytest.mark.parametrize("bad", ["", "   \n\t ", "\x00\x01\x02", "\ud800\udfff", None, 42])
@@ -164,12 +165,18 @@ def test_clean_question_strips_controls_keeps_text():
     assert clean_question("  Dose\x07 of\u200b aspirin?\ud800 ") == "Dose of\u200b aspirin?"
 
 
-@pytest.mark.parametrize("args,word", [(("abc", 0.5, 0.9), "Max new tokens"), ((64, -1, 0.9), "Temperature"),
-                                       ((64, 0.5, 0), "Top-p"), ((10**9, 0.5, 0.9), "Max new tokens"),
-                                       ((64, float("nan"), 0.9), "Temperature")])
-def test_bad_settings_rejected_with_name(cfg, args, word):
+@pytest.mark.parametrize("values,word", [({"max_new_tokens": "abc"}, "Max new tokens"), ({"temperature": -1}, "Temperature"),
+                                         ({"top_p": 0}, "Top-p"), ({"max_new_tokens": 10**9}, "Max new tokens"),
+                                         ({"temperature": float("nan")}, "Temperature")])
+def test_bad_settings_rejected_with_name(cfg, values, word):
     with pytest.raises(InputError, match=word):
-        check_settings(cfg, *args)
+        generation_settings(cfg, values)
+
+
+def test_settings_by_name_fill_in_the_profile(cfg):
+    settings = generation_settings(cfg, {"max_new_tokens": "32", "temperature": None})
+    assert (settings.max_new_tokens, settings.temperature, settings.seed) == (32, cfg.generation.temperature,
+                                                                              cfg.generation.seed)
 
 
 def test_huge_question_is_capped_before_any_work(cfg):

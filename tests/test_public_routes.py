@@ -24,13 +24,14 @@ from medadapt.config import REPO_ROOT, load_config
 from medadapt.pipeline import DISCLAIMER
 from medadapt.ui import guard as guard_module
 from medadapt.ui import routes
+from medadapt.ui.compare_controller import compare_data
 from medadapt.ui.guard import RequestGuard
 from medadapt.ui.ration import TokenBuckets
 from tests.conftest import make_random_adapter
 from tests.net import free_port
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "app_data"
-QUESTION = ["What causes scurvy?", 16, 0.0, 1.0, 2, False, "", "", 1.0, 0]
+QUESTION = compare_data("What causes scurvy?", max_new_tokens=16, top_k=2)
 _next = iter(range(20, 250))
 
 
@@ -539,7 +540,7 @@ def test_11_no_absolute_server_path_in_the_page_the_api_info_or_any_reply(app, b
             continue  # the Stop button (cancels only) and table clicks (need the click's data)
         calls.append((i, [values.get(b._id) for b in f.inputs]))
     sft = app["state"].adapter_choices("sft")[0][1]
-    calls += [(names["compare"], ["What causes scurvy?", 16, 0.0, 1.0, 2, False, sft, "", 1.0, 0])]
+    calls += [(names["compare"], compare_data("What causes scurvy?", max_new_tokens=16, top_k=2, sft_adapter=sft))]
     calls += [(names["configs"], [job]) for job in ("sft", "cpt", "msft")]
     for i, data in calls:
         reply = client.call(i, data)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from medadapt.config import REPO_ROOT, load_config
+from medadapt.config import REPO_ROOT, GenSettings, load_config
 
 REF = {"base": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
        "sft": "MilyaShams/DeepSeek-R1-Distill-Qwen-1.5B-medical-sft-merged",
@@ -127,7 +127,7 @@ def test_fresh_reference_setup_prepares_the_published_models_and_all_columns_ans
     cpt_ref = next(ref for label, ref in state.adapter_choices("msft") if REF["cpt_f32"] in label)
     adapters = {"sft": state.checked_adapter("sft", ""), "msft": state.checked_adapter("msft", cpt_ref)}
     final = list(state.pipeline.compare("Which vitamin is only in animal food?",
-                                        {"max_new_tokens": 16, "temperature": 0.0, "top_p": 1.0}, adapters))[-1]
+                                        GenSettings(max_new_tokens=16), adapters))[-1]
     assert {v: a.status for v, a in final.answers.items()} == {v: "done" for v in ("base", "rag", "sft", "msft")}, \
         {v: a.message for v, a in final.answers.items()}
     assert final.answers["rag"].snippets and final.answers["msft"].adapter.endswith("adapter")

@@ -134,7 +134,8 @@ def test_compare_serves_a_full_model_as_a_delta_on_the_one_base(r1_cfg, tuned_di
 
     from medadapt.adapters import list_adapters, prepare_delta
     from medadapt.serve.engine import Engine
-    from medadapt.pipeline import Pipeline, check_settings
+    from medadapt.config import GenSettings
+    from medadapt.pipeline import Pipeline
     from medadapt.retrieval.rag import IndexNotBuiltError
 
     r1_cfg.adapters.models = {"sft": [tuned_dir]}
@@ -149,7 +150,7 @@ def test_compare_serves_a_full_model_as_a_delta_on_the_one_base(r1_cfg, tuned_di
         raise IndexNotBuiltError("no index in this test")
 
     pipe = Pipeline(r1_cfg, lambda: Engine.from_config(r1_cfg), no_index)
-    settings = check_settings(r1_cfg, 16, 0.0, 1.0, 1.0)
+    settings = GenSettings(max_new_tokens=16)
     final = list(pipe.compare("Which vitamin is only in animal food?", settings, {"sft": path, "msft": None}))[-1]
     sft, base = final.answers["sft"], final.answers["base"]
     assert sft.status == "done" and base.status == "done" and sft.n_tokens == 16
@@ -222,7 +223,8 @@ def test_the_thinking_budget_closes_r1_reasoning_in_compare(r1_cfg):
     """R1's template opens ``<think>``; with a budget of 4 every column's reasoning is closed after four tokens by
     the single ``</think>`` token and the column says so; without a budget the tiny model never closes it."""
     from medadapt.serve.engine import Engine
-    from medadapt.pipeline import Pipeline, check_settings
+    from medadapt.config import GenSettings
+    from medadapt.pipeline import Pipeline
     from medadapt.retrieval.rag import IndexNotBuiltError
 
     def no_index():
@@ -230,7 +232,7 @@ def test_the_thinking_budget_closes_r1_reasoning_in_compare(r1_cfg):
 
     pipe = Pipeline(r1_cfg, lambda: Engine.from_config(r1_cfg), no_index)
     ask = lambda budget: list(pipe.compare("Which vitamin is only in animal food?",  # noqa: E731
-                                           check_settings(r1_cfg, 24, 0.0, 1.0, 1.0, budget),
+                                           GenSettings(max_new_tokens=24, think_budget=budget),
                                            {"sft": None, "msft": None}))[-1].answers["base"]
     free, cut = ask(0), ask(4)
     assert free.truncated and not free.budget_closed and "</think>" not in free.raw

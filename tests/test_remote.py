@@ -14,6 +14,7 @@ import socket
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -215,7 +216,7 @@ def test_a_stream_failing_mid_answer_fails_only_its_column(server, smollm2_dir, 
     try:  # the stalled stream waits past the timeout; the healthy ones (a slow CPU server) stay well within it
         engine = engine_at(proxy.url, smollm2_dir, timeout_s=30, first_token_timeout_s=60)
         pipe = Pipeline(cfg, lambda: engine, lambda: ScriptedRetriever())
-        final = list(pipe.compare("Which vitamin deficiency causes scurvy?", dict(SETTINGS, max_new_tokens=48),
+        final = list(pipe.compare("Which vitamin deficiency causes scurvy?", replace(SETTINGS, max_new_tokens=48),
                                   {"sft": lora_dirs["sft"], "msft": lora_dirs["msft"]}))[-1]
     finally:
         proxy.close()

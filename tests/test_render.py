@@ -56,7 +56,7 @@ def test_export_markdown_has_everything():
 def test_setup_line_says_each_step_and_goes_quiet_after_it_finished():
     import time
 
-    from medadapt.setup_chain import SetupState, StepRecord
+    from medadapt.setup_chain import SetupState, StepRecord, interrupted
     from medadapt.ui.render import setup_markdown
 
     st = SetupState("running", pid=os.getpid(), steps={
@@ -72,4 +72,5 @@ def test_setup_line_says_each_step_and_goes_quiet_after_it_finished():
     st.ended = time.time() - 3600
     assert setup_markdown(st) == ""
     st.status, st.pid = "running", 2 ** 22 + 12345  # its app process is gone
-    assert "interrupted" in setup_markdown(st)
+    assert "interrupted" in setup_markdown(st, interrupted(st)) and interrupted(st)
+    assert "interrupted" not in setup_markdown(st)  # pure: whether its process lives is the caller's to say

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from medadapt.config import REPO_ROOT, load_config
+from medadapt.config import REPO_ROOT, GenSettings, load_config
 from medadapt.pipeline import DISCLAIMER
 from medadapt.setup_chain import STEPS, SetupChain, SetupLock, StepRecord, progress_text, setup_enabled
 from tests.conftest import DATA_DIR
@@ -177,7 +177,7 @@ def test_failed_step_says_what_and_other_columns_answer(tmp_path, tiny_model_dir
     cfg = config_from(env)
     cfg.generation.max_new_tokens = 8
     state = AppState.create(cfg)
-    settings = {"max_new_tokens": 8, "temperature": 0.0, "top_p": 1.0}
+    settings = GenSettings(max_new_tokens=8)
     adapters = {k: state.checked_adapter(k, "") for k in ("sft", "msft")}
     res = list(state.pipeline.compare("What causes scurvy?", settings, adapters))[-1]
     a = res.answers

@@ -77,8 +77,8 @@ def test_gpu_duration_is_sized_to_the_request():
     short, long = gpu_duration(16), gpu_duration(1024)
     assert GPU_MIN_S <= short < long <= GPU_MAX_S
     assert gpu_duration(10**6) == GPU_MAX_S
-    assert request_duration("question?", 1024, 0.6, 0.95) == long  # gets the Compare handler's own arguments
-    assert request_duration("question?", "lots") == GPU_MIN_S
+    assert request_duration(1024) == request_duration("1024") == long
+    assert request_duration("lots") == request_duration(None) == GPU_MIN_S
 
 
 def test_model_sources_in_order_hub_cache_then_package(hf_cache, tiny_model_dir, smollm2_dir, tmp_path):

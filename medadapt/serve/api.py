@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from medadapt.config import GenSettings  # one generation's decoding settings, passed whole
+
 BASE = "__base__"  # the adapter name of a row without an adapter
 
 Prompt = list[dict] | str  # chat messages, or a raw text prompt (no chat template, the tokenizer's own special
@@ -31,16 +33,6 @@ class UnknownAdapterError(KeyError):
 
 class AdapterLoadError(RuntimeError):
     """An adapter folder is missing, corrupt, or does not fit the base model."""
-
-
-@dataclass
-class GenSettings:
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    seed: int = 0
-    repetition_penalty: float = 1.0  # 1: off
-    think_budget: int = 0  # tokens inside <think> before </think> is forced (0: off; medadapt.serve.think_budget)
 
 
 @dataclass

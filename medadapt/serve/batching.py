@@ -1,6 +1,6 @@
 """Continuous batching: one decode loop over the rows of every running request; requests join and leave between steps.
 
-A :class:`Job` is one caller's rows (e.g. a user's four Compare variants) with its own sampling settings and seed.
+A :class:`Job` is one caller's rows (e.g. a user's four Compare variants) with its own decoding settings (``GenSettings``) and seed.
 The :class:`Batcher`'s thread loops: admit waiting jobs (prefill their prompts into the shared
 :class:`~medadapt.serve.decoding.RowCache`, grouped by prompt length), run one decode step for every live row (each row
 with its own adapter, routed per forward), hand each job its tokens, and drop the rows that finished or whose job was
@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from medadapt.serve.decoding import RowCache, SamplingSettings, decode_step, pick_tokens, prefill
+from medadapt.config import GenSettings
+from medadapt.serve.decoding import RowCache, decode_step, pick_tokens, prefill
 from medadapt.serve.think_budget import BudgetRows
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class Job:
     prompts: list[list[int]]
     max_new: list[int]
     adapters: list[str]
-    sampling: SamplingSettings
+    settings: GenSettings  # passed whole to the decoder (pick_tokens)
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     cancelled: bool = False
     generator: torch.Generator | None = None
@@ -65,9 +66,9 @@ class Batcher:
         self.steps = 0  # decode steps run (tests and benches read it)
 
     def submit(self, job: Job) -> None:
-        if job.sampling.temperature > 0:
+        if job.settings.temperature > 0:
             device = next(self.model.parameters()).device
-            job.generator = torch.Generator(device=device).manual_seed(job.sampling.seed)
+            job.generator = torch.Generator(device=device).manual_seed(job.settings.seed)
         with self.cond:
             self.waiting.append(job)
             if self.thread is None or not self.thread.is_alive():
@@ -134,11 +135,11 @@ class Batcher:
         out.setdefault(job, []).append((row.index, token, reason))
 
     def _pick(self, job: Job, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
-        if job.sampling.repetition_penalty != 1.0 and job.seen is None:
+        if job.settings.repetition_penalty != 1.0 and job.seen is None:
             job.seen = torch.zeros(len(job.prompts), logits.shape[-1], dtype=torch.bool,
                                    device=logits.device)
         seen = None if job.seen is None else job.seen[[r.index for r in rows]]
-        return pick_tokens(logits, job.sampling, job.generator, seen).tolist()
+        return pick_tokens(logits, job.settings, job.generator, seen).tolist()
 
     def _prefill(self, job: Job, out: dict[Job, Event]) -> None:
         rows = [_Row(job, i, pos=len(p)) for i, p in enumerate(job.prompts)]

@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -406,8 +407,7 @@ class CPUEngine:
             prompts.append(ids)
             max_new.append(min(settings.max_new_tokens, room))
         body = {"prompts": prompts, "adapters": [a for _, a in requests], "max_new": max_new,
-                "temperature": settings.temperature, "top_p": settings.top_p, "seed": settings.seed,
-                "repetition_penalty": settings.repetition_penalty, "think_budget": settings.think_budget,
+                "settings": asdict(settings),  # every decoding setting, passed whole to the server's decoder
                 "opened": self.prompt_opens_think() if settings.think_budget > 0 else False,
                 "ignore_eos": self.ignore_eos}
         return CPUGeneration(self, [a for _, a in requests], body)

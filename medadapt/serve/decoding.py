@@ -8,20 +8,12 @@ The model is any HF causal LM whose attention calls ``cache.update(k, v, layer_i
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-
-
-@dataclass
-class SamplingSettings:
-    """What the decode loop needs from the engine's ``GenSettings``."""
-
-    temperature: float = 0.0  # <= 0: greedy
-    top_p: float = 1.0
-    seed: int = 0
-    repetition_penalty: float = 1.0  # > 1: tokens a row already generated are less likely again (1: off)
+if TYPE_CHECKING:  # the CPU engine's venv runs this module without the app's config
+    from medadapt.config import GenSettings
 
 
 ATTENTION = "medadapt_decode"
@@ -70,9 +62,12 @@ def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor | None, penalty: f
     return torch.where(seen, hit, logits)
 
 
-def pick_tokens(logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None,
+def pick_tokens(logits: torch.Tensor, settings: GenSettings, generator: torch.Generator | None,
                 seen: torch.Tensor | None = None) -> torch.Tensor:
-    """Next token per row from ``[B, V]`` logits (repeats penalized): argmax when greedy, else temperature + top-p."""
+    """Next token per row from ``[B, V]`` logits (repeats penalized): argmax when greedy, else temperature + top-p.
+
+    ``settings`` is the generation's :class:`~medadapt.config.GenSettings` as the caller built it (the CPU engine's
+    server: its fields as sent), so a new decoding setting is read here and nowhere between."""
     logits = penalize_repeats(logits, seen, settings.repetition_penalty)
     if settings.temperature <= 0:
         return logits.argmax(-1)

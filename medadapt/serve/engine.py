@@ -152,8 +152,6 @@ class Engine:
 
     def start(self, requests: list[Request], settings: GenSettings) -> LocalGeneration:
         """Validate and queue all ``(messages, adapter)`` rows; iterate the result for every row's state per step."""
-        from medadapt.serve.decoding import SamplingSettings
-
         names = [adapter for _, adapter in requests]
         for name in names:
             if not self.has_adapter(name):
@@ -167,10 +165,9 @@ class Engine:
                     f"the prompt has {len(ids)} tokens; the model's context is {self.max_context} tokens"
                 )
             max_new.append(min(settings.max_new_tokens, room))
-        sampling = SamplingSettings(settings.temperature, settings.top_p, settings.seed, settings.repetition_penalty)
         rule = (ThinkBudget.for_tokenizer(settings.think_budget, self.tokenizer, self.prompt_opens_think())
                 if settings.think_budget > 0 else None)
-        return LocalGeneration(self, prompts, max_new, names, sampling, rule.rows(len(prompts)) if rule else None)
+        return LocalGeneration(self, prompts, max_new, names, settings, rule.rows(len(prompts)) if rule else None)
 
     def stream(self, requests: list[Request], settings: GenSettings) -> Iterator[list[RowState]]:
         """Generate all ``(messages, adapter)`` rows; yield every row's state after each step."""
@@ -199,11 +196,11 @@ class LocalGeneration:
     """One :meth:`Engine.start` call: its rows in the shared batch."""
 
     def __init__(self, engine: Engine, prompts: list[list[int]], max_new: list[int], names: list[str],
-                 sampling, budget: BudgetRows | None = None) -> None:
+                 settings: GenSettings, budget: BudgetRows | None = None) -> None:
         from medadapt.serve.batching import Job
 
         self.engine, self.names, self.budget = engine, names, budget
-        self.job = Job(prompts, max_new, names, sampling, budget=budget)
+        self.job = Job(prompts, max_new, names, settings, budget=budget)
         self.start = time.perf_counter()
         self.closed = False
         engine._batcher.submit(self.job)

@@ -121,9 +121,9 @@ SETUP_ICONS = {"pending": "○", "waiting": "○", "running": "◐", "done": "�
                "stopped": "‖"}  # plain glyphs: they render without an emoji font
 
 
-def setup_markdown(st: Any) -> str:
-    """One line on the first-run setup (a ``medadapt.setup_chain.SetupState``): each step's state and progress."""
-    from medadapt.jobs.rundir import pid_alive
+def setup_markdown(st: Any, interrupted: bool = False) -> str:
+    """One line on the first-run setup (a ``medadapt.setup_chain.SetupState``): each step's state and progress;
+    ``interrupted``: its process is gone (:func:`medadapt.setup_chain.interrupted`)."""
     from medadapt.setup_chain import HOW, STEP_TITLES, progress_text
 
     if st.status == "idle" or all(r.status == "skipped" for r in st.steps.values()):
@@ -137,7 +137,7 @@ def setup_markdown(st: Any) -> str:
                   "done": ready, "skipped": ready, "stopped": "stopped (Resume in the Training tab)",
                   "failed": f"failed: {html.escape(rec.error.splitlines()[0] if rec.error else '?')}"}[rec.status]
         parts.append(f"{SETUP_ICONS[rec.status]} **{STEP_TITLES.get(step, step)}** — {detail}")
-    if st.status == "running" and not pid_alive(st.pid):
+    if st.status == "running" and interrupted:
         head = "**First-run setup interrupted** (its app process exited) — restart the app to continue it:"
     elif st.status == "running":
         head = "**First-run setup** — preparing what this machine lacks; each column answers as soon as its part is done:"

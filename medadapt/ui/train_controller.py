@@ -18,6 +18,7 @@ from medadapt.jobs.launcher import Launcher
 from medadapt.jobs.rundir import RunDir
 from medadapt.jobs.train_form import (FIELDS, FormError, cli_command, config_path, config_to_form, config_yaml,
                                  form_to_config, list_configs, load_base, save_config)
+from medadapt.setup_chain import interrupted
 from medadapt.ui import render
 from medadapt.ui import train_view as view
 from medadapt.ui.common import is_public, unlocked
@@ -162,7 +163,10 @@ class TrainController:
 
     def setup_text(self) -> str:
         setup = getattr(self.state, "setup", None)
-        return self.shown(render.setup_markdown(setup.state())) if setup else ""
+        if setup is None:
+            return ""
+        st = setup.state()
+        return self.shown(render.setup_markdown(st, interrupted(st)))
 
     def live_view(self) -> tuple[str, Any, str]:
         """(progress card, loss chart, log tail) of the active run: the tab's first paint."""

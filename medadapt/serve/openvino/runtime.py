@@ -136,14 +136,6 @@ class Graph:
         return logits, new
 
 
-@dataclass
-class Sampling:
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    repetition_penalty: float = 1.0
-
-
 @dataclass(eq=False)
 class Job:
     """One request's rows; the loop puts lists of ``(row, token, finish reason or None, budget closed)`` (or the
@@ -152,7 +144,7 @@ class Job:
     prompts: list[list[int]]
     max_new: list[int]
     adapters: list[str]
-    sampling: Sampling
+    settings: Any  # the app's GenSettings fields as sent (server.decoding_settings), read by the decoder
     budget: Any = None  # medadapt.serve.think_budget.BudgetRows
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     cancelled: bool = False
@@ -223,10 +215,10 @@ class Runtime:
     # ------------------------------------------------------------------ jobs
 
     def submit(self, job: Job) -> None:
-        if job.sampling.temperature > 0:
+        if job.settings.temperature > 0:
             import torch
 
-            job.generator = torch.Generator().manual_seed(job.sampling.seed)
+            job.generator = torch.Generator().manual_seed(job.settings.seed)
         with self.cond:
             self.waiting.append(job)
             self.cond.notify()
@@ -359,15 +351,14 @@ class Runtime:
     def _pick(self, job: Job, logits: np.ndarray, rows: list[_Row]) -> list[int]:
         import torch
 
-        from medadapt.serve.decoding import SamplingSettings, pick_tokens
+        from medadapt.serve.decoding import pick_tokens
 
-        s = job.sampling
+        s = job.settings
         t = torch.from_numpy(np.ascontiguousarray(logits))
         if s.repetition_penalty != 1.0 and job.seen is None:
             job.seen = torch.zeros(len(job.prompts), t.shape[-1], dtype=torch.bool)
         seen = None if job.seen is None else job.seen[[r.index for r in rows]]
-        settings = SamplingSettings(s.temperature, s.top_p, s.seed, s.repetition_penalty)
-        return pick_tokens(t, settings, job.generator, seen).tolist()
+        return pick_tokens(t, s, job.generator, seen).tolist()
 
     def _emit(self, row: _Row, token: int, out: dict[Job, list]) -> None:
         job = row.job

@@ -30,6 +30,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 log = logging.getLogger("medadapt.serve.openvino.server")
@@ -93,9 +94,18 @@ class Server:
                 "max_position": self.graph.shape["max_position"], **self.runtime.stats()}
 
 
+def decoding_settings(raw: Any) -> SimpleNamespace:
+    """A request's decoding settings: the app's ``GenSettings`` fields as JSON numbers, read by name by the decoder
+    (:func:`medadapt.serve.decoding.pick_tokens`) and the thinking budget."""
+    if not isinstance(raw, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                            for v in raw.values()):
+        raise ValueError("settings must map each decoding setting to a number")
+    return SimpleNamespace(**raw)
+
+
 def make_handler(server: Server):
     from medadapt.serve.openvino.adapters import AdapterError
-    from medadapt.serve.openvino.runtime import Job, Sampling
+    from medadapt.serve.openvino.runtime import Job
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -160,10 +170,9 @@ def make_handler(server: Server):
                 vocab = server.graph.shape["vocab"]
                 if any(not p or min(p) < 0 or max(p) >= vocab for p in prompts):
                     raise ValueError(f"every prompt needs token ids in [0, {vocab})")
-                sampling = Sampling(float(body.get("temperature", 0.0)), float(body.get("top_p", 1.0)),
-                                    int(body.get("seed", 0)), float(body.get("repetition_penalty", 1.0)))
-                budget = int(body.get("think_budget", 0))
-            except (KeyError, TypeError, ValueError) as e:
+                settings = decoding_settings(body["settings"])
+                budget = int(settings.think_budget)
+            except (AttributeError, KeyError, TypeError, ValueError) as e:
                 self._json(400, {"error": f"bad request: {e}"})
                 return
             row_errors = []
@@ -173,7 +182,7 @@ def make_handler(server: Server):
                     max_new[i] = 0
             rule = ThinkBudget.for_tokenizer(budget, server.tokenizer, bool(body.get("opened"))) if budget > 0 \
                 else None
-            job = Job(prompts, max_new, adapters, sampling, rule.rows(len(prompts)) if rule else None,
+            job = Job(prompts, max_new, adapters, settings, rule.rows(len(prompts)) if rule else None,
                       ignore_eos=bool(body.get("ignore_eos")))
             self.send_response(200)
             self.send_header("Content-Type", "application/x-ndjson")
