@@ -574,10 +574,10 @@ def worker_torch(spec: dict) -> dict:
     prompt = spec["prompt"]
     names = [n if n in spec["adapters"] else "__base__" for n in spec["names"]]
     from medadapt.serve.batching import Job
-    from medadapt.serve.decoding import SamplingSettings
+    from medadapt.config import GenSettings
 
     cols = Columns(len(names))
-    job = Job([prompt] * len(names), [spec["tokens"]] * len(names), names, SamplingSettings())
+    job = Job([prompt] * len(names), [spec["tokens"]] * len(names), names, GenSettings())
     c0 = time.process_time()
     engine._batcher.submit(job)
     left = len(names)
@@ -694,7 +694,7 @@ def fidelity(args, candidates: list[str]) -> dict:
     import torch
 
     from medadapt.config import load_config
-    from medadapt.data.benchmarks import evaluated_items
+    from medadapt.data.benchmarks import evaluated_items, posed
     from medadapt.serve.engine import Engine, GenSettings
     from medadapt.models import base_model_path
     from medadapt.prompts import build_messages
@@ -705,7 +705,7 @@ def fidelity(args, candidates: list[str]) -> dict:
     ref = Engine(str(model_dir), num_threads=args.threads)
     prompts, conts = [], []
     for it in items:
-        msgs = build_messages(**it.posed(), system_role=cfg.model.system_prompt)
+        msgs = build_messages(**posed(it), system_role=cfg.model.system_prompt)
         ids = ref._prompt_ids(msgs)
         text = ref.generate_batch([msgs], ["__base__"], GenSettings(max_new_tokens=args.cont))[0]
         cont = ref.tokenizer(text, add_special_tokens=False)["input_ids"][:args.cont]

@@ -1,6 +1,6 @@
 """lm-evaluation-harness as a second scoring backend: ``python -m eval run --backend lm-eval``.
 
-lm-eval runs as a library on the project's seeded items: each benchmark's registered task (``LMEVAL_TASKS``: its
+lm-eval runs as a library on the project's seeded items: each benchmark's registered task (its definition's ``lmeval_task``: its
 prompt, choices and metrics from lm-eval's own task YAML) gets the items in its dataset's schema through
 ``custom_dataset`` (no download), and ``simple_evaluate`` scores them zero-shot with ``HFLM`` (the base folder, the
 variant's PEFT adapter through ``peft=``) or, with a GPU and vllm installed, its ``VLLM`` model (the adapter as a
@@ -19,8 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from medadapt.config import AppConfig
-from medadapt.data.benchmarks import BenchItem
-from eval.prompting import WORD_CHOICES, lmeval_task
+from medadapt.data.benchmarks import BenchItem, benchmark
 from eval.variants import Variant, model_folder, set_threads
 
 SUFFIX = "@lm-eval"
@@ -53,7 +52,7 @@ def task_specs(items: list[BenchItem], manager: Any) -> dict[str, dict[str, Any]
 
     by_task: dict[str, list[BenchItem]] = {}
     for it in items:
-        by_task.setdefault(lmeval_task(it), []).append(it)
+        by_task.setdefault(benchmark(it.benchmark).task(it), []).append(it)
     specs = {}
     for name, its in by_task.items():
         entry = manager.task_index[name]
@@ -111,7 +110,7 @@ def sample_row(item: BenchItem, sample: dict) -> dict[str, Any]:
     pick = letters[choose(lls)]
     views = {"letter": {"pred": pick, "correct": bool(sample["acc"]), "invalid": False}}
     logprobs = {"letter": [round(x, 4) for x in lls]}
-    if item.benchmark in WORD_CHOICES:  # choices are the option texts: acc_norm is the text_norm view
+    if benchmark(item.benchmark).choice == "text":  # choices are the option texts: acc_norm is the text_norm view
         norm = letters[choose(lls, norm_lengths(list(item.options.values())))]
         views["text_norm"] = {"pred": norm, "correct": bool(sample["acc_norm"]), "invalid": False}
         logprobs["text"] = logprobs["letter"]

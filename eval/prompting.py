@@ -5,30 +5,21 @@ Two prompt styles (``EvalConfig.prompt_style``):
 - ``chat`` (default): :func:`medadapt.prompts.build_messages` (system text, abstract, snippets, question, options)
   through the model's chat template, then the assistant turn starts with ``Answer:``: the same strict format the
   generative mode asks for, so log-likelihood scoring asks the question the chat model was tuned to answer.
-- ``plain``: exactly lm-evaluation-harness's default zero-shot prompt of each benchmark (``LMEVAL_TASKS``; the
-  ``doc_to_text`` of its task YAMLs, lm_eval 0.4.13), no template. A RAG variant's snippets come first.
-
-  =============  ==================  ===============================================================================
-  benchmark      lm-eval task        prompt
-  =============  ==================  ===============================================================================
-  medmcqa        ``medmcqa``         ``Question: {q}\nChoices:\nA. {a}\n…D. {d}\nAnswer:``
-  medqa          ``medqa_4options``  ``Question: {q}\nA. {a}\n…D. {d}\nAnswer:``
-  mmlu_medical   ``mmlu_{subject}``  ``The following are multiple choice questions (with answers) about {subject}.``
-                                     ``\n\n{q.strip()}\nA. {a}\n…D. {d}\nAnswer:``
-  pubmedqa       ``pubmedqa``        ``Abstract: {contexts}\nQuestion: {q}\nAnswer:`` (no options listed)
-  =============  ==================  ===============================================================================
+- ``plain``: exactly lm-evaluation-harness's default zero-shot prompt of each benchmark, no template: the
+  ``prompt`` on its :class:`~medadapt.data.benchmarks.Benchmark` (the ``doc_to_text`` of its lm-eval task YAML,
+  lm_eval 0.4.13; PubMedQA's lists no options). A RAG variant's snippets come first.
 
 Two continuation targets, both scored in every loglik run (see :mod:`eval.views`): ``letter`` scores
 `` A``/`` B``/… (one token each, read from the prompt's last position), ``text`` scores `` <option text>`` (acc_norm =
 highest log-probability per character of the option text, as lm-evaluation-harness defines it). In the ``plain``
-style the answer target is lm-eval's ``doc_to_choice``: the letters, except PubMedQA, whose prompt lists no options
-and whose choices are the words `` yes``/`` no``/`` maybe`` (so its letter view there is lm-eval's ``acc``).
+style the answer target is lm-eval's ``doc_to_choice``, the benchmark's ``choice``: the letters, or the option texts
+where the prompt lists no options (PubMedQA's `` yes``/`` no``/`` maybe``; its letter view there is lm-eval's ``acc``).
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from medadapt.data.benchmarks import BenchItem, benchmark
+from medadapt.data.benchmarks import BenchItem, benchmark, posed
 from medadapt.prompts import build_messages
 
 ANSWER_PREFIX = "Answer:"
@@ -36,36 +27,13 @@ ANSWER_PREFIX = "Answer:"
 
 def item_messages(item: BenchItem, snippets: Sequence | None = None, system_role: bool = True) -> list[dict[str, str]]:
     """``system_role=False``: the instructions in the user turn (``ModelConfig.system_prompt``, DeepSeek-R1)."""
-    return build_messages(**item.posed(), snippets=snippets or None, system_role=system_role)
-
-
-LMEVAL_TASKS = {"medmcqa": "medmcqa", "medqa": "medqa_4options", "mmlu_medical": "mmlu_{subject}",
-                "pubmedqa": "pubmedqa"}  # the lm-eval task whose default prompt ``plain`` reproduces
-WORD_CHOICES = ("pubmedqa",)  # benchmarks whose lm-eval choices are the option texts, not the letters
-
-
-def lmeval_task(item: BenchItem) -> str:
-    return LMEVAL_TASKS[item.benchmark].format(subject=item.subject)
-
-
-def _options_block(item: BenchItem) -> str:
-    return "".join(f"{k}. {v}\n" for k, v in item.options.items())
+    return build_messages(**posed(item), snippets=snippets or None, system_role=system_role)
 
 
 def plain_prompt(item: BenchItem, snippets: Sequence | None = None) -> str:
-    """lm-eval's default zero-shot prompt of the item's benchmark (see the module table), after any snippets."""
-    name = item.benchmark
-    if name == "medmcqa":
-        text = f"Question: {item.question}\nChoices:\n{_options_block(item)}Answer:"
-    elif name == "medqa":
-        text = f"Question: {item.question}\n{_options_block(item)}Answer:"
-    elif name == "mmlu_medical":
-        text = (f"The following are multiple choice questions (with answers) about {item.subject.replace('_', ' ')}."
-                f"\n\n{item.question.strip()}\n{_options_block(item)}Answer:")
-    elif name == "pubmedqa":
-        text = f"{benchmark(name).context_label}: {item.context}\nQuestion: {item.question}\nAnswer:"
-    else:
-        raise ValueError(f"no plain (lm-eval) prompt for benchmark {name!r}")
+    """lm-eval's default zero-shot prompt of the item's benchmark (its definition's ``prompt``), after any
+    snippets."""
+    text = benchmark(item.benchmark).plain_prompt(item)
     if snippets:
         text = "Context:\n" + "\n".join(f"[{i}] {s.title}: {' '.join(s.content.split())}"
                                          for i, s in enumerate(snippets, 1)) + "\n" + text
@@ -84,7 +52,7 @@ def loglik_prompt(item: BenchItem, style: str, apply_template: Callable[[list[di
 
 def continuations(item: BenchItem, target: str, style: str = "chat") -> list[str]:
     """One continuation per option, in option order (``plain``: the answer target is lm-eval's choices)."""
-    if target == "letter" and style == "plain" and item.benchmark in WORD_CHOICES:
+    if target == "letter" and style == "plain" and benchmark(item.benchmark).choice == "text":
         target = "text"
     if target == "letter":
         return [f" {k}" for k in item.options]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from itertools import combinations
 
-from eval.benchmarks import PAPER_REFERENCE, task_label
+from medadapt.data.benchmarks import DEFINITIONS, task_label
 from medadapt.variants import VARIANTS, variant_label
 from eval.stats import accuracy_summary, chance_baseline, majority_baseline, mcnemar_exact
 from eval.circular import INCONSISTENT
@@ -239,10 +239,11 @@ def variant_timing(results: dict, variant: str, view: str | None = None) -> dict
 
 
 def paper_reference(benchmarks: list[str]) -> dict[str, dict[str, float]]:
-    """The seed paper's accuracies (fractions) on ``benchmarks``, with their average."""
+    """The original study's accuracies (fractions; each benchmark's ``paper``) on ``benchmarks``, with their
+    average."""
     out = {}
-    for v, per in PAPER_REFERENCE.items():
-        vals = {b: per[b] / 100 for b in benchmarks if b in per}
+    for v in VARIANTS:
+        vals = {b: DEFINITIONS[b].paper[v] / 100 for b in benchmarks if v in getattr(DEFINITIONS.get(b), "paper", {})}
         if vals:
             vals[ALL] = sum(vals.values()) / len(vals)
         out[v] = vals

@@ -30,7 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from medadapt.data.benchmarks import (BenchItem, DEFINITIONS, LETTERS, medmcqa_item, mmlu_item, pubmedqa_item)
+from medadapt.data.benchmark_items import LETTERS, BenchItem, medmcqa_item, mmlu_item, pubmedqa_item
+from medadapt.data.benchmarks import DEFINITIONS
 
 PROTOCOL = "study"
 STUDY_REPO = "github.com/MilyaushaShamsutdinova/MedAdapt-LLM"

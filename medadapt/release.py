@@ -476,7 +476,7 @@ def install(stage: Path, target: Path, results: dict[str, Any], results_path: Pa
 
 def results_rows(results: dict[str, Any], variant: str) -> list[str]:
     """Markdown table rows: each view's accuracy per benchmark for ``variant`` and base (95% CI)."""
-    from eval.benchmarks import task_label
+    from medadapt.data.benchmarks import task_label
     from eval.report import ALL, benchmarks_of, summarize
     from eval.views import view_label, views_of
 

@@ -15,7 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from medadapt.data.benchmarks import DEFINITIONS, MMLU_SUBJECTS
+from medadapt.data.benchmark_items import MMLU_SUBJECTS
+from medadapt.data.benchmarks import DEFINITIONS
 from medadapt.data.corpus import HUB_TWINS
 from medadapt.data.sft import HUB_DATASET
 

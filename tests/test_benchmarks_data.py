@@ -5,9 +5,10 @@ from collections import Counter
 
 import pytest
 
+from medadapt.data.benchmark_items import MMLU_SUBJECTS, BenchItem, medmcqa_item
 from medadapt.data.benchmarks import (
-    BENCHMARKS, MMLU_SUBJECTS, BenchItem, UnknownBenchmarkError, benchmark, evaluated_items, item_ids,
-    load_benchmark, medmcqa_item, pubmedqa_test_ids, sample_items, select_ids,
+    BENCHMARKS, UnknownBenchmarkError, benchmark, evaluated_items, item_ids, load_benchmark, pubmedqa_test_ids,
+    sample_items, select_ids,
 )
 
 
@@ -89,7 +90,7 @@ def test_smaller_sample_is_prefix_of_larger(cfg):
 def test_one_definition_drives_items_prompts_answers_and_labels(cfg):
     """Each benchmark's definition gives its items' letters (and PubMedQA's yes/no/maybe), the prompt heading of the
     abstract in both prompt styles, the answer filter and the tab's label and breakdown flag."""
-    from eval.benchmarks import has_breakdown, task_label
+    from medadapt.data.benchmarks import has_breakdown, task_label
     from eval.prompting import item_messages, plain_prompt
 
     for name in BENCHMARKS:
@@ -109,3 +110,33 @@ def test_one_definition_drives_items_prompts_answers_and_labels(cfg):
     assert plain_prompt(it).startswith(f"Abstract: {it.context}\nQuestion:")
     assert "Abstract" not in item_messages(benchmark("medqa").sample(cfg, 1, 0)[0])[1]["content"]
     assert task_label("not-a-benchmark") == "not-a-benchmark"
+
+
+def toy_items(cfg=None) -> list[BenchItem]:
+    """A fifth benchmark's loader: six parity questions, yes/no."""
+    return [BenchItem("toy", f"toy-{i}", f"Is {i} even?", {"A": "yes", "B": "no"}, "AB"[i % 2]) for i in range(6)]
+
+
+def test_a_fifth_benchmark_is_one_definition_plus_its_loader(cfg, monkeypatch):
+    """A toy benchmark added the way a new one is (its definition beside the others, its loader): sampled, prompted
+    in both styles, given its lm-eval task and the paper's numbers, labelled, and evaluated end to end."""
+    from eval.evaluate import evaluate
+    from eval.prompting import continuations, loglik_prompt, plain_prompt
+    from eval.report import ALL, paper_reference, summarize
+    from eval.variants import Variant
+    from medadapt.data.benchmarks import DEFINITIONS, Benchmark, task_label
+
+    toy = Benchmark("toy", "Toy", "six parity questions", ("nobody/toy", None, "test"), toy_items, toy_items,
+                    prompt="Q: {question}\n{options}A:", lmeval_task="toy_parity", letters="AB",
+                    choices={"A": "yes", "B": "no"}, choice="text", paper={"base": 50.0})
+    monkeypatch.setitem(DEFINITIONS, "toy", toy)
+    samples = evaluated_items(cfg, ["toy"], n=4, seed=0)
+    it = samples["toy"][0]
+    assert len(samples["toy"]) == 4 and task_label("toy") == "Toy" and toy.task(it) == "toy_parity"
+    assert plain_prompt(it) == f"Q: {it.question}\nA. yes\nB. no\nA:"
+    assert continuations(it, "letter", "plain") == [" yes", " no"] and continuations(it, "letter") == [" A", " B"]
+    assert loglik_prompt(it, "chat", lambda msgs: msgs[-1]["content"]).endswith("Answer:")
+    assert paper_reference(["toy"])["base"] == {"toy": 0.5, ALL: 0.5}
+    results = evaluate(cfg, [Variant("base")], samples, "loglik")
+    assert [r["id"] for r in results["variants"]["base"]["predictions"]["toy"]] == [i.id for i in samples["toy"]]
+    assert summarize(results)["base"]["toy"]["n"] == 4

@@ -82,7 +82,7 @@ def test_app_prompt_shape_poses_a_row_exactly_as_the_evaluation_poses_its_item()
     """Training with ``prompt: app`` sees the messages Compare and the eval send for the same question: options
     under "Options:", the multiple-choice instructions, PubMedQA's abstract under its label with yes/no/maybe."""
     from eval.prompting import item_messages
-    from medadapt.data.benchmarks import BenchItem, pubmedqa_item
+    from medadapt.data.benchmark_items import BenchItem, pubmedqa_item
     from trainers.formatting import prompt_messages
 
     row = medmcqa_row(MCQ)

@@ -7,7 +7,7 @@ import html
 
 import plotly.graph_objects as go
 
-from eval.benchmarks import PAPER_SETUP, task_label
+from medadapt.data.benchmarks import PAPER_SETUP, task_label
 from eval.decompose import ALPHA, decomposition, page_tests
 from eval.perplexity import SETS as PPL_SETS
 from eval.report import (ALL, answer_distribution, baselines, benchmarks_of, done_variants, favourite_baselines,

@@ -1,68 +1,41 @@
-"""The four benchmarks, each defined once (:class:`Benchmark` in :data:`DEFINITIONS`), their items
-(:class:`BenchItem`) and the seeded samples the evaluation uses (and the trainers exclude).
-
-- ``medmcqa``: MedMCQA dev (= Hub ``openlifescienceai/medmcqa`` validation), 4183 items. ``cop`` is 1-based in the
-  data-dir file and 0-based on the Hub; both become a letter here.
-- ``medqa``: MedQA-USMLE 4 options, test split (= Hub ``GBaker/MedQA-USMLE-4-options``), 1273 items.
-- ``mmlu_medical``: six MMLU test subjects (= Hub ``cais/mmlu``), 1089 items; ``subject`` is the MMLU subject.
-- ``pubmedqa``: PubMedQA PQA-L (= Hub ``qiaojin/PubMedQA`` pqa_labeled), 1000 items, options A=yes B=no C=maybe,
-  the abstract in ``context``. The evaluation samples from the official 500-id test split only.
-
-One definition holds what the rest of the app needs to know about a benchmark: its loaders, option letters, the
-sample's stratify key, the prompt heading of ``context``, the answer filter for generated answers, its label and
-source text (Benchmarks tab, results files) and whether a per-subject breakdown is meaningful. The data loaders,
-both scoring modes (:mod:`eval.prompting`, :mod:`eval.evaluate`), the trainers' exclusion (:mod:`medadapt.data.sft`)
-and the Benchmarks tab (:mod:`eval.benchmarks`) read it from here.
+"""The benchmarks, each defined once: a :class:`Benchmark` in :data:`DEFINITIONS` holds everything the app knows
+about one benchmark, as an lm-eval task YAML does: its loaders (:mod:`medadapt.data.benchmark_items`), option letters
+and choice kind, how the eval samples it, its prompt heading and lm-eval's default prompt, its lm-eval task, the
+answer filter, its label and source, and the original study's reported accuracy on it. The loaders, both scoring
+modes (:mod:`eval.prompting`, :mod:`eval.evaluate`, :mod:`eval.lmeval`), the trainers' exclusion
+(:mod:`medadapt.data.sft`) and the Benchmarks tab read it from here; adding a benchmark is one entry here plus its
+loaders. Also: the seeded samples the evaluation uses (and the trainers exclude).
 
 The offline profile reads the data dir (``cfg.paths.data_dir``) when there is one; the reference profile, and the
 offline one without a data dir, read the Hub (``AppConfig.hub_data``).
 """
 from __future__ import annotations
 
-import csv
 import random
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from medadapt.config import AppConfig
-from medadapt.data import data_file, load_hub, read_json, read_jsonl
+from medadapt.data import load_hub
+from medadapt.data.benchmark_items import (LETTERS, MEDMCQA_HUB, MEDQA_HUB, MMLU_HUB, PUBMEDQA_CHOICES, PUBMEDQA_HUB,
+                                           BenchItem, medmcqa_hub, medmcqa_local, medqa_hub, medqa_local, mmlu_hub,
+                                           mmlu_local, pubmedqa_hub, pubmedqa_local, pubmedqa_test_ids)
 from medadapt.reasoning import extract_answer
 
-MMLU_SUBJECTS = (
-    "anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics", "professional_medicine",
-)
-LETTERS = "ABCD"  # the option letters of the four-option benchmarks
-# The official PQA-L test split: its 500 PMIDs (test_ground_truth.json of github.com/pubmedqa/pubmedqa, MIT licence),
-# shipped with the project so no script dataset is needed (datasets 5.x refuses bigbio/pubmed_qa's loading script).
-PUBMEDQA_TEST_IDS = Path(__file__).with_name("pubmedqa_test_ids.json")
+# What differs between the original study's reported numbers (``Benchmark.paper``) and a run of this project (shown
+# with the paper's bars, which are off by default): every one of these changes accuracy on its own.
+PAPER_SETUP: dict[str, str] = {
+    "model": "DeepSeek-R1-Distill-Qwen-1.5B and its merged SFT/MSFT models (fp16, vLLM)",
+    "items and split": "the study's own 200 samples per benchmark (another seed; not these items)",
+    "prompt": "raw prompt strings without the chat template, generated at temperature 0.01, up to 4,096 tokens",
+    "parser": "the study's answer parser, which also read letters inside the chain of thought",
+}
 
 
 class UnknownBenchmarkError(ValueError):
     """A benchmark name that is not one of :data:`BENCHMARKS`."""
-
-
-@dataclass(frozen=True)
-class BenchItem:
-    benchmark: str
-    id: str
-    question: str
-    options: dict[str, str] = field(hash=False)  # letter -> text ("A".."D"; PubMedQA: A=yes B=no C=maybe)
-    answer: str  # the correct letter
-    subject: str = ""
-    context: str = ""  # PubMedQA: the abstract
-
-    @property
-    def answer_text(self) -> str:
-        return self.options.get(self.answer, "")
-
-    def posed(self) -> dict[str, object]:
-        """How Compare, the evaluation and ``prompt: app`` training pose this item: the
-        ``medadapt.prompts.build_messages`` arguments (question, options, the context under its benchmark's label)."""
-        return {"question": self.question, "options": self.options, "context": self.context or None,
-                "context_label": DEFINITIONS[self.benchmark].context_label}
 
 
 def benchmark(name: str) -> Benchmark:
@@ -72,86 +45,17 @@ def benchmark(name: str) -> Benchmark:
     return DEFINITIONS[name]
 
 
-# ---------------------------------------------------------------- row -> item (shared by local and Hub paths)
-
-def medmcqa_item(row: dict, one_based: bool) -> BenchItem:
-    cop = int(row["cop"]) - (1 if one_based else 0)
-    if not 0 <= cop < 4:
-        raise ValueError(f"MedMCQA {row.get('id')}: cop {row['cop']} out of range")
-    letters = DEFINITIONS["medmcqa"].letters
-    options = {L: str(row[f"op{L.lower()}"]) for L in letters}
-    return BenchItem("medmcqa", str(row["id"]), row["question"], options, letters[cop], row.get("subject_name") or "")
-
-
-def medqa_item(row: dict, index: int) -> BenchItem:
-    options = {L: str(row["options"][L]) for L in DEFINITIONS["medqa"].letters}
-    return BenchItem("medqa", f"medqa-{index}", row["question"], options, row["answer_idx"], row.get("meta_info") or "")
-
-
-def mmlu_item(subject: str, index: int, question: str, choices: list[str], answer: str) -> BenchItem:
-    options = dict(zip(DEFINITIONS["mmlu_medical"].letters, (str(c) for c in choices)))
-    return BenchItem("mmlu_medical", f"{subject}-{index}", question, options, answer, subject)
-
-
-def pubmedqa_item(pmid: str, question: str, contexts: list[str], decision: str) -> BenchItem:
-    choices = DEFINITIONS["pubmedqa"].choices
-    answer = {v: k for k, v in choices.items()}[decision]
-    return BenchItem("pubmedqa", str(pmid), question, dict(choices), answer, "", "\n".join(contexts))
-
-
-# ---------------------------------------------------------------- loaders (data dir and Hub)
-
-def hub_rows(name: str, config: str | None = None) -> Any:
-    """The rows of benchmark ``name``'s Hub dataset (``config`` overrides the definition's, e.g. an MMLU subject)."""
-    repo, default_config, split = benchmark(name).hub
-    return load_hub(repo, config or default_config, split)
-
-
-def _medmcqa_local(cfg: AppConfig) -> list[BenchItem]:
-    return [medmcqa_item(r, one_based=True) for r in read_jsonl(data_file(cfg, "medmcqa", "dev.json"))]
-
-
-def _medqa_local(cfg: AppConfig) -> list[BenchItem]:
-    rows = read_jsonl(data_file(cfg, "medqa", "US_4_options_phrases_no_exclude_test.jsonl"))
-    return [medqa_item(r, i) for i, r in enumerate(rows)]
-
-
-def _mmlu_local(cfg: AppConfig) -> list[BenchItem]:
-    items = []
-    for subject in MMLU_SUBJECTS:
-        with open(data_file(cfg, "mmlu_medical", f"{subject}_test.csv"), encoding="utf-8", newline="") as f:
-            for i, row in enumerate(csv.reader(f)):
-                items.append(mmlu_item(subject, i, row[0], row[1:5], row[5].strip()))
-    return items
-
-
-def _pubmedqa_local(cfg: AppConfig) -> list[BenchItem]:
-    data = read_json(data_file(cfg, "pubmedqa", "ori_pqal.json"))
-    return [pubmedqa_item(k, r["QUESTION"], r["CONTEXTS"], r["final_decision"]) for k, r in data.items()]
-
-
-def _mmlu_hub() -> list[BenchItem]:
-    letters = DEFINITIONS["mmlu_medical"].letters
-    return [mmlu_item(subject, i, r["question"], r["choices"], letters[int(r["answer"])])
-            for subject in MMLU_SUBJECTS for i, r in enumerate(hub_rows("mmlu_medical", subject))]
-
-
-def pubmedqa_test_ids(cfg: AppConfig | None = None) -> list[str]:
-    """The official 500-PMID PQA-L test split, from the id list shipped with the project (the same ids as the data
-    dir's ``pubmedqa/test_ground_truth.json``); ``cfg`` is accepted for the loaders' common signature."""
-    return [str(i) for i in read_json(PUBMEDQA_TEST_IDS)]
-
-
-# ---------------------------------------------------------------- the definitions
-
 @dataclass(frozen=True)
 class Benchmark:
     """One benchmark: where its items come from, how the eval samples, prompts, reads and labels them.
 
     ``letters``: its option letters in order (``choices``: their texts when every item has the same, PubMedQA's
-    yes/no/maybe); ``stratify``: the :class:`BenchItem` attribute a sample is spread over
-    (None: simple random sample); ``context_label``: the prompt heading of ``item.context``; ``eval_ids``: the ids
-    the evaluation may sample (None: every item); ``breakdown``: per-subject accuracy is meaningful.
+    yes/no/maybe); ``stratify``: the :class:`BenchItem` attribute a sample is spread over (None: simple random
+    sample); ``context_label``: the prompt heading of ``item.context``; ``eval_ids``: the ids the evaluation may
+    sample (None: every item); ``breakdown``: per-subject accuracy is meaningful. ``prompt``: lm-eval's default
+    zero-shot prompt (its task's ``doc_to_text``; fields of :meth:`prompt_fields`), ``lmeval_task``: that task
+    (``{subject}`` filled in), ``choice``: lm-eval's ``doc_to_choice`` (``letter``: the option letters, ``text``: the
+    option texts); ``paper``: the original study's reported accuracy (%) per variant (generative, its own parser).
     """
 
     name: str
@@ -160,12 +64,16 @@ class Benchmark:
     hub: tuple[str, str | None, str]  # the Hub dataset: (repo, config, split)
     load_local: Callable[[AppConfig], list[BenchItem]]  # from the data dir
     load_hub: Callable[[], list[BenchItem]]
+    prompt: str
+    lmeval_task: str
     letters: str = LETTERS
     choices: dict[str, str] | None = None
+    choice: str = "letter"  # letter | text
     stratify: str | None = None
     context_label: str = ""
     eval_ids: Callable[[AppConfig], list[str]] | None = None
     breakdown: bool = False
+    paper: dict[str, float] = field(default_factory=dict, hash=False)
 
     def load(self, cfg: AppConfig) -> list[BenchItem]:
         """Every item (the data dir, or the Hub when ``cfg.hub_data``), in file order."""
@@ -183,23 +91,72 @@ class Benchmark:
         """The answer filter for a generated ``text``: :func:`medadapt.reasoning.extract_answer` on the options."""
         return extract_answer(text, item.options, opened)
 
+    def posed(self, item: BenchItem) -> dict[str, object]:
+        """How Compare, the evaluation and ``prompt: app`` training pose ``item``: the
+        ``medadapt.prompts.build_messages`` arguments (question, options, the context under :attr:`context_label`)."""
+        return {"question": item.question, "options": item.options, "context": item.context or None,
+                "context_label": self.context_label}
+
+    def prompt_fields(self, item: BenchItem) -> dict[str, str]:
+        """What :attr:`prompt` may name: ``question`` (``stem``: stripped), ``options`` (one ``A. text`` line each),
+        ``subject`` (spaced), ``context`` and its ``context_label``."""
+        return {"question": item.question, "stem": item.question.strip(),
+                "options": "".join(f"{k}. {v}\n" for k, v in item.options.items()),
+                "subject": item.subject.replace("_", " "), "context": item.context,
+                "context_label": self.context_label}
+
+    def plain_prompt(self, item: BenchItem) -> str:
+        """lm-eval's default zero-shot prompt of ``item``."""
+        return self.prompt.format(**self.prompt_fields(item))
+
+    def task(self, item: BenchItem) -> str:
+        """The lm-eval task that scores ``item``."""
+        return self.lmeval_task.format(subject=item.subject)
+
 
 DEFINITIONS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("medmcqa", "MedMCQA", "MedMCQA dev (= Hub validation), 4 options",
-              ("openlifescienceai/medmcqa", None, "validation"), _medmcqa_local,
-              lambda: [medmcqa_item(r, one_based=False) for r in hub_rows("medmcqa")], breakdown=True),
-    Benchmark("medqa", "MedQA", "MedQA-USMLE test, 4 options", ("GBaker/MedQA-USMLE-4-options", None, "test"),
-              _medqa_local, lambda: [medqa_item(r, i) for i, r in enumerate(hub_rows("medqa"))]),
-    Benchmark("mmlu_medical", "MMLU-med", "MMLU test, six medical subjects, 4 options", ("cais/mmlu", None, "test"),
-              _mmlu_local, _mmlu_hub, stratify="subject", breakdown=True),
+              MEDMCQA_HUB, medmcqa_local, medmcqa_hub,
+              prompt="Question: {question}\nChoices:\n{options}Answer:", lmeval_task="medmcqa", breakdown=True,
+              paper={"base": 30.5, "rag": 29.0, "sft": 30.5, "msft": 23.0}),
+    Benchmark("medqa", "MedQA", "MedQA-USMLE test, 4 options", MEDQA_HUB,
+              medqa_local, medqa_hub, prompt="Question: {question}\n{options}Answer:", lmeval_task="medqa_4options",
+              paper={"base": 22.5, "rag": 21.5, "sft": 25.5, "msft": 28.0}),
+    Benchmark("mmlu_medical", "MMLU-med", "MMLU test, six medical subjects, 4 options", MMLU_HUB,
+              mmlu_local, mmlu_hub, prompt="The following are multiple choice questions (with answers) about "
+                                           "{subject}.\n\n{stem}\n{options}Answer:",
+              lmeval_task="mmlu_{subject}", stratify="subject", breakdown=True,
+              paper={"base": 34.0, "rag": 30.5, "sft": 28.5, "msft": 29.0}),
     Benchmark("pubmedqa", "PubMedQA", "PubMedQA PQA-L official test split, yes/no/maybe",
-              ("qiaojin/PubMedQA", "pqa_labeled", "train"), _pubmedqa_local,
-              lambda: [pubmedqa_item(r["pubid"], r["question"], r["context"]["contexts"], r["final_decision"])
-                       for r in hub_rows("pubmedqa")],
-              letters="ABC", choices={"A": "yes", "B": "no", "C": "maybe"}, context_label="Abstract",
-              eval_ids=pubmedqa_test_ids),
+              PUBMEDQA_HUB, pubmedqa_local, pubmedqa_hub,
+              prompt="{context_label}: {context}\nQuestion: {question}\nAnswer:", lmeval_task="pubmedqa",
+              letters="ABC", choices=PUBMEDQA_CHOICES, choice="text", context_label="Abstract",
+              eval_ids=pubmedqa_test_ids, paper={"base": 38.0, "rag": 56.5, "sft": 36.0, "msft": 41.5}),
 )}
 BENCHMARKS = tuple(DEFINITIONS)
+
+
+def posed(item: BenchItem) -> dict[str, object]:
+    """The ``build_messages`` arguments of ``item`` (:meth:`Benchmark.posed` of its benchmark)."""
+    return benchmark(item.benchmark).posed(item)
+
+
+def hub_rows(name: str, config: str | None = None) -> Any:
+    """The rows of benchmark ``name``'s Hub dataset (``config`` overrides the definition's, e.g. an MMLU subject)."""
+    repo, default_config, split = benchmark(name).hub
+    return load_hub(repo, config or default_config, split)
+
+
+def task_label(name: str) -> str:
+    """A benchmark's display label (an unknown name as it is)."""
+    spec = DEFINITIONS.get(name)
+    return spec.label if spec else name
+
+
+def has_breakdown(name: str) -> bool:
+    """Whether a per-subject breakdown of benchmark ``name`` is meaningful (MedMCQA, MMLU-med)."""
+    spec = DEFINITIONS.get(name)
+    return bool(spec and spec.breakdown)
 
 
 def load_benchmark(cfg: AppConfig, name: str) -> list[BenchItem]:

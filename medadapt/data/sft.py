@@ -15,8 +15,8 @@ from typing import Any
 
 from medadapt.config import AppConfig
 from medadapt.data import data_file, load_hub, read_json, read_jsonl
-from medadapt.data.benchmarks import (DEFINITIONS, evaluated_items, hub_rows, medmcqa_item, pubmedqa_item,
-                                      pubmedqa_test_ids)
+from medadapt.data.benchmark_items import medmcqa_item, pubmedqa_item
+from medadapt.data.benchmarks import DEFINITIONS, evaluated_items, hub_rows, posed, pubmedqa_test_ids
 
 HUB_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
 
@@ -126,7 +126,7 @@ def medmcqa_row(rec: dict[str, Any]) -> SftRow | None:
         return None
     question = rec["question"].strip() + "\n\n" + "\n".join(f"{L}. {o}" for L, o in item.options.items())
     return SftRow(f"medmcqa:{rec['id']}", "medmcqa", question, exp, f"The answer is {item.answer}. {item.answer_text}",
-                  item.posed())
+                  posed(item))
 
 
 # A MedMCQA question that names or needs its options ("Which of the following…", "All except…", "True about…"):
@@ -191,7 +191,7 @@ def pubmedqa_row(pmid: str, rec: dict[str, Any]) -> SftRow:
     item = pubmedqa_item(pmid, rec["QUESTION"], rec["CONTEXTS"], rec["final_decision"])
     question = f"Context: {item.context}\n\nQuestion: {rec['QUESTION']}\nAnswer with yes, no or maybe."
     return SftRow(f"pubmedqa:{pmid}", "pubmedqa", question, rec["LONG_ANSWER"].strip(),
-                  f"The answer is {rec['final_decision']}.", item.posed())
+                  f"The answer is {rec['final_decision']}.", posed(item))
 
 
 def o1_row(n: int, rec: dict[str, Any]) -> SftRow:

@@ -10,7 +10,7 @@ from typing import Any
 import gradio as gr
 import plotly.graph_objects as go
 
-from eval.benchmarks import has_breakdown
+from medadapt.data.benchmarks import has_breakdown
 from eval.report import ALL, benchmarks_of
 from eval.views import default_view
 from medadapt.charts.results import (accuracy_figure, decomposition_figure, distribution_figure, perplexity_figure,
@@ -102,7 +102,7 @@ def build_benchmarks_tab(state: Any) -> dict[str, Any]:
     c["view"].input(ctl.on_view, [c["file"], c["view"], c["show_paper"], c["sig_bench"], c["sub_bench"],
                                   c["dist_bench"]], [c["chart"], c["table"], c["sig"], c["subjects"], c["dist"]])
     c["show_paper"].change(ctl.on_paper, [c["file"], c["show_paper"], c["view"]], c["chart"])
-    c["refresh"].click(ctl.refresh, None, c["file"])
+    c["refresh"].click(ctl.on_refresh, None, c["file"])
     c["ppl_file"].change(ctl.on_perplexity, c["ppl_file"], [c["ppl"], c["ppl_md"]])
     c["sig_bench"].change(ctl.on_significance, [c["file"], c["sig_bench"], c["view"]], c["sig"])
     c["sub_bench"].change(ctl.on_subjects, [c["file"], c["sub_bench"], c["view"]], c["subjects"])

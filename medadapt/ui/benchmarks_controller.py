@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 import plotly.graph_objects as go
 
-from eval.benchmarks import has_breakdown, task_label
+from medadapt.data.benchmarks import has_breakdown, task_label
 from eval.provenance import mark as provenance_mark, provenance, provenance_markdown
 from eval.report import ALL, benchmarks_of
 from eval.results_files import list_perplexity, list_results, read_results
@@ -54,7 +54,7 @@ class BenchmarksController:
     def perplexity_files(self) -> list[tuple[str, str]]:
         return list_perplexity(self.results_dir)
 
-    def refresh(self) -> Any:
+    def on_refresh(self) -> Any:
         ch = self.files()
         return gr.update(choices=ch, value=ch[0][1] if ch else None)
 

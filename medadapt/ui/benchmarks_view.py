@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from eval.benchmarks import task_label
+from medadapt.data.benchmarks import task_label
 from eval.decompose import ALPHA, explain, page_tests
 from eval.perplexity import GENERAL_SOURCE, SETS as PPL_SETS
 from eval.report import ALL, drilldown, summary_table
