@@ -62,6 +62,32 @@ def bf16_round(model) -> None:
             p.copy_(p.to(torch.bfloat16).to(torch.float32))
 
 
+def rank_sweep(base: Path, tuned: Path, work: Path, ranks: str, dtype: str, source: str,
+               label: str = "") -> tuple[str, float]:
+    """Extract the delta of ``tuned`` against ``base`` at each of ``ranks`` (comma-separated) into ``work`` and print
+    a line a rank (``label`` first); returns the RESULT line's rank fields and the full model's KL from the base."""
+    from medadapt.delta import extract_delta, fidelity
+
+    results, kl_base = {}, None
+    for r in (int(x) for x in ranks.split(",")):
+        out = work / f"delta-r{r}"
+        t0 = time.perf_counter()
+        report = extract_delta(base, tuned, out, r, dtype=dtype, source=source)
+        secs = time.perf_counter() - t0
+        mb = (out / "adapter_model.safetensors").stat().st_size / 2**20
+        fid = fidelity(base, tuned, out, PROMPTS)
+        kl_base = fid["kl_base"]
+        results[r] = (fid["agree"], fid["kl"], mb)
+        d = report["delta"]
+        print(f"{label}rank {r:3d}: adapter {mb:7.1f} MB ({d['full_copies']} whole; not represented: "
+              f"{len(d['unrepresented'])}), energy kept min {d['energy_kept_min']} mean {d['energy_kept_mean']}, "
+              f"extract {secs:.1f} s, agree {fid['agree']:.4f}, KL {fid['kl']:.5f} nats (full vs base "
+              f"{fid['kl_base']:.4f}, {fid['positions']} positions)", flush=True)
+    fields = " ".join(f"rank_{r}_agree={a:.4f} rank_{r}_kl={k:.5f} rank_{r}_mb={m:.1f}"
+                      for r, (a, k, m) in results.items())
+    return fields, kl_base
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ranks", default="8,16,24,32,64")
@@ -77,7 +103,6 @@ def main() -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from medadapt.config import load_config
-    from medadapt.delta import extract_delta, fidelity
     from medadapt.models import base_model_path
 
     torch.set_num_threads(1)
@@ -99,23 +124,7 @@ def main() -> int:
     model.save_pretrained(tuned)
     AutoTokenizer.from_pretrained(base).save_pretrained(tuned)
     full_mb = sum(p.numel() for p in model.parameters()) * 2 / 2**20  # a second bf16 copy of the model
-    results, kl_base = {}, None
-    for r in (int(x) for x in args.ranks.split(",")):
-        out = work / f"delta-r{r}"
-        t0 = time.perf_counter()
-        report = extract_delta(base_bf16, tuned, out, r, dtype="bfloat16", source="bench")
-        secs = time.perf_counter() - t0
-        mb = (out / "adapter_model.safetensors").stat().st_size / 2**20
-        fid = fidelity(base_bf16, tuned, out, PROMPTS)
-        kl_base = fid["kl_base"]
-        results[r] = (fid["agree"], fid["kl"], mb)
-        d = report["delta"]
-        print(f"rank {r:3d}: adapter {mb:7.1f} MB ({d['full_copies']} whole), energy kept min "
-              f"{d['energy_kept_min']:.4f} mean {d['energy_kept_mean']:.4f}, extract {secs:.1f} s, "
-              f"agree {fid['agree']:.4f}, KL {fid['kl']:.5f} nats (full vs base {fid['kl_base']:.4f}, "
-              f"{fid['positions']} positions)", flush=True)
-    fields = " ".join(f"rank_{r}_agree={a:.4f} rank_{r}_kl={k:.5f} rank_{r}_mb={m:.1f}"
-                      for r, (a, k, m) in results.items())
+    fields, kl_base = rank_sweep(base_bf16, tuned, work, args.ranks, "bfloat16", "bench")
     print(f"RESULT source=synthetic {fields} full_mb={full_mb:.1f} kl_base={kl_base:.4f}")
     return 0
 
@@ -124,30 +133,13 @@ def real(args: argparse.Namespace) -> int:
     """The same figures for a real published model against its real base (downloaded or from the HF cache)."""
     from medadapt.adapters import model_folder_of
     from medadapt.config import load_config
-    from medadapt.delta import extract_delta, fidelity
     from medadapt.models import base_model_path
 
     base = model_folder_of(args.base or base_model_path(load_config(args.profile)))
     tuned = model_folder_of(args.tuned)
     full_mb = sum(f.stat().st_size for f in tuned.glob("*.safetensors")) / 2**20
     work = Path(tempfile.mkdtemp(prefix="delta-real-"))
-    results, kl_base = {}, None
-    for r in (int(x) for x in args.ranks.split(",")):
-        out = work / f"delta-r{r}"
-        t0 = time.perf_counter()
-        report = extract_delta(base, tuned, out, r, dtype=args.dtype, source=args.tuned)
-        secs = time.perf_counter() - t0
-        mb = (out / "adapter_model.safetensors").stat().st_size / 2**20
-        fid = fidelity(base, tuned, out, PROMPTS)
-        kl_base = fid["kl_base"]
-        results[r] = (fid["agree"], fid["kl"], mb)
-        d = report["delta"]
-        print(f"{args.tuned} rank {r:3d}: adapter {mb:7.1f} MB ({d['full_copies']} whole; not represented: "
-              f"{len(d['unrepresented'])}), energy kept min {d['energy_kept_min']} mean {d['energy_kept_mean']}, "
-              f"extract {secs:.1f} s, agree {fid['agree']:.4f}, KL {fid['kl']:.5f} nats (full vs base "
-              f"{fid['kl_base']:.4f}, {fid['positions']} positions)", flush=True)
-    fields = " ".join(f"rank_{r}_agree={a:.4f} rank_{r}_kl={k:.5f} rank_{r}_mb={m:.1f}"
-                      for r, (a, k, m) in results.items())
+    fields, kl_base = rank_sweep(base, tuned, work, args.ranks, args.dtype, args.tuned, f"{args.tuned} ")
     print(f"RESULT source=real model={args.tuned} {fields} full_mb={full_mb:.1f} kl_base={kl_base:.4f}")
     return 0
 
