@@ -50,7 +50,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.load import QUESTIONS, ask_data, percentile  # noqa: E402
+from bench.load import QUESTIONS, ask_data, free_port, percentile  # noqa: E402
 from bench.queue_client import QueueClient  # noqa: E402
 
 ATTACKS = ("queue", "disk", "get_flood", "big_bodies", "bench_events", "spoofed", "held")
@@ -84,30 +84,19 @@ def serve(port: int, workdir: Path, model: str) -> None:
                       MEDADAPT_SETUP="off")
     tempfile.tempdir = None
     import app as entry
-    from bench.load import tiny_model
-    from medadapt.config import REPO_ROOT, load_config
-    from medadapt.state import AppState
-    from medadapt.ui.common import launch_options
-    from medadapt.ui.interface import build_demo
+    from bench.load import bench_demo
+    from medadapt.config import REPO_ROOT
 
     results = workdir / "results" / "offline"
     results.mkdir(parents=True, exist_ok=True)
     for f in (REPO_ROOT / "results" / "offline").glob("*.json"):  # the Benchmarks tab parses real 4 MB files
         shutil.copy(f, results / f.name)
-    over = {"paths": {"runs_dir": str(workdir / "runs"), "results_dir": str(workdir / "results")}}
-    if model == "tiny":
-        over["model"] = {"name_or_path": tiny_model(workdir / "tiny"), "display_name": "tiny-random"}
-    state = AppState.create(load_config("offline", over))
-    state.pipeline.engine  # loaded before the clock starts
-    demo = build_demo(state)
-    demo.queue(default_concurrency_limit=entry.QUEUE_CONCURRENCY, max_size=64)
-    demo.launch(server_name="127.0.0.1", server_port=port, quiet=True, **launch_options(state.cfg, demo))
+    demo, options = bench_demo(model, workdir, entry.QUEUE_CONCURRENCY)
+    demo.launch(server_name="127.0.0.1", server_port=port, quiet=True, **options)
 
 
 def start_app(model: str, workdir: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = open(workdir / "app.log", "wb")
     proc = subprocess.Popen([sys.executable, __file__, "--model", model, "--serve", str(port), str(workdir)],
                             stdout=log, stderr=subprocess.STDOUT)

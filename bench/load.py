@@ -64,24 +64,36 @@ def tiny_model(out: Path) -> str:
     return str(out)
 
 
-def start_app(model: str, tmp: Path) -> tuple[str, object]:
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_demo(model: str, workdir: Path, concurrency: int) -> tuple[object, dict]:
+    """The app's demo as the benches serve it: the offline profile (``tiny``: :func:`tiny_model`) with its runs and
+    results under ``workdir``, the engine loaded before the clock starts, queued with ``concurrency`` workers; and
+    the profile's ``launch`` options."""
     from medadapt.config import load_config
     from medadapt.state import AppState
     from medadapt.ui.common import launch_options
     from medadapt.ui.interface import build_demo
 
-    over = {"paths": {"runs_dir": str(tmp / "runs"), "results_dir": str(tmp / "results")}}
+    over = {"paths": {"runs_dir": str(workdir / "runs"), "results_dir": str(workdir / "results")}}
     if model == "tiny":
-        over["model"] = {"name_or_path": tiny_model(tmp / "tiny"), "display_name": "tiny-random"}
+        over["model"] = {"name_or_path": tiny_model(workdir / "tiny"), "display_name": "tiny-random"}
     state = AppState.create(load_config("offline", over))
     state.pipeline.engine  # load before the clock starts
     demo = build_demo(state)
-    demo.queue(default_concurrency_limit=1, max_size=64)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **launch_options(state.cfg, demo))
+    demo.queue(default_concurrency_limit=concurrency, max_size=64)
+    return demo, launch_options(state.cfg, demo)
+
+
+def start_app(model: str, tmp: Path) -> tuple[str, object]:
+    demo, options = bench_demo(model, tmp, 1)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **options)
     return f"http://127.0.0.1:{port}/", demo
 
 
