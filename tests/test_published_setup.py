@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from medadapt.config import REPO_ROOT, GenSettings, load_config
+from tests.merged_model import merged_model
 
 REF = {"base": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
        "sft": "MilyaShams/DeepSeek-R1-Distill-Qwen-1.5B-medical-sft-merged",
@@ -37,30 +38,6 @@ def cache_repo(cache: Path, repo_id: str, folder: Path, kind: str = "models") ->
     (repo / "refs" / "main").write_text(commit)
 
 
-def tuned(base: Path, out: Path, seed: int, embeddings: bool = False, rounded: bool = False) -> Path:
-    """A "published merged model": the base with low-rank changes on two projections (and, like the seed's CPT,
-    embed_tokens and lm_head trained whole)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            for lin in (layer.self_attn.q_proj, layer.mlp.down_proj):
-                out_f, in_f = lin.weight.shape
-                lin.weight += 0.5 * torch.randn(out_f, 2) @ torch.randn(2, in_f) / in_f ** 0.5
-        if embeddings:
-            model.model.embed_tokens.weight += 0.01 * torch.randn_like(model.model.embed_tokens.weight)
-            model.lm_head.weight += 0.01 * torch.randn_like(model.lm_head.weight)
-        if rounded:  # the "-merged" push: the same weights through bfloat16
-            for p in model.parameters():
-                p.copy_(p.to(torch.bfloat16).to(torch.float32))
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base).save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def hub_cache(tmp_path_factory, tiny_r1_model_dir) -> Path:
     """The HF cache of a machine that downloaded the reference base, the published models and a prebuilt index."""
@@ -68,11 +45,11 @@ def hub_cache(tmp_path_factory, tiny_r1_model_dir) -> Path:
     cache = tmp / "hf"
     base = Path(tiny_r1_model_dir)
     cache_repo(cache, REF["base"], base)
-    cpt = tuned(base, tmp / "cpt-f32", 2, embeddings=True)
+    cpt = merged_model(base, tmp / "cpt-f32", 2, embed=0.01, lm_head=0.01)
     cache_repo(cache, REF["cpt_f32"], cpt)
-    cache_repo(cache, REF["cpt"], tuned(cpt, tmp / "cpt", 2, rounded=True))
-    cache_repo(cache, REF["sft"], tuned(base, tmp / "sft", 1))
-    cache_repo(cache, REF["msft"], tuned(cpt, tmp / "msft", 3))
+    cache_repo(cache, REF["cpt"], merged_model(cpt, tmp / "cpt", 2, rounded=True))
+    cache_repo(cache, REF["sft"], merged_model(base, tmp / "sft", 1))
+    cache_repo(cache, REF["msft"], merged_model(cpt, tmp / "msft", 3))
     from medadapt.retrieval.rag import build_index
 
     table = load_config("reference").rag.table

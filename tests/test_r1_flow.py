@@ -25,22 +25,9 @@ def r1_dir(tiny_r1_model_dir) -> str:
 def tuned_dir(tmp_path_factory, r1_dir) -> str:
     """A "published merged model": the tiny R1 with a rank-2 change on two projections, a changed final norm and a
     changed lm_head (as the seed's CPT trained it whole), saved as a full model folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tests.merged_model import merged_model
 
-    torch.manual_seed(1)
-    model = AutoModelForCausalLM.from_pretrained(r1_dir)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            for lin in (layer.self_attn.q_proj, layer.mlp.down_proj):
-                out_f, in_f = lin.weight.shape
-                lin.weight += 0.5 * torch.randn(out_f, 2) @ torch.randn(2, in_f) / in_f ** 0.5
-        model.model.norm.weight += 0.3
-        model.lm_head.weight += 0.05 * torch.randn_like(model.lm_head.weight)
-    out = tmp_path_factory.mktemp("tiny-r1-tuned")
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(r1_dir).save_pretrained(out)
-    return str(out)
+    return str(merged_model(r1_dir, tmp_path_factory.mktemp("tiny-r1-tuned"), 1, norm=0.3, lm_head=0.05))
 
 
 @pytest.fixture
@@ -171,9 +158,9 @@ def test_compare_serves_a_full_model_as_a_delta_on_the_one_base(r1_cfg, tuned_di
 
 
 def test_max_new_tokens_is_bounded_by_the_context_not_2048(r1_cfg, monkeypatch):
-    from medadapt import space
+    from medadapt import env
 
-    monkeypatch.setattr(space, "gpu_present", lambda: True)  # without a GPU the profile's cpu: section bounds it
+    monkeypatch.setattr(env, "gpu_present", lambda: True)  # without a GPU the profile's cpu: section bounds it
     assert load_config("reference").max_new_tokens_limit == 32768  # 131K context, DeepSeek's longest generation
     assert load_config("offline").max_new_tokens_limit == 1024  # SmolLM2: half of 2,048
     r1_cfg.model.max_context = 6000
