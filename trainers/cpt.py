@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from medadapt.config import AppConfig, TrainConfig
-from trainers.job import Context, Outcome, cli_main
+from trainers.job import Context, Outcome, entry_points
 
 log = logging.getLogger(__name__)
 DESCRIPTION = __doc__.split("\n")[0]
@@ -82,31 +82,12 @@ def build_cpt_data(tcfg: TrainConfig, app: AppConfig, tok: Any) -> tuple[list, l
 
 
 def train_cpt(ctx: Context, *, stage: str = "", ckpt_stage: str = "", extra_total: int = 0) -> Outcome:
-    from trainers.common import load_trainable, train_stage
+    from trainers.common import train_adapter
 
-    model, tok = load_trainable(ctx.tcfg, ctx.model_path, ctx.rt)
-    train, evals, info = build_cpt_data(ctx.tcfg, ctx.app, tok)
-    res = train_stage(ctx.tcfg, model, tok, train, evals, ctx.run.checkpoints(ckpt_stage), ctx.rt, ctx.run, ctx.stop,
-                      stage=stage, extra_total=extra_total, resume=ctx.resume)
-    return Outcome(res.stopped, res.steps, res.final_loss, res.final_eval_loss, model, tok, res.state_dict, info,
-                   [f"base: {ctx.model_path}", f"cpt: {', '.join(info['sources'])} ({res.steps} steps)"])
+    return train_adapter(ctx, "cpt", build_cpt_data, ckpt_stage=ckpt_stage, stage=stage, extra_total=extra_total)
 
 
-def run(tcfg: TrainConfig, app: AppConfig | None = None, resume: bool = False) -> dict[str, Any]:
-    """Train a CPT adapter; returns the run's final status."""
-    from trainers.job import execute
-
-    return execute(tcfg, train_cpt, app, resume)
-
-
-def make_parser():
-    from trainers.cli import make_parser as parser
-
-    return parser("cpt", DESCRIPTION)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return cli_main("cpt", DESCRIPTION, train_cpt, argv)
+run, main = entry_points("cpt", DESCRIPTION, train_cpt)
 
 
 if __name__ == "__main__":

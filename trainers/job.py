@@ -181,3 +181,18 @@ def cli_main(job: str, description: str, body: Callable[[Context], Outcome], arg
           f"loss {status.get('final_loss')} eval_loss {status.get('final_eval_loss')}; "
           f"adapter {status.get('adapter') or '-'} (run dir {status.get('run_dir')})")
     return 0
+
+
+def entry_points(job: str, description: str,
+                 body: Callable[[Context], Outcome]) -> tuple[Callable[..., dict[str, Any]], Callable[..., int]]:
+    """A job module's ``run(tcfg, app=None, resume=False)`` (train in this process; the run's final status) and its
+    CLI ``main(argv=None)`` (:func:`cli_main`), both around ``body``."""
+    def run(tcfg: TrainConfig, app: AppConfig | None = None, resume: bool = False) -> dict[str, Any]:
+        return execute(tcfg, body, app, resume)
+
+    def main(argv: list[str] | None = None) -> int:
+        return cli_main(job, description, body, argv)
+
+    run.__doc__ = f"Train the {job} job in this process; returns the run's final status (see the run directory)."
+    main.__doc__ = f"``python -m trainers.{job}``: {description}"
+    return run, main

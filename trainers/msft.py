@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medadapt.config import AppConfig, TrainConfig, from_dict, to_dict
+from medadapt.config import TrainConfig, from_dict, to_dict
 from trainers import dist
-from trainers.job import Context, Outcome, cli_main
+from trainers.job import Context, Outcome, entry_points
 
 log = logging.getLogger(__name__)
 DESCRIPTION = __doc__.split("\n")[0]
@@ -144,21 +144,7 @@ def _merged_stage2(ctx: Context, cpt_adapter: Path, cpt_info: dict[str, Any], sf
     return out
 
 
-def run(tcfg: TrainConfig, app: AppConfig | None = None, resume: bool = False) -> dict[str, Any]:
-    """CPT then SFT; returns the run's final status (adapter = the MSFT adapter)."""
-    from trainers.job import execute
-
-    return execute(tcfg, train_msft, app, resume)
-
-
-def make_parser():
-    from trainers.cli import make_parser as parser
-
-    return parser("msft", DESCRIPTION)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return cli_main("msft", DESCRIPTION, train_msft, argv)
+run, main = entry_points("msft", DESCRIPTION, train_msft)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from medadapt.config import AppConfig, ConfigError, TrainConfig
-from trainers.job import Context, Outcome, cli_main
+from trainers.job import Context, Outcome, entry_points
 
 log = logging.getLogger(__name__)
 DESCRIPTION = __doc__.split("\n")[0]
@@ -59,31 +59,13 @@ def build_sft_data(tcfg: TrainConfig, app: AppConfig, tok: Any) -> tuple[list, l
 def train_sft(ctx: Context, *, adapter: str | None = None, stage: str = "", ckpt_stage: str = "",
               step_offset: int = 0, data: tuple | None = None) -> Outcome:
     """Load the model (optionally continuing ``adapter``), build the data and train; the caller publishes."""
-    from trainers.common import load_trainable, train_stage
+    from trainers.common import train_adapter
 
-    model, tok = load_trainable(ctx.tcfg, ctx.model_path, ctx.rt, adapter)
-    train, evals, info = data or build_sft_data(ctx.tcfg, ctx.app, tok)
-    res = train_stage(ctx.tcfg, model, tok, train, evals, ctx.run.checkpoints(ckpt_stage), ctx.rt, ctx.run, ctx.stop,
-                      stage=stage, step_offset=step_offset, resume=ctx.resume)
-    return Outcome(res.stopped, res.steps, res.final_loss, res.final_eval_loss, model, tok, res.state_dict, info,
-                   [f"base: {ctx.model_path}", f"sft: {', '.join(info['sources'])} ({res.steps} steps)"])
+    return train_adapter(ctx, "sft", build_sft_data, adapter=adapter, data=data, ckpt_stage=ckpt_stage, stage=stage,
+                         step_offset=step_offset)
 
 
-def run(tcfg: TrainConfig, app: AppConfig | None = None, resume: bool = False) -> dict[str, Any]:
-    """Train an SFT adapter; returns the run's final status (see the run directory contract)."""
-    from trainers.job import execute
-
-    return execute(tcfg, train_sft, app, resume)
-
-
-def make_parser():
-    from trainers.cli import make_parser as parser
-
-    return parser("sft", DESCRIPTION)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return cli_main("sft", DESCRIPTION, train_sft, argv)
+run, main = entry_points("sft", DESCRIPTION, train_sft)
 
 
 if __name__ == "__main__":
