@@ -1,7 +1,7 @@
 """CPU engines for the study's model: the four-column load on the DeepSeek-R1-Distill-Qwen-1.5B shape, and fidelity.
 
 Run: ``python bench/cpu_engine.py [--candidates torch,openvino,llamacpp,ovgenai] [--tokens 32] [--rounds 2]
-[--torch-dtypes bfloat16,float32] [--openvino-precisions int8,int4,int8-bf16]``.
+[--torch-dtypes bfloat16,float32] [--openvino-precisions int8,int4,int8-bf16] [--llamacpp-precisions q8_0,q4_0]``.
 One sitting, every engine on the same 2 cores with the same load:
 
 - **Speed** on the R1-1.5B shape with random weights (the exact config, built locally: 28 layers, hidden 1,536,
@@ -17,8 +17,12 @@ One sitting, every engine on the same 2 cores with the same load:
   threads; a worker process).
   ``openvino``: the project's CPU engine (``scripts/cpu_engine.sh``, :mod:`medadapt.serve.openvino.graph`), int8 and int4
   weights computed in f32 (``int8-bf16``: computed in bf16, OpenVINO's default on AVX-512 bf16/AMX CPUs).
-  ``llamacpp``: llama.cpp's ``llama-server`` (``scripts/cpu_candidates.sh llamacpp``): GGUF Q8_0 and Q4_K_M, the
-  adapters as GGUF LoRAs chosen per request (``"lora": [{"id", "scale"}]``), four parallel slots.
+  ``llamacpp``: llama.cpp as the ik_llama.cpp fork's wheel (``scripts/cpu_candidates.sh llamacpp``,
+  :mod:`bench.llamacpp_worker` in its venv): GGUF f16 from its ``convert_hf_to_gguf.py``, Q8_0, Q4_0 and Q4_K_M from
+  its ``llama-quantize`` (``-rtr``: repacked at load), the adapters as GGUF LoRAs. llama.cpp sets LoRAs per context,
+  not per row, so the four columns are four sequences of one context decoded one batch per adapter each step (as
+  llama-server groups its slots by LoRA set): four decodes per step; a note gives the four rows on the base in one
+  batch. Its step bound counts the GGUF's own tensor bytes (llama-quantize keeps the head at Q6_K or above).
   ``ovgenai``: OpenVINO GenAI's ``LLMPipeline`` on optimum-intel's int8/int4 export (``scripts/cpu_candidates.sh
   ovgenai``): adapters are chosen per ``generate`` call, so the four columns are four calls (tok/s: each column's
   share of the decoding; the single-stream rates in a note).
@@ -26,8 +30,7 @@ One sitting, every engine on the same 2 cores with the same load:
 - **Fidelity** on real weights (SmolLM2-135M-Instruct, the offline model): the Compare prompts of the first
   ``--items`` evaluated items of each benchmark, ``--cont`` greedy tokens from the fp32 in-process engine, then each
   engine's next-token distributions under teacher forcing on the same tokens: top-1 agreement with the fp32 engine
-  and KL(fp32 || engine) in nats per position, per precision. (llama.cpp returns its top ``N_PROBS`` probabilities:
-  its KL is computed on those and marked approximate.)
+  and KL(fp32 || engine) in nats per position, per precision.
 
 Last line: ``RESULT r1_tok_s_torch=<x> r1_tok_s_engine=<x> r1_speedup=<x> r1_ttft_s=<s> r1_rss_mb=<mb>
 smol_agreement=<x> smol_kl=<x> engine=<name> precision=<bits>`` for the engine the app uses (``--engine``,
@@ -60,7 +63,6 @@ PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 COLUMNS = ("base", "lora16_a", "lora16_b", "delta64")  # the adapter of each column (base: none)
 QUESTION = ("A 58-year-old woman has fatigue, pallor and a low MCV. What is the most likely cause, and which test "
             "should be ordered first?")
-N_PROBS = 100  # llama.cpp: top probabilities returned per position for the fidelity
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -71,6 +73,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-dtypes", default="bfloat16", help="the in-process engine's dtypes (e.g. bfloat16,float32)")
     p.add_argument("--openvino-precisions", default="int8,int4",
                    help="the CPU engine's weight precisions; -bf16 computes in bf16 (e.g. int8,int4,int8-bf16)")
+    p.add_argument("--llamacpp-precisions", default="q8_0,q4_0",
+                   help="llama.cpp's GGUF types (f16,q8_0,q4_0,q4_k); -rtr repacks at load (e.g. q8_0-rtr)")
     p.add_argument("--rounds", type=int, default=2, help="each engine is timed this many times (interleaved); best")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--items", type=int, default=10, help="fidelity: evaluated items per benchmark")
@@ -339,7 +343,7 @@ class OpenVINOEngine:
                        timeout=600)
         r.raise_for_status()
         rows, cols = (int(x) for x in r.headers["X-Shape"].split(","))
-        return np.frombuffer(r.content, np.float32).reshape(rows, cols), False
+        return np.frombuffer(r.content, np.float32).reshape(rows, cols)
 
     def rss_mb(self) -> float:
         self.file_mb = peak_rss_mb(self.proc.pid, "RssFile")
@@ -351,111 +355,116 @@ class OpenVINOEngine:
             self.proc = None
 
 
-# ---------------------------------------------------------------- llama.cpp
+# ---------------------------------------------------------------- llama.cpp (a worker in its venv)
 
 class LlamaCppEngine:
-    """llama.cpp's server on GGUF weights, the adapters as GGUF LoRAs chosen per request."""
+    """llama.cpp (the ik_llama.cpp fork's wheel) on GGUF weights: ``bench/llamacpp_worker.py serve`` in its venv, the
+    model and the adapters as GGUF LoRAs loaded once; the bench sends it one JSON request per line."""
 
     name = "llamacpp"
-    QUANT = {"int8": "q8_0", "int4": "q4_k_m"}
+    QUANT = {"q8_0": "Q8_0", "q4_0": "Q4_0", "q4_k": "Q4_K_M"}  # precision -> llama-quantize type
+    CONVERTED = ("f32", "f16")  # written by convert_hf_to_gguf.py itself
+    PRE = {"qwen2": "deepseek-r1-qwen"}  # model_type -> pre-tokenizer when the converter does not know the tokenizer
 
     def __init__(self, model_dir: Path, precision: str, threads: int) -> None:
         self.root = CANDIDATES / "llamacpp"
-        if not (self.root / "bin" / "llama-server").exists():
+        self.python = self.root / "venv" / "bin" / "python"
+        if not self.python.exists():
             subprocess.run(["bash", str(ROOT / "scripts" / "cpu_candidates.sh"), "llamacpp"], check=True)
         self.model_dir, self.precision, self.threads = model_dir, precision, threads
-        self.out = BENCH / "gguf" / model_dir.parent.name
+        self.quant, _, flag = precision.partition("-")  # q8_0-rtr: repacked at load (ik's -rtr)
+        self.repack = flag == "rtr"
+        self.lora_type = "f32" if self.quant == "f32" else "f16"
+        self.out = BENCH / "gguf" / f"{model_dir.parent.name}-{model_dir.name}"
         self.install = install_info(self.root)
+        self.site = next((self.root / "venv" / "lib").glob("python3*/site-packages"))
         self.proc = None
 
-    def _py(self, *args: str) -> None:
-        env = {**os.environ, "PYTHONPATH": str(self.root / "gguf-py")}
-        subprocess.run([str(self.root / "venv" / "bin" / "python"), *args], check=True, env=env, cwd=self.root,
-                       stdout=subprocess.DEVNULL)
+    def gguf(self, quant: str | None = None) -> Path:
+        return self.out / f"model-{quant or self.quant}.gguf"
 
-    def gguf(self) -> Path:
-        return self.out / f"{self.model_dir.name}-{self.QUANT[self.precision]}.gguf"
+    def lora(self, name: str) -> Path:
+        return self.out / f"lora-{name}-{self.lora_type}.gguf"
+
+    def _run(self, cmd: list, what: str) -> None:
+        r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"{what} failed ({r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")
 
     def prepare(self, adapters: dict[str, Path] | None = None) -> float:
+        """f16 (or f32) GGUF by the wheel's convert_hf_to_gguf.py (through the worker), quantized by its
+        llama-quantize, and the GGUF LoRAs (f32 with an f32 model, else f16); each once."""
         t0 = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
+        config = json.loads((self.model_dir / "config.json").read_text())
+        src = self.gguf(self.quant if self.quant in self.CONVERTED else "f16")
+        if not src.exists():
+            tmp = src.with_suffix(".tmp")
+            pre = ["--pre", self.PRE[config["model_type"]]] if config["model_type"] in self.PRE else []
+            self._run([self.python, ROOT / "bench" / "llamacpp_worker.py", "convert", self.model_dir, "--outtype",
+                       src.stem.split("-")[-1], "--outfile", tmp, *pre], "convert_hf_to_gguf.py")
+            os.replace(tmp, src)
         if not self.gguf().exists():
-            if self.precision == "int8":
-                self._py("convert_hf_to_gguf.py", str(self.model_dir), "--outtype", "q8_0", "--outfile",
-                         str(self.gguf()))
-            else:
-                bf16 = self.out / f"{self.model_dir.name}-bf16.gguf"
-                if not bf16.exists():
-                    self._py("convert_hf_to_gguf.py", str(self.model_dir), "--outtype", "bf16", "--outfile", str(bf16))
-                subprocess.run([str(self.root / "bin" / "llama-quantize"), str(bf16), str(self.gguf()), "Q4_K_M",
-                                str(self.threads)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            tmp = self.gguf().with_suffix(".tmp")
+            self._run([self.site / "ik_llama_cpp" / "bin" / "llama-quantize", src, tmp, self.QUANT[self.quant],
+                       self.threads], "llama-quantize")
+            os.replace(tmp, self.gguf())
         for name, path in (adapters or {}).items():
-            out = self.out / f"{self.model_dir.name}-lora-{name}.gguf"
-            if not out.exists():
-                self._py("convert_lora_to_gguf.py", str(path), "--base", str(self.model_dir), "--outtype", "f16",
-                         "--outfile", str(out))
+            if not self.lora(name).exists():
+                self._run([self.python, ROOT / "bench" / "llamacpp_worker.py", "lora", "--adapter", path, "--arch",
+                           config["model_type"], "--layers", config["num_hidden_layers"], "--out", self.lora(name),
+                           "--outtype", self.lora_type],
+                          f"GGUF LoRA {name}")
         return time.perf_counter() - t0
 
-    def start(self, adapters: dict[str, Path]) -> None:
-        self.port = free_port()
-        self.log_file = Path(tempfile.mkstemp(prefix="llama-server-", suffix=".log")[1])
-        self.names = list(adapters)
-        loras = []
-        for name in self.names:
-            loras += ["--lora", str(self.out / f"{self.model_dir.name}-lora-{name}.gguf")]
-        cmd = [str(self.root / "bin" / "llama-server"), "-m", str(self.gguf()), "--host", "127.0.0.1", "--port",
-               str(self.port), "-t", str(self.threads), "-tb", str(self.threads), "-np", "4", "-c", "8192",
-               "--lora-init-without-apply", "--no-webui", *loras]
+    def start(self, adapters: dict[str, Path], ctx: int = 2048) -> None:
+        self.log_file = Path(tempfile.mkstemp(prefix="llamacpp-", suffix=".log")[1])
+        cmd = [str(self.python), str(ROOT / "bench" / "llamacpp_worker.py"), "serve", "--model", str(self.gguf()),
+               "--threads", str(self.threads), "--ctx", str(ctx)] + ["--repack"] * self.repack + \
+            [f"--lora={n}={self.lora(n)}" for n in adapters]
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log_file, "wb"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-        wait_http(self.url + "/health", self.proc, self.log_file)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     stderr=open(self.log_file, "wb"), start_new_session=True)
+        self.ready = self._reply()
         self.start_s = time.perf_counter() - t0
 
-    def _lora(self, adapter: str) -> list[dict]:
-        return [{"id": i, "scale": 1.0 if n == adapter else 0.0} for i, n in enumerate(self.names)]
+    def _reply(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the llama.cpp worker exited ({self.proc.wait()}):\n"
+                               f"{self.log_file.read_text()[-3000:]}")
+        msg = json.loads(line)
+        if "error" in msg:
+            raise RuntimeError(msg["error"])
+        return msg
+
+    def ask(self, request: dict) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self._reply()
 
     def four_columns(self, prompt: list[int], names: list[str], tokens: int) -> dict:
-        import httpx
-
-        cols = Columns(len(names))
-
-        def row(i: int) -> None:
-            body = {"prompt": prompt, "n_predict": tokens, "ignore_eos": True, "stream": True, "temperature": 0.0,
-                    "cache_prompt": False, "lora": self._lora(names[i])}
-            with httpx.stream("POST", self.url + "/completion", json=body, timeout=3600) as r:
-                for line in r.iter_lines():
-                    if line.startswith("data:") and line[5:].strip() not in ("", "[DONE]"):
-                        msg = json.loads(line[5:])
-                        if msg.get("tokens") or msg.get("content"):
-                            cols.token(i, max(1, len(msg.get("tokens") or [])))
-
+        """The columns as llama.cpp serves them: one batch per distinct adapter each step (LoRAs are per context);
+        and, as a note, the same rows all on the base in one batch (what one shared LoRA set would cost)."""
         c0 = cpu_seconds(self.proc.pid)
-        threads = [threading.Thread(target=row, args=(i,)) for i in range(len(names))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        out = cols.summary()
+        out = self.ask({"job": "columns", "prompt": prompt, "names": names, "tokens": tokens})
         out["cpu_s"] = cpu_seconds(self.proc.pid) - c0
+        base = self.ask({"job": "columns", "prompt": prompt, "names": ["base"] * len(names), "tokens": tokens})
+        out["note"] = (f"{out['decodes_per_step']} decodes per step, one per adapter; the {len(names)} rows on the "
+                       f"base in one batch: {base['tok_s_min']:.2f} tok/s per column")
+        out.pop("ids")
         return out
 
-    def score(self, prompt: list[int], cont: list[int], adapter: str = "__base__"):
-        """Top-``N_PROBS`` log-probabilities per position (teacher forcing: one request per position, the prefix
-        cached in the slot); returned as a dict position -> {token: logprob}."""
-        import httpx
+    def score(self, prompt: list[int], cont: list[int], adapter: str = "base"):
+        import numpy as np
 
-        out = []
-        for i in range(len(cont)):
-            body = {"prompt": prompt + cont[:i], "n_predict": 1, "n_probs": N_PROBS, "temperature": 0.0,
-                    "cache_prompt": True, "post_sampling_probs": False, "id_slot": 0,
-                    "lora": self._lora(adapter) if self.names else []}
-            r = httpx.post(self.url + "/completion", json=body, timeout=600)
-            r.raise_for_status()
-            probs = r.json()["completion_probabilities"][0]["top_logprobs"]
-            out.append({p["id"]: p["logprob"] for p in probs})
-        return out, True
+        fd, path = tempfile.mkstemp(suffix=".npy")
+        os.close(fd)
+        try:
+            self.ask({"job": "score", "prompt": prompt, "cont": cont, "adapter": adapter, "out": path})
+            return np.load(path)
+        finally:
+            os.unlink(path)
 
     def rss_mb(self) -> float:
         self.file_mb = peak_rss_mb(self.proc.pid, "RssFile")
@@ -463,6 +472,7 @@ class LlamaCppEngine:
 
     def stop(self) -> None:
         if self.proc is not None:
+            self.proc.stdin.close()
             stop(self.proc)
             self.proc = None
 
@@ -637,7 +647,8 @@ BITS = {"bfloat16": 16, "float32": 32, "int8": 8.25, "int4": 4.5, "fp32": 32}  #
 # ---------------------------------------------------------------- phases
 
 def precisions(args, name: str) -> list[str]:
-    return {"torch": args.torch_dtypes, "openvino": args.openvino_precisions}.get(name, "int8,int4").split(",")
+    return {"torch": args.torch_dtypes, "openvino": args.openvino_precisions,
+            "llamacpp": args.llamacpp_precisions}.get(name, "int8,int4").split(",")
 
 
 def speed(args, candidates: list[str], bandwidth: float) -> dict:
@@ -677,7 +688,9 @@ def speed(args, candidates: list[str], bandwidth: float) -> dict:
                 continue
             finally:
                 eng.stop()
-            bound = weight_bytes(model_dir, BITS[eng.precision.split("-")[0]]) / (bandwidth * 1e9)
+            step_bytes = getattr(eng, "ready", {}).get("step_bytes") or \
+                weight_bytes(model_dir, BITS[eng.precision.split("-")[0]])
+            bound = step_bytes / (bandwidth * 1e9)
             res["bound_s"] = bound
             res.update(eng.install)
             log(f"{key} round {rnd + 1}: per column " + ", ".join(f"{x:.2f}" for x in res["tok_s"])
@@ -732,27 +745,14 @@ def fidelity(args, candidates: list[str]) -> dict:
                 eng.prepare({}) if name == "llamacpp" else eng.prepare()
                 eng.start({})
                 agree = kl = 0.0
-                approx = False
                 for ids, cont, lp in zip(prompts, conts, refs):
-                    got, approx = eng.score(ids, cont)
+                    got = eng.score(ids, cont)
                     for pos in range(len(cont)):
-                        p = np.exp(lp[pos])
-                        if approx:  # top-N log-probabilities only: the rest of the mass spread evenly
-                            top = got[pos]
-                            floor = np.log(max(1e-12, 1 - sum(np.exp(v) for v in top.values())) / (len(p) - len(top)))
-                            q = np.full(len(p), floor)
-                            for t, v in top.items():
-                                if t < len(p):
-                                    q[t] = v
-                            best = max(top, key=top.get)
-                        else:
-                            q = got[pos]
-                            best = int(q.argmax())
-                        agree += best == int(lp[pos].argmax())
-                        kl += float((p * (lp[pos] - q)).sum())
-                out[key] = {"agreement": agree / n_pos, "kl": kl / n_pos, "approx": approx, "positions": n_pos}
-                log(f"{key}: top-1 agreement {agree / n_pos:.4f}, KL {kl / n_pos:.5f} nats/position"
-                    + (" (top-100 approximation)" if approx else ""))
+                        q = got[pos]
+                        agree += int(q.argmax()) == int(lp[pos].argmax())
+                        kl += float((np.exp(lp[pos]) * (lp[pos] - q)).sum())
+                out[key] = {"agreement": agree / n_pos, "kl": kl / n_pos, "positions": n_pos}
+                log(f"{key}: top-1 agreement {agree / n_pos:.4f}, KL {kl / n_pos:.5f} nats/position")
             except Exception as e:  # noqa: BLE001
                 log(f"{key}: fidelity not measured: {type(e).__name__}: {e}")
                 out[key] = {"error": str(e)}
@@ -795,8 +795,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"|  | ({r['note']}) | | | | | | |")
     for key, f in fid.items():
         if "error" not in f:
-            print(f"fidelity {key}: agreement {f['agreement']:.4f}, KL {f['kl']:.5f}" + (" (approx.)" if f["approx"]
-                                                                                          else ""))
+            print(f"fidelity {key}: agreement {f['agreement']:.4f}, KL {f['kl']:.5f}")
     torch_r = res.get("torch bfloat16", {})
     eng_r = res.get(f"{args.engine} {args.precision}", {})
     fid_r = fid.get(f"{args.engine} {args.precision}", {})
