@@ -8,7 +8,7 @@ Run: ``python app.py`` (profile ``auto``: offline when the Hub is unreachable). 
 :mod:`medadapt.serve.remote`), ``MEDADAPT_BATCHING=off`` (the in-process engine answers one question at a time),
 ``MEDADAPT_CONCURRENT_ASKS`` (questions generating at once, default 16). On a Hugging Face Space
 (``SPACE_ID``) the hardware picks the profile and persistent storage (``/data``) keeps runs, index and results
-(:mod:`medadapt.space`).
+(:mod:`medadapt.env`).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from medadapt.space import use_persistent_hf_home
+    from medadapt.env import use_persistent_hf_home
 
     use_persistent_hf_home()  # a Space with persistent storage keeps downloaded models and datasets in /data
     from medadapt.config import load_config

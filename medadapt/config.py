@@ -3,7 +3,7 @@
 A profile is a YAML file under ``configs/profiles/`` (``offline`` or ``reference``). ``load_config`` reads it,
 applies ``MEDADAPT_*`` environment overrides and returns an :class:`AppConfig`. With profile ``auto`` (the default)
 the reference profile is used when the Hugging Face Hub answers and a GPU is present, else the offline one; on a
-Hugging Face Space the hardware decides instead (:mod:`medadapt.space`). Data comes from the data dir when there is
+Hugging Face Space the hardware decides instead (:mod:`medadapt.env`). Data comes from the data dir when there is
 one, else from the Hub datasets (``AppConfig.hub_data``).
 
 Settings carry their label and bounds as pydantic ``Field`` metadata; every config dataclass checks its numbers on
@@ -472,33 +472,33 @@ def load_config(profile: str | None = None, overrides: dict[str, Any] | None = N
     means no data dir: Hub datasets instead. A profile's ``cpu:`` section applies on a machine without a GPU (the
     reference profile there: the study's model on the CPU engine, with a thinking budget and RAG slice sized for it).
     """
-    from medadapt import space
+    from medadapt import env
 
     profile = profile or os.environ.get("MEDADAPT_PROFILE", "auto")
     hub = hub_reachable() if profile in ("auto", "reference") else False
-    hardware = space.detect_hardware() if space.on_space() else ""
+    hardware = env.detect_hardware() if env.on_space() else ""
     reason = ""
     if profile == "auto":
         if hardware:
-            profile, reason = space.space_profile(hardware)
+            profile, reason = env.space_profile(hardware)
         else:
-            profile, reason = auto_profile(hub, space.gpu_present() or env_flag("SPACES_ZERO_GPU"))
+            profile, reason = auto_profile(hub, env.gpu_present() or env_flag("SPACES_ZERO_GPU"))
     path = Path(profile) if profile.endswith((".yaml", ".yml")) else PROFILES_DIR / f"{profile}.yaml"
     if not path.exists():
         raise ConfigError(f"unknown profile {profile!r}: no file {path}")
     data = read_yaml(path)
     data.setdefault("profile", path.stem)
     cpu_overlay = data.pop("cpu", None)  # a profile's settings for machines without a GPU (the CPU engine)
-    gpu = hardware in ("gpu", "zerogpu") if hardware else (space.gpu_present() or env_flag("SPACES_ZERO_GPU"))
+    gpu = hardware in ("gpu", "zerogpu") if hardware else (env.gpu_present() or env_flag("SPACES_ZERO_GPU"))
     if cpu_overlay and not gpu:
         data = merge(data, cpu_overlay)
         reason = (reason + "; " if reason else "") + "no GPU: the CPU engine"
     paths = data.setdefault("paths", {})
     if not PathsConfig(data_dir=paths.get("data_dir", PathsConfig.data_dir)).resolve("data_dir").is_dir():
         paths["data_dir"] = ""  # no data dir here (e.g. a Space): the Hub datasets
-    storage = space.persistent_dir()
+    storage = env.persistent_dir()
     if storage is not None:
-        paths.update(space.persistent_paths(storage))
+        paths.update(env.persistent_paths(storage))
     for var, (section, key, typ) in ENV_OVERRIDES.items():
         if os.environ.get(var):
             try:
@@ -507,8 +507,8 @@ def load_config(profile: str | None = None, overrides: dict[str, Any] | None = N
                 raise ConfigError(f"{var}={os.environ[var]!r} is not a valid {typ.__name__}") from e
     data = merge(data, overrides or {})
     rag = data.setdefault("rag", {})
-    if hardware in space.SLICED or (hardware and not rag.get("index_repo")):  # a Space never embeds 460K at start:
-        rag.setdefault("corpus_limit", space.CPU_CORPUS_LIMIT)  # a demo slice unless it pulls a prebuilt index
+    if hardware in env.SLICED or (hardware and not rag.get("index_repo")):  # a Space never embeds 460K at start:
+        rag.setdefault("corpus_limit", env.CPU_CORPUS_LIMIT)  # a demo slice unless it pulls a prebuilt index
     data["hub_available"] = hub
     data.update(reason=reason, hardware=hardware, storage=str(storage or ""))
     data["public"] = env_flag("MEDADAPT_PUBLIC") or bool(os.environ.get("SPACE_ID")) or data.get("public", False)

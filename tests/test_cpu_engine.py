@@ -340,7 +340,7 @@ def test_the_cpu_reference_profile_runs_the_study_model_through_the_engine(pytho
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from medadapt import space
+    from medadapt import env
     from medadapt.adapters import prepare_delta
     from medadapt.config import load_config
     from medadapt.serve.choice import make_engine
@@ -359,7 +359,7 @@ def test_the_cpu_reference_profile_runs_the_study_model_through_the_engine(pytho
     full.save_pretrained(published)
     AutoTokenizer.from_pretrained(tiny_r1_model_dir).save_pretrained(published)
 
-    monkeypatch.setattr(space, "gpu_present", lambda: False)
+    monkeypatch.setattr(env, "gpu_present", lambda: False)
     monkeypatch.setenv("MEDADAPT_CPU_ENGINE_VENV", str(python.parent.parent))
     cfg = load_config("reference", {
         "model": {"name_or_path": tiny_r1_model_dir, "display_name": "tiny-r1", "dtype": "float32"},

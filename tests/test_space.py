@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from medadapt.config import OFFLINE_MODEL, OFFLINE_MODEL_HUB_ID, REPO_ROOT, load_config
-from medadapt.space import (
+from medadapt.env import (
     CPU_CORPUS_LIMIT, GPU_MAX_S, GPU_MIN_S, gpu_duration, gpu_present, request_duration, use_persistent_hf_home,
 )
 from medadapt.ui.common import NO_STORAGE, banner

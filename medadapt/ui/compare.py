@@ -11,7 +11,7 @@ import gradio as gr
 
 from medadapt.config import GenSettings, RagConfig, setting
 from medadapt.serve.choice import concurrent_generations
-from medadapt.space import zerogpu
+from medadapt.env import zerogpu
 from medadapt.state import AppState
 from medadapt.ui import render
 from medadapt.ui.compare_controller import COLUMN_PARTS, CompareController

@@ -20,7 +20,7 @@ from medadapt.config import GenSettings, RagConfig, user_settings
 from medadapt.pipeline import InputError, checked, generation_settings
 from medadapt.refs import adapter_name
 from medadapt.setup_chain import STEP_READY, interrupted
-from medadapt.space import request_duration
+from medadapt.env import request_duration
 from medadapt.state import AppState
 from medadapt.ui import render
 from medadapt.ui.common import warn
