@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -344,19 +343,3 @@ def train_stage(tcfg: TrainConfig, model: Any, tok: Any, train: list, evals: lis
         state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     return StageResult(stopped, trainer.state.global_step, logcb.last.get("loss"), logcb.last.get("eval_loss"),
                        state_dict)
-
-
-def train_adapter(ctx: Any, job: str, build_data: Callable[[TrainConfig, AppConfig, Any], tuple[list, list, dict]],
-                  *, adapter: str | None = None, data: tuple | None = None, ckpt_stage: str = "",
-                  **stage: Any) -> Any:
-    """One job's training stage (:class:`trainers.job.Context` ``ctx``): load the model (continuing ``adapter``),
-    build its data (or take ``data``), :func:`train_stage` it (``stage``: its keywords) and return the
-    :class:`trainers.job.Outcome`, whose lineage names the base and ``job``'s sources; the caller publishes."""
-    from trainers.job import Outcome
-
-    model, tok = load_trainable(ctx.tcfg, ctx.model_path, ctx.rt, adapter)
-    train, evals, info = data or build_data(ctx.tcfg, ctx.app, tok)
-    res = train_stage(ctx.tcfg, model, tok, train, evals, ctx.run.checkpoints(ckpt_stage), ctx.rt, ctx.run, ctx.stop,
-                      resume=ctx.resume, **stage)
-    return Outcome(res.stopped, res.steps, res.final_loss, res.final_eval_loss, model, tok, res.state_dict, info,
-                   [f"base: {ctx.model_path}", f"{job}: {', '.join(info['sources'])} ({res.steps} steps)"])

@@ -82,7 +82,7 @@ def build_cpt_data(tcfg: TrainConfig, app: AppConfig, tok: Any) -> tuple[list, l
 
 
 def train_cpt(ctx: Context, *, stage: str = "", ckpt_stage: str = "", extra_total: int = 0) -> Outcome:
-    from trainers.common import train_adapter
+    from trainers.job import train_adapter
 
     return train_adapter(ctx, "cpt", build_cpt_data, ckpt_stage=ckpt_stage, stage=stage, extra_total=extra_total)
 

@@ -196,3 +196,19 @@ def entry_points(job: str, description: str,
     run.__doc__ = f"Train the {job} job in this process; returns the run's final status (see the run directory)."
     main.__doc__ = f"``python -m trainers.{job}``: {description}"
     return run, main
+
+
+def train_adapter(ctx: Context, job: str, build_data: Callable[[TrainConfig, AppConfig, Any], tuple[list, list, dict]],
+                  *, adapter: str | None = None, data: tuple | None = None, ckpt_stage: str = "",
+                  **stage: Any) -> Outcome:
+    """One job's training stage (:class:`Context` ``ctx``): load the model (continuing ``adapter``), build its data
+    (or take ``data``), :func:`trainers.common.train_stage` it (``stage``: its keywords) and return the
+    :class:`Outcome`, whose lineage names the base and ``job``'s sources; the caller publishes."""
+    from trainers.common import load_trainable, train_stage
+
+    model, tok = load_trainable(ctx.tcfg, ctx.model_path, ctx.rt, adapter)
+    train, evals, info = data or build_data(ctx.tcfg, ctx.app, tok)
+    res = train_stage(ctx.tcfg, model, tok, train, evals, ctx.run.checkpoints(ckpt_stage), ctx.rt, ctx.run, ctx.stop,
+                      resume=ctx.resume, **stage)
+    return Outcome(res.stopped, res.steps, res.final_loss, res.final_eval_loss, model, tok, res.state_dict, info,
+                   [f"base: {ctx.model_path}", f"{job}: {', '.join(info['sources'])} ({res.steps} steps)"])

@@ -59,7 +59,7 @@ def build_sft_data(tcfg: TrainConfig, app: AppConfig, tok: Any) -> tuple[list, l
 def train_sft(ctx: Context, *, adapter: str | None = None, stage: str = "", ckpt_stage: str = "",
               step_offset: int = 0, data: tuple | None = None) -> Outcome:
     """Load the model (optionally continuing ``adapter``), build the data and train; the caller publishes."""
-    from trainers.common import train_adapter
+    from trainers.job import train_adapter
 
     return train_adapter(ctx, "sft", build_sft_data, adapter=adapter, data=data, ckpt_stage=ckpt_stage, stage=stage,
                          step_offset=step_offset)
