@@ -23,6 +23,7 @@ import pytest
 from medadapt.config import REPO_ROOT
 from medadapt.serve.api import BASE, GenSettings
 from medadapt.pipeline import Pipeline
+from tests.merged_model import merged_model
 from tests.test_engine import make_adapter
 from tests.test_pipeline import SETTINGS, ScriptedRetriever
 
@@ -338,7 +339,7 @@ def test_the_cpu_reference_profile_runs_the_study_model_through_the_engine(pytho
     template, and a published full model (changed projections, final norm and whole lm_head, as the seed's CPT/MSFT)
     served as its delta: Compare answers in every column and the delta row decodes what the full model decodes."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from medadapt import env
     from medadapt.adapters import prepare_delta
@@ -346,18 +347,8 @@ def test_the_cpu_reference_profile_runs_the_study_model_through_the_engine(pytho
     from medadapt.serve.choice import make_engine
     from medadapt.prompts import build_messages
 
-    torch.manual_seed(1)
-    full = AutoModelForCausalLM.from_pretrained(tiny_r1_model_dir)
-    with torch.no_grad():
-        for layer in full.model.layers:
-            for lin in (layer.self_attn.q_proj, layer.mlp.down_proj):
-                out_f, in_f = lin.weight.shape
-                lin.weight += 0.5 * torch.randn(out_f, 2) @ torch.randn(2, in_f) / in_f ** 0.5
-        full.model.norm.weight += 0.3
-        full.lm_head.weight += 0.05 * torch.randn_like(full.lm_head.weight)
-    published = tmp_path / "published-sft"
-    full.save_pretrained(published)
-    AutoTokenizer.from_pretrained(tiny_r1_model_dir).save_pretrained(published)
+    published = merged_model(tiny_r1_model_dir, tmp_path / "published-sft", 1, norm=0.3, lm_head=0.05)
+    full = AutoModelForCausalLM.from_pretrained(published)
 
     monkeypatch.setattr(env, "gpu_present", lambda: False)
     monkeypatch.setenv("MEDADAPT_CPU_ENGINE_VENV", str(python.parent.parent))
