@@ -35,6 +35,17 @@ class AdapterLoadError(RuntimeError):
     """An adapter folder is missing, corrupt, or does not fit the base model."""
 
 
+def adapter_folder(name: str, path: str | Path) -> Path:
+    """``path`` as a folder an engine may load as adapter ``name``; AdapterLoadError for the base's reserved name or
+    a path that is not a folder (the checks every engine's ``load_adapter`` starts with)."""
+    if name == BASE:
+        raise AdapterLoadError(f"{BASE!r} is reserved for the base model")
+    path = Path(path)
+    if not path.is_dir():
+        raise AdapterLoadError(f"adapter {name!r}: {path} is not a folder")
+    return path
+
+
 @dataclass
 class RowState:
     """One row's progress, snapshotted after every step."""

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from medadapt.serve.api import (BASE, AdapterLoadError, GenSettings, Prompt, PromptTooLongError, Request, RowState,
-                                 UnknownAdapterError)
+                                 UnknownAdapterError, adapter_folder)
 from medadapt.prompts import render_chat, special_token_strings
 
 if TYPE_CHECKING:
@@ -334,11 +334,7 @@ class CPUEngine:
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Serve the PEFT adapter folder ``path`` as ``name`` from the next decode step (no restart)."""
-        if name == BASE:
-            raise AdapterLoadError(f"{BASE!r} is reserved for the base model")
-        path = Path(path)
-        if not path.is_dir():
-            raise AdapterLoadError(f"adapter {name!r}: {path} is not a folder")
+        path = adapter_folder(name, path)
         try:
             r = self._call("POST", "/adapters", json={"name": name, "path": str(path.resolve())},
                            timeout=httpx.Timeout(600.0, connect=5.0))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from medadapt.adapters import resolve_adapter
 from medadapt.serve.api import (BASE, AdapterLoadError, GenSettings, Prompt, PromptTooLongError, Request, RowState,
-                                 UnknownAdapterError)
+                                 UnknownAdapterError, adapter_folder)
 from medadapt.prompts import render_chat, special_token_strings
 from medadapt.serve.think_budget import BudgetRows, ThinkBudget
 
@@ -97,11 +97,7 @@ class Engine:
 
     def load_adapter(self, name: str, path: str | Path) -> None:
         """Load the PEFT adapter at ``path`` under ``name`` (replacing one of that name)."""
-        if name == BASE:
-            raise AdapterLoadError(f"{BASE!r} is reserved for the base model")
-        path = Path(path)
-        if not path.is_dir():
-            raise AdapterLoadError(f"adapter {name!r}: {path} is not a folder")
+        path = adapter_folder(name, path)
         from medadapt.serve.multilora import read_adapter
 
         weights = read_adapter(name, path)  # read from disk before taking the model from the decode loop
